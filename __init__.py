@@ -1,0 +1,74 @@
+"""cnnc: a declarative compiler and simulator for convolutional neural networks.
+
+Embedding API (nothing here prints or exits; errors are :class:`CnncError` carrying
+diagnostics)::
+
+    import cnnc
+    net = cnnc.load("specs/resnet.cnn", network="resnet50")
+    net.total_params, net.total_macs, net.graph   # networkx.DiGraph
+    print(net.summary())
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .compiler.diagnostics import CnncError, DataError, Diagnostic, ResourceError, SpecError
+from .compiler.network import Layer, Network
+from .compiler.program import CheckResult, Program
+from .compiler.source import SourceFile
+
+__version__ = "0.1.0"
+__all__ = ["CnncError", "SpecError", "DataError", "ResourceError", "Diagnostic", "Network",
+           "Layer", "CheckResult", "load", "load_all", "check", "parse_program"]
+
+
+def _source(spec: str | Path, filename: str | None) -> SourceFile:
+    if isinstance(spec, Path):
+        return SourceFile.from_path(spec, display=filename)
+    if not isinstance(spec, str):
+        raise TypeError(f"spec must be a path or a string of .cnn source, not {type(spec)}")
+    looks_like_source = "\n" in spec or "{" in spec
+    if not looks_like_source:
+        return SourceFile.from_path(spec, display=filename)
+    return SourceFile(filename or "<string>", spec)
+
+
+def parse_program(spec: str | Path, filename: str | None = None) -> Program:
+    """Parse a spec (path or source text) and its imports without checking networks."""
+    return Program.load(_source(spec, filename))
+
+
+def check(spec: str | Path, network: str | None = None, strict: bool = False,
+          filename: str | None = None) -> CheckResult:
+    """Check every network of a spec (or one); return networks and diagnostics, never raise
+    for problems in the networks themselves (a syntax or import error still raises)."""
+    return parse_program(spec, filename).check(network, strict)
+
+
+def load_all(spec: str | Path, strict: bool = False, filename: str | None = None
+             ) -> list[Network]:
+    """Check a spec and return all its networks; raise :class:`SpecError` on any error."""
+    result = check(spec, None, strict, filename)
+    if not result.ok:
+        raise SpecError(result.diagnostics)
+    return result.networks
+
+
+def load(spec: str | Path, network: str | None = None, strict: bool = False,
+         filename: str | None = None) -> Network:
+    """Check a spec and return one network (by name, or the file's only network)."""
+    program = parse_program(spec, filename)
+    if network is None:
+        names = program.root_networks
+        if len(names) != 1:
+            raise SpecError(Diagnostic(
+                "error", f"{program.root.name} defines {len(names)} networks"
+                + (f" ({', '.join(names)}); choose one" if names else ""),
+                hint="pass network=NAME (on the command line: --network NAME)" if names
+                else None))
+        network = names[0]
+    result = program.check(network, strict)
+    if not result.ok:
+        raise SpecError(result.diagnostics)
+    return result.networks[0]

@@ -1,0 +1,3 @@
+from cnnc.cli import main
+
+raise SystemExit(main())

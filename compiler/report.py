@@ -1,0 +1,73 @@
+"""Human-readable tables for ``cnnc check``: per-network layers and a summary row per network."""
+
+from __future__ import annotations
+
+from .network import Network
+from .ops import fmt_shape
+
+
+def count(n: int) -> str:
+    """Thousands separators: 25,557,032."""
+    return f"{n:,}"
+
+
+def scaled(n: float, unit: str = "") -> str:
+    """Short form with k/M/G/T: 4.09 G."""
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= factor:
+            return f"{n / factor:.2f} {prefix}{unit}"
+    return f"{n:g} {unit}".rstrip()
+
+
+def nbytes(n: int) -> str:
+    for factor, prefix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if n >= factor:
+            return f"{n / factor:.1f} {prefix}"
+    return f"{n} B"
+
+
+def _rf(layer) -> str:
+    if layer.rf is None:
+        return "-"
+    h, w = layer.rf.size
+    return f"{h}" if h == w else f"{h}x{w}"
+
+
+def table(headers, rows, right=()) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    def line(cells):
+        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    rule = "-" * len(line(headers))
+    return "\n".join([line(headers), rule, *(line(r) for r in rows), rule])
+
+
+def network_table(net: Network) -> str:
+    ins = ", ".join(f"{k}: {fmt_shape(v)}" for k, v in net.input_shapes.items())
+    outs = ", ".join(f"{k}: {fmt_shape(v)}" for k, v in net.output_shapes.items())
+    rows = [(name, "input", fmt_shape(layer.shape), "0", "0", _rf(layer))
+            for name, layer in net.inputs.items()]
+    rows += [(layer.name, layer.label, fmt_shape(layer.shape), count(layer.params),
+              count(layer.macs), _rf(layer)) for layer in net.layers]
+    body = table(("layer", "op", "output", "params", "MACs", "RF"), rows, right=(3, 4, 5))
+    totals = [
+        f"network {net.name}({ins}) -> {outs}",
+        body,
+        f"layers      {len(net.layers):,}",
+        f"params      {count(net.total_params)} ({scaled(net.total_params)})",
+        f"MACs        {count(net.total_macs)} ({scaled(net.total_macs)}) per sample",
+        f"FLOPs       {count(net.total_flops)} ({scaled(net.total_flops)}) = 2 x MACs",
+        f"activations {nbytes(net.activation_memory)} per sample (float32, sum of all "
+        "layer outputs)",
+        f"weights     {nbytes(net.weight_memory)} (float32, with batch-norm statistics)",
+    ]
+    return "\n".join(totals)
+
+
+def summary_table(nets: list[Network]) -> str:
+    rows = [(n.name, ", ".join(fmt_shape(v) for v in n.input_shapes.values()),
+             ", ".join(fmt_shape(v) for v in n.output_shapes.values()), f"{len(n.layers):,}",
+             count(n.total_params), f"{n.total_params / 1e6:.1f}", count(n.total_macs),
+             f"{n.total_macs / 1e9:.2f}") for n in nets]
+    return table(("network", "input", "output", "layers", "params", "params (M)", "MACs",
+                  "GMACs"), rows, right=(3, 4, 5, 6, 7))

@@ -1,0 +1,1 @@
+"""The cnnc runtime: execution plans and CPU/CUDA kernels."""
