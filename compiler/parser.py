@@ -27,7 +27,8 @@ class _TooDeep(Exception):
 
 
 class LineJoiner:
-    """Post-lexer: a line break is a statement separator except inside brackets or before ``|``.
+    """Post-lexer: a line break separates statements, except inside brackets or before a line
+    that starts with ``|`` (pipeline continuation) or ``:`` (a shape assertion).
 
     Consecutive breaks (blank lines, comment-only lines) become one ``_NL`` token.
     """
@@ -43,7 +44,7 @@ class LineJoiner:
                     pending = tok
                 continue
             if pending is not None:
-                if tok.type != "VBAR":
+                if tok.type not in ("VBAR", "COLON"):
                     yield pending
                 pending = None
             if tok.type == "LPAR":

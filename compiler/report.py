@@ -19,6 +19,12 @@ def scaled(n: float, unit: str = "") -> str:
     return f"{n:g} {unit}".rstrip()
 
 
+def millions(n: int) -> str:
+    """Millions at the precision papers use: 138 for VGG-16, 25.6 for ResNet-50, 0.06 for LeNet."""
+    m = n / 1e6
+    return f"{m:.0f}" if m >= 100 else f"{m:.1f}" if m >= 1 else f"{m:.2f}"
+
+
 def nbytes(n: int) -> str:
     for factor, prefix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
         if n >= factor:
@@ -67,7 +73,7 @@ def network_table(net: Network) -> str:
 def summary_table(nets: list[Network]) -> str:
     rows = [(n.name, ", ".join(fmt_shape(v) for v in n.input_shapes.values()),
              ", ".join(fmt_shape(v) for v in n.output_shapes.values()), f"{len(n.layers):,}",
-             count(n.total_params), f"{n.total_params / 1e6:.1f}", count(n.total_macs),
+             count(n.total_params), millions(n.total_params), count(n.total_macs),
              f"{n.total_macs / 1e9:.2f}") for n in nets]
     return table(("network", "input", "output", "layers", "params", "params (M)", "MACs",
                   "GMACs"), rows, right=(3, 4, 5, 6, 7))
