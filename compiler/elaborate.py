@@ -102,6 +102,7 @@ class Elaborator:
                 shape = self.declared_shape(frame, decl.shape, "input")
             except _Fail as f:
                 self.report(f.diagnostic)
+                frame.env[decl.name] = POISON
                 continue
             if decl.name in inputs:
                 self.report(Diagnostic("error", f"input '{decl.name}' is declared twice",

@@ -23,7 +23,7 @@ class Instance:
 
     block: str
     args: dict
-    parent: "Instance | None"
+    parent: Instance | None
     location: Location | None
     local: str = ""
 
@@ -35,7 +35,7 @@ class Instance:
         return f"{prefix}/{self.local}" if prefix else self.local
 
     @property
-    def path(self) -> tuple["Instance", ...]:
+    def path(self) -> tuple[Instance, ...]:
         chain = []
         node = self
         while node is not None and node.parent is not None:
@@ -54,7 +54,7 @@ class Layer:
 
     op: str
     args: dict
-    inputs: list["Layer"]
+    inputs: list[Layer]
     shape: tuple
     scope: Instance
     location: Location | None

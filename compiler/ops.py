@@ -137,21 +137,21 @@ class RF:
     jump: tuple[Fraction, Fraction]
 
     @staticmethod
-    def unit() -> "RF":
+    def unit() -> RF:
         return RF((1, 1), (Fraction(1), Fraction(1)))
 
-    def window(self, extent, stride) -> "RF":
+    def window(self, extent, stride) -> RF:
         """After a sliding window of ``extent`` (dilated kernel) and ``stride``."""
         size = tuple(int(r + (e - 1) * j) for r, e, j in zip(self.size, extent, self.jump))
         return RF(size, tuple(j * s for j, s in zip(self.jump, stride)))
 
-    def upsampled(self, reach, scale) -> "RF":
+    def upsampled(self, reach, scale) -> RF:
         """After an upsampling that reads ``reach`` extra input steps per output."""
         size = tuple(int(r + e * j) for r, e, j in zip(self.size, reach, self.jump))
         return RF(size, tuple(j / s for j, s in zip(self.jump, scale)))
 
     @staticmethod
-    def merge(rfs) -> "RF":
+    def merge(rfs) -> RF:
         """The largest field over all paths (concat, add)."""
         return RF(tuple(max(r.size[i] for r in rfs) for i in (0, 1)),
                   tuple(max(r.jump[i] for r in rfs) for i in (0, 1)))
@@ -250,7 +250,7 @@ class _Windowed(Op):
             return (0, 0)
         if p == "same":
             pads = []
-            for axis, kk, dd in zip("hw", k, d):
+            for kk, dd in zip(k, d):
                 if dd * (kk - 1) % 2:
                     raise ArgError(
                         f"p=same needs d*(k-1) to be even, but the kernel {kk} (dilation {dd}) "
@@ -266,7 +266,10 @@ class _Windowed(Op):
         for size, kk, ss, pp, dd in zip((h, w), k, s, p, d):
             extent = dd * (kk - 1) + 1
             span = size + 2 * pp - extent
-            if span < 0:
+            out = (-(-span // ss) if ceil_mode else span // ss) + 1
+            if ceil_mode and (out - 1) * ss >= size + pp:
+                out -= 1  # the last window must start inside the input or left padding
+            if out < 1:
                 raise ShapeError(
                     f"{self.name} window {_fmt_pair(k)}"
                     + (f" (dilated to {extent})" if dd > 1 else "")
@@ -278,9 +281,6 @@ class _Windowed(Op):
                     f"stride {ss} does not tile the input: ({size} + 2*{pp} - {extent})/{ss} + 1"
                     f" = {span / ss + 1:g} is not a whole number (--strict)",
                     "change padding or stride so that (N + 2P - F) is a multiple of S")
-            out = (-(-span // ss) if ceil_mode else span // ss) + 1
-            if ceil_mode and (out - 1) * ss >= size + pp:
-                out -= 1  # the last window must start inside the input or left padding
             sizes.append(out)
         return tuple(sizes)
 
@@ -404,11 +404,10 @@ class MaxPool(_Windowed):
 
     def check(self, shapes, a, strict=False):
         self._check_rank(shapes)
-        for k, p, d in zip(a["k"], a["p"], a["d"]):
-            if 2 * p > d * (k - 1) + 1:
-                raise ArgError(
-                    f"padding {p} is more than half the window {d * (k - 1) + 1}; a window "
-                    "could then lie entirely in the padding", "p")
+        for k, p in zip(a["k"], a["p"]):
+            if p > k // 2:  # PyTorch's rule, so that no window lies entirely in the padding
+                raise ArgError(f"padding {p} is more than half the kernel size {k}", "p",
+                               f"use p <= {k // 2}")
         return (shapes[0][0], *self._out_size(shapes[0], a["k"], a["s"], a["p"], a["d"],
                                               a["ceil"], strict))
 

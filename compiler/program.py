@@ -46,7 +46,7 @@ class Program:
     root_networks: list[str] = field(default_factory=list)
 
     @classmethod
-    def load(cls, src: SourceFile, base_dir: Path | None = None) -> "Program":
+    def load(cls, src: SourceFile, base_dir: Path | None = None) -> Program:
         """Parse ``src`` and everything it imports; raise :class:`SpecError` on problems."""
         program = cls(src)
         loader = _Loader(program, base_dir or (src.path.parent if src.path else Path.cwd()))

@@ -26,7 +26,7 @@ class SourceFile:
         return Location(self.name, line, column, source, width)
 
     @classmethod
-    def from_path(cls, path: str | Path, display: str | None = None) -> "SourceFile":
+    def from_path(cls, path: str | Path, display: str | None = None) -> SourceFile:
         path = Path(path)
         name = display or str(path)
         try:

@@ -1,0 +1,37 @@
+"""Shared test helpers.
+
+Reference libraries (torch) are optional for developers but required in CI: `.ci/run` sets
+CNNC_REQUIRE_REFERENCES=1, and then a missing reference fails the test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = ROOT / "specs"
+
+
+def require(module_name: str):
+    """Import a reference library; skip locally if absent, fail when CI requires it."""
+    try:
+        return __import__(module_name)
+    except ImportError as exc:
+        if os.environ.get("CNNC_REQUIRE_REFERENCES"):
+            pytest.fail(f"reference '{module_name}' is required in CI but cannot be imported: "
+                        f"{exc}")
+        pytest.skip(f"{module_name} not installed")
+
+
+@pytest.fixture(scope="session")
+def torch():
+    t = require("torch")
+    t.set_num_threads(2)
+    return t
+
+
+def spec_path(name: str) -> Path:
+    return SPECS / name
