@@ -11,12 +11,14 @@ diagnostics)::
 
 from __future__ import annotations
 
+# Absolute imports: the repository root is this package's folder, and test runners may import
+# this file directly from a checkout; `cnnc.` then resolves to the installed package.
 from pathlib import Path
 
-from .compiler.diagnostics import CnncError, DataError, Diagnostic, ResourceError, SpecError
-from .compiler.network import Layer, Network
-from .compiler.program import CheckResult, Program
-from .compiler.source import SourceFile
+from cnnc.compiler.diagnostics import CnncError, DataError, Diagnostic, ResourceError, SpecError
+from cnnc.compiler.network import Layer, Network
+from cnnc.compiler.program import CheckResult, Program
+from cnnc.compiler.source import SourceFile
 
 __version__ = "0.1.0"
 __all__ = ["CnncError", "SpecError", "DataError", "ResourceError", "Diagnostic", "Network",

@@ -92,7 +92,7 @@ def _load(args):
 
 
 def cmd_draw(args) -> int:
-    from .draw import render
+    from .compiler.draw import render
     net = _load(args)
     out = args.output or f"{net.name}.svg"
     render(net, out, collapse=args.collapse, rankdir=args.rankdir)
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
         return COMMANDS[args.command](args)
     except CnncError as exc:
         print(exc.format(), file=sys.stderr)
-        return 1
+        return 2 if type(exc).__name__ == "UsageError" else 1
     except KeyboardInterrupt:
         print("cnnc: interrupted", file=sys.stderr)
         return 130
