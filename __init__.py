@@ -22,7 +22,7 @@ from cnnc.compiler.source import SourceFile
 
 __version__ = "0.1.0"
 __all__ = ["CnncError", "SpecError", "DataError", "ResourceError", "Diagnostic", "Network",
-           "Layer", "CheckResult", "load", "load_all", "check", "parse_program"]
+           "Layer", "CheckResult", "load", "load_all", "check", "parse_program", "draw"]
 
 
 def _source(spec: str | Path, filename: str | None) -> SourceFile:
@@ -74,3 +74,17 @@ def load(spec: str | Path, network: str | None = None, strict: bool = False,
     if not result.ok:
         raise SpecError(result.diagnostics)
     return result.networks[0]
+
+
+def draw(network: Network, out: str | Path | None = None, collapse: bool = False,
+         rankdir: str = "TB"):
+    """Draw a network with Graphviz.
+
+    Without ``out``, return the ``graphviz.Digraph`` (its ``.source`` is the DOT text). With
+    ``out``, render to that file (format from its suffix: .svg .png .pdf .dot) and return its
+    path.
+    """
+    from cnnc.compiler.draw import build, render
+    if out is None:
+        return build(network, collapse, rankdir)
+    return render(network, out, collapse, rankdir)

@@ -70,8 +70,10 @@ def build(net: Network, collapse: bool = False, rankdir: str = "TB"):
     """Return a ``graphviz.Digraph`` of the network (nothing is rendered yet)."""
     import graphviz
 
+    if rankdir not in ("TB", "LR"):
+        raise UsageError(error(f"rankdir must be TB or LR, got {rankdir!r}"))
     g = graphviz.Digraph(net.name, graph_attr={
-        "rankdir": rankdir, "fontname": "Helvetica", "nodesep": "0.25", "ranksep": "0.35",
+        "rankdir": rankdir, "fontname": "Helvetica", "ordering": "out", "nodesep": "0.25", "ranksep": "0.35",
         "label": f"{net.name}: {_count(net.total_params)} params, "
                  f"{_count(net.total_macs)} MACs", "labelloc": "t", "fontsize": "16"},
         edge_attr={"fontname": "Helvetica", "fontsize": "9", "color": "#546e7a",
@@ -201,7 +203,7 @@ def render(net: Network, out: str | Path, collapse: bool = False, rankdir: str =
                      "install graphviz), or write a .dot file, which needs no Graphviz"))
         import graphviz
         try:
-            data = graph.pipe(format=fmt)
+            data = graph.pipe(format=fmt, quiet=True)
         except (graphviz.ExecutableNotFound, graphviz.CalledProcessError, OSError) as exc:
             raise ResourceError(error(f"Graphviz failed to render {out}: {exc}")) from None
     _write_atomically(out, data)

@@ -198,6 +198,12 @@ class Network:
             "activation_memory": self.activation_memory,
         }
 
+    def draw(self, out=None, collapse: bool = False, rankdir: str = "TB"):
+        """Graphviz drawing: a ``graphviz.Digraph``, or rendered to ``out`` (see cnnc.draw)."""
+        from .draw import build, render
+        return build(self, collapse, rankdir) if out is None else render(self, out, collapse,
+                                                                          rankdir)
+
     def summary(self) -> str:
         """A Keras-style table of layers with totals (what ``cnnc check`` prints)."""
         from .report import network_table
