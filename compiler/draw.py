@@ -9,12 +9,11 @@ count; edges carry tensor shapes; block instances become nested clusters, or sin
 from __future__ import annotations
 
 import html
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from .diagnostics import CnncError, ResourceError, error
+from .files import write_atomically
 from .network import Instance, Layer, Network
 from .ops import OPS, fmt_shape
 
@@ -206,23 +205,5 @@ def render(net: Network, out: str | Path, collapse: bool = False, rankdir: str =
             data = graph.pipe(format=fmt, quiet=True)
         except (graphviz.ExecutableNotFound, graphviz.CalledProcessError, OSError) as exc:
             raise ResourceError(error(f"Graphviz failed to render {out}: {exc}")) from None
-    _write_atomically(out, data)
+    write_atomically(out, data)
     return out
-
-
-def _write_atomically(path: Path, data: bytes):
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    except OSError as exc:
-        raise ResourceError(error(f"cannot write '{path}': {exc.strerror or exc}")) from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise ResourceError(error(f"cannot write '{path}': {exc.strerror or exc}")) from None

@@ -1,0 +1,82 @@
+"""``cnnc run`` and ``cnnc bench``: argument handling and printing around runtime.session."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..compiler.diagnostics import DataError, error
+from ..compiler.network import Network
+from ..compiler.ops import fmt_shape
+from ..compiler.report import table
+from . import data
+from . import weights as weights_io
+from .session import Session
+
+
+def run_command(net: Network, args) -> int:
+    if args.batch is not None and args.batch < 1:
+        raise DataError(error(f"--batch must be at least 1, got {args.batch}"))
+    for path in (args.out, args.save_weights):
+        if path and not Path(path).parent.exists():
+            raise DataError(error(f"cannot write '{path}': no such directory"))
+    paths = data.parse_input_args(net, args.input)
+    if paths:
+        inputs = {name: data.load_input(path, name, net.inputs[name].shape)
+                  for name, path in paths.items()}
+        batches = {x.shape[0] for x in inputs.values()}
+        if len(batches) > 1:
+            raise DataError(error(f"inputs disagree on the batch size: {sorted(batches)}"))
+        batch = batches.pop()
+        if args.batch is not None and args.batch != batch:
+            if batch != 1:
+                raise DataError(error(f"--batch {args.batch} but the input holds {batch} "
+                                      "samples"))
+            inputs = {k: np.repeat(v, args.batch, axis=0) for k, v in inputs.items()}
+            batch = args.batch
+    else:
+        batch = args.batch or 1
+        inputs = data.random_inputs(net, batch, args.seed)
+    session = Session.create(net, args.weights, seed=args.seed, device=args.device, batch=batch)
+    if args.save_weights:
+        weights_io.save(session.weights, Path(args.save_weights))
+    outputs = session.run(inputs)
+    for name, y in outputs.items():
+        print(f"{name}: shape {fmt_shape(y.shape)}  min {y.min():.6g}  max {y.max():.6g}  "
+              f"mean {y.mean():.6g}  std {y.std():.6g}")
+        if y.ndim == 2:
+            for n in range(min(y.shape[0], 4)):
+                top = np.argsort(-y[n], kind="stable")[:5]
+                ranked = ", ".join(f"{int(i)} ({y[n, i]:.4g})" for i in top)
+                print(f"  sample {n} top-5: {ranked}")
+            if y.shape[0] > 4:
+                print(f"  ... {y.shape[0] - 4} more samples")
+    if args.out:
+        data.save_outputs(outputs, Path(args.out))
+        print(f"wrote {args.out}")
+    if args.save_weights:
+        print(f"wrote {args.save_weights}")
+    return 0
+
+
+def bench_command(net: Network, args) -> int:
+    if args.batch < 1 or args.repeat < 1:
+        raise DataError(error("--batch and --repeat must be at least 1"))
+    session = Session.create(net, None, device=args.device, batch=args.batch)
+    info = session.bench(args.batch, args.repeat)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    rows = [(x["layer"], x["op"], fmt_shape(x["shape"]), f"{x['ms']:.3f}",
+             f"{100 * x['share']:.1f}%", f"{x['gflops']:.1f}" if x["gflops"] else "")
+            for x in info["layers"]]
+    print(f"network {net.name}, batch {info['batch']}, device {info['device']}"
+          + (f" ({info['threads']} threads, {info['threading_layer']} threading layer)"
+             if "threads" in info else ""))
+    print(table(("layer", "op", "output", "ms", "share", "GFLOP/s"), rows, right=(3, 4, 5)))
+    print(f"total       {info['median_ms']:.3f} ms median of {info['repeat']} "
+          f"(min {info['min_ms']:.3f} ms), {info['gflops']:.1f} GFLOP/s")
+    print(f"warm-up     {info['warmup_s']:.2f} s (includes kernel compilation on a cold cache)")
+    return 0

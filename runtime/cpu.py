@@ -1,0 +1,427 @@
+"""CPU kernels (Numba), one per op, named as the ops are; their CUDA twins live in cuda.py.
+
+Layout: activations are NHWC float32 (vectors are (N, C)), contiguous. Every kernel writes into
+a preallocated ``out`` and takes sizes as ints, so each compiles once. Convolutions are tiled
+im2col + BLAS GEMM with a fused epilogue (bias, residual add, activation); ``prange`` spreads
+tiles over the threads, each calling single-threaded BLAS.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .blas import gemm
+
+# No 'nnan'/'ninf': max pooling starts from -inf.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+JIT = dict(cache=True, nogil=True, fastmath=FASTMATH)
+PJIT = dict(JIT, parallel=True)
+
+#: Activation codes shared by every fused epilogue (and by the CUDA kernels).
+ACT_NONE, ACT_RELU, ACT_RELU6, ACT_LEAKY, ACT_SIGMOID, ACT_TANH = range(6)
+ACTIVATIONS = {"relu": ACT_RELU, "relu6": ACT_RELU6, "leaky_relu": ACT_LEAKY,
+               "sigmoid": ACT_SIGMOID, "tanh": ACT_TANH}
+
+#: Target im2col tile size in floats (fits the L2 cache with the GEMM's panels).
+TILE_FLOATS = 96 * 1024
+F4 = 4  # bytes per float32
+
+
+@njit(inline="always", **JIT)
+def activate(v, act, alpha):
+    if act == ACT_RELU:
+        return v if v > 0.0 else np.float32(0.0)
+    if act == ACT_RELU6:
+        return min(max(v, np.float32(0.0)), np.float32(6.0))
+    if act == ACT_LEAKY:
+        return v if v > 0.0 else v * alpha
+    if act == ACT_SIGMOID:
+        return np.float32(1.0) / (np.float32(1.0) + np.exp(-v))
+    if act == ACT_TANH:
+        return np.tanh(v)
+    return v
+
+
+@njit(**JIT)
+def _epilogue(out2, r0, r1, c0, c1, bias, res2, has_res, act, alpha):
+    for r in range(r0, r1):
+        for co in range(c0, c1):
+            v = out2[r, co] + bias[co]
+            if has_res:
+                v += res2[r, co]
+            out2[r, co] = activate(v, act, alpha)
+
+
+@njit(**JIT)
+def _im2col(x, n, oy0, oy1, wo, kh, kw, sh, sw, ph, pw, dh, dw, c0, cg, col):
+    h, w = x.shape[1], x.shape[2]
+    for oy in range(oy0, oy1):
+        for ox in range(wo):
+            r = (oy - oy0) * wo + ox
+            for ky in range(kh):
+                iy = oy * sh - ph + ky * dh
+                for kx in range(kw):
+                    ix = ox * sw - pw + kx * dw
+                    base = (ky * kw + kx) * cg
+                    if 0 <= iy < h and 0 <= ix < w:
+                        for c in range(cg):
+                            col[r, base + c] = x[n, iy, ix, c0 + c]
+                    else:
+                        for c in range(cg):
+                            col[r, base + c] = 0.0
+
+
+@njit(**PJIT)
+def conv(x, wmat, bias, res, out, kh, kw, sh, sw, ph, pw, dh, dw, groups, act, alpha,
+         rows_per_tile, channel_blocks):
+    """Convolution, NHWC. ``wmat``: (groups, kh*kw*C/g, out/g), rows ordered (ky, kx, c).
+
+    ``res`` is a residual added before the activation (size 0 for none). Work items are
+    (image, row tile, output-channel block); each builds its im2col tile and calls GEMM.
+    """
+    n_img, _, _, c_in = x.shape
+    _, ho, wo, c_out = out.shape
+    cg = c_in // groups
+    og = c_out // groups
+    k = kh * kw * cg
+    direct = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
+    has_res = res.size > 0
+    tiles = (ho + rows_per_tile - 1) // rows_per_tile
+    block = (og + channel_blocks - 1) // channel_blocks
+    out2 = out.reshape(n_img * ho * wo, c_out)
+    res2 = res.reshape(-1, c_out) if has_res else out2
+    x_addr, w_addr, o_addr = x.ctypes.data, wmat.ctypes.data, out.ctypes.data
+    for item in prange(n_img * tiles * channel_blocks):
+        b = item % channel_blocks
+        t = item // channel_blocks
+        n = t // tiles
+        oy0 = (t % tiles) * rows_per_tile
+        oy1 = min(ho, oy0 + rows_per_tile)
+        m = (oy1 - oy0) * wo
+        r0 = (n * ho + oy0) * wo
+        col = np.empty((0 if direct else m, k), np.float32)
+        for gi in range(groups):
+            c0 = gi * og + b * block
+            c1 = min(gi * og + og, c0 + block)
+            if c1 <= c0:
+                continue
+            if direct:
+                a_addr = x_addr + (r0 * c_in + gi * cg) * F4
+                lda = c_in
+            else:
+                _im2col(x, n, oy0, oy1, wo, kh, kw, sh, sw, ph, pw, dh, dw, gi * cg, cg, col)
+                a_addr = col.ctypes.data
+                lda = k
+            gemm(m, c1 - c0, k, a_addr, lda, w_addr + (gi * k * og + c0 - gi * og) * F4, og,
+                 o_addr + (r0 * c_out + c0) * F4, c_out, 0.0)
+        for gi in range(groups):
+            c0 = gi * og + b * block
+            c1 = min(gi * og + og, c0 + block)
+            if c1 > c0:
+                _epilogue(out2, r0, r0 + m, c0, c1, bias, res2, has_res, act, alpha)
+
+
+@njit(**PJIT)
+def dwconv(x, w, bias, res, out, kh, kw, sh, sw, ph, pw, dh, dw, mult, act, alpha):
+    """Depthwise convolution, NHWC, vectorised over channels. ``w``: (kh, kw, C*mult)."""
+    n_img, h, wd, _ = x.shape
+    _, ho, wo, c_out = out.shape
+    has_res = res.size > 0
+    for t in prange(n_img * ho):
+        n = t // ho
+        oy = t % ho
+        acc = np.zeros(c_out, np.float32)
+        for ox in range(wo):
+            acc[:] = 0.0
+            for ky in range(kh):
+                iy = oy * sh - ph + ky * dh
+                if iy < 0 or iy >= h:
+                    continue
+                for kx in range(kw):
+                    ix = ox * sw - pw + kx * dw
+                    if ix < 0 or ix >= wd:
+                        continue
+                    if mult == 1:
+                        for c in range(c_out):
+                            acc[c] += x[n, iy, ix, c] * w[ky, kx, c]
+                    else:
+                        for c in range(c_out):
+                            acc[c] += x[n, iy, ix, c // mult] * w[ky, kx, c]
+            for c in range(c_out):
+                v = acc[c] + bias[c]
+                if has_res:
+                    v += res[n, oy, ox, c]
+                out[n, oy, ox, c] = activate(v, act, alpha)
+
+
+@njit(**PJIT)
+def convt(x, wmat, bias, res, out, cols, kh, kw, sh, sw, ph, pw, dh, dw, groups, act, alpha):
+    """Transposed convolution, NHWC: one GEMM per group into ``cols`` (groups, N*H*W,
+    kh*kw*out/g), then each output pixel gathers the taps that reach it (no write races).
+    ``wmat``: (groups, C/g, kh*kw*out/g), columns ordered (ky, kx, co)."""
+    n_img, h, w, c_in = x.shape
+    _, ho, wo, c_out = out.shape
+    cg = c_in // groups
+    og = c_out // groups
+    p = n_img * h * w
+    kk = kh * kw * og
+    for gi in prange(groups):
+        gemm(p, kk, cg, x.ctypes.data + gi * cg * F4, c_in, wmat.ctypes.data + gi * cg * kk * F4,
+             kk, cols.ctypes.data + gi * p * kk * F4, kk, 0.0)
+    has_res = res.size > 0
+    for t in prange(n_img * ho):
+        n = t // ho
+        oy = t % ho
+        for ox in range(wo):
+            for co in range(c_out):
+                gi = co // og
+                j = co - gi * og
+                acc = bias[co]
+                for ky in range(kh):
+                    ty = oy + ph - ky * dh
+                    if ty < 0 or ty % sh != 0:
+                        continue
+                    iy = ty // sh
+                    if iy >= h:
+                        continue
+                    for kx in range(kw):
+                        tx = ox + pw - kx * dw
+                        if tx < 0 or tx % sw != 0:
+                            continue
+                        ix = tx // sw
+                        if ix >= w:
+                            continue
+                        acc += cols[gi, (n * h + iy) * w + ix, (ky * kw + kx) * og + j]
+                if has_res:
+                    acc += res[n, oy, ox, co]
+                out[n, oy, ox, co] = activate(acc, act, alpha)
+
+
+@njit(**PJIT)
+def fc(x, wt, bias, res, out, act, alpha, blocks):
+    """Fully connected: ``out (N, O) = x (N, I) @ wt (I, O)``, O split in column blocks."""
+    n_img, n_in = x.shape
+    n_out = out.shape[1]
+    has_res = res.size > 0
+    size = (n_out + blocks - 1) // blocks
+    for b in prange(blocks):
+        c0 = b * size
+        c1 = min(n_out, c0 + size)
+        if c1 > c0:
+            gemm(n_img, c1 - c0, n_in, x.ctypes.data, n_in, wt.ctypes.data + c0 * F4, n_out,
+                 out.ctypes.data + c0 * F4, n_out, 0.0)
+            _epilogue(out, 0, n_img, c0, c1, bias, res, has_res, act, alpha)
+
+
+@njit(**PJIT)
+def maxpool(x, out, kh, kw, sh, sw, ph, pw, dh, dw):
+    n_img, h, w, c = x.shape
+    _, ho, wo, _ = out.shape
+    for t in prange(n_img * ho):
+        n = t // ho
+        oy = t % ho
+        for ox in range(wo):
+            for ch in range(c):
+                out[n, oy, ox, ch] = -np.inf
+            for ky in range(kh):
+                iy = oy * sh - ph + ky * dh
+                if iy < 0 or iy >= h:
+                    continue
+                for kx in range(kw):
+                    ix = ox * sw - pw + kx * dw
+                    if ix < 0 or ix >= w:
+                        continue
+                    for ch in range(c):
+                        v = x[n, iy, ix, ch]
+                        if v > out[n, oy, ox, ch] or v != v:
+                            out[n, oy, ox, ch] = v
+
+
+@njit(**PJIT)
+def avgpool(x, out, kh, kw, sh, sw, ph, pw, count_pad):
+    """Average pooling with PyTorch's divisor: the window clipped to the padded input
+    (``count_pad``) or the number of real pixels."""
+    n_img, h, w, c = x.shape
+    _, ho, wo, _ = out.shape
+    for t in prange(n_img * ho):
+        n = t // ho
+        oy = t % ho
+        y0 = oy * sh - ph
+        y1 = min(y0 + kh, h + ph)
+        for ox in range(wo):
+            x0 = ox * sw - pw
+            x1 = min(x0 + kw, w + pw)
+            pool = (y1 - y0) * (x1 - x0)
+            ya, yb, xa, xb = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
+            div = pool if count_pad else (yb - ya) * (xb - xa)
+            for ch in range(c):
+                out[n, oy, ox, ch] = 0.0
+            for iy in range(ya, yb):
+                for ix in range(xa, xb):
+                    for ch in range(c):
+                        out[n, oy, ox, ch] += x[n, iy, ix, ch]
+            scale = np.float32(1.0) / np.float32(max(div, 1))
+            for ch in range(c):
+                out[n, oy, ox, ch] *= scale
+
+
+@njit(**PJIT)
+def gap(x, out):
+    n_img, h, w, c = x.shape
+    for n in prange(n_img):
+        for ch in range(c):
+            out[n, 0, 0, ch] = 0.0
+        for iy in range(h):
+            for ix in range(w):
+                for ch in range(c):
+                    out[n, 0, 0, ch] += x[n, iy, ix, ch]
+        for ch in range(c):
+            out[n, 0, 0, ch] /= h * w
+
+
+@njit(**PJIT)
+def gmp(x, out):
+    n_img, h, w, c = x.shape
+    for n in prange(n_img):
+        for ch in range(c):
+            out[n, 0, 0, ch] = -np.inf
+        for iy in range(h):
+            for ix in range(w):
+                for ch in range(c):
+                    v = x[n, iy, ix, ch]
+                    if v > out[n, 0, 0, ch] or v != v:
+                        out[n, 0, 0, ch] = v
+
+
+@njit(**PJIT)
+def affine(x2, scale, shift, out2, act, alpha):
+    """Per-channel ``x * scale + shift`` then activation: inference batch norm. (rows, C)."""
+    rows, c = x2.shape
+    for r in prange(rows):
+        for ch in range(c):
+            out2[r, ch] = activate(x2[r, ch] * scale[ch] + shift[ch], act, alpha)
+
+
+@njit(**PJIT)
+def act(x1, out1, code, alpha):
+    """Elementwise activation on flat arrays."""
+    for i in prange(x1.size):
+        out1[i] = activate(x1[i], code, alpha)
+
+
+@njit(**PJIT)
+def add(a1, b1, out1, code, alpha):
+    """Elementwise ``a + b`` then activation, on flat arrays (more operands: call again)."""
+    for i in prange(out1.size):
+        out1[i] = activate(a1[i] + b1[i], code, alpha)
+
+
+@njit(**PJIT)
+def softmax(x2, out2):
+    """Softmax over the last axis (channels in NHWC)."""
+    rows, c = x2.shape
+    for r in prange(rows):
+        m = -np.inf
+        for ch in range(c):
+            m = max(m, x2[r, ch])
+        s = np.float32(0.0)
+        for ch in range(c):
+            e = np.exp(x2[r, ch] - m)
+            out2[r, ch] = e
+            s += e
+        inv = np.float32(1.0) / s
+        for ch in range(c):
+            out2[r, ch] *= inv
+
+
+@njit(**PJIT)
+def lrn(x2, out2, size, alpha, beta, k):
+    """Local response norm across channels, PyTorch's form: the window sum of squares is
+    divided by ``size`` (zero padded: size//2 before, (size-1)//2 after)."""
+    rows, c = x2.shape
+    before = size // 2
+    after = (size - 1) // 2
+    for r in prange(rows):
+        for ch in range(c):
+            s = np.float32(0.0)
+            for j in range(max(0, ch - before), min(c, ch + after + 1)):
+                s += x2[r, j] * x2[r, j]
+            out2[r, ch] = x2[r, ch] / (k + alpha * s / size) ** beta
+
+
+@njit(**PJIT)
+def upsample(x, out, sh, sw, bilinear):
+    """Nearest or bilinear (align_corners=False) upsampling by integer factors."""
+    n_img, h, w, c = x.shape
+    _, ho, wo, _ = out.shape
+    for t in prange(n_img * ho):
+        n = t // ho
+        oy = t % ho
+        if bilinear:
+            sy = max((oy + 0.5) / sh - 0.5, 0.0)
+            y0 = min(int(sy), h - 1)
+            y1 = min(y0 + 1, h - 1)
+            ly = np.float32(sy - y0)
+        else:
+            y0 = oy // sh
+        for ox in range(wo):
+            if bilinear:
+                sx = max((ox + 0.5) / sw - 0.5, 0.0)
+                x0 = min(int(sx), w - 1)
+                x1 = min(x0 + 1, w - 1)
+                lx = np.float32(sx - x0)
+                for ch in range(c):
+                    top = x[n, y0, x0, ch] * (1 - lx) + x[n, y0, x1, ch] * lx
+                    bot = x[n, y1, x0, ch] * (1 - lx) + x[n, y1, x1, ch] * lx
+                    out[n, oy, ox, ch] = top * (1 - ly) + bot * ly
+            else:
+                for ch in range(c):
+                    out[n, oy, ox, ch] = x[n, y0, ox // sw, ch]
+
+
+@njit(**PJIT)
+def concat(x, out, c0):
+    """Copy ``x`` (N, H, W, Cx) into channels [c0, c0 + Cx) of ``out``."""
+    n_img, h, w, c = x.shape
+    for t in prange(n_img * h):
+        n = t // h
+        iy = t % h
+        for ix in range(w):
+            for ch in range(c):
+                out[n, iy, ix, c0 + ch] = x[n, iy, ix, ch]
+
+
+@njit(**PJIT)
+def crop(x, out, oy, ox):
+    n_img, ho, wo, c = out.shape
+    for t in prange(n_img * ho):
+        n = t // ho
+        y = t % ho
+        for xx in range(wo):
+            for ch in range(c):
+                out[n, y, xx, ch] = x[n, y + oy, xx + ox, ch]
+
+
+@njit(**PJIT)
+def flatten(x, out):
+    """NHWC to (N, C*H*W) in C, H, W order, as PyTorch flattens NCHW."""
+    n_img, h, w, c = x.shape
+    for n in prange(n_img):
+        for iy in range(h):
+            for ix in range(w):
+                for ch in range(c):
+                    out[n, (ch * h + iy) * w + ix] = x[n, iy, ix, ch]
+
+
+def conv_tiling(n_img: int, ho: int, wo: int, k: int, c_out: int, threads: int):
+    """Rows per tile (im2col tile near TILE_FLOATS) and output-channel blocks so that there
+    are at least two work items per thread."""
+    rows = max(1, min(ho, TILE_FLOATS // max(1, k * wo)))
+    items = n_img * math.ceil(ho / rows)
+    blocks = 1
+    while items * blocks < 2 * threads and c_out // (blocks * 2) >= 16:
+        blocks *= 2
+    return rows, blocks

@@ -1,0 +1,130 @@
+"""Running and timing a checked network: the runtime's API, used by the CLI and ``cnnc.run``."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..compiler.diagnostics import DataError, ResourceError, error
+from ..compiler.network import Network
+from . import memory
+from . import weights as weights_io
+from .plan import Plan, build_plan
+
+
+def backend_for(device: str):
+    if device == "cpu":
+        from .executor import CpuBackend
+        return CpuBackend()
+    if device == "cuda":
+        from .cuda import CudaBackend
+        return CudaBackend()
+    raise DataError(error(f"unknown device '{device}' (cpu or cuda)"))
+
+
+@dataclass
+class Session:
+    """A network compiled to a plan with its weights, ready to run on one device."""
+
+    network: Network
+    weights: dict
+    plan: Plan
+    device: str = "cpu"
+
+    @classmethod
+    def create(cls, network: Network, weights: dict | str | None = None, seed: int = 0,
+               device: str = "cpu", optimize: bool = True, batch: int = 1) -> "Session":
+        memory.check_fits(network, batch)
+        if weights is None:
+            weights = weights_io.initialise(network, seed)
+        elif not isinstance(weights, dict):
+            weights = weights_io.load(network, weights)
+        else:
+            weights = _checked(network, weights)
+        plan = build_plan(network, weights, optimize)
+        return cls(network, weights, plan, device)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch = _batch_of(self.network, inputs)
+        memory.check_fits(self.network, batch)
+        return self._executor(batch).run(inputs)
+
+    def _executor(self, batch: int):
+        from .executor import Executor
+        cache = self.__dict__.setdefault("_executors", {})
+        if batch not in cache:
+            cache.clear()
+            cache[batch] = Executor(self.plan, backend_for(self.device), batch)
+        return cache[batch]
+
+    def bench(self, batch: int = 1, repeat: int = 10, seed: int = 0) -> dict:
+        """Warm up (compiles kernels), then time whole passes and each step."""
+        from .data import random_inputs
+        memory.check_fits(self.network, batch)
+        inputs = random_inputs(self.network, batch, seed)
+        t0 = time.perf_counter()
+        executor = self._executor(batch)
+        executor.run(inputs)
+        warmup = time.perf_counter() - t0
+        totals, per_step = [], [[] for _ in self.plan.steps]
+        for _ in range(max(1, repeat)):
+            t0 = time.perf_counter()
+            executor.run(inputs)
+            executor.backend.synchronize()
+            totals.append(time.perf_counter() - t0)
+        for _ in range(max(1, min(repeat, 5))):
+            timings: list[float] = []
+            executor.run(inputs, timings)
+            for i, t in enumerate(timings):
+                per_step[i].append(t)
+        layers = []
+        step_total = sum(statistics.median(t) for t in per_step) or 1.0
+        for step, times in zip(self.plan.steps, per_step):
+            ms = statistics.median(times) * 1e3
+            out = self.plan.values[step.output].shape
+            layers.append({
+                "layer": step.label, "op": step.kernel,
+                "shape": list(out[-1:] + out[:-1]) if len(out) == 3 else list(out),
+                "ms": ms, "share": ms / 1e3 / step_total,
+                "gflops": 2 * step.macs * batch / (ms / 1e3) / 1e9 if ms > 0 else 0.0})
+        info = {"median_ms": statistics.median(totals) * 1e3, "min_ms": min(totals) * 1e3,
+                "batch": batch, "device": self.device, "repeat": len(totals),
+                "warmup_s": warmup, "layers": layers,
+                "gflops": 2 * self.network.total_macs * batch /
+                          (statistics.median(totals)) / 1e9}
+        info.update(executor.backend.describe() if hasattr(executor.backend, "describe") else {})
+        return info
+
+
+def _batch_of(net: Network, inputs: dict[str, np.ndarray]) -> int:
+    missing = [n for n in net.inputs if n not in inputs]
+    extra = [n for n in inputs if n not in net.inputs]
+    if missing or extra:
+        raise DataError(error(f"inputs do not match the network: missing {missing}, "
+                              f"unexpected {extra}"))
+    batches = set()
+    for name, layer in net.inputs.items():
+        x = inputs[name]
+        if tuple(x.shape[1:]) != layer.shape or x.ndim != len(layer.shape) + 1:
+            raise DataError(error(f"input '{name}' has shape {tuple(x.shape)}, expected "
+                                  f"(batch, {', '.join(map(str, layer.shape))})"))
+        batches.add(x.shape[0])
+    if len(batches) != 1:
+        raise DataError(error(f"inputs disagree on the batch size: {sorted(batches)}"))
+    return batches.pop()
+
+
+def _checked(net: Network, weights: dict) -> dict:
+    want = weights_io.expected(net)
+    bad = [k for k, s in want.items() if k not in weights or tuple(np.shape(weights[k])) != s]
+    extra = [k for k in weights if k not in want]
+    if bad or extra:
+        raise DataError(error(f"weights do not match the network: wrong or missing {bad[:5]}, "
+                              f"unexpected {extra[:5]}"))
+    return {k: np.ascontiguousarray(weights[k], dtype=np.float32) for k in want}
+
+
+__all__ = ["Session", "ResourceError"]
