@@ -22,7 +22,7 @@ from cnnc.compiler.source import SourceFile
 
 __version__ = "0.1.0"
 __all__ = ["CnncError", "SpecError", "DataError", "ResourceError", "Diagnostic", "Network",
-           "Layer", "CheckResult", "load", "load_all", "check", "parse_program", "draw"]
+           "Layer", "CheckResult", "load", "load_all", "check", "parse_program", "draw", "run"]
 
 
 def _source(spec: str | Path, filename: str | None) -> SourceFile:
@@ -88,3 +88,22 @@ def draw(network: Network, out: str | Path | None = None, collapse: bool = False
     if out is None:
         return build(network, collapse, rankdir)
     return render(network, out, collapse, rankdir)
+
+
+def run(network: Network, inputs: dict | None = None, weights: dict | str | Path | None = None,
+        seed: int = 0, batch: int = 1, device: str = "cpu", optimize: bool = True) -> dict:
+    """Run a checked network; return ``{output name: array}`` in NCHW (or (N, C)).
+
+    ``inputs`` maps input names to float arrays (batch, C, H, W); without it the inputs are
+    seeded random data of ``batch`` samples. ``weights`` is a dict or an ``.npz`` path keyed
+    ``LAYER.weight`` etc.; without it they are seeded (He for conv, Xavier for fc).
+    """
+    from cnnc.runtime.data import random_inputs
+    from cnnc.runtime.session import Session
+    if inputs is None:
+        inputs = random_inputs(network, batch, seed)
+    else:
+        batch = max(int(next(iter(inputs.values())).shape[0]), 1) if inputs else batch
+    session = Session.create(network, weights, seed=seed, device=device, optimize=optimize,
+                             batch=batch)
+    return session.run(inputs)

@@ -352,34 +352,54 @@ def lrn(x2, out2, size, alpha, beta, k):
             out2[r, ch] = x2[r, ch] / (k + alpha * s / size) ** beta
 
 
-@njit(**PJIT)
 def upsample(x, out, sh, sw, bilinear):
-    """Nearest or bilinear (align_corners=False) upsampling by integer factors."""
+    """Nearest or bilinear (align_corners=False) upsampling by integer factors.
+
+    Two kernels: Numba's parallel transform mishandled the variables of one kernel that
+    branched inside its ``prange`` body."""
+    if bilinear:
+        _upsample_bilinear(x, out, sh, sw)
+    else:
+        _upsample_nearest(x, out, sh, sw)
+
+
+@njit(**PJIT)
+def _upsample_nearest(x, out, sh, sw):
+    n_img, _, _, c = x.shape
+    _, ho, wo, _ = out.shape
+    for t in prange(n_img * ho):
+        n = t // ho
+        oy = t % ho
+        for ox in range(wo):
+            for ch in range(c):
+                out[n, oy, ox, ch] = x[n, oy // sh, ox // sw, ch]
+
+
+@njit(**PJIT)
+def _upsample_bilinear(x, out, sh, sw):
     n_img, h, w, c = x.shape
     _, ho, wo, _ = out.shape
     for t in prange(n_img * ho):
         n = t // ho
         oy = t % ho
-        if bilinear:
-            sy = max((oy + 0.5) / sh - 0.5, 0.0)
-            y0 = min(int(sy), h - 1)
-            y1 = min(y0 + 1, h - 1)
-            ly = np.float32(sy - y0)
-        else:
-            y0 = oy // sh
-        for ox in range(wo):
-            if bilinear:
-                sx = max((ox + 0.5) / sw - 0.5, 0.0)
-                x0 = min(int(sx), w - 1)
-                x1 = min(x0 + 1, w - 1)
-                lx = np.float32(sx - x0)
-                for ch in range(c):
-                    top = x[n, y0, x0, ch] * (1 - lx) + x[n, y0, x1, ch] * lx
-                    bot = x[n, y1, x0, ch] * (1 - lx) + x[n, y1, x1, ch] * lx
-                    out[n, oy, ox, ch] = top * (1 - ly) + bot * ly
-            else:
-                for ch in range(c):
-                    out[n, oy, ox, ch] = x[n, y0, ox // sw, ch]
+        _bilinear_row(x, out, n, oy, h, w, c, wo, sh, sw)
+
+
+@njit(**JIT)
+def _bilinear_row(x, out, n, oy, h, w, c, wo, sh, sw):
+    sy = max((oy + 0.5) / sh - 0.5, 0.0)
+    y0 = min(int(sy), h - 1)
+    y1 = min(y0 + 1, h - 1)
+    ly = np.float32(sy - y0)
+    for ox in range(wo):
+        sx = max((ox + 0.5) / sw - 0.5, 0.0)
+        x0 = min(int(sx), w - 1)
+        x1 = min(x0 + 1, w - 1)
+        lx = np.float32(sx - x0)
+        for ch in range(c):
+            top = x[n, y0, x0, ch] * (1 - lx) + x[n, y0, x1, ch] * lx
+            bot = x[n, y1, x0, ch] * (1 - lx) + x[n, y1, x1, ch] * lx
+            out[n, oy, ox, ch] = top * (1 - ly) + bot * ly
 
 
 @njit(**PJIT)

@@ -1,0 +1,145 @@
+"""Every op's CPU kernel against PyTorch on random configurations (shapes first, then values).
+
+Each case runs the optimised plan (folding, fusion) and the plain one; both must match torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import cnnc
+import torch_reference
+
+RTOL = ATOL = 2e-4  # float32 sums of a few hundred terms
+CASES = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def compare(torch, spec: str, batch: int = 2, seed: int = 0):
+    result = cnnc.check(spec)
+    if not result.ok:
+        return False  # an invalid random configuration: the checker rejected it cleanly
+    net = result.networks[0]
+    weights = torch_reference.random_weights(net, seed)
+    rng = np.random.default_rng(seed)
+    inputs = {n: rng.standard_normal((batch, *layer.shape)).astype(np.float32)
+              for n, layer in net.inputs.items()}
+    want = torch_reference.forward(torch, net, weights, inputs)
+    for optimize in (True, False):
+        got = cnnc.run(net, inputs, weights, optimize=optimize)
+        for name in want:
+            assert got[name].shape == want[name].shape, name
+            np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=ATOL,
+                                       err_msg=f"{name} optimize={optimize}\n{spec}")
+    return True
+
+
+def net(stage: str, shape: str) -> str:
+    return f"network t(x: {shape}) {{\n  return x | {stage}\n}}\n"
+
+
+sizes = st.integers(1, 9)
+pairs = st.one_of(st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3)))
+
+
+@CASES
+@given(st.integers(1, 4), sizes, sizes, st.integers(1, 3), st.integers(1, 3), st.integers(1, 2),
+       st.integers(0, 2), st.integers(1, 2), st.sampled_from([1, 2]), st.booleans(),
+       st.sampled_from(["", " | relu", " | leaky_relu(0.2)", " | bn | relu6", " | sigmoid",
+                        " | tanh"]), st.integers(1, 3))
+def test_conv(torch, cg, h, w, kh, kw, s, p, d, g, bias, tail, batch):
+    spec = net(f"conv({2 * g}, k=({kh}, {kw}), s={s}, p={p}, d={d}, g={g}, "
+               f"bias={'true' if bias else 'false'}){tail}", f"{cg * g}x{h}x{w}")
+    compare(torch, spec, batch)
+
+
+@CASES
+@given(st.sampled_from([1, 3]), st.integers(1, 2), st.integers(0, 1), st.integers(1, 2),
+       st.integers(1, 2), sizes, sizes)
+def test_depthwise(torch, k, s, p, d, m, h, w):
+    assume(compare(torch, net(f"dwconv(k={k}, s={s}, p={p}, d={d}, m={m}) | bn | relu",
+                              f"3x{h}x{w}")))
+
+
+def test_conv_same_padding_and_large_tiles(torch):
+    assert compare(torch, net("conv(32, k=3, p=same) | relu | conv(16, k=5, d=2, p=same)",
+                              "16x23x19"), batch=3)
+    assert compare(torch, net("conv(64, k=3, s=2, p=1)", "64x28x28"), batch=1)
+    assert compare(torch, net("conv(24, k=1) | conv(24, k=1, s=2)", "40x15x15"), batch=2)
+
+
+@CASES
+@given(st.integers(1, 3), sizes, sizes, st.integers(1, 3), st.integers(1, 3), st.integers(0, 2),
+       st.integers(0, 1), st.integers(1, 2), st.sampled_from([1, 2]))
+def test_convt(torch, c, h, w, k, s, p, op, d, g):
+    op = min(op, max(s, d) - 1)
+    compare(torch, net(f"convt({2 * g}, k={k}, s={s}, p={p}, op={op}, d={d}, g={g}) | bn",
+                       f"{c * g}x{h}x{w}"))
+
+
+@CASES
+@given(st.sampled_from(["maxpool", "avgpool"]), sizes, sizes, pairs, pairs, st.integers(0, 1),
+       st.booleans(), st.booleans(), st.integers(1, 2))
+def test_pooling(torch, op, h, w, k, s, p, ceil, count_pad, d):
+    extra = f"d={d}" if op == "maxpool" else f"count_pad={'true' if count_pad else 'false'}"
+    compare(torch, net(f"{op}(k={k}, s={s}, p={p}, ceil={'true' if ceil else 'false'}, {extra})",
+                       f"3x{h}x{w}"))
+
+
+@pytest.mark.parametrize("stage", ["gap", "gmp", "softmax", "lrn", "lrn(size=3, k=2)",
+                                   "upsample(2)", "upsample(3, mode=bilinear)",
+                                   "upsample((2, 3), mode=bilinear)", "upsample((1, 2))",
+                                   "bn", "bn | relu", "relu6", "leaky_relu(0.3)", "sigmoid",
+                                   "tanh", "identity", "dropout", "flatten", "flatten | fc(7)",
+                                   "flatten | fc(5) | bn | relu", "flatten | softmax",
+                                   "gap | flatten | fc(3, bias=false)"])
+def test_single_ops(torch, stage):
+    assert compare(torch, net(stage, "6x5x7"), batch=2)
+
+
+def test_merges_and_crop(torch):
+    spec = """
+network t(x: 4x9x9) {
+    a = x | conv(4, k=3, p=1) | bn
+    b = x | conv(4, k=3, p=1)
+    c = add(a, b, x) | relu
+    d = concat(c, x, a) | conv(8, k=1) | relu
+    e = crop(d, x | conv(2, k=3) | maxpool(k=2))
+    f = add(x | conv(4, k=1) | bn, c | relu)
+    return e, f, concat(x | gap | flatten, x | gmp | flatten)
+}
+"""
+    assert compare(torch, spec, batch=2)
+
+
+def test_residual_fusion_keeps_order(torch):
+    spec = """
+block res(x, c) {
+    y = x | conv(c, k=3, p=1, bias=false) | bn | relu | conv(c, k=3, p=1) | bn
+    shortcut = x | conv(c, k=1, bias=false) | bn
+    return add(y, shortcut) | relu
+}
+network t(x: 3x8x8) {
+    return x | res(8) | res(8)
+}
+"""
+    assert compare(torch, spec, batch=2)
+
+
+def test_plan_folds_and_fuses_and_reuses_buffers():
+    from cnnc.runtime.plan import build_plan
+    from cnnc.runtime.weights import initialise
+    net = cnnc.load(torch_reference_path("resnet.cnn"), network="resnet18")
+    plan = build_plan(net, initialise(net))
+    kernels = [s.kernel for s in plan.steps]
+    assert "affine" not in kernels and "act" not in kernels and "add" not in kernels
+    assert plan.peak_floats < plan.naive_floats / 5
+    plain = build_plan(net, initialise(net), optimize=False)
+    assert len(plain.steps) == len(net.layers) - 1  # flatten of a 512x1x1 map moves nothing
+
+
+def torch_reference_path(name):
+    from conftest import SPECS
+    return SPECS / name
