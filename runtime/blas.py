@@ -19,6 +19,29 @@ from numba import njit, types  # noqa: E402
 from numba.extending import get_cython_function_address  # noqa: E402
 
 llvm.add_symbol("cnnc_sgemm", get_cython_function_address("scipy.linalg.cython_blas", "sgemm"))
+
+
+def _single_threaded_blas():
+    """Make SciPy's OpenBLAS single-threaded even if it was loaded with more threads: BLAS
+    threads inside Numba's threads stall (measured: every conv took 8 ms, 4x too slow)."""
+    import ctypes
+    from pathlib import Path
+
+    import scipy
+    libs = Path(scipy.__file__).resolve().parent.parent / "scipy.libs"
+    for lib in libs.glob("libscipy_openblas*.so*"):
+        try:
+            handle = ctypes.CDLL(str(lib))
+        except OSError:
+            continue
+        for symbol in ("scipy_openblas_set_num_threads", "openblas_set_num_threads"):
+            setter = getattr(handle, symbol, None)
+            if setter is not None:
+                setter(1)
+                return
+
+
+_single_threaded_blas()
 _sgemm = types.ExternalFunction("cnnc_sgemm", types.void(*([types.intp] * 13)))
 
 
