@@ -89,6 +89,10 @@ def conv(x, wmat, bias, res, out, kh, kw, sh, sw, ph, pw, dh, dw, groups, act, a
     og = c_out // groups
     k = kh * kw * cg
     direct = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
+    if sh == 1 and sw == 1 and not direct:
+        _conv_shifted(x, wmat, bias, res, out, kh, kw, ph, pw, dh, dw, groups, act, alpha,
+                      rows_per_tile, channel_blocks)
+        return
     has_res = res.size > 0
     tiles = (ho + rows_per_tile - 1) // rows_per_tile
     block = (og + channel_blocks - 1) // channel_blocks
@@ -123,6 +127,64 @@ def conv(x, wmat, bias, res, out, kh, kw, sh, sw, ph, pw, dh, dw, groups, act, a
             c1 = min(gi * og + og, c0 + block)
             if c1 > c0:
                 _epilogue(out2, r0, r0 + m, c0, c1, bias, res2, has_res, act, alpha)
+
+
+@njit(**PJIT)
+def _conv_shifted(x, wmat, bias, res, out, kh, kw, ph, pw, dh, dw, groups, act, alpha,
+                  rows_per_tile, channel_blocks):
+    """Stride-1 convolution without im2col ("shifted GEMM"): each tile copies its input rows
+    once into a zero-padded buffer of width ``wp``; then, for every kernel tap, the rows of
+    the buffer shifted by that tap form a matrix (lda = C) that multiplies the tap's weights,
+    accumulating into a wide output tile (``wp`` columns per row, the extra ones discarded)."""
+    n_img, h, w, c_in = x.shape
+    _, ho, wo, c_out = out.shape
+    cg = c_in // groups
+    og = c_out // groups
+    k = kh * kw * cg
+    wp = w + 2 * pw
+    has_res = res.size > 0
+    tiles = (ho + rows_per_tile - 1) // rows_per_tile
+    block = (og + channel_blocks - 1) // channel_blocks
+    w_addr = wmat.ctypes.data
+    for item in prange(n_img * tiles * channel_blocks):
+        b = item % channel_blocks
+        t = item // channel_blocks
+        n = t // tiles
+        oy0 = (t % tiles) * rows_per_tile
+        oy1 = min(ho, oy0 + rows_per_tile)
+        rows = oy1 - oy0
+        in_rows = rows + dh * (kh - 1)
+        # padded input rows oy0 - ph ... , plus slack for the last taps' overhang
+        xp = np.zeros((in_rows * wp + dw * (kw - 1) + 1, c_in), np.float32)
+        for r in range(in_rows):
+            iy = oy0 - ph + r
+            if 0 <= iy < h:
+                for ix in range(w):
+                    for c in range(c_in):
+                        xp[r * wp + pw + ix, c] = x[n, iy, ix, c]
+        m = rows * wp
+        for gi in range(groups):
+            c0 = gi * og + b * block
+            c1 = min(gi * og + og, c0 + block)
+            if c1 <= c0:
+                continue
+            nb = c1 - c0
+            acc = np.empty((m, nb), np.float32)
+            for ky in range(kh):
+                for kx in range(kw):
+                    shift = ky * dh * wp + kx * dw
+                    tap = (ky * kw + kx) * cg
+                    gemm(m, nb, cg, xp.ctypes.data + (shift * c_in + gi * cg) * F4, c_in,
+                         w_addr + (gi * k * og + tap * og + c0 - gi * og) * F4, og,
+                         acc.ctypes.data, nb, 0.0 if ky == 0 and kx == 0 else 1.0)
+            for r in range(rows):
+                for ox in range(wo):
+                    src = r * wp + ox
+                    for j in range(nb):
+                        v = acc[src, j] + bias[c0 + j]
+                        if has_res:
+                            v += res[n, oy0 + r, ox, c0 + j]
+                        out[n, oy0 + r, ox, c0 + j] = activate(v, act, alpha)
 
 
 @njit(**PJIT)

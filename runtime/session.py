@@ -20,7 +20,14 @@ def backend_for(device: str):
         from .executor import CpuBackend
         return CpuBackend()
     if device == "cuda":
-        from .cuda import CudaBackend
+        try:
+            from .cuda import CudaBackend
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.cuda":
+                raise
+            raise ResourceError(error(
+                "--device cuda: this version of cnnc has no CUDA backend yet",
+                hint="run on the CPU (--device cpu, the default)")) from None
         return CudaBackend()
     raise DataError(error(f"unknown device '{device}' (cpu or cuda)"))
 

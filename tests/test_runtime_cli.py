@@ -1,0 +1,126 @@
+"""`cnnc run` and `cnnc bench` as a user runs them: data files, errors, and nothing lost."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import cnnc
+from cnnc.cli import main
+from conftest import SPECS
+
+LENET = str(SPECS / "lenet5.cnn")
+
+
+def test_run_prints_shapes_statistics_and_top5(capsys):
+    assert main(["run", LENET, "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "out: shape 1x10" in out and "mean 0.1" in out and "top-5:" in out
+
+
+def test_run_is_deterministic_and_saves_outputs_and_weights(tmp_path, capsys):
+    a, b, w = tmp_path / "a.npy", tmp_path / "b.npy", tmp_path / "w.npz"
+    assert main(["run", LENET, "--batch", "3", "--out", str(a), "--save-weights", str(w)]) == 0
+    assert main(["run", LENET, "--batch", "3", "--out", str(b), "--weights", str(w)]) == 0
+    assert np.load(a).shape == (3, 10)
+    np.testing.assert_array_equal(np.load(a), np.load(b))
+    from cnnc.runtime.weights import expected
+    assert set(np.load(w).files) == set(expected(cnnc.load(LENET)))
+
+
+def test_input_file_and_npz_outputs(tmp_path, capsys):
+    x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "one.npy", x[0])
+    out = tmp_path / "o.npz"
+    assert main(["run", LENET, "--input", f"x={tmp_path / 'x.npy'}", "--out", str(out)]) == 0
+    assert np.load(out)["out"].shape == (2, 10)
+    assert main(["run", LENET, "--input", str(tmp_path / "one.npy")]) == 0
+
+
+def test_image_input(tmp_path, capsys):
+    from PIL import Image
+    Image.fromarray(np.arange(32 * 32, dtype=np.uint8).reshape(32, 32)).save(tmp_path / "d.png")
+    assert main(["run", LENET, "--input", str(tmp_path / "d.png")]) == 0
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "small.png")
+    assert main(["run", LENET, "--input", str(tmp_path / "small.png")]) == 1
+    assert "30x20 pixels" in capsys.readouterr().err
+
+
+def test_wrong_input_shape_is_a_clear_error(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.zeros((2, 3, 32, 32), np.float32))
+    assert main(["run", LENET, "--input", str(tmp_path / "x.npy")]) == 1
+    err = capsys.readouterr().err
+    assert "has shape (2, 3, 32, 32)" in err and "(N, 1, 32, 32)" in err
+
+
+def test_weights_are_strict_and_name_the_key(tmp_path, capsys):
+    net = cnnc.load(LENET)
+    good = tmp_path / "w.npz"
+    assert main(["run", LENET, "--save-weights", str(good)]) == 0
+    weights = dict(np.load(good))
+    weights.pop("c3.conv.bias")
+    weights["c1.conv.weight"] = np.zeros((6, 1, 3, 3), np.float32)
+    weights["extra.weight"] = np.zeros(3, np.float32)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **weights)
+    capsys.readouterr()
+    assert main(["run", LENET, "--weights", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "missing key 'c3.conv.bias' (expected shape (16,))" in err
+    assert "'c1.conv.weight' has shape (6, 1, 3, 3), expected (6, 1, 5, 5)" in err
+    assert "unexpected key 'extra.weight'" in err
+    assert net.layers[0].name == "c1.conv"
+
+
+def test_failed_run_keeps_existing_output(tmp_path, capsys):
+    out = tmp_path / "keep.npy"
+    out.write_bytes(b"precious")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    assert main(["run", LENET, "--weights", str(tmp_path / "junk.npz"), "--out", str(out)]) == 1
+    assert out.read_bytes() == b"precious"
+    assert "not a valid .npz" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.npz", "keep.npy"]
+
+
+def test_run_refuses_what_cannot_fit(capsys, monkeypatch):
+    from cnnc.runtime import memory
+    monkeypatch.setattr(memory, "available_bytes", lambda: 64 * 2**20)
+    assert main(["run", str(SPECS / "vgg.cnn"), "--network", "vgg_d"]) == 1
+    err = capsys.readouterr().err
+    assert "needs about" in err and "available" in err
+
+
+def test_huge_batch_is_refused_before_allocating(capsys):
+    assert main(["run", str(SPECS / "unet.cnn"), "--batch", "100000"]) == 1
+    assert "use a smaller --batch" in capsys.readouterr().err
+
+
+def test_bench_json(capsys):
+    assert main(["bench", LENET, "--batch", "2", "--repeat", "3", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["batch"] == 2 and info["device"] == "cpu" and info["median_ms"] > 0
+    assert info["threading_layer"] in ("omp", "tbb", "workqueue")
+    assert {entry["op"] for entry in info["layers"]} >= {"conv", "avgpool", "fc", "softmax"}
+
+
+def test_bench_table(capsys):
+    assert main(["bench", str(SPECS / "superres.cnn"), "--network", "srcnn", "--repeat", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "GFLOP/s" in out and "share" in out and "total" in out and "threading layer" in out
+
+
+def test_cuda_without_a_usable_gpu_is_a_clear_error(capsys):
+    assert main(["run", LENET, "--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert "--device cuda" in err and "Traceback" not in err and "internal error" not in err
+
+
+def test_every_library_spec_runs(capsys):
+    for path in sorted(SPECS.glob("*.cnn")):
+        for net in cnnc.load_all(path):
+            if net.total_macs < 3e9:
+                outputs = cnnc.run(net, batch=1)
+                assert all(np.isfinite(y).all() for y in outputs.values()), net.name
