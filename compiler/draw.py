@@ -72,7 +72,8 @@ def build(net: Network, collapse: bool = False, rankdir: str = "TB"):
     if rankdir not in ("TB", "LR"):
         raise UsageError(error(f"rankdir must be TB or LR, got {rankdir!r}"))
     g = graphviz.Digraph(net.name, graph_attr={
-        "rankdir": rankdir, "fontname": "Helvetica", "ordering": "out", "nodesep": "0.25", "ranksep": "0.35",
+        "rankdir": rankdir, "fontname": "Helvetica", "ordering": "out", "nodesep": "0.25",
+        "ranksep": "0.35",
         "label": f"{net.name}: {_count(net.total_params)} params, "
                  f"{_count(net.total_macs)} MACs", "labelloc": "t", "fontsize": "16"},
         edge_attr={"fontname": "Helvetica", "fontsize": "9", "color": "#546e7a",

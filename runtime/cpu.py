@@ -89,7 +89,7 @@ def conv(x, wmat, bias, res, out, kh, kw, sh, sw, ph, pw, dh, dw, groups, act, a
     og = c_out // groups
     k = kh * kw * cg
     direct = kh == 1 and kw == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
-    if sh == 1 and sw == 1 and not direct:
+    if sh == 1 and sw == 1 and not direct and cg >= 32:  # one GEMM per tap needs K=cg big
         _conv_shifted(x, wmat, bias, res, out, kh, kw, ph, pw, dh, dw, groups, act, alpha,
                       rows_per_tile, channel_blocks)
         return
@@ -264,19 +264,32 @@ def convt(x, wmat, bias, res, out, cols, kh, kw, sh, sw, ph, pw, dh, dw, groups,
 
 
 @njit(**PJIT)
-def fc(x, wt, bias, res, out, act, alpha, blocks):
-    """Fully connected: ``out (N, O) = x (N, I) @ wt (I, O)``, O split in column blocks."""
+def fc(x, w, bias, res, out, act, alpha, blocks):
+    """Fully connected: ``out (N, O) = x (N, I) @ w.T`` with ``w`` (O, I) in PyTorch's layout.
+
+    Computed as ``w @ x.T`` by blocks of rows of ``w``: each thread streams a contiguous part
+    of the weights, which is what limits fc layers (VGG's fc6 holds 411 MB)."""
     n_img, n_in = x.shape
     n_out = out.shape[1]
     has_res = res.size > 0
+    xt = np.empty((n_in, n_img), np.float32)
+    for i in prange(n_in):
+        for n in range(n_img):
+            xt[i, n] = x[n, i]
+    ct = np.empty((n_out, n_img), np.float32)
     size = (n_out + blocks - 1) // blocks
     for b in prange(blocks):
-        c0 = b * size
-        c1 = min(n_out, c0 + size)
-        if c1 > c0:
-            gemm(n_img, c1 - c0, n_in, x.ctypes.data, n_in, wt.ctypes.data + c0 * F4, n_out,
-                 out.ctypes.data + c0 * F4, n_out, 0.0)
-            _epilogue(out, 0, n_img, c0, c1, bias, res, has_res, act, alpha)
+        r0 = b * size
+        r1 = min(n_out, r0 + size)
+        if r1 > r0:
+            gemm(r1 - r0, n_img, n_in, w.ctypes.data + r0 * n_in * F4, n_in, xt.ctypes.data,
+                 n_img, ct.ctypes.data + r0 * n_img * F4, n_img, 0.0)
+            for o in range(r0, r1):
+                for n in range(n_img):
+                    v = ct[o, n] + bias[o]
+                    if has_res:
+                        v += res[n, o]
+                    out[n, o] = activate(v, act, alpha)
 
 
 @njit(**PJIT)

@@ -20,8 +20,9 @@ class CpuBackend:
     name = "cpu"
 
     def __init__(self):
-        from . import cpu
         import numba
+
+        from . import cpu
         self.k = cpu
         self.threads = numba.get_num_threads()
         self._tiling = {}
@@ -58,6 +59,8 @@ class CpuBackend:
         if kernel == "conv":
             x = ins[0]
             kk = a["kh"] * a["kw"] * x.shape[3] // a["groups"]
+            if a["sh"] == a["sw"] == 1 and kk > x.shape[3] and x.shape[3] // a["groups"] >= 32:
+                kk = x.shape[3]  # shifted GEMM: a tile holds input rows, not im2col rows
             key = (x.shape[0], out.shape[1], out.shape[2], kk, out.shape[3])
             if key not in self._tiling:
                 self._tiling[key] = k.conv_tiling(*key, self.threads)
@@ -79,7 +82,7 @@ class CpuBackend:
                     np.float32(a["alpha"]))
         elif kernel == "fc":
             res2 = res.reshape(-1, out.shape[1]) if res.size else res.reshape(0, 0)
-            blocks = max(1, min(2 * self.threads, out.shape[1] // 64))
+            blocks = max(1, min(8 * self.threads, out.shape[1] // 64))
             k.fc(ins[0], arrays["w"], arrays["b"], res2, out, a["act"],
                  np.float32(a["alpha"]), blocks)
         elif kernel == "maxpool":

@@ -234,7 +234,7 @@ def _fold_batch_norm(steps, values, outputs):
 
 def _fold_residual_add(steps, values, outputs, inputs):
     kept = []
-    for index, step in enumerate(steps):
+    for step in steps:
         if step.kernel == "add" and len(step.inputs) == 2 and step.attrs["act"] == 0:
             for mine, other in ((step.inputs[0], step.inputs[1]),
                                 (step.inputs[1], step.inputs[0])):
@@ -308,7 +308,7 @@ def _pack(step: Step):
         step.arrays["b"] = np.ascontiguousarray(raw.get("bias", np.zeros(og * g)), f32)
     elif step.kernel == "fc":
         w = raw["weight"]
-        step.arrays["w"] = np.ascontiguousarray(w.T, f32)
+        step.arrays["w"] = np.ascontiguousarray(w, f32)
         step.arrays["b"] = np.ascontiguousarray(raw.get("bias", np.zeros(w.shape[0])), f32)
     elif step.kernel == "affine":
         scale = raw["weight"] / np.sqrt(raw["running_var"] + a["eps"])

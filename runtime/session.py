@@ -43,7 +43,7 @@ class Session:
 
     @classmethod
     def create(cls, network: Network, weights: dict | str | None = None, seed: int = 0,
-               device: str = "cpu", optimize: bool = True, batch: int = 1) -> "Session":
+               device: str = "cpu", optimize: bool = True, batch: int = 1) -> Session:
         memory.check_fits(network, batch)
         if weights is None:
             weights = weights_io.initialise(network, seed)

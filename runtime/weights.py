@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ..compiler.diagnostics import DataError, error
-from ..compiler.network import Network
 from ..compiler.files import write_atomically
+from ..compiler.network import Network
 
 
 def expected(net: Network) -> dict[str, tuple]:
