@@ -65,6 +65,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per config")
     parser.add_argument("--networks", default=",".join(n for _, n in NETWORKS))
     args = parser.parse_args()
     wanted = args.networks.split(",")
@@ -79,13 +80,17 @@ def main():
             repeat = 3 if args.quick else (10 if name in ("lenet5", "resnet18") else 6)
             if name == "lenet5":
                 repeat *= 50
-            ours = cnnc_ms(ROOT / "specs" / file, name, batch, repeat, args.threads)
-            theirs = torch_ms(ROOT / "specs" / file, name, batch, repeat, args.threads)
-            ratio = ours["median_ms"] / theirs["median_ms"]
-            rows.append((name, batch, ours["median_ms"], theirs["median_ms"], ratio))
-            print(f"{name:10s} batch {batch:2d}  cnnc {ours['median_ms']:9.3f} ms  "
-                  f"torch {theirs['median_ms']:9.3f} ms  ratio {ratio:5.2f}x"
-                  f"  ({ours.get('threading_layer')})", flush=True)
+            # Interleaved rounds, best median of each: the machines are shared and noisy.
+            spec = ROOT / "specs" / file
+            ours, theirs = [], []
+            for _ in range(args.rounds):
+                ours.append(cnnc_ms(spec, name, batch, repeat, args.threads))
+                theirs.append(torch_ms(spec, name, batch, repeat, args.threads))
+            mine = min(o["median_ms"] for o in ours)
+            ref = min(t["median_ms"] for t in theirs)
+            rows.append((name, batch, mine, ref, mine / ref))
+            print(f"{name:10s} batch {batch:2d}  cnnc {mine:9.3f} ms  torch {ref:9.3f} ms  "
+                  f"ratio {mine / ref:5.2f}x  ({ours[0].get('threading_layer')})", flush=True)
     print("\n| network | batch | cnnc ms | PyTorch ms | cnnc / PyTorch |\n|---|---|---|---|---|")
     for name, batch, ours, theirs, ratio in rows:
         print(f"| {name} | {batch} | {ours:.2f} | {theirs:.2f} | {ratio:.2f}x |")

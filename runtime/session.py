@@ -97,7 +97,9 @@ class Session:
                 "shape": list(out[-1:] + out[:-1]) if len(out) == 3 else list(out),
                 "ms": ms, "share": ms / 1e3 / step_total,
                 "gflops": 2 * step.macs * batch / (ms / 1e3) / 1e9 if ms > 0 else 0.0})
-        info = {"median_ms": statistics.median(totals) * 1e3, "min_ms": min(totals) * 1e3,
+        info = {"peak_activation_bytes": self.plan.peak_floats * batch * 4,
+                "naive_activation_bytes": self.plan.naive_floats * batch * 4,
+                "median_ms": statistics.median(totals) * 1e3, "min_ms": min(totals) * 1e3,
                 "batch": batch, "device": self.device, "repeat": len(totals),
                 "warmup_s": warmup, "layers": layers,
                 "gflops": 2 * self.network.total_macs * batch /
