@@ -14,7 +14,17 @@ from math import prod
 from . import ast
 from .diagnostics import Diagnostic, Location
 from .network import Instance, Layer, Network
-from .ops import ALIASES, OPS, RF, WORDS, ArgError, ShapeError, bind_args, fmt_shape
+from .ops import (
+    ALIASES,
+    OPS,
+    RF,
+    WORDS,
+    ArgError,
+    ShapeError,
+    bind_args,
+    fmt_shape,
+    match_arguments,
+)
 
 MAX_LAYERS = 100_000
 MAX_REPEAT = 10_000
@@ -420,21 +430,11 @@ class Elaborator:
             self.fail(frame, call.name_pos, f"blocks nested more than {MAX_DEPTH} deep")
         params = ([ast.Param(d.name, None, d.pos) for d in definition.inputs] if is_net
                   else definition.params)
-        names = [p.name for p in params]
-        if len(positional) > len(params):
-            self.fail(frame, call.pos, f"'{name}' takes {len(params)} argument"
-                      f"{'s' if len(params) != 1 else ''} ({', '.join(names)}), got "
-                      f"{len(positional)}")
-        values = dict(zip(names, positional))
-        for key, value in keywords.items():
-            if key not in names:
-                close = get_close_matches(key, names, n=1)
-                self.fail(frame, arg_pos[key], f"'{name}' has no parameter '{key}'",
-                          f"did you mean '{close[0]}'?" if close else
-                          f"its parameters are: {', '.join(names)}")
-            if key in values:
-                self.fail(frame, arg_pos[key], f"parameter '{key}' of '{name}' given twice")
-            values[key] = value
+        try:
+            values = match_arguments(f"'{name}'", [p.name for p in params], positional,
+                                     keywords, noun="parameter")
+        except ArgError as exc:
+            self.fail(frame, arg_pos.get(exc.arg, call.pos), str(exc), exc.hint)
         call_loc = self.loc(frame.file, call.name_pos)
         instance = Instance(name, {}, frame.instance, call_loc)
         inner = _Frame(instance, {}, definition.file, call_site=call_loc, block_name=name)

@@ -641,24 +641,31 @@ ALIASES = {
 }
 
 
-def bind_args(op: Op, positional: list, keywords: dict) -> dict:
-    """Match call arguments to ``op.args``; check and normalise each value."""
-    names = [a.name for a in op.args]
+def match_arguments(what: str, names: list[str], positional: list, keywords: dict,
+                    noun: str = "argument") -> dict:
+    """Pair call arguments with parameter names (positional first, then keywords); raise
+    :class:`ArgError` naming the offending keyword, with a "did you mean" where one fits."""
     if len(positional) > len(names):
         raise ArgError(
-            f"{op.name} takes at most {len(names)} argument{'s' if len(names) != 1 else ''} "
-            f"after its input ({', '.join(names) or 'none'}), got {len(positional)}")
+            f"{what} takes at most {len(names)} {noun}{'s' if len(names) != 1 else ''} "
+            f"({', '.join(names) or 'none'}), got {len(positional)}")
     values = dict(zip(names, positional))
     for key, value in keywords.items():
         if key not in names:
             from difflib import get_close_matches
             close = get_close_matches(key, names, n=1)
-            raise ArgError(f"{op.name} has no argument '{key}'", key,
+            raise ArgError(f"{what} has no {noun} '{key}'", key,
                            f"did you mean '{close[0]}'?" if close else
-                           f"{op.name} takes: {', '.join(names) or 'no arguments'}")
+                           f"{what} takes: {', '.join(names) or f'no {noun}s'}")
         if key in values:
-            raise ArgError(f"{op.name} got '{key}' twice", key)
+            raise ArgError(f"{what} got '{key}' twice", key)
         values[key] = value
+    return values
+
+
+def bind_args(op: Op, positional: list, keywords: dict) -> dict:
+    """Match call arguments to ``op.args``; check and normalise each value."""
+    values = match_arguments(op.name, [a.name for a in op.args], positional, keywords)
     bound = {}
     for spec in op.args:
         if spec.name in values:

@@ -88,6 +88,12 @@ CASES = [
      "crop cannot enlarge", "swap the arguments"),
     ("pool_padding", net("  return x | maxpool(k=2, p=2)"), 2, 27, "more than half the kernel",
      None),
+    ("block_unknown_parameter",
+     "block b(x, c) { return x | conv(c, k=1) }\n" + net("  return x | b(cc=3)"), 3, 16,
+     "'b' has no parameter 'cc'", "did you mean 'c'?"),
+    ("block_missing_argument",
+     "block b(x, c) { return x | conv(c, k=1) }\n" + net("  return x | b"), 3, 14,
+     "'b' is missing its argument 'c'", None),
     ("op_as_value", net("  return concat(x, relu)"), 2, 20, "'relu' is an op, not a value", None),
 ]
 
