@@ -120,6 +120,10 @@ def main(argv=None) -> int:
     except CnncError as exc:
         print(exc.format(), file=sys.stderr)
         return 2 if type(exc).__name__ == "UsageError" else 1
+    except MemoryError:
+        print("cnnc: error: out of memory; try a smaller --batch or a smaller network",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("cnnc: interrupted", file=sys.stderr)
         return 130

@@ -12,7 +12,7 @@ from ..compiler.diagnostics import DataError, error
 from ..compiler.network import Network
 from ..compiler.ops import fmt_shape
 from ..compiler.report import table
-from . import data
+from . import data, memory
 from . import weights as weights_io
 from .session import Session
 
@@ -39,6 +39,7 @@ def run_command(net: Network, args) -> int:
             batch = args.batch
     else:
         batch = args.batch or 1
+        memory.check_fits(net, batch)  # before the random inputs are drawn
         inputs = data.random_inputs(net, batch, args.seed)
     session = Session.create(net, args.weights, seed=args.seed, device=args.device, batch=batch)
     if args.save_weights:

@@ -89,4 +89,4 @@ def save(weights: dict[str, np.ndarray], path: str | Path):
 
 
 def _fmt(shape) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ")"
+    return str(tuple(int(d) for d in shape))
