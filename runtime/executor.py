@@ -136,6 +136,9 @@ class Executor:
 
     def __init__(self, plan: Plan, backend, batch: int):
         self.plan, self.backend, self.batch = plan, backend, batch
+        if hasattr(backend, "check_memory"):
+            backend.check_memory(4 * (batch * plan.peak_floats + plan.weight_floats
+                                      + plan.workspace_floats(batch)))
         self.arrays = [{k: backend.to_device(v) for k, v in step.arrays.items()}
                        for step in plan.steps]
         self.slots = [backend.empty(batch * size) for size in plan.slot_sizes]

@@ -12,13 +12,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Kernel checks under the CUDA simulator run in their own process (tests/test_cuda.py): the
+# simulator must be switched on before Numba is first imported.
+collect_ignore = [] if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else ["cuda_sim"]
 SPECS = ROOT / "specs"
 
 
 def require(module_name: str):
     """Import a reference library; skip locally if absent, fail when CI requires it."""
+    import importlib
     try:
-        return __import__(module_name)
+        return importlib.import_module(module_name)
     except ImportError as exc:
         if os.environ.get("CNNC_REQUIRE_REFERENCES"):
             pytest.fail(f"reference '{module_name}' is required in CI but cannot be imported: "
