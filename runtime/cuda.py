@@ -72,6 +72,24 @@ def _im2col_value(x, r, k, m, h, wd, c_in, ho, wo, kw, sh, sw, ph, pw, dh, dw, c
     return x[((n * h + iy) * wd + ix) * c_in + c0 + c]
 
 
+@cuda.jit(device=True, inline=True)
+def _zero(acc):
+    for i in range(WORK):
+        for j in range(WORK):
+            acc[i, j] = 0.0
+
+
+@cuda.jit(device=True, inline=True)
+def _multiply_tiles(a_tile, b_tile, acc, ty, tx):
+    """acc (WORK x WORK registers) += this thread's rows of a_tile times its columns of
+    b_tile; the caller synchronises around it."""
+    for kk in range(BK):
+        for i in range(WORK):
+            a = a_tile[ty + i * TILE, kk]
+            for j in range(WORK):
+                acc[i, j] += a * b_tile[kk, tx + j * TILE]
+
+
 @cuda.jit
 def conv(x, w, bias, res, out, n_img, h, wd, c_in, ho, wo, c_out, kh, kw, sh, sw, ph, pw, dh,
          dw, groups, act, alpha, has_res):
@@ -88,9 +106,7 @@ def conv(x, w, bias, res, out, n_img, h, wd, c_in, ho, wo, c_out, kh, kw, sh, sw
     a_tile = cuda.shared.array((BM, BK), float32)
     b_tile = cuda.shared.array((BK, BN), float32)
     acc = cuda.local.array((WORK, WORK), float32)
-    for i in range(WORK):
-        for j in range(WORK):
-            acc[i, j] = 0.0
+    _zero(acc)
     for k0 in range(0, kdim, BK):
         for i in range(WORK):
             a_tile[ty + i * TILE, tx] = _im2col_value(
@@ -102,11 +118,7 @@ def conv(x, w, bias, res, out, n_img, h, wd, c_in, ho, wo, c_out, kh, kw, sh, sw
             b_tile[ty, tx + j * TILE] = w[(gi * kdim + k) * og + col] if (
                 k < kdim and col < og) else float32(0.0)
         cuda.syncthreads()
-        for kk in range(BK):
-            for i in range(WORK):
-                a = a_tile[ty + i * TILE, kk]
-                for j in range(WORK):
-                    acc[i, j] += a * b_tile[kk, tx + j * TILE]
+        _multiply_tiles(a_tile, b_tile, acc, ty, tx)
         cuda.syncthreads()
     for i in range(WORK):
         r = m0 + ty + i * TILE
@@ -132,9 +144,7 @@ def gemm(a, a_off, sam, sak, b, b_off, sbk, sbn, c, c_off, ldc, m, n, kdim, bias
     a_tile = cuda.shared.array((BM, BK), float32)
     b_tile = cuda.shared.array((BK, BN), float32)
     acc = cuda.local.array((WORK, WORK), float32)
-    for i in range(WORK):
-        for j in range(WORK):
-            acc[i, j] = 0.0
+    _zero(acc)
     for k0 in range(0, kdim, BK):
         for i in range(WORK):
             r = m0 + ty + i * TILE
@@ -147,11 +157,7 @@ def gemm(a, a_off, sam, sak, b, b_off, sbk, sbn, c, c_off, ldc, m, n, kdim, bias
             b_tile[ty, tx + j * TILE] = b[b_off + k * sbk + col * sbn] if (
                 k < kdim and col < n) else float32(0.0)
         cuda.syncthreads()
-        for kk in range(BK):
-            for i in range(WORK):
-                av = a_tile[ty + i * TILE, kk]
-                for j in range(WORK):
-                    acc[i, j] += av * b_tile[kk, tx + j * TILE]
+        _multiply_tiles(a_tile, b_tile, acc, ty, tx)
         cuda.syncthreads()
     for i in range(WORK):
         r = m0 + ty + i * TILE

@@ -75,3 +75,4 @@ def test_gemm_kernels_use_shared_memory_tiles(kernel):
     body = source[source.index(f"def {kernel}("):]
     body = body[:body.index("\n@cuda.jit")]
     assert "cuda.shared.array" in body and "cuda.local.array" in body
+    assert "_multiply_tiles(a_tile, b_tile, acc" in body
