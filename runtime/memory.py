@@ -23,10 +23,11 @@ def available_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def estimate(net: Network, batch: int) -> dict:
+def estimate(net: Network, batch: int, plan=None) -> dict:
     """Bytes a run needs: weights (kept twice while packing), the plan's activation buffers
-    for the batch, scratch space, and the inputs and outputs at the edges."""
-    plan = build_plan(net, None)
+    for the batch, scratch space, and the inputs and outputs at the edges. Without a plan,
+    one is compiled for its structure alone (no weights are touched)."""
+    plan = plan or build_plan(net, None)
     weights = net.weight_memory
     activations = plan.peak_floats * batch * BYTES
     edges = sum(plan.values[v].size for v in plan.inputs.values()) + sum(
@@ -37,8 +38,8 @@ def estimate(net: Network, batch: int) -> dict:
             "naive_activations": plan.naive_floats * batch * BYTES}
 
 
-def check_fits(net: Network, batch: int):
-    need = estimate(net, batch)
+def check_fits(net: Network, batch: int, plan=None):
+    need = estimate(net, batch, plan)
     have = available_bytes()
     if need["total"] > SAFETY * have:
         raise ResourceError(error(

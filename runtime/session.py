@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -40,6 +40,7 @@ class Session:
     weights: dict
     plan: Plan
     device: str = "cpu"
+    executors: dict = field(default_factory=dict, repr=False)  # by batch size; one kept
 
     @classmethod
     def create(cls, network: Network, weights: dict | str | None = None, seed: int = 0,
@@ -56,21 +57,21 @@ class Session:
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = _batch_of(self.network, inputs)
-        memory.check_fits(self.network, batch)
         return self._executor(batch).run(inputs)
 
     def _executor(self, batch: int):
+        """The executor for this batch size; its buffers are checked against memory first."""
         from .executor import Executor
-        cache = self.__dict__.setdefault("_executors", {})
-        if batch not in cache:
-            cache.clear()
-            cache[batch] = Executor(self.plan, backend_for(self.device), batch)
-        return cache[batch]
+        if batch not in self.executors:
+            self.executors.clear()
+            memory.check_fits(self.network, batch, self.plan)
+            self.executors[batch] = Executor(self.plan, backend_for(self.device), batch)
+        return self.executors[batch]
 
     def bench(self, batch: int = 1, repeat: int = 10, seed: int = 0) -> dict:
         """Warm up (compiles kernels), then time whole passes and each step."""
         from .data import random_inputs
-        memory.check_fits(self.network, batch)
+        memory.check_fits(self.network, batch, self.plan)  # before drawing the inputs
         inputs = random_inputs(self.network, batch, seed)
         t0 = time.perf_counter()
         executor = self._executor(batch)
@@ -135,5 +136,3 @@ def _checked(net: Network, weights: dict) -> dict:
                               f"unexpected {extra[:5]}"))
     return {k: np.ascontiguousarray(weights[k], dtype=np.float32) for k in want}
 
-
-__all__ = ["Session", "ResourceError"]
