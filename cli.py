@@ -12,7 +12,7 @@ import os
 import sys
 
 from . import __version__
-from .compiler.diagnostics import CnncError
+from .compiler.diagnostics import CnncError, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -117,9 +117,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(exc.format(), file=sys.stderr)
+        return 2
     except CnncError as exc:
         print(exc.format(), file=sys.stderr)
-        return 2 if type(exc).__name__ == "UsageError" else 1
+        return 1
     except MemoryError:
         print("cnnc: error: out of memory; try a smaller --batch or a smaller network",
               file=sys.stderr)

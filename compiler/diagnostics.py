@@ -91,5 +91,9 @@ class ResourceError(CnncError):
     """A request the machine cannot honour (memory, missing device or binary)."""
 
 
+class UsageError(CnncError):
+    """The command was used wrongly (exit status 2)."""
+
+
 def error(message: str, location: Location | None = None, hint: str | None = None) -> Diagnostic:
     return Diagnostic("error", message, location, hint)

@@ -12,7 +12,7 @@ import html
 import shutil
 from pathlib import Path
 
-from .diagnostics import CnncError, ResourceError, error
+from .diagnostics import ResourceError, UsageError, error
 from .files import write_atomically
 from .network import Instance, Layer, Network
 from .ops import OPS, fmt_shape
@@ -36,10 +36,6 @@ FAMILY_NAMES = {"conv": "convolution", "fc": "fully connected", "pool": "pooling
                 "norm": "normalisation", "activation": "activation", "merge": "merge",
                 "resample": "resample / up-conv", "shape": "reshape / crop / dropout",
                 "block": "block (collapsed)"}
-
-
-class UsageError(CnncError):
-    """The command was used wrongly (exit status 2)."""
 
 
 def family(layer: Layer) -> str:
