@@ -173,11 +173,6 @@ def build(net: Network, collapse: bool = False, rankdir: str = "TB"):
     return g
 
 
-def to_dot(net: Network, collapse: bool = False, rankdir: str = "TB") -> str:
-    """The DOT source of the drawing."""
-    return build(net, collapse, rankdir).source
-
-
 def render(net: Network, out: str | Path, collapse: bool = False, rankdir: str = "TB") -> Path:
     """Write the drawing to ``out``; the format follows its suffix.
 
