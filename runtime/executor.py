@@ -26,6 +26,14 @@ class CpuBackend:
         self.k = cpu
         self.threads = numba.get_num_threads()
         self._tiling = {}
+        self._scratch_buf = np.empty((self.threads, 1), np.float32)
+
+    def _scratch(self, floats: int) -> np.ndarray:
+        """Per-thread scratch rows (threads, floats), kept and grown across calls: buffers
+        allocated afresh in every call cost page faults each time."""
+        if self._scratch_buf.shape[1] < floats:
+            self._scratch_buf = np.empty((self.threads, floats), np.float32)
+        return self._scratch_buf
 
     def empty(self, n: int):
         return np.empty(n, np.float32)
@@ -58,15 +66,19 @@ class CpuBackend:
         kernel = step.kernel
         if kernel == "conv":
             x = ins[0]
-            kk = a["kh"] * a["kw"] * x.shape[3] // a["groups"]
-            if a["sh"] == a["sw"] == 1 and kk > x.shape[3] and x.shape[3] // a["groups"] >= 32:
+            cg = x.shape[3] // a["groups"]
+            kk = a["kh"] * a["kw"] * cg
+            if k.uses_shifted_gemm(a["kh"], a["kw"], a["sh"], a["sw"], cg):
                 kk = x.shape[3]  # shifted GEMM: a tile holds input rows, not im2col rows
             key = (x.shape[0], out.shape[1], out.shape[2], kk, out.shape[3])
             if key not in self._tiling:
                 self._tiling[key] = k.conv_tiling(*key, self.threads)
             rows, blocks = self._tiling[key]
-            k.conv(x, arrays["w"], arrays["b"], res, out, a["kh"], a["kw"], a["sh"],
-                   a["sw"], a["ph"], a["pw"], a["dh"], a["dw"], a["groups"], a["act"],
+            geometry = [a[name] for name in ("kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw",
+                                             "groups")]
+            scratch = self._scratch(k.conv_scratch_floats(rows, blocks, x.shape, out.shape,
+                                                          *geometry))
+            k.conv(x, arrays["w"], arrays["b"], res, out, scratch, *geometry, a["act"],
                    np.float32(a["alpha"]), rows, blocks)
         elif kernel == "dwconv":
             k.dwconv(ins[0], arrays["w"], arrays["b"], res, out, a["kh"], a["kw"],
