@@ -67,12 +67,17 @@ class CpuBackend:
         if kernel == "conv":
             x = ins[0]
             cg = x.shape[3] // a["groups"]
-            kk = a["kh"] * a["kw"] * cg
-            if k.uses_shifted_gemm(a["kh"], a["kw"], a["sh"], a["sw"], cg):
-                kk = x.shape[3]  # shifted GEMM: a tile holds input rows, not im2col rows
-            key = (x.shape[0], out.shape[1], out.shape[2], kk, out.shape[3])
+            shifted = k.uses_shifted_gemm(a["kh"], a["kw"], a["sh"], a["sw"], cg)
+            key = (shifted, x.shape, out.shape, a["kh"], a["kw"], a["pw"], a["groups"])
             if key not in self._tiling:
-                self._tiling[key] = k.conv_tiling(*key, self.threads)
+                og = out.shape[3] // a["groups"]
+                if shifted:
+                    tiling = k.shifted_tiling(x.shape[0], out.shape[1],
+                                              x.shape[2] + 2 * a["pw"], cg, og, self.threads)
+                else:
+                    tiling = k.conv_tiling(x.shape[0], out.shape[1], out.shape[2],
+                                           a["kh"] * a["kw"] * cg, out.shape[3], self.threads)
+                self._tiling[key] = tiling
             rows, blocks = self._tiling[key]
             geometry = [a[name] for name in ("kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw",
                                              "groups")]
