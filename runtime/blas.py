@@ -43,11 +43,11 @@ def _single_threaded_blas():
 
 _single_threaded_blas()
 
-#: OpenBLAS (0.3.x, x86-64 AVX-512) computes a GEMM with m*n*k up to about 1e6 with its
-#: "small matrix" kernels, which skip packing: 110-117 GFLOP/s on one core here for every
-#: such shape tried, against 70-98 just above the limit (60x128x128: 115; 64x128x128: 82).
-#: Tilings aim below it.
-SMALL_MNK = 960_000
+#: OpenBLAS (0.3.x, AVX-512 cores) computes a GEMM with m*n*k up to 1e6 with its "small
+#: matrix" kernels, which skip packing: 110-117 GFLOP/s on one core here for every such shape
+#: tried, against 70-98 just above the limit (60x128x128: 115; 64x128x128: 82). Tilings aim
+#: at or below it.
+SMALL_MNK = 1_000_000
 
 _sgemm = types.ExternalFunction("cnnc_sgemm", types.void(*([types.intp] * 13)))
 
