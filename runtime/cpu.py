@@ -569,7 +569,26 @@ def flatten(x, out):
                     out[n, (ch * h + iy) * w + ix] = x[n, iy, ix, ch]
 
 
-def conv_tiling(n_img: int, ho: int, wo: int, k: int, c_out: int, threads: int):
+def conv_tiling(x_shape, out_shape, kh: int, kw: int, sh: int, sw: int, pw: int, groups: int,
+                threads: int):
+    """(rows per tile, output-channel blocks) for ``conv`` on these shapes.
+
+    Stride-1 convolutions on the shifted-GEMM path, and 1x1 convolutions with 128 to 976 input
+    channels, get tiles sized for BLAS's small-matrix kernels (``small_gemm_tiling``); the
+    rest get im2col tiles near TILE_FLOATS (``l2_tiling``). Measured with 2 threads, ResNet-50's
+    1x1 layers: 28x28 512->128 170 -> 209 GFLOP/s, 7x7 512->2048 146 -> 189, and 2048->512
+    150 with L2 tiles against 125 with small ones, hence the upper bound."""
+    n_img, _, w, c_in = x_shape
+    _, ho, wo, c_out = out_shape
+    cg, og = c_in // groups, c_out // groups
+    if uses_shifted_gemm(kh, kw, sh, sw, cg):
+        return small_gemm_tiling(n_img, ho, w + 2 * pw, cg, og, threads)
+    if kh == kw == 1 and 128 <= cg and SMALL_MNK // (64 * cg) >= 16:
+        return small_gemm_tiling(n_img, ho, wo, cg, og, threads)
+    return l2_tiling(n_img, ho, wo, kh * kw * cg, c_out, threads)
+
+
+def l2_tiling(n_img: int, ho: int, wo: int, k: int, c_out: int, threads: int):
     """Rows per tile (im2col tile near TILE_FLOATS) and output-channel blocks, for at least
     two work items per thread. Channels are split before rows: a GEMM with few rows is slow
     (a 512-channel 7x7 layer ran at 40 GFLOP/s with 2-row tiles)."""
@@ -583,15 +602,15 @@ def conv_tiling(n_img: int, ho: int, wo: int, k: int, c_out: int, threads: int):
     return rows, blocks
 
 
-def shifted_tiling(n_img: int, ho: int, wp: int, cg: int, og: int, threads: int):
-    """Rows per tile and output-channel blocks for ``_conv_shifted``: blocks of about 64
-    channels, and as many rows as keep each per-tap GEMM, (rows * wp) x block x cg, within
-    BLAS's unpacked small-matrix kernels (SMALL_MNK). Measured with 2 threads: ResNet's
-    56x56x64 layer 191 GFLOP/s with 3-row tiles against 132 with 18-row tiles; its 7x7x512
-    layer 115 with 3 rows of 64 channels against 89 with 1 row of 128."""
+def small_gemm_tiling(n_img: int, ho: int, row_width: int, k: int, og: int, threads: int):
+    """Rows per tile and output-channel blocks: blocks of about 64 channels, and as many rows
+    (of ``row_width`` GEMM rows each) as keep a tile's GEMM, rows * row_width x block x k,
+    within BLAS's unpacked small-matrix kernels (SMALL_MNK). Measured with 2 threads:
+    ResNet's 56x56x64 3x3 layer 191 GFLOP/s with 3-row tiles against 132 with 18-row tiles;
+    its 7x7x512 layer 115 with 3 rows of 64 channels against 89 with 1 row of 128."""
     blocks = max(1, og // 64)
     block = -(-og // blocks)
-    rows = max(1, min(ho, SMALL_MNK // (wp * block * cg)))
+    rows = max(1, min(ho, SMALL_MNK // (row_width * block * k)))
     while n_img * math.ceil(ho / rows) * blocks < 2 * threads:
         if rows > 1:
             rows = (rows + 1) // 2

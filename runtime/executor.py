@@ -66,23 +66,16 @@ class CpuBackend:
         kernel = step.kernel
         if kernel == "conv":
             x = ins[0]
-            cg = x.shape[3] // a["groups"]
-            shifted = k.uses_shifted_gemm(a["kh"], a["kw"], a["sh"], a["sw"], cg)
-            key = (shifted, x.shape, out.shape, a["kh"], a["kw"], a["pw"], a["groups"])
-            if key not in self._tiling:
-                og = out.shape[3] // a["groups"]
-                if shifted:
-                    tiling = k.shifted_tiling(x.shape[0], out.shape[1],
-                                              x.shape[2] + 2 * a["pw"], cg, og, self.threads)
-                else:
-                    tiling = k.conv_tiling(x.shape[0], out.shape[1], out.shape[2],
-                                           a["kh"] * a["kw"] * cg, out.shape[3], self.threads)
-                self._tiling[key] = tiling
-            rows, blocks = self._tiling[key]
             geometry = [a[name] for name in ("kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw",
                                              "groups")]
-            scratch = self._scratch(k.conv_scratch_floats(rows, blocks, x.shape, out.shape,
-                                                          *geometry))
+            key = (x.shape, out.shape, *geometry)
+            if key not in self._tiling:
+                rows, blocks = k.conv_tiling(x.shape, out.shape, a["kh"], a["kw"], a["sh"],
+                                             a["sw"], a["pw"], a["groups"], self.threads)
+                floats = k.conv_scratch_floats(rows, blocks, x.shape, out.shape, *geometry)
+                self._tiling[key] = rows, blocks, floats
+            rows, blocks, floats = self._tiling[key]
+            scratch = self._scratch(floats)
             k.conv(x, arrays["w"], arrays["b"], res, out, scratch, *geometry, a["act"],
                    np.float32(a["alpha"]), rows, blocks)
         elif kernel == "dwconv":

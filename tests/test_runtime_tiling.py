@@ -86,10 +86,10 @@ def test_shifted_tiles_stay_within_the_small_gemm_limit():
     GEMMs within OpenBLAS's unpacked kernels, with at least two work items per thread."""
     for h, c in [(56, 64), (28, 128), (14, 256), (7, 512), (224, 64), (28, 512)]:
         wp = h + 2
-        rows, blocks = cpu.shifted_tiling(1, h, wp, c, c, 2)
+        rows, blocks = cpu.conv_tiling((1, h, h, c), (1, h, h, c), 3, 3, 1, 1, 1, 1, 2)
         block = -(-c // blocks)
         assert block == 64, (h, c, rows, blocks)
         assert rows * wp * block * c <= SMALL_MNK, (h, c, rows, blocks)
         assert -(-h // rows) * blocks >= 4, (h, c, rows, blocks)
-    assert cpu.shifted_tiling(1, 56, 58, 64, 64, 2) == (4, 1)
-    assert cpu.shifted_tiling(1, 7, 9, 512, 512, 2) == (3, 8)
+    assert cpu.conv_tiling((1, 56, 56, 64), (1, 56, 56, 64), 3, 3, 1, 1, 1, 1, 2) == (4, 1)
+    assert cpu.conv_tiling((1, 7, 7, 512), (1, 7, 7, 512), 3, 3, 1, 1, 1, 1, 2) == (3, 8)
