@@ -103,6 +103,16 @@ def _im2col(x, n, oy0, oy1, wo, kh, kw, sh, sw, ph, pw, dh, dw, c0, cg, col):
                             row[base + kx * cg:base + kx * cg + cg] = 0.0
 
 
+@njit(inline="always", **JIT)
+def _work_item(item, n_img, tiles, rows_per_tile, ho):
+    """Item -> (channel block, image, first row, end row). Items run block-major, so the
+    contiguous run of items a thread takes shares few blocks of weights."""
+    b = item // (n_img * tiles)
+    tile = item % (n_img * tiles)
+    oy0 = (tile % tiles) * rows_per_tile
+    return b, tile // tiles, oy0, min(ho, oy0 + rows_per_tile)
+
+
 @njit(**PJIT)
 def conv(x, wmat, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, groups, act, alpha,
          rows_per_tile, channel_blocks):
@@ -135,11 +145,7 @@ def conv(x, wmat, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, group
     items = n_img * tiles * channel_blocks
     for t in prange(threads):
         for item in range(t * items // threads, (t + 1) * items // threads):
-            b = item // (n_img * tiles)
-            tile = item % (n_img * tiles)
-            n = tile // tiles
-            oy0 = (tile % tiles) * rows_per_tile
-            oy1 = min(ho, oy0 + rows_per_tile)
+            b, n, oy0, oy1 = _work_item(item, n_img, tiles, rows_per_tile, ho)
             m = (oy1 - oy0) * wo
             r0 = (n * ho + oy0) * wo
             col = scratch[t, :0 if direct else m * k].reshape(-1, k)
@@ -192,11 +198,7 @@ def _conv_shifted(x, wmat, bias, res, out, scratch, kh, kw, ph, pw, dh, dw, grou
     items = n_img * tiles * channel_blocks
     for t in prange(threads):
         for item in range(t * items // threads, (t + 1) * items // threads):
-            b = item // (n_img * tiles)
-            tile = item % (n_img * tiles)
-            n = tile // tiles
-            oy0 = (tile % tiles) * rows_per_tile
-            oy1 = min(ho, oy0 + rows_per_tile)
+            b, n, oy0, oy1 = _work_item(item, n_img, tiles, rows_per_tile, ho)
             rows = oy1 - oy0
             in_rows = rows + dh * (kh - 1)
             # padded input rows oy0 - ph ... , plus slack for the last taps' overhang
