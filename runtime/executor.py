@@ -29,8 +29,8 @@ class CpuBackend:
         self._scratch_buf = np.empty((self.threads, 1), np.float32)
 
     def _scratch(self, floats: int) -> np.ndarray:
-        """Per-thread scratch rows (threads, floats), kept and grown across calls: buffers
-        allocated afresh in every call cost page faults each time."""
+        """Per-thread scratch rows, (threads, at least ``floats``), kept and grown across
+        calls: buffers allocated afresh in every call cost page faults each time."""
         if self._scratch_buf.shape[1] < floats:
             self._scratch_buf = np.empty((self.threads, floats), np.float32)
         return self._scratch_buf
