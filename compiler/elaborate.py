@@ -306,8 +306,9 @@ class Elaborator:
         n = self.eval(frame, expr)
         if n is POISON:
             raise _Fail(Diagnostic("error", "bad repeat count", self.loc(frame.file, expr.pos)))
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            self.fail(frame, expr.pos, f"repeat count must be a positive integer, got {n!r}")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            self.fail(frame, expr.pos, f"repeat count must be a non-negative integer, got {n!r}",
+                      "'* 0' skips the stage")
         if n > MAX_REPEAT:
             self.fail(frame, expr.pos, f"repeat count {n:,} is absurd (limit {MAX_REPEAT:,})")
         return n
@@ -365,7 +366,11 @@ class Elaborator:
                 key = next(iter(keywords))
                 self.fail(frame, arg_pos[key], f"{op.name} takes only tensors, got '{key}='")
         else:
-            tensors, rest = positional[:arity], positional[arity:]
+            count = arity
+            while (count < arity + op.optional_tensors and count < len(positional)
+                   and isinstance(positional[count], Layer)):
+                count += 1
+            tensors, rest = positional[:count], positional[count:]
         if not tensors or len(tensors) < (arity or 1):
             need = f"{arity} tensors" if arity and arity > 1 else "a tensor"
             self.fail(frame, call.name_pos, f"{op.name} needs {need} as input",

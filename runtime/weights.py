@@ -15,6 +15,7 @@ import numpy as np
 from ..compiler.diagnostics import DataError, error
 from ..compiler.files import write_atomically
 from ..compiler.network import Network
+from ..compiler.ops import OPS
 
 
 def expected(net: Network) -> dict[str, tuple]:
@@ -27,25 +28,22 @@ def expected(net: Network) -> dict[str, tuple]:
 
 
 def initialise(net: Network, seed: int = 0) -> dict[str, np.ndarray]:
-    """He (normal, fan-in) for conv and convt, Xavier (uniform) for fc, zero biases; batch
-    norm starts as the identity (weight 1, bias 0, mean 0, variance 1)."""
+    """Each weight as its op's registry entry says it starts (``Op.initial``): He-normal over
+    the fan-in for convolutions, Xavier-uniform for fc, zero biases, batch norm the identity."""
     rng = np.random.default_rng(seed)
     out = {}
     for layer in net.layers:
+        op = OPS[layer.op]
         for name, shape in (*layer.weights.items(), *layer.buffers.items()):
-            key = f"{layer.name}.{name}"
-            if layer.op == "bn":
-                fill = 1.0 if name in ("weight", "running_var") else 0.0
-                out[key] = np.full(shape, fill, np.float32)
-            elif name == "bias":
-                out[key] = np.zeros(shape, np.float32)
-            elif layer.op == "fc":
-                limit = math.sqrt(6.0 / (shape[0] + shape[1]))
-                out[key] = rng.uniform(-limit, limit, shape).astype(np.float32)
-            else:
-                fan_in = shape[1] * shape[2] * shape[3]
-                out[key] = (rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)).astype(
-                    np.float32)
+            rule = op.initial(name, shape, layer.args)
+            if rule[0] == "const":
+                value = np.full(shape, rule[1], np.float32)
+            elif rule[0] == "he_normal":
+                value = rng.standard_normal(shape) * math.sqrt(2.0 / rule[1])
+            else:  # xavier_uniform
+                limit = math.sqrt(6.0 / (rule[1] + rule[2]))
+                value = rng.uniform(-limit, limit, shape)
+            out[f"{layer.name}.{name}"] = value.astype(np.float32)
     return out
 
 

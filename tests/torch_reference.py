@@ -1,7 +1,8 @@
 """The same network in PyTorch, built op by op from a checked cnnc graph, with the same weights.
 
-Used as the reference for kernels and whole networks: torch's own conv, pooling, batch norm,
-interpolation... applied in source order.
+Used as the reference for kernels and whole networks: torch's own functions applied in source
+order. ``REFERENCE`` holds one line per op: ``(F, xs, a, w) -> tensor`` with ``xs`` the input
+tensors, ``a`` the layer's bound arguments and ``w(key)`` its weights (``None`` if absent).
 """
 
 from __future__ import annotations
@@ -9,76 +10,117 @@ from __future__ import annotations
 import numpy as np
 
 
+def _crop(x, ref):
+    (h, wd), (hr, wr) = x.shape[2:], ref.shape[2:]
+    oy, ox = (h - hr) // 2, (wd - wr) // 2
+    return x[:, :, oy:oy + hr, ox:ox + wr]
+
+
+def _resize(F, xs, a):
+    size = tuple(xs[1].shape[2:]) if len(xs) == 2 else a["size"]
+    bilinear = a["mode"] == "bilinear"
+    return F.interpolate(xs[0], size=size, mode=a["mode"], align_corners=False if bilinear
+                         else None)
+
+
+def _layernorm(F, x, a, w):
+    if x.dim() == 2:
+        return F.layer_norm(x, x.shape[1:], w("weight"), w("bias"), a["eps"])
+    y = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], w("weight"), w("bias"), a["eps"])
+    return y.permute(0, 3, 1, 2)
+
+
+def _shuffle(x, g):
+    n, c, h, wd = x.shape
+    return x.reshape(n, g, c // g, h, wd).transpose(1, 2).reshape(n, c, h, wd)
+
+
+def _pad(F, x, a):
+    top, bottom, left, right = a["p"]
+    mode = {"zeros": "constant"}.get(a["mode"], a["mode"])
+    return F.pad(x, (left, right, top, bottom), mode=mode)
+
+
+def _mul(xs):
+    y = xs[0]
+    for x in xs[1:]:
+        y = y * x
+    return y
+
+
+REFERENCE = {
+    "conv": lambda F, xs, a, w: F.conv2d(xs[0], w("weight"), w("bias"), a["s"], a["p"], a["d"],
+                                         a["g"]),
+    "dwconv": lambda F, xs, a, w: F.conv2d(xs[0], w("weight"), w("bias"), a["s"], a["p"],
+                                           a["d"], a["g"]),
+    "convt": lambda F, xs, a, w: F.conv_transpose2d(xs[0], w("weight"), w("bias"), a["s"],
+                                                    a["p"], a["op"], a["g"], a["d"]),
+    "fc": lambda F, xs, a, w: F.linear(xs[0], w("weight"), w("bias")),
+    "maxpool": lambda F, xs, a, w: F.max_pool2d(xs[0], a["k"], a["s"], a["p"], a["d"],
+                                                ceil_mode=a["ceil"]),
+    "avgpool": lambda F, xs, a, w: F.avg_pool2d(xs[0], a["k"], a["s"], a["p"],
+                                                ceil_mode=a["ceil"],
+                                                count_include_pad=a["count_pad"]),
+    "gap": lambda F, xs, a, w: xs[0].mean((2, 3), keepdim=True),
+    "gmp": lambda F, xs, a, w: xs[0].amax((2, 3), keepdim=True),
+    "adaptive_avgpool": lambda F, xs, a, w: F.adaptive_avg_pool2d(xs[0], a["size"]),
+    "flatten": lambda F, xs, a, w: xs[0].flatten(1),
+    "bn": lambda F, xs, a, w: F.batch_norm(xs[0], w("running_mean"), w("running_var"),
+                                           w("weight"), w("bias"), False, 0.0, a["eps"]),
+    "layernorm": lambda F, xs, a, w: _layernorm(F, xs[0], a, w),
+    "groupnorm": lambda F, xs, a, w: F.group_norm(xs[0], a["groups"], w("weight"), w("bias"),
+                                                  a["eps"]),
+    "scale": lambda F, xs, a, w: xs[0] * w("weight"),
+    "lrn": lambda F, xs, a, w: F.local_response_norm(xs[0], a["size"], a["alpha"], a["beta"],
+                                                     a["k"]),
+    "upsample": lambda F, xs, a, w: F.interpolate(
+        xs[0], scale_factor=a["scale"], mode=a["mode"],
+        align_corners=False if a["mode"] == "bilinear" else None),
+    "resize": lambda F, xs, a, w: _resize(F, xs, a),
+    "concat": lambda F, xs, a, w: F.torch.cat(xs, 1),
+    "add": lambda F, xs, a, w: sum(xs[1:], xs[0]),
+    "mul": lambda F, xs, a, w: _mul(xs),
+    "crop": lambda F, xs, a, w: _crop(xs[0], xs[1]),
+    "slice": lambda F, xs, a, w: xs[0][:, a["start"]:a["stop"]],
+    "shuffle": lambda F, xs, a, w: _shuffle(xs[0], a["g"]),
+    "pad": lambda F, xs, a, w: _pad(F, xs[0], a),
+    "softmax": lambda F, xs, a, w: F.softmax(xs[0], 1),
+    "relu": lambda F, xs, a, w: F.relu(xs[0]),
+    "relu6": lambda F, xs, a, w: F.relu6(xs[0]),
+    "leaky_relu": lambda F, xs, a, w: F.leaky_relu(xs[0], a["a"]),
+    "sigmoid": lambda F, xs, a, w: F.sigmoid(xs[0]),
+    "tanh": lambda F, xs, a, w: F.tanh(xs[0]),
+    "silu": lambda F, xs, a, w: F.silu(xs[0]),
+    "hardswish": lambda F, xs, a, w: F.hardswish(xs[0]),
+    "hardsigmoid": lambda F, xs, a, w: F.hardsigmoid(xs[0]),
+    "gelu": lambda F, xs, a, w: F.gelu(xs[0], approximate=a["approx"]),
+    "elu": lambda F, xs, a, w: F.elu(xs[0], a["a"]),
+    "softplus": lambda F, xs, a, w: F.softplus(xs[0]),
+    "mish": lambda F, xs, a, w: F.mish(xs[0]),
+    "clamp": lambda F, xs, a, w: F.torch.clamp(xs[0], a["lo"], a["hi"]),
+    "prelu": lambda F, xs, a, w: F.prelu(xs[0], w("weight")),
+    "identity": lambda F, xs, a, w: xs[0],
+    "dropout": lambda F, xs, a, w: xs[0],
+    "droppath": lambda F, xs, a, w: xs[0],
+}
+
+
 def forward(torch, net, weights: dict, inputs: dict) -> dict:
+    """Run ``net`` in PyTorch with ``weights`` on NCHW ``inputs``; return NCHW outputs."""
     F = torch.nn.functional
     values = {name: torch.from_numpy(np.ascontiguousarray(x)) for name, x in inputs.items()}
-
-    def w(layer, key):
-        return torch.from_numpy(weights[f"{layer.name}.{key}"])
-
     with torch.no_grad():
         for layer in net.layers:
+            def w(key, layer=layer):
+                full = f"{layer.name}.{key}"
+                return torch.from_numpy(weights[full]) if full in weights else None
             xs = [values[i.name] for i in layer.inputs]
-            x = xs[0]
-            a, op = layer.args, layer.op
-            bias = w(layer, "bias") if "bias" in layer.weights else None
-            if op in ("conv", "dwconv"):
-                y = F.conv2d(x, w(layer, "weight"), bias, a["s"], a["p"], a["d"], a["g"])
-            elif op == "convt":
-                y = F.conv_transpose2d(x, w(layer, "weight"), bias, a["s"], a["p"], a["op"],
-                                       a["g"], a["d"])
-            elif op == "maxpool":
-                y = F.max_pool2d(x, a["k"], a["s"], a["p"], a["d"], ceil_mode=a["ceil"])
-            elif op == "avgpool":
-                y = F.avg_pool2d(x, a["k"], a["s"], a["p"], ceil_mode=a["ceil"],
-                                 count_include_pad=a["count_pad"])
-            elif op == "gap":
-                y = x.mean((2, 3), keepdim=True)
-            elif op == "gmp":
-                y = x.amax((2, 3), keepdim=True)
-            elif op == "fc":
-                y = F.linear(x, w(layer, "weight"), bias)
-            elif op == "flatten":
-                y = x.flatten(1)
-            elif op == "bn":
-                y = F.batch_norm(x, w(layer, "running_mean"), w(layer, "running_var"),
-                                 w(layer, "weight"), w(layer, "bias"), False, 0.0, a["eps"])
-            elif op == "lrn":
-                y = F.local_response_norm(x, a["size"], a["alpha"], a["beta"], a["k"])
-            elif op == "upsample":
-                bilinear = a["mode"] == "bilinear"
-                y = F.interpolate(x, scale_factor=a["scale"], mode=a["mode"],
-                                  align_corners=False if bilinear else None)
-            elif op == "concat":
-                y = torch.cat(xs, 1)
-            elif op == "add":
-                y = sum(xs[1:], xs[0])
-            elif op == "crop":
-                (h, wd), (hr, wr) = x.shape[2:], xs[1].shape[2:]
-                oy, ox = (h - hr) // 2, (wd - wr) // 2
-                y = x[:, :, oy:oy + hr, ox:ox + wr]
-            elif op == "softmax":
-                y = torch.softmax(x, 1)
-            elif op == "relu":
-                y = torch.relu(x)
-            elif op == "relu6":
-                y = F.relu6(x)
-            elif op == "leaky_relu":
-                y = F.leaky_relu(x, a["a"])
-            elif op == "sigmoid":
-                y = torch.sigmoid(x)
-            elif op == "tanh":
-                y = torch.tanh(x)
-            elif op in ("identity", "dropout"):
-                y = x
-            else:
-                raise NotImplementedError(op)
-            values[layer.name] = y
+            values[layer.name] = REFERENCE[layer.op](F, xs, layer.args, w)
         return {name: values[layer.name].numpy() for name, layer in net.outputs.items()}
 
 
 def random_weights(net, seed: int = 0) -> dict:
-    """Weights with non-trivial biases and batch-norm statistics, so fusions are exercised."""
+    """Weights with non-trivial biases, norms and statistics, so fusions are exercised."""
     from cnnc.runtime.weights import initialise
     rng = np.random.default_rng(seed)
     weights = initialise(net, seed)
@@ -89,6 +131,6 @@ def random_weights(net, seed: int = 0) -> dict:
             weights[key] = (0.1 * rng.standard_normal(value.shape)).astype(np.float32)
         elif key.endswith(".running_var"):
             weights[key] = rng.uniform(0.5, 1.5, value.shape).astype(np.float32)
-        elif key.endswith(".weight") and value.ndim == 1:
+        elif key.endswith(".weight") and (value.ndim == 1 or value.shape[1:] == (1, 1)):
             weights[key] = rng.uniform(0.5, 1.5, value.shape).astype(np.float32)
     return weights
