@@ -47,11 +47,11 @@ ZOO = [
     ("segmentation.cnn", "fcn_resnet101", 520),
     ("segmentation.cnn", "deeplabv3_resnet50", 520),
     ("segmentation.cnn", "deeplabv3_resnet101", 520),
-    ("segmentation.cnn", "deeplabv3_mobilenet_v3_large", 520),
-    ("segmentation.cnn", "lraspp_mobilenet_v3_large", 520),
+    ("mobilenet_segmentation.cnn", "deeplabv3_mobilenet_v3_large", 520),
+    ("mobilenet_segmentation.cnn", "lraspp_mobilenet_v3_large", 520),
 ]
 
-SEGMENTATION = {name for file, name, _ in ZOO if file == "segmentation.cnn"}
+SEGMENTATION = {name for file, name, _ in ZOO if "segmentation" in file}
 
 
 def import_torchvision():
@@ -181,7 +181,77 @@ def map_weights(net, model, size: int) -> dict[str, np.ndarray]:
     return weights
 
 
+def randomise(model, seed: int = 0):
+    """Give batch-norm statistics and every 1-D parameter (norm weights, biases, layer scales)
+    random values, so that a wrong mapping or a skipped op shows in the outputs."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in (*model.named_parameters(), *model.named_buffers()):
+            if name.endswith("num_batches_tracked"):
+                continue
+            if name.endswith("running_var") or (t.squeeze().dim() <= 1 and "weight" in name
+                                                and "fc" not in name):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            elif t.squeeze().dim() <= 1:
+                t.copy_(0.1 * torch.randn(t.shape, generator=g))
+    return model
+
+
+def network_of(name: str):
+    import cnnc
+
+    file = next(f for f, n, _ in ZOO if n == name)
+    return cnnc.load(HERE.parent / "specs" / file, network=name)
+
+
+def reference_outputs(name: str, batch: int = 1, seed: int = 0):
+    """(net, weights, input, torchvision's output) for one zoo model with random weights."""
+    import torch
+
+    size = next(s for _, n, s in ZOO if n == name)
+    net = network_of(name)
+    model = randomise(torchvision_model(name), seed)
+    weights = map_weights(net, model, size)
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        y = model(x)
+    y = y["out"] if isinstance(y, dict) else y
+    return net, weights, x.numpy(), y.numpy()
+
+
+def relative_error(got, want) -> float:
+    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
+
+
+def check(names):
+    """Costs against the table and outputs of the spec, run op by op in PyTorch
+    (tests/torch_reference.py), against torchvision's model: the spec itself is checked,
+    independently of cnnc's kernels."""
+    import torch
+
+    import torch_reference
+
+    table = json.loads(COSTS.read_text())
+    for name in names:
+        net = network_of(name)
+        want = table[name]
+        costs = (net.total_params, net.total_macs)
+        ok = costs == (want["params"], want["macs"])
+        print(f"{name}: params {costs[0]:,} (torchvision {want['params']:,}), MACs "
+              f"{costs[1]:,} (torchvision {want['macs']:,}) {'OK' if ok else 'MISMATCH'}")
+        net, weights, x, y = reference_outputs(name)
+        out = torch_reference.forward(torch, net, weights, {next(iter(net.inputs)): x})
+        err = relative_error(next(iter(out.values())), y)
+        print(f"  output vs torchvision: relative error {err:.2e} {'OK' if err < 1e-4 else 'BAD'}")
+
+
 def main():
+    if sys.argv[1:2] == ["check"]:
+        sys.path.insert(0, str(HERE))
+        check(sys.argv[2:])
+        return
     table = {}
     for file, name, size in ZOO:
         params, macs = count_costs(torchvision_model(name), size)
