@@ -8,28 +8,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..compiler.diagnostics import DataError, ResourceError, error
+from ..compiler.diagnostics import DataError, error
 from ..compiler.network import Network
 from . import memory
 from . import weights as weights_io
+from .backends import backend_for
 from .plan import Plan, build_plan
-
-
-def backend_for(device: str):
-    if device == "cpu":
-        from .executor import CpuBackend
-        return CpuBackend()
-    if device == "cuda":
-        try:
-            from .cuda import CudaBackend
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.cuda":
-                raise
-            raise ResourceError(error(
-                "--device cuda: this version of cnnc has no CUDA backend yet",
-                hint="run on the CPU (--device cpu, the default)")) from None
-        return CudaBackend()
-    raise DataError(error(f"unknown device '{device}' (cpu or cuda)"))
 
 
 @dataclass

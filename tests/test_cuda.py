@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,29 +26,47 @@ def test_cuda_kernels_match_cpu_under_the_simulator():
     assert " passed" in result.stdout and "skipped" not in result.stdout.splitlines()[-1], tail
 
 
+ARRAYS = {"x", "w", "bias", "res", "out", "cols", "scale", "shift", "a", "b", "gate", "slope",
+          "weight"}
+FLOAT32 = {"alpha", "beta", "sy", "sx"}
+FLAGS = {"has_res", "has_bias", "bilinear", "count_pad", "is_max", "shared"}
+
+
 def _signature(kernel_name, fn):
+    """Argument types as the launchers pass them, from the argument names."""
     from numba import types
-    arr = types.Array(types.float32, 1, "C")
-    arrays = {"gemm": {"a", "b", "c", "bias", "res"}, "add": {"a", "b", "out"}}.get(
-        kernel_name, {"x", "w", "bias", "res", "out", "cols", "scale", "shift"})
-    floats = {"alpha", "beta"} | ({"k"} if kernel_name == "lrn" else set())
-    flags = {"has_res", "has_bias", "bilinear", "count_pad", "is_max"}
-    names = fn.__code__.co_varnames[:fn.__code__.co_argcount]
+    special = {"stats": types.Array(types.float64, 1, "C"),
+               "index": types.Array(types.int32, 1, "C"), "eps": types.float64}
+    if kernel_name == "lrn":
+        special["k"] = types.float32
+    if kernel_name == "gemm":
+        special["c"] = types.Array(types.float32, 1, "C")
     sig = []
-    for name in names:
-        if name in arrays:
-            sig.append(arr)
-        elif name in floats:
+    for name in fn.__code__.co_varnames[:fn.__code__.co_argcount]:
+        if name in special:
+            sig.append(special[name])
+        elif name in ARRAYS:
+            sig.append(types.Array(types.float32, 1, "C"))
+        elif name in FLOAT32:
             sig.append(types.float32)
-        elif name in flags:
+        elif name in FLAGS:
             sig.append(types.boolean)
         else:
             sig.append(types.int64)
     return tuple(sig)
 
 
-KERNELS = ["conv", "gemm", "convt_gather", "dwconv", "maxpool", "avgpool", "global_pool",
-           "affine", "act", "add", "softmax", "lrn", "upsample", "concat", "crop", "flatten"]
+def _kernels():
+    """Every @cuda.jit kernel of the CUDA backend, as 'module.name'."""
+    found = []
+    for module in ("conv", "pool", "elementwise", "norm", "layout"):
+        source = (HERE.parent / "runtime" / "backends" / "cuda" / f"{module}.py").read_text()
+        found += [f"{module}.{name}" for name in re.findall(r"^@cuda\.jit\ndef (\w+)", source,
+                                                             re.M)]
+    return found
+
+
+KERNELS = _kernels()
 
 
 @pytest.mark.parametrize("name", KERNELS)
@@ -56,10 +75,12 @@ def test_kernel_compiles_for_a_real_gpu(name):
     if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
         pytest.skip("compile_ptx needs the real CUDA target")
     cuda = require("numba.cuda")
-    from cnnc.runtime import cuda as kernels
-    kernel = getattr(kernels, name)
+    import importlib
+    module, function = name.split(".")
+    kernel = getattr(importlib.import_module(f"cnnc.runtime.backends.cuda.{module}"), function)
     try:
-        ptx, _ = cuda.compile_ptx(kernel.py_func, _signature(name, kernel.py_func), cc=(9, 0))
+        ptx, _ = cuda.compile_ptx(kernel.py_func, _signature(function, kernel.py_func),
+                                  cc=(9, 0))
     except Exception as exc:  # NVVM missing is an install problem, not a kernel problem
         if "NVVM" in str(exc) or "libnvvm" in str(exc):
             if os.environ.get("CNNC_REQUIRE_REFERENCES"):
@@ -71,7 +92,7 @@ def test_kernel_compiles_for_a_real_gpu(name):
 
 @pytest.mark.parametrize("kernel", ["conv", "gemm"])
 def test_gemm_kernels_use_shared_memory_tiles(kernel):
-    source = (HERE.parent / "runtime" / "cuda.py").read_text()
+    source = (HERE.parent / "runtime" / "backends" / "cuda" / "conv.py").read_text()
     body = source[source.index(f"def {kernel}("):]
     body = body[:body.index("\n@cuda.jit")]
     assert "cuda.shared.array" in body and "cuda.local.array" in body

@@ -12,19 +12,20 @@ from hypothesis import strategies as st
 
 import cnnc
 import torch_reference
+from cnnc.compiler.ops import OPS, Activation
 
 RTOL = ATOL = 2e-4  # float32 sums of a few hundred terms
 CASES = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 
 
-def compare(torch, spec: str, batch: int = 2, seed: int = 0):
+def compare(torch, spec: str, batch: int = 2, seed: int = 0, spread: float = 1.0):
     result = cnnc.check(spec)
     if not result.ok:
         return False  # an invalid random configuration: the checker rejected it cleanly
     net = result.networks[0]
     weights = torch_reference.random_weights(net, seed)
     rng = np.random.default_rng(seed)
-    inputs = {n: rng.standard_normal((batch, *layer.shape)).astype(np.float32)
+    inputs = {n: (spread * rng.standard_normal((batch, *layer.shape))).astype(np.float32)
               for n, layer in net.inputs.items()}
     want = torch_reference.forward(torch, net, weights, inputs)
     for optimize in (True, False):
@@ -143,3 +144,63 @@ def test_plan_folds_and_fuses_and_reuses_buffers():
 def torch_reference_path(name):
     from conftest import SPECS
     return SPECS / name
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_every_registered_op(torch, name):
+    """Each op of the registry on its example input (values spread to reach every branch)."""
+    op = OPS[name]
+    assert compare(torch, net(op.example or name, op.example_input), batch=2, spread=3.0)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, op in OPS.items()
+                                        if isinstance(op, Activation) and op.code))
+@pytest.mark.parametrize("producer", ["conv(5, k=3, p=1)", "conv(5, k=3, p=1) | bn",
+                                      "dwconv(k=3, p=1)", "gap | flatten | fc(5)"])
+def test_activations_fused_into_epilogues(torch, name, producer):
+    op = OPS[name]
+    assert compare(torch, net(f"{producer} | {op.example or name}", "6x5x7"), spread=3.0)
+
+
+@CASES
+@given(st.integers(1, 6), st.integers(1, 6), st.integers(1, 13), st.integers(1, 13),
+       st.sampled_from(["bilinear", "nearest"]), st.integers(1, 4))
+def test_resize(torch, h, w, ho, wo, mode, c):
+    assert compare(torch, net(f"resize(size=({ho}, {wo}), mode={mode})", f"{c}x{h}x{w}"))
+
+
+@CASES
+@given(st.integers(2, 7), st.integers(2, 7), st.tuples(*[st.integers(0, 3)] * 4),
+       st.sampled_from(["zeros", "reflect", "replicate"]))
+def test_pad(torch, h, w, p, mode):
+    compare(torch, net(f"pad({p}, mode={mode})", f"3x{h}x{w}"))
+
+
+@CASES
+@given(st.integers(1, 4), st.integers(1, 4), st.integers(1, 9), st.integers(1, 9),
+       st.integers(1, 4), st.integers(1, 4))
+def test_adaptive_avgpool_and_groupnorm(torch, g, cg, h, w, oh, ow):
+    assert compare(torch, net(f"groupnorm({g}) | adaptive_avgpool(({oh}, {ow})) | layernorm",
+                              f"{g * cg}x{h}x{w}"))
+
+
+@CASES
+@given(st.integers(1, 4), st.integers(1, 6), st.data())
+def test_channel_slices_and_shuffles(torch, g, cg, data):
+    c = g * cg
+    start = data.draw(st.integers(0, c - 1))
+    stop = data.draw(st.integers(start + 1, c))
+    assert compare(torch, net(f"shuffle({g}) | slice({start}, {stop}) | prelu", f"{c}x3x4"))
+
+
+def test_squeeze_and_excitation_shapes(torch):
+    spec = """
+network t(x: 6x5x7) {
+    y = x | conv(8, k=3, p=1) | hardswish
+    gate = y | gap | conv(2, k=1) | relu | conv(8, k=1) | hardsigmoid
+    one = y | gap | conv(1, k=1) | sigmoid
+    v = x | gap | flatten | fc(4)
+    return mul(y, gate) | silu, mul(one, y, y), mul(v, v | sigmoid) | clamp(hi=0.3)
+}
+"""
+    assert compare(torch, spec, batch=3)

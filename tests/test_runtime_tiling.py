@@ -11,8 +11,10 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cnnc.runtime import cpu
-from cnnc.runtime.blas import SMALL_MNK
+from cnnc.compiler.ops import OPS
+from cnnc.runtime.backends.cpu import conv as cpu
+from cnnc.runtime.backends.cpu import tiling
+from cnnc.runtime.backends.cpu.blas import SMALL_MNK
 
 ACTS = ["none", "relu", "leaky_relu", "sigmoid"]
 
@@ -30,12 +32,12 @@ def run_conv(x, wt, bias, res, stride, pad, dil, groups, act, rows, blocks, thre
     res_nhwc = (np.ascontiguousarray(res.transpose(0, 2, 3, 1)) if res is not None
                 else np.empty((0, 0, 0, 0), np.float32))
     x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    floats = cpu.conv_scratch_floats(rows, blocks, x_nhwc.shape, out.shape, kh, kw, stride,
+    floats = tiling.conv_scratch_floats(rows, blocks, x_nhwc.shape, out.shape, kh, kw, stride,
                                      stride, pad, pad, dil, dil, groups)
     scratch = np.full((threads, floats + 1), np.nan, np.float32)
     cpu.conv(x_nhwc, np.ascontiguousarray(wmat), bias, res_nhwc, out, scratch, kh, kw, stride,
-             stride, pad, pad, dil, dil, groups, cpu.ACTIVATIONS.get(act, cpu.ACT_NONE),
-             np.float32(0.1), rows, blocks)
+             stride, pad, pad, dil, dil, groups, OPS[act].code if act in OPS else 0,
+             np.float32(0.1), np.float32(0.0), rows, blocks)
     return out.transpose(0, 3, 1, 2)
 
 
@@ -86,10 +88,10 @@ def test_shifted_tiles_stay_within_the_small_gemm_limit():
     GEMMs within OpenBLAS's unpacked kernels, with at least two work items per thread."""
     for h, c in [(56, 64), (28, 128), (14, 256), (7, 512), (224, 64), (28, 512)]:
         wp = h + 2
-        rows, blocks = cpu.conv_tiling((1, h, h, c), (1, h, h, c), 3, 3, 1, 1, 1, 1, 2)
+        rows, blocks = tiling.conv_tiling((1, h, h, c), (1, h, h, c), 3, 3, 1, 1, 1, 1, 2)
         block = -(-c // blocks)
         assert block == 64, (h, c, rows, blocks)
         assert rows * wp * block * c <= SMALL_MNK, (h, c, rows, blocks)
         assert -(-h // rows) * blocks >= 4, (h, c, rows, blocks)
-    assert cpu.conv_tiling((1, 56, 56, 64), (1, 56, 56, 64), 3, 3, 1, 1, 1, 1, 2) == (4, 1)
-    assert cpu.conv_tiling((1, 7, 7, 512), (1, 7, 7, 512), 3, 3, 1, 1, 1, 1, 2) == (3, 8)
+    assert tiling.conv_tiling((1, 56, 56, 64), (1, 56, 56, 64), 3, 3, 1, 1, 1, 1, 2) == (4, 1)
+    assert tiling.conv_tiling((1, 7, 7, 512), (1, 7, 7, 512), 3, 3, 1, 1, 1, 1, 2) == (3, 8)

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from .base import Arg, ArgError, Op, ShapeError, Windowed, _pad_word, _window_label, fmt_shape, register
+from .base import (
+    Arg,
+    ArgError,
+    Op,
+    ShapeError,
+    Windowed,
+    _pad_word,
+    _window_label,
+    fmt_shape,
+    register,
+)
+
 
 @register
 class Conv(Windowed):

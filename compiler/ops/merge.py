@@ -75,3 +75,11 @@ class Mul(_Merge):
                 + " and ".join(fmt_shape(x) for x in shapes),
                 "pool the gate to Cx1x1 (gap) for squeeze-and-excitation")
         return full
+
+    def rf(self, rfs, shapes, a):
+        """The largest field, but the jump of the full-size operands: a broadcast gate has
+        one position, so its jump says nothing about the output's grid."""
+        full = [r for r, s in zip(rfs, shapes) if s == max(shapes, key=len)
+                and (len(s) < 3 or s[1:] != (1, 1) or all(x[1:] == (1, 1) for x in shapes))]
+        merged = RF.merge(rfs)
+        return RF(merged.size, RF.merge(full or rfs).jump)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .base import RF, Arg, ArgError, Op, Windowed, _fmt_pair, _pad_word, _window_label, register
+from .base import Arg, ArgError, Op, Windowed, _fmt_pair, _pad_word, _window_label, register
+
 
 @register
 class MaxPool(Windowed):

@@ -6,7 +6,9 @@ Both follow ``torch.nn.functional.interpolate``: ``nearest`` takes ``floor(dst *
 
 from __future__ import annotations
 
-from .base import Arg, ArgError, Op, _fmt_pair, register
+from fractions import Fraction
+
+from .base import RF, Arg, ArgError, Op, _fmt_pair, register
 
 
 @register
@@ -53,14 +55,14 @@ class Resize(Op):
         return (shapes[0][0], h, w)
 
     def rf(self, rfs, shapes, a):
+        """Bilinear reads one more input step per axis (none from a 1-pixel input); each
+        output step moves in/out input steps."""
         _, h, w = shapes[0]
         out = shapes[1][1:] if len(shapes) == 2 else a["size"]
-        scale = tuple(max(1, o // i) for o, i in zip(out, (h, w)))
-        reach = (1, 1) if a["mode"] == "bilinear" else (0, 0)
-        grown = rfs[0].upsampled(reach, scale)
-        return grown if all(o >= i for o, i in zip(out, (h, w))) else rfs[0].window(
-            tuple(-(-i // o) for i, o in zip((h, w), out)),
-            tuple(max(1, i // o) for i, o in zip((h, w), out)))
+        bilinear = a["mode"] == "bilinear"
+        size = tuple(int(r + (j if bilinear and n > 1 else 0))
+                     for r, j, n in zip(rfs[0].size, rfs[0].jump, (h, w)))
+        return RF(size, tuple(j * Fraction(n, o) for j, n, o in zip(rfs[0].jump, (h, w), out)))
 
     def label(self, a):
         size = "" if a["size"] is None else f" {_fmt_pair(a['size'])}"

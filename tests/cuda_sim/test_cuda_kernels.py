@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import cnnc  # noqa: E402
 import torch_reference  # noqa: E402
+from cnnc.compiler.ops import OPS  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") != "1",
                                 reason="run through tests/test_cuda.py")
@@ -42,8 +43,8 @@ def net(stage: str, shape: str) -> str:
 
 
 def test_tile_is_patched_small():
-    from cnnc.runtime import cuda
-    assert cuda.TILE == 4 and cuda.BM == 8
+    from cnnc.runtime.backends.cuda import launch
+    assert launch.TILE == 4 and launch.BM == 8
 
 
 @pytest.mark.parametrize("stage, shape", [
@@ -65,9 +66,19 @@ def test_tile_is_patched_small():
     ("upsample(2)", "3x3x4"),
     ("upsample((3, 2), mode=bilinear)", "2x3x4"),
     ("bn | tanh", "4x3x3"),
+    ("conv(6, k=1) | hardswish | mul(x | conv(6, k=1) | gap | hardsigmoid)", "6x3x4"),
+    ("conv(8, k=3, p=1) | layernorm | gelu(approx=tanh) | scale(0.5)", "4x3x3"),
+    ("resize(x | maxpool(k=2), mode=nearest) | groupnorm(2) | silu", "4x5x7"),
 ])
 def test_op(stage, shape):
     compare(net(stage, shape))
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_every_registered_op(name):
+    """Each op of the registry, on its example, matches the CPU runtime."""
+    op = OPS[name]
+    compare(net(op.example or name, op.example_input))
 
 
 def test_merges_crop_and_residual_fusion():

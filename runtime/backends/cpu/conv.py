@@ -1,0 +1,345 @@
+"""Convolutions and fully connected layers on the CPU (Numba), NHWC float32.
+
+Convolutions are tiled GEMMs with a fused epilogue (bias, residual add, activation): 1x1
+stride-1 layers multiply the input itself, other stride-1 layers run one GEMM per kernel tap
+over a padded row buffer ("shifted GEMM"), the rest build im2col tiles. ``prange`` spreads
+work items over the threads, each calling single-threaded BLAS; tiling.py chooses the items.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .activations import JIT, NONE, PJIT, RELU, activate
+from .blas import gemm
+from .table import KERNELS
+from .tiling import conv_scratch_floats, conv_tiling, uses_direct_gemm, uses_shifted_gemm
+
+F4 = 4  # bytes per float32
+
+
+@njit(**JIT)
+def _epilogue(src, s0, sc, dst, d0, dc, bias, res, has_res, rows, nb, act, alpha, beta):
+    """``dst[d0 + i, dc + j] = act(src[s0 + i, sc + j] + bias[dc + j] (+ res[d0 + i, dc + j]))``
+    for i < rows, j < nb; ``src`` may be ``dst``. The branches sit outside the inner loops so
+    that these vectorise: the branchy form cost 1.3 ms on ResNet's stem, as much as its GEMM."""
+    b = bias[dc:dc + nb]
+    for i in range(rows):
+        s = src[s0 + i, sc:sc + nb]
+        d = dst[d0 + i, dc:dc + nb]
+        if has_res:
+            r = res[d0 + i, dc:dc + nb]
+            for j in range(nb):
+                d[j] = s[j] + b[j] + r[j]
+        else:
+            for j in range(nb):
+                d[j] = s[j] + b[j]
+        if act == RELU:
+            for j in range(nb):
+                d[j] = d[j] if d[j] > 0.0 else np.float32(0.0)
+        elif act != NONE:
+            for j in range(nb):
+                d[j] = activate(d[j], act, alpha, beta)
+
+
+@njit(**JIT)
+def _im2col(x, n, oy0, oy1, wo, kh, kw, sh, sw, ph, pw, dh, dw, c0, cg, col):
+    """Rows (oy, ox) of the im2col matrix, columns (ky, kx, c). Where a kernel row lies
+    inside the image and dw == 1 and the group spans all channels, its kw*C inputs are one
+    contiguous run of NHWC memory and are copied as such (ResNet's stem: 21 floats, not 3)."""
+    h, w, c_in = x.shape[1], x.shape[2], x.shape[3]
+    xf = x.reshape(-1)
+    span = kw * cg
+    runs = dw == 1 and cg == c_in
+    for oy in range(oy0, oy1):
+        for ox in range(wo):
+            row = col[(oy - oy0) * wo + ox]
+            ix0 = ox * sw - pw
+            for ky in range(kh):
+                iy = oy * sh - ph + ky * dh
+                base = ky * span
+                if iy < 0 or iy >= h:
+                    row[base:base + span] = 0.0
+                elif runs and ix0 >= 0 and ix0 + kw <= w:
+                    src = ((n * h + iy) * w + ix0) * c_in
+                    for j in range(span):
+                        row[base + j] = xf[src + j]
+                else:
+                    for kx in range(kw):
+                        ix = ix0 + kx * dw
+                        if 0 <= ix < w:
+                            src = ((n * h + iy) * w + ix) * c_in + c0
+                            for c in range(cg):
+                                row[base + kx * cg + c] = xf[src + c]
+                        else:
+                            row[base + kx * cg:base + kx * cg + cg] = 0.0
+
+
+@njit(inline="always", **JIT)
+def _work_item(item, n_img, tiles, rows_per_tile, ho):
+    """Item -> (channel block, image, first row, end row). Items run block-major, so the
+    contiguous run of items a thread takes shares few blocks of weights."""
+    b = item // (n_img * tiles)
+    tile = item % (n_img * tiles)
+    oy0 = (tile % tiles) * rows_per_tile
+    return b, tile // tiles, oy0, min(ho, oy0 + rows_per_tile)
+
+
+@njit(**PJIT)
+def conv(x, wmat, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, groups, act, alpha, beta,
+         rows_per_tile, channel_blocks):
+    """Convolution, NHWC. ``wmat``: (groups, kh*kw*C/g, out/g), rows ordered (ky, kx, c).
+
+    ``res`` is a residual added before the activation (size 0 for none). Work items are
+    (image, row tile, output-channel block); each builds its im2col tile and calls GEMM.
+    ``scratch`` holds one row per thread (``conv_scratch_floats``), allocated once by the
+    caller (buffers allocated per item page-faulted on every call). Items are ordered by
+    channel block and each thread takes one contiguous run, so a thread reuses its block of
+    weights from its own cache tile after tile.
+    """
+    n_img, _, _, c_in = x.shape
+    _, ho, wo, c_out = out.shape
+    cg = c_in // groups
+    og = c_out // groups
+    k = kh * kw * cg
+    direct = uses_direct_gemm(kh, kw, sh, sw, ph, pw)
+    if uses_shifted_gemm(kh, kw, sh, sw, cg):
+        _conv_shifted(x, wmat, bias, res, out, scratch, kh, kw, ph, pw, dh, dw, groups, act,
+                      alpha, beta, rows_per_tile, channel_blocks)
+        return
+    has_res = res.size > 0
+    tiles = (ho + rows_per_tile - 1) // rows_per_tile
+    block = (og + channel_blocks - 1) // channel_blocks
+    out2 = out.reshape(n_img * ho * wo, c_out)
+    res2 = res.reshape(-1, c_out) if has_res else out2
+    x_addr, w_addr, o_addr = x.ctypes.data, wmat.ctypes.data, out.ctypes.data
+    threads = scratch.shape[0]
+    items = n_img * tiles * channel_blocks
+    for t in prange(threads):
+        for item in range(t * items // threads, (t + 1) * items // threads):
+            b, n, oy0, oy1 = _work_item(item, n_img, tiles, rows_per_tile, ho)
+            m = (oy1 - oy0) * wo
+            r0 = (n * ho + oy0) * wo
+            col = scratch[t, :0 if direct else m * k].reshape(-1, k)
+            for gi in range(groups):
+                c0 = gi * og + b * block
+                c1 = min(gi * og + og, c0 + block)
+                if c1 <= c0:
+                    continue
+                if direct:
+                    a_addr = x_addr + (r0 * c_in + gi * cg) * F4
+                    lda = c_in
+                else:
+                    _im2col(x, n, oy0, oy1, wo, kh, kw, sh, sw, ph, pw, dh, dw, gi * cg, cg,
+                            col)
+                    a_addr = col.ctypes.data
+                    lda = k
+                gemm(m, c1 - c0, k, a_addr, lda, w_addr + (gi * k * og + c0 - gi * og) * F4,
+                     og, o_addr + (r0 * c_out + c0) * F4, c_out, 0.0)
+                _epilogue(out2, r0, c0, out2, r0, c0, bias, res2, has_res, m, c1 - c0, act,
+                          alpha, beta)
+
+
+@njit(**PJIT)
+def _conv_shifted(x, wmat, bias, res, out, scratch, kh, kw, ph, pw, dh, dw, groups, act, alpha, beta,
+                  rows_per_tile, channel_blocks):
+    """Stride-1 convolution without im2col ("shifted GEMM"): each tile copies its input rows
+    once into a zero-padded buffer of width ``wp``; then, for every kernel tap, the rows of
+    the buffer shifted by that tap form a matrix (lda = C) that multiplies the tap's weights,
+    accumulating into a wide output tile (``wp`` columns per row, the extra ones discarded)."""
+    n_img, h, w, c_in = x.shape
+    _, ho, wo, c_out = out.shape
+    cg = c_in // groups
+    og = c_out // groups
+    k = kh * kw * cg
+    wp = w + 2 * pw
+    has_res = res.size > 0
+    out2 = out.reshape(n_img * ho * wo, c_out)
+    res2 = res.reshape(-1, c_out) if has_res else out2
+    tiles = (ho + rows_per_tile - 1) // rows_per_tile
+    block = (og + channel_blocks - 1) // channel_blocks
+    w_addr = wmat.ctypes.data
+    threads = scratch.shape[0]
+    items = n_img * tiles * channel_blocks
+    for t in prange(threads):
+        for item in range(t * items // threads, (t + 1) * items // threads):
+            b, n, oy0, oy1 = _work_item(item, n_img, tiles, rows_per_tile, ho)
+            rows = oy1 - oy0
+            in_rows = rows + dh * (kh - 1)
+            # padded input rows oy0 - ph ... , plus slack for the last taps' overhang
+            xp_rows = in_rows * wp + dw * (kw - 1) + 1
+            xp = scratch[t, :xp_rows * c_in].reshape(xp_rows, c_in)
+            xp[:] = 0.0
+            for r in range(in_rows):
+                iy = oy0 - ph + r
+                if 0 <= iy < h:
+                    xp[r * wp + pw:r * wp + pw + w] = x[n, iy]
+            m = rows * wp
+            for gi in range(groups):
+                c0 = gi * og + b * block
+                c1 = min(gi * og + og, c0 + block)
+                if c1 <= c0:
+                    continue
+                nb = c1 - c0
+                acc = scratch[t, xp_rows * c_in:xp_rows * c_in + m * nb].reshape(m, nb)
+                for ky in range(kh):
+                    for kx in range(kw):
+                        shift = ky * dh * wp + kx * dw
+                        tap = (ky * kw + kx) * cg
+                        gemm(m, nb, cg, xp.ctypes.data + (shift * c_in + gi * cg) * F4, c_in,
+                             w_addr + (gi * k * og + tap * og + c0 - gi * og) * F4, og,
+                             acc.ctypes.data, nb, 0.0 if ky == 0 and kx == 0 else 1.0)
+                for r in range(rows):
+                    _epilogue(acc, r * wp, 0, out2, (n * ho + oy0 + r) * wo, c0, bias, res2,
+                              has_res, wo, nb, act, alpha, beta)
+
+
+@njit(**PJIT)
+def dwconv(x, w, bias, res, out, kh, kw, sh, sw, ph, pw, dh, dw, mult, act, alpha, beta):
+    """Depthwise convolution, NHWC, vectorised over channels. ``w``: (kh, kw, C*mult)."""
+    n_img, h, wd, _ = x.shape
+    _, ho, wo, c_out = out.shape
+    has_res = res.size > 0
+    for t in prange(n_img * ho):
+        n = t // ho
+        oy = t % ho
+        acc = np.zeros(c_out, np.float32)
+        for ox in range(wo):
+            acc[:] = 0.0
+            for ky in range(kh):
+                iy = oy * sh - ph + ky * dh
+                if iy < 0 or iy >= h:
+                    continue
+                for kx in range(kw):
+                    ix = ox * sw - pw + kx * dw
+                    if ix < 0 or ix >= wd:
+                        continue
+                    if mult == 1:
+                        for c in range(c_out):
+                            acc[c] += x[n, iy, ix, c] * w[ky, kx, c]
+                    else:
+                        for c in range(c_out):
+                            acc[c] += x[n, iy, ix, c // mult] * w[ky, kx, c]
+            for c in range(c_out):
+                v = acc[c] + bias[c]
+                if has_res:
+                    v += res[n, oy, ox, c]
+                out[n, oy, ox, c] = activate(v, act, alpha, beta)
+
+
+@njit(**PJIT)
+def convt(x, wmat, bias, res, out, cols, kh, kw, sh, sw, ph, pw, dh, dw, groups, act, alpha, beta):
+    """Transposed convolution, NHWC: one GEMM per group into ``cols`` (groups, N*H*W,
+    kh*kw*out/g), then each output pixel gathers the taps that reach it (no write races).
+    ``wmat``: (groups, C/g, kh*kw*out/g), columns ordered (ky, kx, co)."""
+    n_img, h, w, c_in = x.shape
+    _, ho, wo, c_out = out.shape
+    cg = c_in // groups
+    og = c_out // groups
+    p = n_img * h * w
+    kk = kh * kw * og
+    for gi in prange(groups):
+        gemm(p, kk, cg, x.ctypes.data + gi * cg * F4, c_in, wmat.ctypes.data + gi * cg * kk * F4,
+             kk, cols.ctypes.data + gi * p * kk * F4, kk, 0.0)
+    has_res = res.size > 0
+    for t in prange(n_img * ho):
+        n = t // ho
+        oy = t % ho
+        for ox in range(wo):
+            for co in range(c_out):
+                gi = co // og
+                j = co - gi * og
+                acc = bias[co]
+                for ky in range(kh):
+                    ty = oy + ph - ky * dh
+                    if ty < 0 or ty % sh != 0:
+                        continue
+                    iy = ty // sh
+                    if iy >= h:
+                        continue
+                    for kx in range(kw):
+                        tx = ox + pw - kx * dw
+                        if tx < 0 or tx % sw != 0:
+                            continue
+                        ix = tx // sw
+                        if ix >= w:
+                            continue
+                        acc += cols[gi, (n * h + iy) * w + ix, (ky * kw + kx) * og + j]
+                if has_res:
+                    acc += res[n, oy, ox, co]
+                out[n, oy, ox, co] = activate(acc, act, alpha, beta)
+
+
+@njit(**PJIT)
+def fc(x, w, bias, res, out, act, alpha, beta, blocks):
+    """Fully connected: ``out (N, O) = x (N, I) @ w.T`` with ``w`` (O, I) in PyTorch's layout.
+
+    Computed as ``w @ x.T`` by blocks of rows of ``w``: each thread streams a contiguous part
+    of the weights, which is what limits fc layers (VGG's fc6 holds 411 MB)."""
+    n_img, n_in = x.shape
+    n_out = out.shape[1]
+    has_res = res.size > 0
+    xt = np.empty((n_in, n_img), np.float32)
+    for i in prange(n_in):
+        for n in range(n_img):
+            xt[i, n] = x[n, i]
+    ct = np.empty((n_out, n_img), np.float32)
+    size = (n_out + blocks - 1) // blocks
+    for b in prange(blocks):
+        r0 = b * size
+        r1 = min(n_out, r0 + size)
+        if r1 > r0:
+            gemm(r1 - r0, n_img, n_in, w.ctypes.data + r0 * n_in * F4, n_in, xt.ctypes.data,
+                 n_img, ct.ctypes.data + r0 * n_img * F4, n_img, 0.0)
+            for o in range(r0, r1):
+                for n in range(n_img):
+                    v = ct[o, n] + bias[o]
+                    if has_res:
+                        v += res[n, o]
+                    out[n, o] = activate(v, act, alpha, beta)
+
+
+def _f32(a) -> tuple:
+    """The epilogue's activation scalars as the kernels take them."""
+    return a["act"], np.float32(a["alpha"]), np.float32(a["beta"])
+
+
+@KERNELS.register("conv")
+def launch_conv(backend, step, arrays, ins, res, out, work):
+    a, x = step.attrs, ins[0]
+    geometry = [a[name] for name in ("kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "groups")]
+    key = (x.shape, out.shape, *geometry)
+    if key not in backend.tilings:
+        rows, blocks = conv_tiling(x.shape, out.shape, a["kh"], a["kw"], a["sh"], a["sw"],
+                                   a["pw"], a["groups"], backend.threads)
+        floats = conv_scratch_floats(rows, blocks, x.shape, out.shape, *geometry)
+        backend.tilings[key] = rows, blocks, floats
+    rows, blocks, floats = backend.tilings[key]
+    conv(x, arrays["w"], arrays["b"], res, out, backend.scratch(floats), *geometry, *_f32(a),
+         rows, blocks)
+
+
+@KERNELS.register("dwconv")
+def launch_dwconv(backend, step, arrays, ins, res, out, work):
+    a = step.attrs
+    dwconv(ins[0], arrays["w"], arrays["b"], res, out, a["kh"], a["kw"], a["sh"], a["sw"],
+           a["ph"], a["pw"], a["dh"], a["dw"], a["mult"], *_f32(a))
+
+
+@KERNELS.register("convt")
+def launch_convt(backend, step, arrays, ins, res, out, work):
+    a, x = step.attrs, ins[0]
+    g = a["groups"]
+    kk = a["kh"] * a["kw"] * out.shape[3] // g
+    pixels = x.shape[0] * x.shape[1] * x.shape[2]
+    cols = work[: g * pixels * kk].reshape(g, pixels, kk)
+    convt(x, arrays["w"], arrays["b"], res, out, cols, a["kh"], a["kw"], a["sh"], a["sw"],
+          a["ph"], a["pw"], a["dh"], a["dw"], g, *_f32(a))
+
+
+@KERNELS.register("fc")
+def launch_fc(backend, step, arrays, ins, res, out, work):
+    res2 = res.reshape(-1, out.shape[1]) if res.size else res.reshape(0, 0)
+    blocks = max(1, min(8 * backend.threads, out.shape[1] // 64))
+    fc(ins[0], arrays["w"], arrays["b"], res2, out, *_f32(step.attrs), blocks)

@@ -1,0 +1,143 @@
+"""Pooling on the CPU (Numba), NHWC float32: windowed max and average, global and adaptive."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .activations import PJIT
+from .table import KERNELS
+
+
+@njit(**PJIT)
+def maxpool(x, out, kh, kw, sh, sw, ph, pw, dh, dw):
+    n_img, h, w, c = x.shape
+    _, ho, wo, _ = out.shape
+    for t in prange(n_img * ho):
+        n = t // ho
+        oy = t % ho
+        for ox in range(wo):
+            for ch in range(c):
+                out[n, oy, ox, ch] = -np.inf
+            for ky in range(kh):
+                iy = oy * sh - ph + ky * dh
+                if iy < 0 or iy >= h:
+                    continue
+                for kx in range(kw):
+                    ix = ox * sw - pw + kx * dw
+                    if ix < 0 or ix >= w:
+                        continue
+                    for ch in range(c):
+                        v = x[n, iy, ix, ch]
+                        if v > out[n, oy, ox, ch] or v != v:
+                            out[n, oy, ox, ch] = v
+
+
+@njit(**PJIT)
+def avgpool(x, out, kh, kw, sh, sw, ph, pw, count_pad):
+    """Average pooling with PyTorch's divisor: the window clipped to the padded input
+    (``count_pad``) or the number of real pixels."""
+    n_img, h, w, c = x.shape
+    _, ho, wo, _ = out.shape
+    for t in prange(n_img * ho):
+        n = t // ho
+        oy = t % ho
+        y0 = oy * sh - ph
+        y1 = min(y0 + kh, h + ph)
+        for ox in range(wo):
+            x0 = ox * sw - pw
+            x1 = min(x0 + kw, w + pw)
+            pool = (y1 - y0) * (x1 - x0)
+            ya, yb, xa, xb = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
+            div = pool if count_pad else (yb - ya) * (xb - xa)
+            for ch in range(c):
+                out[n, oy, ox, ch] = 0.0
+            for iy in range(ya, yb):
+                for ix in range(xa, xb):
+                    for ch in range(c):
+                        out[n, oy, ox, ch] += x[n, iy, ix, ch]
+            scale = np.float32(1.0) / np.float32(max(div, 1))
+            for ch in range(c):
+                out[n, oy, ox, ch] *= scale
+
+
+@njit(**PJIT)
+def gap(x, out):
+    n_img, h, w, c = x.shape
+    for n in prange(n_img):
+        for ch in range(c):
+            out[n, 0, 0, ch] = 0.0
+        for iy in range(h):
+            for ix in range(w):
+                for ch in range(c):
+                    out[n, 0, 0, ch] += x[n, iy, ix, ch]
+        for ch in range(c):
+            out[n, 0, 0, ch] /= h * w
+
+
+@njit(**PJIT)
+def gmp(x, out):
+    n_img, h, w, c = x.shape
+    for n in prange(n_img):
+        for ch in range(c):
+            out[n, 0, 0, ch] = -np.inf
+        for iy in range(h):
+            for ix in range(w):
+                for ch in range(c):
+                    v = x[n, iy, ix, ch]
+                    if v > out[n, 0, 0, ch] or v != v:
+                        out[n, 0, 0, ch] = v
+
+
+@njit(**PJIT)
+def adaptive_avgpool(x, out):
+    """Output cell (i, j) averages input rows ``floor(i*H/h) <= y < ceil((i+1)*H/h)`` and the
+    same for columns, as PyTorch does."""
+    n_img, h, w, c = x.shape
+    _, ho, wo, _ = out.shape
+    for t in prange(n_img * ho):
+        n = t // ho
+        oy = t % ho
+        y0 = (oy * h) // ho
+        y1 = -((-(oy + 1) * h) // ho)
+        for ox in range(wo):
+            x0 = (ox * w) // wo
+            x1 = -((-(ox + 1) * w) // wo)
+            for ch in range(c):
+                out[n, oy, ox, ch] = 0.0
+            for iy in range(y0, y1):
+                for ix in range(x0, x1):
+                    for ch in range(c):
+                        out[n, oy, ox, ch] += x[n, iy, ix, ch]
+            scale = np.float32(1.0) / np.float32((y1 - y0) * (x1 - x0))
+            for ch in range(c):
+                out[n, oy, ox, ch] *= scale
+
+
+def _window(a):
+    return a["kh"], a["kw"], a["sh"], a["sw"], a["ph"], a["pw"]
+
+
+@KERNELS.register("maxpool")
+def launch_maxpool(backend, step, arrays, ins, res, out, work):
+    maxpool(ins[0], out, *_window(step.attrs), step.attrs["dh"], step.attrs["dw"])
+
+
+@KERNELS.register("avgpool")
+def launch_avgpool(backend, step, arrays, ins, res, out, work):
+    avgpool(ins[0], out, *_window(step.attrs), step.attrs["count_pad"])
+
+
+@KERNELS.register("gap")
+def launch_gap(backend, step, arrays, ins, res, out, work):
+    gap(ins[0], out)
+
+
+@KERNELS.register("gmp")
+def launch_gmp(backend, step, arrays, ins, res, out, work):
+    gmp(ins[0], out)
+
+
+@KERNELS.register("adaptive_avgpool")
+def launch_adaptive_avgpool(backend, step, arrays, ins, res, out, work):
+    adaptive_avgpool(ins[0], out)

@@ -1,0 +1,82 @@
+"""The CUDA backend (numba.cuda): kernels named as the CPU's, in the same NHWC buffers.
+
+Activations live in device memory in the liveness-planned buffers; weights are copied to the
+device once per plan, and only inputs and outputs cross the bus. Tests run the kernels under
+Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) and compile them for sm_90 with
+``cuda.compile_ptx``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ....compiler.diagnostics import ResourceError, error
+
+try:
+    from numba import cuda
+except ImportError as exc:  # numba-cuda missing
+    raise ResourceError(error(f"--device cuda needs numba-cuda ({exc})",
+                              hint="pip install 'cnnc[cuda]'")) from None
+
+from . import conv, elementwise, layout, norm, pool  # noqa: E402,F401 (register kernels)
+from .launch import KERNELS  # noqa: E402
+
+
+class CudaBackend:
+    """Runs plan steps with the kernels of this folder; buffers live on the device."""
+
+    name = "cuda"
+    kernels = KERNELS
+
+    def __init__(self):
+        try:
+            available = cuda.is_available()
+        except Exception as exc:  # a broken driver raises here
+            raise ResourceError(error(f"--device cuda: no usable CUDA driver ({exc})")) \
+                from None
+        if not available:
+            raise ResourceError(error(
+                "--device cuda: no usable NVIDIA GPU or driver was found",
+                hint="run on the CPU (--device cpu), or install the NVIDIA driver"))
+        self.dummy = cuda.to_device(np.zeros(1, np.float32))
+
+    def check_memory(self, need: int):
+        """Refuse a plan that cannot fit in the GPU's free memory, before allocating it."""
+        try:
+            free, _ = cuda.current_context().get_memory_info()
+        except Exception:  # the simulator reports no device memory
+            return
+        if need > 0.9 * free:
+            raise ResourceError(error(
+                f"--device cuda: this run needs about {need / 2**30:.2f} GiB of GPU memory but "
+                f"{free / 2**30:.2f} GiB is free", hint="use a smaller --batch"))
+
+    def empty(self, n: int):
+        return cuda.device_array(n, np.float32)
+
+    def to_device(self, array):
+        return cuda.to_device(np.ascontiguousarray(array).reshape(-1))
+
+    def to_host(self, array):
+        return array.copy_to_host()
+
+    def nchw_to_runtime(self, x, out):
+        host = x.transpose(0, 2, 3, 1) if x.ndim == 4 else x
+        out.copy_to_device(np.ascontiguousarray(host, np.float32))
+
+    def runtime_to_nchw(self, x):
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if x.ndim == 4 else x.copy()
+
+    def synchronize(self):
+        cuda.synchronize()
+
+    def describe(self) -> dict:
+        try:
+            dev = cuda.get_current_device()
+            return {"gpu": getattr(dev, "name", b"?").decode() if isinstance(
+                getattr(dev, "name", ""), bytes) else str(getattr(dev, "name", "?"))}
+        except Exception:  # the simulator has no real device
+            return {}
+
+    def run_step(self, step, arrays, ins, res, out, work):
+        self.kernels[step.kernel](self, step, arrays, ins, res, out, work)

@@ -1,0 +1,61 @@
+"""Every op of the registry is complete: a CPU kernel, a CUDA kernel, a PyTorch reference, a
+drawing style and a line in docs/ops.md; activations have unique codes, and each runs fused
+into a convolution's epilogue as well as on its own."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import cnnc
+import torch_reference
+from cnnc.compiler.draw import PALETTE
+from cnnc.compiler.ops import OPS, Activation
+from cnnc.runtime.plan import build_plan
+from conftest import ROOT, require
+
+OP_NAMES = sorted(OPS)
+
+
+def example(op) -> str:
+    return f"network t(x: {op.example_input}) {{\n  return x | {op.example or op.name}\n}}\n"
+
+
+def kernels_of(name: str) -> set[str]:
+    """The kernel names the plans of an op's example use (optimised and plain)."""
+    net = cnnc.load(example(OPS[name]))
+    return {s.kernel for optimize in (True, False) for s in build_plan(net, None, optimize).steps}
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_op_has_a_cpu_kernel(name):
+    from cnnc.runtime.backends.cpu import KERNELS
+    assert kernels_of(name) <= set(KERNELS), f"{name}: no CPU kernel"
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_op_has_a_cuda_kernel(name):
+    require("numba.cuda")
+    from cnnc.runtime.backends.cuda import KERNELS
+    assert kernels_of(name) <= set(KERNELS), f"{name}: no CUDA kernel"
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_op_has_a_reference_a_style_and_a_doc_entry(name):
+    assert name in torch_reference.REFERENCE, f"{name}: no line in tests/torch_reference.py"
+    assert OPS[name].family in PALETTE, f"{name}: family {OPS[name].family!r} has no colour"
+    doc = (ROOT / "docs" / "ops.md").read_text()
+    assert re.search(rf"^\| `{name}` \|", doc, re.M), f"{name}: no row in docs/ops.md"
+
+
+def test_activation_codes_are_unique_and_nonzero():
+    codes = [op.code for op in OPS.values() if isinstance(op, Activation)]
+    assert 0 not in codes and len(codes) == len(set(codes))
+
+
+def test_kernel_tables_hold_no_stale_names():
+    """Every registered CPU kernel is reachable from some op (no dead kernels)."""
+    from cnnc.runtime.backends.cpu import KERNELS
+    used = set().union(*(kernels_of(name) for name in OP_NAMES))
+    assert set(KERNELS) <= used, set(KERNELS) - used
