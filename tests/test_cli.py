@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -77,6 +78,6 @@ def test_check_does_not_import_numba_torch_or_networkx():
 def test_several_networks_get_a_summary_row_each(capsys):
     assert main(["check", str(SPECS / "resnet.cnn")]) == 0
     out = capsys.readouterr().out
-    summary = out[out.rindex("network    input"):]
+    summary = out[re.search(r"^network +input", out, re.M).start():]
     assert all(name in summary for name in ("resnet18", "resnet34", "resnet50", "resnet152"))
     assert "25,557,032" in summary

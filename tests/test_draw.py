@@ -77,7 +77,7 @@ def test_collapse_draws_each_top_level_instance_as_one_node(tmp_path):
     nodes = svg_groups(out, "node")
     assert len(nodes) == len(top) + len(loose) + 1 + 1 + 1
     assert not svg_groups(out, "cluster")
-    assert any("bottleneck_down(c=128, s=2)" in texts(n) and "MACs" in texts(n) for n in nodes)
+    assert any("bottleneck_down(c=128, s=2, g=1, wpg=64, d=1)" in texts(n) and "MACs" in texts(n) for n in nodes)
 
 
 @pytest.mark.parametrize("suffix, magic", [(".png", b"\x89PNG"), (".pdf", b"%PDF"),

@@ -10,9 +10,9 @@ import torch_reference
 from conftest import SPECS
 
 NETWORKS = [
-    ("lenet5.cnn", "lenet5", 4), ("alexnet.cnn", "alexnet", 1), ("alexnet.cnn", "alexnet_tv", 1),
+    ("lenet5.cnn", "lenet5", 4), ("alexnet.cnn", "alexnet_paper", 1), ("alexnet.cnn", "alexnet", 1),
     ("vgg.cnn", "vgg_a_lrn", 1), ("resnet.cnn", "resnet18", 2), ("resnet.cnn", "resnet50", 1),
-    ("googlenet.cnn", "googlenet", 1), ("googlenet.cnn", "googlenet_tv", 1),
+    ("googlenet.cnn", "googlenet_paper", 1), ("googlenet.cnn", "googlenet", 1),
     ("mobilenet.cnn", "mobilenet_v1", 1), ("unet.cnn", "unet", 1),
     ("multiscale_seg.cnn", "multiscale_seg", 1), ("superres.cnn", "srcnn", 2),
     ("superres.cnn", "vdsr", 2), ("atrous.cnn", "context_module", 1),

@@ -21,16 +21,16 @@ PUBLISHED = {
     ("vgg.cnn", "vgg_b"): (133_047_848, 11_308_466_176),  # vgg13
     ("vgg.cnn", "vgg_d"): (138_357_544, 15_470_264_320),  # vgg16
     ("vgg.cnn", "vgg_e"): (143_667_240, 19_632_062_464),  # vgg19
-    ("alexnet.cnn", "alexnet_tv"): (61_100_840, 714_188_480),
-    ("alexnet.cnn", "alexnet"): (60_965_224, None),  # the paper's two-group layout
-    ("googlenet.cnn", "googlenet_tv"): (6_624_904, None),
+    ("alexnet.cnn", "alexnet"): (61_100_840, 714_188_480),
+    ("alexnet.cnn", "alexnet_paper"): (60_965_224, None),  # the paper's two-group layout
+    ("googlenet.cnn", "googlenet"): (6_624_904, None),
 }
 
 # torchvision publishes GFLOPS (really GMACs) rounded to two decimals.
-TORCHVISION_GMACS = {("googlenet.cnn", "googlenet_tv"): 1.50, ("resnet.cnn", "resnet18"): 1.81,
+TORCHVISION_GMACS = {("googlenet.cnn", "googlenet"): 1.50, ("resnet.cnn", "resnet18"): 1.81,
                      ("resnet.cnn", "resnet34"): 3.66, ("resnet.cnn", "resnet50"): 4.09,
                      ("resnet.cnn", "resnet152"): 11.51, ("vgg.cnn", "vgg_d"): 15.47,
-                     ("alexnet.cnn", "alexnet_tv"): 0.71}
+                     ("alexnet.cnn", "alexnet"): 0.71}
 
 
 @pytest.mark.parametrize("path", ALL_SPECS, ids=lambda p: p.name)
@@ -84,14 +84,14 @@ def test_lenet5_about_60k():
 
 
 def test_alexnet_paper_shapes():
-    net = cnnc.load(SPECS / "alexnet.cnn", network="alexnet")
+    net = cnnc.load(SPECS / "alexnet.cnn", network="alexnet_paper")
     assert net.layer("c1.conv").shape == (96, 55, 55)
     assert round(net.total_params / 1e6) == 61  # "60M parameters"
 
 
 def test_googlenet_paper_parameters():
     """Table 1 of the paper lists about 6.8M weights (biases excluded)."""
-    net = cnnc.load(SPECS / "googlenet.cnn", network="googlenet")
+    net = cnnc.load(SPECS / "googlenet.cnn", network="googlenet_paper")
     weights = sum(prod(layer.weights["weight"]) for layer in net.layers
                   if layer.op in ("conv", "fc"))
     assert 6.7e6 < weights < 7.0e6
@@ -128,7 +128,7 @@ def test_vdsr_is_twenty_conv_layers_with_residual():
 
 
 def test_mobilenet_paper_numbers():
-    net = cnnc.load(SPECS / "mobilenet.cnn")
+    net = cnnc.load(SPECS / "mobilenet.cnn", network="mobilenet_v1")
     assert round(net.total_params / 1e6, 1) == 4.2
     assert round(net.total_macs / 1e6) == 569
 
