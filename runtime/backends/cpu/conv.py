@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .activations import JIT, NONE, PJIT, RELU, activate
+from ..codes import NONE, RELU
+from .activations import JIT, PJIT, activate
 from .blas import gemm
 from .table import KERNELS
 from .tiling import conv_scratch_floats, conv_tiling, uses_direct_gemm, uses_shifted_gemm
