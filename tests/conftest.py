@@ -19,11 +19,11 @@ collect_ignore = [] if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else ["cuda
 SPECS = ROOT / "specs"
 
 
-def require(module_name: str):
+def require(module_name: str, importer=None):
     """Import a reference library; skip locally if absent, fail when CI requires it."""
     import importlib
     try:
-        return importlib.import_module(module_name)
+        return (importer or importlib.import_module)(module_name)
     except ImportError as exc:
         if os.environ.get("CNNC_REQUIRE_REFERENCES"):
             pytest.fail(f"reference '{module_name}' is required in CI but cannot be imported: "
@@ -40,3 +40,9 @@ def torch():
 
 def spec_path(name: str) -> Path:
     return SPECS / name
+
+
+@pytest.fixture(scope="session")
+def torchvision(torch):
+    import zoo
+    return require("torchvision", lambda name: zoo.import_torchvision())
