@@ -21,8 +21,22 @@ from cnnc.compiler.program import CheckResult, Program
 from cnnc.compiler.source import SourceFile
 
 __version__ = "0.1.0"
-__all__ = ["CnncError", "SpecError", "DataError", "ResourceError", "Diagnostic", "Network",
-           "Layer", "CheckResult", "load", "load_all", "check", "parse_program", "draw", "run"]
+__all__ = [
+    "CnncError",
+    "SpecError",
+    "DataError",
+    "ResourceError",
+    "Diagnostic",
+    "Network",
+    "Layer",
+    "CheckResult",
+    "load",
+    "load_all",
+    "check",
+    "parse_program",
+    "draw",
+    "run",
+]
 
 
 def _source(spec: str | Path, filename: str | None) -> SourceFile:
@@ -41,15 +55,15 @@ def parse_program(spec: str | Path, filename: str | None = None) -> Program:
     return Program.load(_source(spec, filename))
 
 
-def check(spec: str | Path, network: str | None = None, strict: bool = False,
-          filename: str | None = None) -> CheckResult:
+def check(
+    spec: str | Path, network: str | None = None, strict: bool = False, filename: str | None = None
+) -> CheckResult:
     """Check every network of a spec (or one); return networks and diagnostics, never raise
     for problems in the networks themselves (a syntax or import error still raises)."""
     return parse_program(spec, filename).check(network, strict)
 
 
-def load_all(spec: str | Path, strict: bool = False, filename: str | None = None
-             ) -> list[Network]:
+def load_all(spec: str | Path, strict: bool = False, filename: str | None = None) -> list[Network]:
     """Check a spec and return all its networks; raise :class:`SpecError` on any error."""
     result = check(spec, None, strict, filename)
     if not result.ok:
@@ -57,18 +71,24 @@ def load_all(spec: str | Path, strict: bool = False, filename: str | None = None
     return result.networks
 
 
-def load(spec: str | Path, network: str | None = None, strict: bool = False,
-         filename: str | None = None) -> Network:
+def load(
+    spec: str | Path, network: str | None = None, strict: bool = False, filename: str | None = None
+) -> Network:
     """Check a spec and return one network (by name, or the file's only network)."""
     program = parse_program(spec, filename)
     if network is None:
         names = program.root_networks
         if len(names) != 1:
-            raise SpecError(Diagnostic(
-                "error", f"{program.root.name} defines {len(names)} networks"
-                + (f" ({', '.join(names)}); choose one" if names else ""),
-                hint="pass network=NAME (on the command line: --network NAME)" if names
-                else None))
+            raise SpecError(
+                Diagnostic(
+                    "error",
+                    f"{program.root.name} defines {len(names)} networks"
+                    + (f" ({', '.join(names)}); choose one" if names else ""),
+                    hint="pass network=NAME (on the command line: --network NAME)"
+                    if names
+                    else None,
+                )
+            )
         network = names[0]
     result = program.check(network, strict)
     if not result.ok:
@@ -76,8 +96,9 @@ def load(spec: str | Path, network: str | None = None, strict: bool = False,
     return result.networks[0]
 
 
-def draw(network: Network, out: str | Path | None = None, collapse: bool = False,
-         rankdir: str = "TB"):
+def draw(
+    network: Network, out: str | Path | None = None, collapse: bool = False, rankdir: str = "TB"
+):
     """Draw a network with Graphviz.
 
     Without ``out``, return the ``graphviz.Digraph`` (its ``.source`` is the DOT text). With
@@ -85,13 +106,21 @@ def draw(network: Network, out: str | Path | None = None, collapse: bool = False
     path.
     """
     from cnnc.compiler.draw import build, render
+
     if out is None:
         return build(network, collapse, rankdir)
     return render(network, out, collapse, rankdir)
 
 
-def run(network: Network, inputs: dict | None = None, weights: dict | str | Path | None = None,
-        seed: int = 0, batch: int = 1, device: str = "cpu", optimize: bool = True) -> dict:
+def run(
+    network: Network,
+    inputs: dict | None = None,
+    weights: dict | str | Path | None = None,
+    seed: int = 0,
+    batch: int = 1,
+    device: str = "cpu",
+    optimize: bool = True,
+) -> dict:
     """Run a checked network; return ``{output name: array}`` in NCHW (or (N, C)).
 
     ``inputs`` maps input names to float arrays (batch, C, H, W); without it the inputs are
@@ -100,10 +129,12 @@ def run(network: Network, inputs: dict | None = None, weights: dict | str | Path
     """
     from cnnc.runtime.data import random_inputs
     from cnnc.runtime.session import Session
+
     if inputs is None:
         inputs = random_inputs(network, batch, seed)
     else:
         batch = max(int(next(iter(inputs.values())).shape[0]), 1) if inputs else batch
-    session = Session.create(network, weights, seed=seed, device=device, optimize=optimize,
-                             batch=batch)
+    session = Session.create(
+        network, weights, seed=seed, device=device, optimize=optimize, batch=batch
+    )
     return session.run(inputs)

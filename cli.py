@@ -35,20 +35,31 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = spec_command("check", "shape-check a spec and print layers, params and MACs")
-    p.add_argument("--strict", action="store_true",
-                   help="also reject strides that do not tile their input")
+    p.add_argument(
+        "--strict", action="store_true", help="also reject strides that do not tile their input"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
     p = spec_command("draw", "render the network with Graphviz")
-    p.add_argument("-o", "--output", metavar="OUT",
-                   help="output file; the format follows its suffix: .svg .png .pdf .dot")
-    p.add_argument("--collapse", action="store_true",
-                   help="draw each top-level block instance as one node")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="output file; the format follows its suffix: .svg .png .pdf .dot",
+    )
+    p.add_argument(
+        "--collapse", action="store_true", help="draw each top-level block instance as one node"
+    )
     p.add_argument("--rankdir", choices=["TB", "LR"], default="TB", help="layout direction")
 
     p = spec_command("run", "execute the network")
-    p.add_argument("--input", metavar="[NAME=]PATH", action="append", default=[],
-                   help="input data: .npy (N,C,H,W) or (C,H,W), or .png/.jpg; once per input")
+    p.add_argument(
+        "--input",
+        metavar="[NAME=]PATH",
+        action="append",
+        default=[],
+        help="input data: .npy (N,C,H,W) or (C,H,W), or .png/.jpg; once per input",
+    )
     p.add_argument("--batch", type=int, default=None, metavar="N", help="batch size")
     p.add_argument("--weights", metavar="W.npz", help="weights keyed LAYER.weight, ...")
     p.add_argument("--save-weights", metavar="W.npz", help="save the weights used")
@@ -88,11 +99,13 @@ def cmd_check(args) -> int:
 
 def _load(args):
     from . import load
+
     return load(args.file, args.network)
 
 
 def cmd_draw(args) -> int:
     from .compiler.draw import render
+
     net = _load(args)
     out = args.output or f"{net.name}.svg"
     render(net, out, collapse=args.collapse, rankdir=args.rankdir)
@@ -102,11 +115,13 @@ def cmd_draw(args) -> int:
 
 def cmd_run(args) -> int:
     from .runtime.cli import run_command
+
     return run_command(_load(args), args)
 
 
 def cmd_bench(args) -> int:
     from .runtime.cli import bench_command
+
     return bench_command(_load(args), args)
 
 
@@ -124,8 +139,10 @@ def main(argv=None) -> int:
         print(exc.format(), file=sys.stderr)
         return 1
     except MemoryError:
-        print("cnnc: error: out of memory; try a smaller --batch or a smaller network",
-              file=sys.stderr)
+        print(
+            "cnnc: error: out of memory; try a smaller --batch or a smaller network",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("cnnc: interrupted", file=sys.stderr)
@@ -135,7 +152,9 @@ def main(argv=None) -> int:
     except Exception as exc:  # a bug in cnnc: say so plainly, never dump a traceback
         if os.environ.get("CNNC_DEBUG"):
             raise
-        print(f"cnnc: internal error: {type(exc).__name__}: {exc}\n"
-              "  this is a bug in cnnc; rerun with CNNC_DEBUG=1 for details and report it",
-              file=sys.stderr)
+        print(
+            f"cnnc: internal error: {type(exc).__name__}: {exc}\n"
+            "  this is a bug in cnnc; rerun with CNNC_DEBUG=1 for details and report it",
+            file=sys.stderr,
+        )
         return 1

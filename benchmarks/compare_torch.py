@@ -20,8 +20,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-NETWORKS = [("lenet5.cnn", "lenet5"), ("resnet.cnn", "resnet18"), ("resnet.cnn", "resnet50"),
-            ("vgg.cnn", "vgg_d")]
+NETWORKS = [
+    ("lenet5.cnn", "lenet5"),
+    ("resnet.cnn", "resnet18"),
+    ("resnet.cnn", "resnet50"),
+    ("vgg.cnn", "vgg_d"),
+]
 TORCH_CHILD = r"""
 import json, statistics, sys, time
 import numpy as np, torch
@@ -46,17 +50,39 @@ print(json.dumps({{"median_ms": statistics.median(times) * 1e3}}))
 
 def cnnc_ms(spec, name, batch, repeat, threads):
     env = dict(os.environ, NUMBA_NUM_THREADS=str(threads))
-    out = subprocess.run([sys.executable, "-m", "cnnc", "bench", str(spec), "--network", name,
-                          "--batch", str(batch), "--repeat", str(repeat), "--json"],
-                         capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cnnc",
+            "bench",
+            str(spec),
+            "--network",
+            name,
+            "--batch",
+            str(batch),
+            "--repeat",
+            str(repeat),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
 def torch_ms(spec, name, batch, repeat, threads):
-    code = TORCH_CHILD.format(tests=str(ROOT / "tests"), threads=threads, spec=str(spec),
-                              name=name, batch=batch, repeat=repeat)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    code = TORCH_CHILD.format(
+        tests=str(ROOT / "tests"),
+        threads=threads,
+        spec=str(spec),
+        name=name,
+        batch=batch,
+        repeat=repeat,
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -69,8 +95,14 @@ def main():
     parser.add_argument("--networks", default=",".join(n for _, n in NETWORKS))
     args = parser.parse_args()
     wanted = args.networks.split(",")
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     print(f"machine: {cpu}, {os.cpu_count()} cores; {args.threads} threads each")
     rows = []
     for file, name in NETWORKS:
@@ -89,8 +121,11 @@ def main():
             mine = min(o["median_ms"] for o in ours)
             ref = min(t["median_ms"] for t in theirs)
             rows.append((name, batch, mine, ref, mine / ref))
-            print(f"{name:10s} batch {batch:2d}  cnnc {mine:9.3f} ms  torch {ref:9.3f} ms  "
-                  f"ratio {mine / ref:5.2f}x  ({ours[0].get('threading_layer')})", flush=True)
+            print(
+                f"{name:10s} batch {batch:2d}  cnnc {mine:9.3f} ms  torch {ref:9.3f} ms  "
+                f"ratio {mine / ref:5.2f}x  ({ours[0].get('threading_layer')})",
+                flush=True,
+            )
     print("\n| network | batch | cnnc ms | PyTorch ms | cnnc / PyTorch |\n|---|---|---|---|---|")
     for name, batch, ours, theirs, ratio in rows:
         print(f"| {name} | {batch} | {ours:.2f} | {theirs:.2f} | {ratio:.2f}x |")

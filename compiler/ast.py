@@ -19,6 +19,7 @@ class Pos:
 
 # ---- expressions -------------------------------------------------------------------------
 
+
 @dataclass
 class Expr:
     pos: Pos
@@ -85,6 +86,7 @@ class Pipeline(Expr):
 
 
 # ---- statements and items ----------------------------------------------------------------
+
 
 @dataclass
 class Shape:

@@ -32,10 +32,17 @@ PALETTE = {
     "shape": ("#eceff1", "#607d8b"),
     "block": ("#f5f5f5", "#424242"),
 }
-FAMILY_NAMES = {"conv": "convolution", "fc": "fully connected", "pool": "pooling",
-                "norm": "normalisation", "activation": "activation", "merge": "merge",
-                "resample": "resample / up-conv", "shape": "reshape / crop / dropout",
-                "block": "block (collapsed)"}
+FAMILY_NAMES = {
+    "conv": "convolution",
+    "fc": "fully connected",
+    "pool": "pooling",
+    "norm": "normalisation",
+    "activation": "activation",
+    "merge": "merge",
+    "resample": "resample / up-conv",
+    "shape": "reshape / crop / dropout",
+    "block": "block (collapsed)",
+}
 
 
 def family(layer: Layer) -> str:
@@ -56,9 +63,16 @@ def _label(title: str, lines: list[str], dark: bool = False) -> str:
 
 def _node_attrs(fam: str, label: str, shape: str = "box") -> dict:
     fill, border = PALETTE[fam]
-    return {"label": label, "shape": shape, "style": "rounded,filled", "fillcolor": fill,
-            "color": border, "fontcolor": "white" if fam == "input" else "black",
-            "fontname": "Helvetica", "penwidth": "1.2"}
+    return {
+        "label": label,
+        "shape": shape,
+        "style": "rounded,filled",
+        "fillcolor": fill,
+        "color": border,
+        "fontcolor": "white" if fam == "input" else "black",
+        "fontname": "Helvetica",
+        "penwidth": "1.2",
+    }
 
 
 def build(net: Network, collapse: bool = False, rankdir: str = "TB"):
@@ -67,13 +81,27 @@ def build(net: Network, collapse: bool = False, rankdir: str = "TB"):
 
     if rankdir not in ("TB", "LR"):
         raise UsageError(error(f"rankdir must be TB or LR, got {rankdir!r}"))
-    g = graphviz.Digraph(net.name, graph_attr={
-        "rankdir": rankdir, "fontname": "Helvetica", "ordering": "out", "nodesep": "0.25",
-        "ranksep": "0.35",
-        "label": f"{net.name}: {_count(net.total_params)} params, "
-                 f"{_count(net.total_macs)} MACs", "labelloc": "t", "fontsize": "16"},
-        edge_attr={"fontname": "Helvetica", "fontsize": "9", "color": "#546e7a",
-                   "fontcolor": "#37474f", "arrowsize": "0.7"})
+    g = graphviz.Digraph(
+        net.name,
+        graph_attr={
+            "rankdir": rankdir,
+            "fontname": "Helvetica",
+            "ordering": "out",
+            "nodesep": "0.25",
+            "ranksep": "0.35",
+            "label": f"{net.name}: {_count(net.total_params)} params, "
+            f"{_count(net.total_macs)} MACs",
+            "labelloc": "t",
+            "fontsize": "16",
+        },
+        edge_attr={
+            "fontname": "Helvetica",
+            "fontsize": "9",
+            "color": "#546e7a",
+            "fontcolor": "#37474f",
+            "arrowsize": "0.7",
+        },
+    )
 
     ids: dict[int, str] = {}
     for i, layer in enumerate((*net.inputs.values(), *net.layers)):
@@ -100,8 +128,9 @@ def build(net: Network, collapse: bool = False, rankdir: str = "TB"):
             continue
         node = tree
         for inst in layer.block_path:
-            node = node["children"].setdefault(id(inst), {"inst": inst, "layers": [],
-                                                           "children": {}})
+            node = node["children"].setdefault(
+                id(inst), {"inst": inst, "layers": [], "children": {}}
+            )
         node["layers"].append(layer)
 
     def emit_layer(graph, layer):
@@ -118,15 +147,24 @@ def build(net: Network, collapse: bool = False, rankdir: str = "TB"):
         for child in node["children"].values():
             inst = child["inst"]
             with graph.subgraph(name=f"cluster_{id(inst)}") as sub:
-                sub.attr(label=f"{inst.local}: {inst.describe()}", style="rounded,dashed",
-                         color="#78909c", fontcolor="#37474f", fontsize="10",
-                         bgcolor="#fafafa" if depth % 2 == 0 else "#f0f4f7")
+                sub.attr(
+                    label=f"{inst.local}: {inst.describe()}",
+                    style="rounded,dashed",
+                    color="#78909c",
+                    fontcolor="#37474f",
+                    fontsize="10",
+                    bgcolor="#fafafa" if depth % 2 == 0 else "#f0f4f7",
+                )
                 emit(sub, child, depth + 1)
 
     for name, layer in net.inputs.items():
         families.add("input")
-        g.node(ids[id(layer)], **_node_attrs(
-            "input", _label(f"input {name}", [fmt_shape(layer.shape)], dark=True), "box"))
+        g.node(
+            ids[id(layer)],
+            **_node_attrs(
+                "input", _label(f"input {name}", [fmt_shape(layer.shape)], dark=True), "box"
+            ),
+        )
     emit(g, tree, 0)
 
     if collapse:
@@ -139,8 +177,11 @@ def build(net: Network, collapse: bool = False, rankdir: str = "TB"):
             families.add("block")
             params = sum(m.params for m in members)
             macs = sum(m.macs for m in members)
-            details = [inst.name, f"{len(members)} layers, {_count(params)} params",
-                       f"{_count(macs)} MACs"]
+            details = [
+                inst.name,
+                f"{len(members)} layers, {_count(params)} params",
+                f"{_count(macs)} MACs",
+            ]
             g.node(f"b{id(inst)}", **_node_attrs("block", _label(inst.describe(), details)))
 
     # Edges, labelled with the shape they carry (once per pair of drawn nodes).
@@ -156,8 +197,12 @@ def build(net: Network, collapse: bool = False, rankdir: str = "TB"):
     for name, layer in net.outputs.items():
         out_id = f"out_{name}"
         families.add("input")
-        g.node(out_id, **_node_attrs(
-            "input", _label(f"output {name}", [fmt_shape(layer.shape)], dark=True), "oval"))
+        g.node(
+            out_id,
+            **_node_attrs(
+                "input", _label(f"output {name}", [fmt_shape(layer.shape)], dark=True), "oval"
+            ),
+        )
         g.edge(node_of(layer), out_id, label=" " + fmt_shape(layer.shape))
 
     used = [f for f in PALETTE if f in families and f != "input"]
@@ -165,11 +210,17 @@ def build(net: Network, collapse: bool = False, rankdir: str = "TB"):
         cells = "".join(
             f'<TR><TD BGCOLOR="{PALETTE[f][0]}" COLOR="{PALETTE[f][1]}" BORDER="1" '
             f'WIDTH="14"> </TD><TD ALIGN="LEFT"><FONT POINT-SIZE="9">{FAMILY_NAMES[f]}'
-            "</FONT></TD></TR>" for f in used)
-        g.node("legend", label=f'<<TABLE BORDER="1" COLOR="#b0bec5" CELLBORDER="0" '
-               f'CELLSPACING="3" CELLPADDING="2" STYLE="ROUNDED"><TR><TD COLSPAN="2">'
-               f'<FONT POINT-SIZE="10">legend</FONT></TD></TR>{cells}</TABLE>>',
-               shape="plain", fontname="Helvetica")
+            "</FONT></TD></TR>"
+            for f in used
+        )
+        g.node(
+            "legend",
+            label=f'<<TABLE BORDER="1" COLOR="#b0bec5" CELLBORDER="0" '
+            f'CELLSPACING="3" CELLPADDING="2" STYLE="ROUNDED"><TR><TD COLSPAN="2">'
+            f'<FONT POINT-SIZE="10">legend</FONT></TD></TR>{cells}</TABLE>>',
+            shape="plain",
+            fontname="Helvetica",
+        )
     return g
 
 
@@ -181,18 +232,27 @@ def render(net: Network, out: str | Path, collapse: bool = False, rankdir: str =
     out = Path(out)
     fmt = FORMATS.get(out.suffix.lower())
     if fmt is None:
-        raise UsageError(error(f"cannot tell the format of '{out}' from its suffix",
-                               hint="use one of: " + ", ".join(sorted(set(FORMATS)))))
+        raise UsageError(
+            error(
+                f"cannot tell the format of '{out}' from its suffix",
+                hint="use one of: " + ", ".join(sorted(set(FORMATS))),
+            )
+        )
     graph = build(net, collapse, rankdir)
     if fmt == "dot":
         data = graph.source.encode("utf-8")
     else:
         if shutil.which("dot") is None:
-            raise ResourceError(error(
-                f"drawing {out.suffix} needs the Graphviz 'dot' program, which is not installed",
-                hint="install Graphviz (Debian/Ubuntu: apt-get install graphviz; macOS: brew "
-                     "install graphviz), or write a .dot file, which needs no Graphviz"))
+            raise ResourceError(
+                error(
+                    f"drawing {out.suffix} needs the Graphviz 'dot' program, which is not "
+                    "installed",
+                    hint="install Graphviz (Debian/Ubuntu: apt-get install graphviz; macOS: brew "
+                    "install graphviz), or write a .dot file, which needs no Graphviz",
+                )
+            )
         import graphviz
+
         try:
             data = graph.pipe(format=fmt, quiet=True)
         except (graphviz.ExecutableNotFound, graphviz.CalledProcessError, OSError) as exc:

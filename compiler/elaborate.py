@@ -94,7 +94,8 @@ class Elaborator:
         if frame is not None and frame.block_name and frame.call_site:
             diagnostic.notes.append(
                 f"in block '{frame.block_name}' called at {frame.call_site.file}:"
-                f"{frame.call_site.line}:{frame.call_site.column}")
+                f"{frame.call_site.line}:{frame.call_site.column}"
+            )
         loc = diagnostic.location
         key = (loc.file, loc.line, loc.column, diagnostic.message) if loc else diagnostic.message
         if key not in self._seen:
@@ -115,11 +116,25 @@ class Elaborator:
                 frame.env[decl.name] = POISON
                 continue
             if decl.name in inputs:
-                self.report(Diagnostic("error", f"input '{decl.name}' is declared twice",
-                                       self.loc(frame.file, decl.pos)))
+                self.report(
+                    Diagnostic(
+                        "error",
+                        f"input '{decl.name}' is declared twice",
+                        self.loc(frame.file, decl.pos),
+                    )
+                )
                 continue
-            layer = Layer("input", {}, [], shape, root, self.loc(frame.file, decl.pos),
-                          label="input", local=decl.name, rf=RF.unit() if len(shape) == 3 else None)
+            layer = Layer(
+                "input",
+                {},
+                [],
+                shape,
+                root,
+                self.loc(frame.file, decl.pos),
+                label="input",
+                local=decl.name,
+                rf=RF.unit() if len(shape) == 3 else None,
+            )
             inputs[decl.name] = layer
             frame.env[decl.name] = layer
             frame.used.add(decl.name)
@@ -133,8 +148,15 @@ class Elaborator:
         outputs = {}
         for name, value in returned:
             outputs[name] = value
-        return Network(netdef.name, netdef.file, inputs, self.layers, outputs, self.instances,
-                       self.loc(netdef.file, netdef.pos))
+        return Network(
+            netdef.name,
+            netdef.file,
+            inputs,
+            self.layers,
+            outputs,
+            self.instances,
+            self.loc(netdef.file, netdef.pos),
+        )
 
     def diagnostics_errors(self) -> bool:
         return any(d.severity == "error" for d in self.diagnostics)
@@ -142,15 +164,28 @@ class Elaborator:
     def declared_shape(self, frame: _Frame, shape: ast.Shape, what: str) -> tuple:
         dims = shape.dims
         if len(dims) not in (1, 3):
-            hint = ("add the channel count, e.g. 1x" + fmt_shape(dims)) if len(dims) == 2 else \
-                "shapes are CxHxW for feature maps or N for vectors; the batch is never written"
-            self.fail(frame, shape.pos, f"{what} shape {fmt_shape(dims)} has {len(dims)} "
-                      "dimensions; expected 3 (CxHxW) or 1 (N)", hint)
+            hint = (
+                ("add the channel count, e.g. 1x" + fmt_shape(dims))
+                if len(dims) == 2
+                else "shapes are CxHxW for feature maps or N for vectors; the batch is never "
+                "written"
+            )
+            self.fail(
+                frame,
+                shape.pos,
+                f"{what} shape {fmt_shape(dims)} has {len(dims)} "
+                "dimensions; expected 3 (CxHxW) or 1 (N)",
+                hint,
+            )
         if min(dims) < 1:
             self.fail(frame, shape.pos, f"{what} shape {fmt_shape(dims)} has a zero dimension")
         if prod(dims) > MAX_ELEMENTS:
-            self.fail(frame, shape.pos, f"{what} shape {fmt_shape(dims)} has {prod(dims):,} "
-                      f"elements per sample; the limit is {MAX_ELEMENTS:,}")
+            self.fail(
+                frame,
+                shape.pos,
+                f"{what} shape {fmt_shape(dims)} has {prod(dims):,} "
+                f"elements per sample; the limit is {MAX_ELEMENTS:,}",
+            )
         return dims
 
     # ---- bodies and statements --------------------------------------------------------
@@ -160,17 +195,28 @@ class Elaborator:
         returned = None
         for stmt in stmts:
             if returned is not None:
-                self.report(Diagnostic("error", "statement after 'return' is never reached",
-                                       self.loc(frame.file, stmt.pos),
-                                       "'return' must be the last statement of a body"), frame)
+                self.report(
+                    Diagnostic(
+                        "error",
+                        "statement after 'return' is never reached",
+                        self.loc(frame.file, stmt.pos),
+                        "'return' must be the last statement of a body",
+                    ),
+                    frame,
+                )
                 break
             if isinstance(stmt, ast.Assign):
                 frame.env[stmt.name] = self.statement(frame, stmt.name, stmt.value, stmt.shape)
             else:
                 if is_block and len(stmt.items) != 1:
-                    self.report(Diagnostic("error", f"a block returns exactly one tensor, this "
-                                           f"returns {len(stmt.items)}",
-                                           self.loc(frame.file, stmt.pos)), frame)
+                    self.report(
+                        Diagnostic(
+                            "error",
+                            f"a block returns exactly one tensor, this returns {len(stmt.items)}",
+                            self.loc(frame.file, stmt.pos),
+                        ),
+                        frame,
+                    )
                     return [("out", POISON)]
                 returned = []
                 many = len(stmt.items) > 1
@@ -185,9 +231,15 @@ class Elaborator:
                     returned.append((name, value))
         if returned is None:
             kind = "block" if is_block else "network"
-            self.report(Diagnostic("error", f"this {kind} has no 'return' statement",
-                                   self.loc(frame.file, pos),
-                                   "end the body with 'return EXPR'"), frame)
+            self.report(
+                Diagnostic(
+                    "error",
+                    f"this {kind} has no 'return' statement",
+                    self.loc(frame.file, pos),
+                    "end the body with 'return EXPR'",
+                ),
+                frame,
+            )
             return [("out", POISON)] if is_block else None
         return returned
 
@@ -200,9 +252,12 @@ class Elaborator:
                 declared = self.declared_shape(frame, shape, "declared")
                 actual = self.tensor_of(frame, value, expr.pos, "a shape assertion").shape
                 if actual != declared:
-                    self.fail(frame, shape.pos,
-                              f"shape assertion failed: '{binding}' is {fmt_shape(actual)}, "
-                              f"but {fmt_shape(declared)} was declared")
+                    self.fail(
+                        frame,
+                        shape.pos,
+                        f"shape assertion failed: '{binding}' is {fmt_shape(actual)}, "
+                        f"but {fmt_shape(declared)} was declared",
+                    )
         except _Fail as f:
             self.report(f.diagnostic, frame)
             value = POISON
@@ -263,14 +318,23 @@ class Elaborator:
         if name in WORDS:
             return name
         if name in OPS or name in self.program.blocks:
-            self.fail(frame, expr.pos, f"'{name}' is an op, not a value",
-                      f"apply it to a tensor: x | {name}" + ("(...)" if name in OPS and
-                                                              OPS[name].args else ""))
+            self.fail(
+                frame,
+                expr.pos,
+                f"'{name}' is an op, not a value",
+                f"apply it to a tensor: x | {name}"
+                + ("(...)" if name in OPS and OPS[name].args else ""),
+            )
         close = get_close_matches(name, list(frame.env) + list(WORDS), n=1)
         kind = "tensor or parameter" if frame.env else "name"
-        self.fail(frame, expr.pos, f"unknown {kind} '{name}'",
-                  f"did you mean '{close[0]}'?" if close else
-                  "names must be bound ('name = ...') before they are used")
+        self.fail(
+            frame,
+            expr.pos,
+            f"unknown {kind} '{name}'",
+            f"did you mean '{close[0]}'?"
+            if close
+            else "names must be bound ('name = ...') before they are used",
+        )
 
     def number(self, frame, value, pos):
         if value is POISON:
@@ -307,8 +371,12 @@ class Elaborator:
         if n is POISON:
             raise _Fail(Diagnostic("error", "bad repeat count", self.loc(frame.file, expr.pos)))
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            self.fail(frame, expr.pos, f"repeat count must be a non-negative integer, got {n!r}",
-                      "'* 0' skips the stage")
+            self.fail(
+                frame,
+                expr.pos,
+                f"repeat count must be a non-negative integer, got {n!r}",
+                "'* 0' skips the stage",
+            )
         if n > MAX_REPEAT:
             self.fail(frame, expr.pos, f"repeat count {n:,} is absurd (limit {MAX_REPEAT:,})")
         return n
@@ -343,20 +411,29 @@ class Elaborator:
         if name in OPS:
             return self.apply_op(frame, call, OPS[name], positional, keywords, arg_pos)
         if name in self.program.blocks:
-            return self.expand(frame, call, self.program.blocks[name], positional, keywords,
-                               arg_pos)
+            return self.expand(
+                frame, call, self.program.blocks[name], positional, keywords, arg_pos
+            )
         if name in self.program.networks:
-            return self.expand(frame, call, self.program.networks[name], positional, keywords,
-                               arg_pos)
+            return self.expand(
+                frame, call, self.program.networks[name], positional, keywords, arg_pos
+            )
         if name in frame.env:
-            self.fail(frame, call.name_pos, f"'{name}' is a {_describe(frame.env[name])}, "
-                      "not an op or block")
+            self.fail(
+                frame,
+                call.name_pos,
+                f"'{name}' is a {_describe(frame.env[name])}, not an op or block",
+            )
         candidates = list(OPS) + list(self.program.blocks)
-        guess = ALIASES.get(name.lower()) or next(iter(get_close_matches(name, candidates, n=1)),
-                                                  None)
-        self.fail(frame, call.name_pos, f"unknown op or block '{name}'",
-                  f"did you mean '{guess}'?" if guess else
-                  "built-in ops: " + ", ".join(sorted(OPS)))
+        guess = ALIASES.get(name.lower()) or next(
+            iter(get_close_matches(name, candidates, n=1)), None
+        )
+        self.fail(
+            frame,
+            call.name_pos,
+            f"unknown op or block '{name}'",
+            f"did you mean '{guess}'?" if guess else "built-in ops: " + ", ".join(sorted(OPS)),
+        )
 
     def apply_op(self, frame, call, op, positional, keywords, arg_pos):
         arity = op.arity
@@ -367,21 +444,31 @@ class Elaborator:
                 self.fail(frame, arg_pos[key], f"{op.name} takes only tensors, got '{key}='")
         else:
             count = arity
-            while (count < arity + op.optional_tensors and count < len(positional)
-                   and isinstance(positional[count], Layer)):
+            while (
+                count < arity + op.optional_tensors
+                and count < len(positional)
+                and isinstance(positional[count], Layer)
+            ):
                 count += 1
             tensors, rest = positional[:count], positional[count:]
         if not tensors or len(tensors) < (arity or 1):
             need = f"{arity} tensors" if arity and arity > 1 else "a tensor"
-            self.fail(frame, call.name_pos, f"{op.name} needs {need} as input",
-                      f"pipe one in: x | {op.name}" if arity == 1 else None)
+            self.fail(
+                frame,
+                call.name_pos,
+                f"{op.name} needs {need} as input",
+                f"pipe one in: x | {op.name}" if arity == 1 else None,
+            )
         for index, value in enumerate(tensors):
             if not isinstance(value, Layer):
-                self.fail(frame, arg_pos.get(index, call.pos),
-                          f"{op.name} needs a tensor as input {index + 1}, got "
-                          f"{_describe(value)}",
-                          f"write {op.name}(64, ...) after a '|': x | {op.name}(...)"
-                          if index == 0 and op.args else None)
+                self.fail(
+                    frame,
+                    arg_pos.get(index, call.pos),
+                    f"{op.name} needs a tensor as input {index + 1}, got {_describe(value)}",
+                    f"write {op.name}(64, ...) after a '|': x | {op.name}(...)"
+                    if index == 0 and op.args
+                    else None,
+                )
         shapes = [t.shape for t in tensors]
         try:
             args = bind_args(op, rest, keywords)
@@ -393,8 +480,12 @@ class Elaborator:
                 index = [a.name for a in op.args].index(exc.arg) + len(tensors)
                 where = arg_pos.get(index, where)
             message = str(exc)
-            self.fail(frame, where, message if message.startswith(op.name) else
-                      f"{op.name}: {message}", exc.hint)
+            self.fail(
+                frame,
+                where,
+                message if message.startswith(op.name) else f"{op.name}: {message}",
+                exc.hint,
+            )
         except ShapeError as exc:
             message = str(exc)
             if not message.startswith(op.name):
@@ -403,23 +494,43 @@ class Elaborator:
                 message += " (input " + ", ".join(fmt_shape(s) for s in shapes) + ")"
             self.fail(frame, call.name_pos, message, exc.hint)
         if min(shape) < 1 or prod(shape) > MAX_ELEMENTS:
-            self.fail(frame, call.name_pos, f"{op.name} output {fmt_shape(shape)} is absurd "
-                      f"({prod(shape):,} elements per sample; limit {MAX_ELEMENTS:,})")
+            self.fail(
+                frame,
+                call.name_pos,
+                f"{op.name} output {fmt_shape(shape)} is absurd "
+                f"({prod(shape):,} elements per sample; limit {MAX_ELEMENTS:,})",
+            )
         rfs = [t.rf for t in tensors]
-        layer = Layer(op.name, args, list(tensors), shape, frame.instance,
-                      self.loc(frame.file, call.pos), label=op.label(args),
-                      weights=op.weights(shapes, args), buffers=op.buffers(shapes, args),
-                      macs=op.macs(shapes, shape, args),
-                      rf=None if any(r is None for r in rfs) else op.rf(rfs, shapes, args))
+        layer = Layer(
+            op.name,
+            args,
+            list(tensors),
+            shape,
+            frame.instance,
+            self.loc(frame.file, call.pos),
+            label=op.label(args),
+            weights=op.weights(shapes, args),
+            buffers=op.buffers(shapes, args),
+            macs=op.macs(shapes, shape, args),
+            rf=None if any(r is None for r in rfs) else op.rf(rfs, shapes, args),
+        )
         self.total_params += layer.params
         if self.total_params > MAX_PARAMS:
-            raise _Fatal(Diagnostic("error", f"network has more than {MAX_PARAMS:,} parameters",
-                                    layer.location))
+            raise _Fatal(
+                Diagnostic(
+                    "error", f"network has more than {MAX_PARAMS:,} parameters", layer.location
+                )
+            )
         self.layers.append(layer)
         if len(self.layers) > MAX_LAYERS:
-            raise _Fatal(Diagnostic(
-                "error", f"network expands to more than {MAX_LAYERS:,} layers",
-                layer.location, "check the repeat counts ('* N') of this network"))
+            raise _Fatal(
+                Diagnostic(
+                    "error",
+                    f"network expands to more than {MAX_LAYERS:,} layers",
+                    layer.location,
+                    "check the repeat counts ('* N') of this network",
+                )
+            )
         frame.stmt_items.append(layer)
         return layer
 
@@ -428,16 +539,23 @@ class Elaborator:
         is_net = isinstance(definition, ast.Network)
         name = definition.name
         if name in self.stack:
-            chain = " -> ".join(self.stack[self.stack.index(name):] + [name])
-            self.fail(frame, call.name_pos, f"block '{name}' calls itself ({chain}); blocks "
-                      "cannot recurse")
+            chain = " -> ".join(self.stack[self.stack.index(name) :] + [name])
+            self.fail(
+                frame,
+                call.name_pos,
+                f"block '{name}' calls itself ({chain}); blocks cannot recurse",
+            )
         if len(self.stack) >= MAX_DEPTH:
             self.fail(frame, call.name_pos, f"blocks nested more than {MAX_DEPTH} deep")
-        params = ([ast.Param(d.name, None, d.pos) for d in definition.inputs] if is_net
-                  else definition.params)
+        params = (
+            [ast.Param(d.name, None, d.pos) for d in definition.inputs]
+            if is_net
+            else definition.params
+        )
         try:
-            values = match_arguments(f"'{name}'", [p.name for p in params], positional,
-                                     keywords, noun="parameter")
+            values = match_arguments(
+                f"'{name}'", [p.name for p in params], positional, keywords, noun="parameter"
+            )
         except ArgError as exc:
             self.fail(frame, arg_pos.get(exc.arg, call.pos), str(exc), exc.hint)
         call_loc = self.loc(frame.file, call.name_pos)
@@ -453,11 +571,16 @@ class Elaborator:
         if is_net:
             for decl in definition.inputs:
                 value = inner.env[decl.name]
-                tensor = self.tensor_of(frame, value, call.pos, f"input '{decl.name}' of "
-                                        f"network '{name}'")
+                tensor = self.tensor_of(
+                    frame, value, call.pos, f"input '{decl.name}' of network '{name}'"
+                )
                 if tensor.shape != decl.shape.dims:
-                    self.fail(frame, call.pos, f"network '{name}' expects {decl.name}: "
-                              f"{fmt_shape(decl.shape.dims)}, got {fmt_shape(tensor.shape)}")
+                    self.fail(
+                        frame,
+                        call.pos,
+                        f"network '{name}' expects {decl.name}: "
+                        f"{fmt_shape(decl.shape.dims)}, got {fmt_shape(tensor.shape)}",
+                    )
         instance.args = {k: v for k, v in inner.env.items() if not isinstance(v, Layer)}
         inner.used.update(inner.env)
         frame.stmt_items.append(instance)
@@ -470,8 +593,12 @@ class Elaborator:
         if returned is None:
             return POISON
         if len(returned) != 1:
-            self.fail(frame, call.pos, f"network '{name}' has {len(returned)} outputs; only a "
-                      "single-output network can be used as a block")
+            self.fail(
+                frame,
+                call.pos,
+                f"network '{name}' has {len(returned)} outputs; only a "
+                "single-output network can be used as a block",
+            )
         return returned[0][1]
 
 

@@ -134,8 +134,14 @@ class Network:
 
     @property
     def weight_memory(self) -> int:
-        return sum(prod(s) for layer in self.layers
-                   for s in (*layer.weights.values(), *layer.buffers.values())) * BYTES_PER_ELEMENT
+        return (
+            sum(
+                prod(s)
+                for layer in self.layers
+                for s in (*layer.weights.values(), *layer.buffers.values())
+            )
+            * BYTES_PER_ELEMENT
+        )
 
     def layer(self, name: str) -> Layer:
         for layer in (*self.inputs.values(), *self.layers):
@@ -159,16 +165,25 @@ class Network:
         for layer in (*self.inputs.values(), *self.layers):
             loc = layer.location
             g.add_node(
-                layer.name, op=layer.op, args=dict(layer.args), label=layer.label,
-                inputs=[i.name for i in layer.inputs], shape=layer.shape, params=layer.params,
-                macs=layer.macs, memory=layer.memory,
+                layer.name,
+                op=layer.op,
+                args=dict(layer.args),
+                label=layer.label,
+                inputs=[i.name for i in layer.inputs],
+                shape=layer.shape,
+                params=layer.params,
+                macs=layer.macs,
+                memory=layer.memory,
                 rf=layer.rf.size if layer.rf else None,
                 rf_jump=tuple(float(j) for j in layer.rf.jump) if layer.rf else None,
-                weights=dict(layer.weights), buffers=dict(layer.buffers),
-                file=loc.file if loc else self.file, line=loc.line if loc else None,
+                weights=dict(layer.weights),
+                buffers=dict(layer.buffers),
+                file=loc.file if loc else self.file,
+                line=loc.line if loc else None,
                 column=loc.column if loc else None,
                 block_path=tuple(i.name for i in layer.block_path),
-                output=outputs.get(id(layer)))
+                output=outputs.get(id(layer)),
+            )
             for index, src in enumerate(layer.inputs):
                 g.add_edge(src.name, layer.name, shape=src.shape, index=index)
         return g
@@ -178,14 +193,22 @@ class Network:
         layers = []
         for layer in self.layers:
             loc = layer.location
-            layers.append({
-                "name": layer.name, "op": layer.op, "inputs": [i.name for i in layer.inputs],
-                "shape": list(layer.shape), "params": layer.params, "macs": layer.macs,
-                "line": loc.line if loc else None, "column": loc.column if loc else None,
-                "label": layer.label, "memory": layer.memory,
-                "rf": list(layer.rf.size) if layer.rf else None,
-                "block_path": [i.name for i in layer.block_path],
-            })
+            layers.append(
+                {
+                    "name": layer.name,
+                    "op": layer.op,
+                    "inputs": [i.name for i in layer.inputs],
+                    "shape": list(layer.shape),
+                    "params": layer.params,
+                    "macs": layer.macs,
+                    "line": loc.line if loc else None,
+                    "column": loc.column if loc else None,
+                    "label": layer.label,
+                    "memory": layer.memory,
+                    "rf": list(layer.rf.size) if layer.rf else None,
+                    "block_path": [i.name for i in layer.block_path],
+                }
+            )
         return {
             "name": self.name,
             "file": self.file,
@@ -201,15 +224,20 @@ class Network:
     def draw(self, out=None, collapse: bool = False, rankdir: str = "TB"):
         """Graphviz drawing: a ``graphviz.Digraph``, or rendered to ``out`` (see cnnc.draw)."""
         from .draw import build, render
-        return build(self, collapse, rankdir) if out is None else render(self, out, collapse,
-                                                                          rankdir)
+
+        return (
+            build(self, collapse, rankdir) if out is None else render(self, out, collapse, rankdir)
+        )
 
     def summary(self) -> str:
         """A Keras-style table of layers with totals (what ``cnnc check`` prints)."""
         from .report import network_table
+
         return network_table(self)
 
     def __repr__(self) -> str:
         ins = ", ".join(f"{k}: {fmt_shape(v)}" for k, v in self.input_shapes.items())
-        return (f"<Network {self.name}({ins}): {len(self.layers)} layers, "
-                f"{self.total_params:,} params, {self.total_macs:,} MACs>")
+        return (
+            f"<Network {self.name}({ins}): {len(self.layers)} layers, "
+            f"{self.total_params:,} params, {self.total_macs:,} MACs>"
+        )

@@ -148,6 +148,7 @@ class _ToAst(Transformer):
     def _binop(op):  # noqa: N805 - a small factory used in the class body
         def build(self, meta, c):
             return ast.BinOp(_pos(meta), op, c[0], c[1])
+
         return build
 
     add, sub, mul, floordiv = _binop("+"), _binop("-"), _binop("*"), _binop("//")
@@ -172,13 +173,32 @@ class _ToAst(Transformer):
 
 
 _READABLE = {
-    "NAME": "a name", "INT": "an integer", "FLOAT": "a number", "DIMS": "a shape like 3x32x32",
-    "STRING": 'a "quoted path"', "_NL": "end of line", "$END": "end of file",
-    "LPAR": "'('", "RPAR": "')'", "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','",
-    "COLON": "':'", "EQUAL": "'='", "VBAR": "'|'", "STAR": "'*'", "PLUS": "'+'",
-    "MINUS": "'-'", "SLASH": "'/'", "__ANON_0": "'//'", "RETURN": "'return'",
-    "IMPORT": "'import'", "BLOCK": "'block'", "NETWORK": "'network'",
-    "TRUE": "'true'", "FALSE": "'false'",
+    "NAME": "a name",
+    "INT": "an integer",
+    "FLOAT": "a number",
+    "DIMS": "a shape like 3x32x32",
+    "STRING": 'a "quoted path"',
+    "_NL": "end of line",
+    "$END": "end of file",
+    "LPAR": "'('",
+    "RPAR": "')'",
+    "LBRACE": "'{'",
+    "RBRACE": "'}'",
+    "COMMA": "','",
+    "COLON": "':'",
+    "EQUAL": "'='",
+    "VBAR": "'|'",
+    "STAR": "'*'",
+    "PLUS": "'+'",
+    "MINUS": "'-'",
+    "SLASH": "'/'",
+    "__ANON_0": "'//'",
+    "RETURN": "'return'",
+    "IMPORT": "'import'",
+    "BLOCK": "'block'",
+    "NETWORK": "'network'",
+    "TRUE": "'true'",
+    "FALSE": "'false'",
 }
 
 
@@ -294,8 +314,12 @@ def parse(src: SourceFile) -> ast.Module:
     try:
         tree = _lark().parse(src.text)
     except _TooDeep as deep:
-        raise SpecError(error(f"brackets nested more than {MAX_NESTING} deep",
-                              src.location(deep.token.line, deep.token.column))) from None
+        raise SpecError(
+            error(
+                f"brackets nested more than {MAX_NESTING} deep",
+                src.location(deep.token.line, deep.token.column),
+            )
+        ) from None
     except (UnexpectedToken, UnexpectedCharacters, UnexpectedEOF) as exc:
         raise _syntax_error(exc, src) from None
     try:

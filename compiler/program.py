@@ -33,8 +33,10 @@ class CheckResult:
         return not any(d.severity == "error" for d in self.diagnostics)
 
     def to_json(self) -> dict:
-        return {"networks": [n.to_json() for n in self.networks],
-                "diagnostics": [d.to_json() for d in self.diagnostics]}
+        return {
+            "networks": [n.to_json() for n in self.networks],
+            "diagnostics": [d.to_json() for d in self.diagnostics],
+        }
 
 
 @dataclass
@@ -62,9 +64,12 @@ class Program:
             if network not in self.networks:
                 close = get_close_matches(network, list(self.networks), n=1)
                 available = ", ".join(self.networks) or "none"
-                raise SpecError(error(
-                    f"no network named '{network}' in {self.root.name} (networks: {available})",
-                    hint=f"did you mean '{close[0]}'?" if close else None))
+                raise SpecError(
+                    error(
+                        f"no network named '{network}' in {self.root.name} (networks: {available})",
+                        hint=f"did you mean '{close[0]}'?" if close else None,
+                    )
+                )
             names = [network]
         networks, diagnostics = [], []
         for name in names:
@@ -105,23 +110,32 @@ class _Loader:
         target = (here / item.path).resolve()
         key = str(target)
         if key in stack:
-            cycle = [Path(p).name for p in stack[stack.index(key):]] + [target.name]
-            self.diagnostics.append(error("import cycle: " + " -> ".join(cycle), loc,
-                                          "move the shared blocks into a file both import"))
+            cycle = [Path(p).name for p in stack[stack.index(key) :]] + [target.name]
+            self.diagnostics.append(
+                error(
+                    "import cycle: " + " -> ".join(cycle),
+                    loc,
+                    "move the shared blocks into a file both import",
+                )
+            )
             return
         if key in self.loaded:
             return  # importing twice is harmless
         if len(stack) > MAX_IMPORT_DEPTH:
-            self.diagnostics.append(error(f"imports nested more than {MAX_IMPORT_DEPTH} deep",
-                                          loc))
+            self.diagnostics.append(error(f"imports nested more than {MAX_IMPORT_DEPTH} deep", loc))
             return
         try:
             display = str(Path(src.name).parent / item.path) if src.path else item.path
             imported = SourceFile.from_path(target, display=display)
         except SpecError as exc:
             for d in exc.diagnostics:
-                self.diagnostics.append(error(f"in import: {d.message}", loc,
-                                              "import paths are relative to the importing file"))
+                self.diagnostics.append(
+                    error(
+                        f"in import: {d.message}",
+                        loc,
+                        "import paths are relative to the importing file",
+                    )
+                )
             return
         self.load(imported, stack)
 
@@ -129,26 +143,40 @@ class _Loader:
         loc = src.location(item.pos.line, item.pos.column, len(item.name) + 8)
         kind = "block" if isinstance(item, ast.Block) else "network"
         if item.name in OPS:
-            self.diagnostics.append(error(f"{kind} name '{item.name}' is a built-in op", loc,
-                                          "choose another name"))
+            self.diagnostics.append(
+                error(f"{kind} name '{item.name}' is a built-in op", loc, "choose another name")
+            )
             return
         if item.name in self.defined_at:
-            self.diagnostics.append(error(
-                f"'{item.name}' is already defined at {self.defined_at[item.name]}", loc,
-                "names of networks and blocks are unique across a file and its imports"))
+            self.diagnostics.append(
+                error(
+                    f"'{item.name}' is already defined at {self.defined_at[item.name]}",
+                    loc,
+                    "names of networks and blocks are unique across a file and its imports",
+                )
+            )
             return
         self.defined_at[item.name] = f"{src.name}:{item.pos.line}:{item.pos.column}"
-        params = [p.name for p in item.params] if isinstance(item, ast.Block) else \
-            [d.name for d in item.inputs]
+        params = (
+            [p.name for p in item.params]
+            if isinstance(item, ast.Block)
+            else [d.name for d in item.inputs]
+        )
         dupes = {p for p in params if params.count(p) > 1}
         if dupes:
-            self.diagnostics.append(error(f"{kind} '{item.name}' declares "
-                                          f"'{sorted(dupes)[0]}' twice", loc))
+            self.diagnostics.append(
+                error(f"{kind} '{item.name}' declares '{sorted(dupes)[0]}' twice", loc)
+            )
         if isinstance(item, ast.Block):
             if not item.params:
-                self.diagnostics.append(error(
-                    f"block '{item.name}' needs a first parameter for the tensor it is "
-                    "applied to", loc, f"block {item.name}(x) {{ ... }}"))
+                self.diagnostics.append(
+                    error(
+                        f"block '{item.name}' needs a first parameter for the tensor it is "
+                        "applied to",
+                        loc,
+                        f"block {item.name}(x) {{ ... }}",
+                    )
+                )
             self.program.blocks[item.name] = item
         else:
             self.program.networks[item.name] = item

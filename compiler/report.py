@@ -41,9 +41,13 @@ def _rf(layer) -> str:
 
 def table(headers, rows, right=()) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+
     def line(cells):
-        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            str(c).rjust(w) if i in right else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
+
     rule = "-" * len(line(headers))
     return "\n".join([line(headers), rule, *(line(r) for r in rows), rule])
 
@@ -51,10 +55,21 @@ def table(headers, rows, right=()) -> str:
 def network_table(net: Network) -> str:
     ins = ", ".join(f"{k}: {fmt_shape(v)}" for k, v in net.input_shapes.items())
     outs = ", ".join(f"{k}: {fmt_shape(v)}" for k, v in net.output_shapes.items())
-    rows = [(name, "input", fmt_shape(layer.shape), "0", "0", _rf(layer))
-            for name, layer in net.inputs.items()]
-    rows += [(layer.name, layer.label, fmt_shape(layer.shape), count(layer.params),
-              count(layer.macs), _rf(layer)) for layer in net.layers]
+    rows = [
+        (name, "input", fmt_shape(layer.shape), "0", "0", _rf(layer))
+        for name, layer in net.inputs.items()
+    ]
+    rows += [
+        (
+            layer.name,
+            layer.label,
+            fmt_shape(layer.shape),
+            count(layer.params),
+            count(layer.macs),
+            _rf(layer),
+        )
+        for layer in net.layers
+    ]
     body = table(("layer", "op", "output", "params", "MACs", "RF"), rows, right=(3, 4, 5))
     totals = [
         f"network {net.name}({ins}) -> {outs}",
@@ -71,9 +86,21 @@ def network_table(net: Network) -> str:
 
 
 def summary_table(nets: list[Network]) -> str:
-    rows = [(n.name, ", ".join(fmt_shape(v) for v in n.input_shapes.values()),
-             ", ".join(fmt_shape(v) for v in n.output_shapes.values()), f"{len(n.layers):,}",
-             count(n.total_params), millions(n.total_params), count(n.total_macs),
-             f"{n.total_macs / 1e9:.2f}") for n in nets]
-    return table(("network", "input", "output", "layers", "params", "params (M)", "MACs",
-                  "GMACs"), rows, right=(3, 4, 5, 6, 7))
+    rows = [
+        (
+            n.name,
+            ", ".join(fmt_shape(v) for v in n.input_shapes.values()),
+            ", ".join(fmt_shape(v) for v in n.output_shapes.values()),
+            f"{len(n.layers):,}",
+            count(n.total_params),
+            millions(n.total_params),
+            count(n.total_macs),
+            f"{n.total_macs / 1e9:.2f}",
+        )
+        for n in nets
+    ]
+    return table(
+        ("network", "input", "output", "layers", "params", "params (M)", "MACs", "GMACs"),
+        rows,
+        right=(3, 4, 5, 6, 7),
+    )

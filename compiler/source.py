@@ -38,8 +38,9 @@ class SourceFile:
         except OSError as exc:
             raise SpecError(error(f"cannot read '{name}': {exc.strerror or exc}")) from None
         if len(data) > MAX_SOURCE_BYTES:
-            raise SpecError(error(
-                f"'{name}' is {len(data):,} bytes; specs are limited to {MAX_SOURCE_BYTES:,}"))
+            raise SpecError(
+                error(f"'{name}' is {len(data):,} bytes; specs are limited to {MAX_SOURCE_BYTES:,}")
+            )
         return cls(name, decode_utf8(data, name), path.resolve())
 
 
@@ -52,16 +53,20 @@ def decode_utf8(data: bytes, name: str) -> str:
         line = before.count(b"\n") + 1
         column = exc.start - (before.rfind(b"\n") + 1) + 1
         shown = data.split(b"\n")[line - 1].decode("utf-8", "replace")
-        raise SpecError(error(
-            f"invalid UTF-8 byte 0x{data[exc.start]:02x}; specs must be UTF-8 text",
-            Location(name, line, column, shown),
-            "re-save the file as UTF-8")) from None
+        raise SpecError(
+            error(
+                f"invalid UTF-8 byte 0x{data[exc.start]:02x}; specs must be UTF-8 text",
+                Location(name, line, column, shown),
+                "re-save the file as UTF-8",
+            )
+        ) from None
     if text.startswith("\ufeff"):
         text = text[1:]
     if "\x00" in text:
         at = text.index("\x00")
         line = text.count("\n", 0, at) + 1
         column = at - (text.rfind("\n", 0, at) + 1) + 1
-        raise SpecError(error("NUL byte in spec; is this a binary file?",
-                              Location(name, line, column)))
+        raise SpecError(
+            error("NUL byte in spec; is this a binary file?", Location(name, line, column))
+        )
     return text

@@ -25,16 +25,17 @@ def run_command(net: Network, args) -> int:
             raise DataError(error(f"cannot write '{path}': no such directory"))
     paths = data.parse_input_args(net, args.input)
     if paths:
-        inputs = {name: data.load_input(path, name, net.inputs[name].shape)
-                  for name, path in paths.items()}
+        inputs = {
+            name: data.load_input(path, name, net.inputs[name].shape)
+            for name, path in paths.items()
+        }
         batches = {x.shape[0] for x in inputs.values()}
         if len(batches) > 1:
             raise DataError(error(f"inputs disagree on the batch size: {sorted(batches)}"))
         batch = batches.pop()
         if args.batch is not None and args.batch != batch:
             if batch != 1:
-                raise DataError(error(f"--batch {args.batch} but the input holds {batch} "
-                                      "samples"))
+                raise DataError(error(f"--batch {args.batch} but the input holds {batch} samples"))
             inputs = {k: np.repeat(v, args.batch, axis=0) for k, v in inputs.items()}
             batch = args.batch
     else:
@@ -46,11 +47,15 @@ def run_command(net: Network, args) -> int:
         weights_io.save(session.weights, Path(args.save_weights))
     outputs = session.run(inputs)
     plan = session.plan
-    print(f"plan: {len(plan.steps)} steps for {len(net.layers)} layers, activation buffers "
-          f"{_mib(plan.peak_floats * batch * 4)} (naive {_mib(plan.naive_floats * batch * 4)})")
+    print(
+        f"plan: {len(plan.steps)} steps for {len(net.layers)} layers, activation buffers "
+        f"{_mib(plan.peak_floats * batch * 4)} (naive {_mib(plan.naive_floats * batch * 4)})"
+    )
     for name, y in outputs.items():
-        print(f"{name}: shape {fmt_shape(y.shape)}  min {y.min():.6g}  max {y.max():.6g}  "
-              f"mean {y.mean():.6g}  std {y.std():.6g}")
+        print(
+            f"{name}: shape {fmt_shape(y.shape)}  min {y.min():.6g}  max {y.max():.6g}  "
+            f"mean {y.mean():.6g}  std {y.std():.6g}"
+        )
         if y.ndim == 2:
             for n in range(min(y.shape[0], 4)):
                 top = np.argsort(-y[n], kind="stable")[:5]
@@ -74,22 +79,42 @@ def bench_command(net: Network, args) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    rows = [(x["layer"], x["op"], fmt_shape(x["shape"]), f"{x['ms']:.3f}",
-             f"{100 * x['share']:.1f}%", f"{x['gflops']:.1f}" if x["gflops"] else "")
-            for x in info["layers"]]
-    print(f"network {net.name}, batch {info['batch']}, device {info['device']}"
-          + (f" ({info['threads']} threads, {info['threading_layer']} threading layer)"
-             if "threads" in info else ""))
+    rows = [
+        (
+            x["layer"],
+            x["op"],
+            fmt_shape(x["shape"]),
+            f"{x['ms']:.3f}",
+            f"{100 * x['share']:.1f}%",
+            f"{x['gflops']:.1f}" if x["gflops"] else "",
+        )
+        for x in info["layers"]
+    ]
+    print(
+        f"network {net.name}, batch {info['batch']}, device {info['device']}"
+        + (
+            f" ({info['threads']} threads, {info['threading_layer']} threading layer)"
+            if "threads" in info
+            else ""
+        )
+    )
     print(table(("layer", "op", "output", "ms", "share", "GFLOP/s"), rows, right=(3, 4, 5)))
-    print(f"total       {info['median_ms']:.3f} ms median of {info['repeat']} "
-          f"(min {info['min_ms']:.3f} ms), {info['gflops']:.1f} GFLOP/s")
+    print(
+        f"total       {info['median_ms']:.3f} ms median of {info['repeat']} "
+        f"(min {info['min_ms']:.3f} ms), {info['gflops']:.1f} GFLOP/s"
+    )
     print(f"warm-up     {info['warmup_s']:.2f} s (includes kernel compilation on a cold cache)")
     if info.get("threading_layer") == "workqueue":
-        print("note: Numba runs on its slow 'workqueue' threading layer (about 90 us per parallel "
-              "region instead of 1.5 us); install the OpenMP runtime (apt-get install libgomp1) "
-              "or TBB (pip install tbb)", file=sys.stderr)
-    print(f"memory      {_mib(info['peak_activation_bytes'])} of activation buffers, reused by "
-          f"liveness (naive sum {_mib(info['naive_activation_bytes'])})")
+        print(
+            "note: Numba runs on its slow 'workqueue' threading layer (about 90 us per parallel "
+            "region instead of 1.5 us); install the OpenMP runtime (apt-get install libgomp1) "
+            "or TBB (pip install tbb)",
+            file=sys.stderr,
+        )
+    print(
+        f"memory      {_mib(info['peak_activation_bytes'])} of activation buffers, reused by "
+        f"liveness (naive sum {_mib(info['naive_activation_bytes'])})"
+    )
     return 0
 
 

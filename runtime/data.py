@@ -26,15 +26,23 @@ def parse_input_args(net: Network, specs: list[str]) -> dict[str, Path]:
         elif len(names) == 1 and not (sep and name.isidentifier() and not Path(spec).exists()):
             name, path = names[0], spec
         else:
-            raise DataError(error(f"--input '{spec}': say which input it is, as NAME=PATH "
-                                  f"(inputs: {', '.join(names)})"))
+            raise DataError(
+                error(
+                    f"--input '{spec}': say which input it is, as NAME=PATH "
+                    f"(inputs: {', '.join(names)})"
+                )
+            )
         if name in paths:
             raise DataError(error(f"input '{name}' given twice"))
         paths[name] = Path(path)
     if paths and len(paths) != len(names):
         missing = [n for n in names if n not in paths]
-        raise DataError(error(f"no --input for {', '.join(missing)}",
-                              hint="give every input, or none for seeded random data"))
+        raise DataError(
+            error(
+                f"no --input for {', '.join(missing)}",
+                hint="give every input, or none for seeded random data",
+            )
+        )
     return paths
 
 
@@ -47,8 +55,9 @@ def load_input(path: Path, name: str, shape: tuple) -> np.ndarray:
     except FileNotFoundError:
         raise DataError(error(f"cannot read input '{path}': no such file")) from None
     except (OSError, ValueError, EOFError) as exc:
-        raise DataError(error(f"cannot read input '{path}': not a valid .npy file ({exc})"))\
-            from None
+        raise DataError(
+            error(f"cannot read input '{path}': not a valid .npy file ({exc})")
+        ) from None
     if isinstance(data, np.lib.npyio.NpzFile):
         raise DataError(error(f"input '{path}' is an .npz archive; give one .npy per input"))
     if not (np.issubdtype(data.dtype, np.number) or data.dtype == np.bool_):
@@ -56,9 +65,12 @@ def load_input(path: Path, name: str, shape: tuple) -> np.ndarray:
     if tuple(data.shape) == shape:
         data = data[None]
     if tuple(data.shape[1:]) != shape or data.shape[0] < 1:
-        raise DataError(error(
-            f"input '{path}' has shape {_dims(data.shape)}; '{name}' expects "
-            f"(N, {', '.join(map(str, shape))}) or ({', '.join(map(str, shape))})"))
+        raise DataError(
+            error(
+                f"input '{path}' has shape {_dims(data.shape)}; '{name}' expects "
+                f"(N, {', '.join(map(str, shape))}) or ({', '.join(map(str, shape))})"
+            )
+        )
     data = np.ascontiguousarray(data, dtype=np.float32)
     if not np.isfinite(data).all():
         raise DataError(error(f"input '{path}' contains NaN or infinite values"))
@@ -71,8 +83,9 @@ def _load_image(path: Path, name: str, shape: tuple) -> np.ndarray:
     except ImportError:
         raise DataError(error("reading images needs Pillow", hint="pip install pillow")) from None
     if len(shape) != 3 or shape[0] not in (1, 3):
-        raise DataError(error(f"an image can feed only a 1- or 3-channel input; '{name}' is "
-                              f"{fmt_shape(shape)}"))
+        raise DataError(
+            error(f"an image can feed only a 1- or 3-channel input; '{name}' is {fmt_shape(shape)}")
+        )
     try:
         with Image.open(path) as img:
             img = img.convert("L" if shape[0] == 1 else "RGB")
@@ -83,17 +96,23 @@ def _load_image(path: Path, name: str, shape: tuple) -> np.ndarray:
         raise DataError(error(f"cannot read image '{path}': {exc}")) from None
     h, w = pixels.shape[:2]
     if (h, w) != shape[1:]:
-        raise DataError(error(
-            f"image '{path}' is {w}x{h} pixels (width x height); '{name}' expects "
-            f"{shape[2]}x{shape[1]}", hint="resize the image to the network's input size"))
+        raise DataError(
+            error(
+                f"image '{path}' is {w}x{h} pixels (width x height); '{name}' expects "
+                f"{shape[2]}x{shape[1]}",
+                hint="resize the image to the network's input size",
+            )
+        )
     chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
     return np.ascontiguousarray(chw[None], dtype=np.float32)
 
 
 def random_inputs(net: Network, batch: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed + 1)
-    return {name: rng.standard_normal((batch, *layer.shape)).astype(np.float32)
-            for name, layer in net.inputs.items()}
+    return {
+        name: rng.standard_normal((batch, *layer.shape)).astype(np.float32)
+        for name, layer in net.inputs.items()
+    }
 
 
 def save_outputs(outputs: dict[str, np.ndarray], path: Path):
@@ -102,8 +121,12 @@ def save_outputs(outputs: dict[str, np.ndarray], path: Path):
     suffix = path.suffix.lower()
     if suffix == ".npy":
         if len(outputs) != 1:
-            raise DataError(error(f"the network has {len(outputs)} outputs; save them as .npz",
-                                  hint=f"--out {path.with_suffix('.npz')}"))
+            raise DataError(
+                error(
+                    f"the network has {len(outputs)} outputs; save them as .npz",
+                    hint=f"--out {path.with_suffix('.npz')}",
+                )
+            )
         np.save(buffer, next(iter(outputs.values())))
     elif suffix == ".npz":
         np.savez(buffer, **outputs)

@@ -19,10 +19,12 @@ class Executor:
     def __init__(self, plan: Plan, backend, batch: int):
         self.plan, self.backend, self.batch = plan, backend, batch
         if hasattr(backend, "check_memory"):
-            backend.check_memory(4 * (batch * plan.peak_floats + plan.weight_floats
-                                      + plan.workspace_floats(batch)))
-        self.arrays = [{k: backend.to_device(v) for k, v in step.arrays.items()}
-                       for step in plan.steps]
+            backend.check_memory(
+                4 * (batch * plan.peak_floats + plan.weight_floats + plan.workspace_floats(batch))
+            )
+        self.arrays = [
+            {k: backend.to_device(v) for k, v in step.arrays.items()} for step in plan.steps
+        ]
         self.slots = [backend.empty(batch * size) for size in plan.slot_sizes]
         self.work = backend.empty(max(1, plan.workspace_floats(batch)))
         self.none = backend.to_device(np.empty((0, 0, 0, 0), np.float32))
@@ -52,5 +54,7 @@ class Executor:
                 b.run_step(step, arrays, ins, res, out, self.work)
                 b.synchronize()
                 timings.append(time.perf_counter() - t0)
-        return {name: b.runtime_to_nchw(b.to_host(self.view(vid)))
-                for name, vid in self.plan.outputs.items()}
+        return {
+            name: b.runtime_to_nchw(b.to_host(self.view(vid)))
+            for name, vid in self.plan.outputs.items()
+        }

@@ -28,15 +28,18 @@ class Step:
     inputs: list[int]
     output: int
     attrs: dict = field(default_factory=dict)
-    raw: dict = field(default_factory=dict)     # PyTorch-layout weights before packing
+    raw: dict = field(default_factory=dict)  # PyTorch-layout weights before packing
     arrays: dict = field(default_factory=dict)  # packed for the kernels
     residual: int | None = None
     macs: int = 0
 
     @property
     def label(self) -> str:
-        return self.layers[0] + (" +" + "+".join(n.rsplit(".", 1)[-1] for n in self.layers[1:])
-                                 if len(self.layers) > 1 else "")
+        return self.layers[0] + (
+            " +" + "+".join(n.rsplit(".", 1)[-1] for n in self.layers[1:])
+            if len(self.layers) > 1
+            else ""
+        )
 
 
 EPILOGUE = dict(act=0, alpha=0.0, beta=0.0)
@@ -53,8 +56,9 @@ def _conv(step: Step, layer: Layer, a: dict):
     c_in = layer.inputs[0].shape[0]
     depthwise = a["g"] == c_in and a["g"] > 1
     step.kernel = "dwconv" if depthwise else "conv"
-    step.attrs = dict(_windows(a), groups=a["g"], **EPILOGUE,
-                      mult=a["out"] // c_in if depthwise else 1)
+    step.attrs = dict(
+        _windows(a), groups=a["g"], **EPILOGUE, mult=a["out"] // c_in if depthwise else 1
+    )
 
 
 def _affine(scale_of: Callable):
@@ -64,6 +68,7 @@ def _affine(scale_of: Callable):
         if step.raw:
             scale, shift = scale_of(step.raw, a)
             step.raw = {"scale": scale, "shift": shift}
+
     return lower
 
 
@@ -81,6 +86,7 @@ def _channels(index_of: Callable):
     def lower(step: Step, layer: Layer, a: dict):
         step.kernel = "channels"
         step.arrays["index"] = np.asarray(index_of(layer.inputs[0].shape[0], a), np.int32)
+
     return lower
 
 
@@ -116,9 +122,17 @@ def _convt(step: Step, layer: Layer, a: dict):
 
 
 LOWERINGS: dict[str, Callable] = {
-    "conv": _conv, "dwconv": _conv, "convt": _convt, "fc": _with_epilogue,
-    "add": _with_epilogue, "mul": _with_epilogue, "maxpool": _pools, "avgpool": _pools,
-    "bn": _affine(_bn_scale), "scale": _affine(_layer_scale), "crop": _crop,
+    "conv": _conv,
+    "dwconv": _conv,
+    "convt": _convt,
+    "fc": _with_epilogue,
+    "add": _with_epilogue,
+    "mul": _with_epilogue,
+    "maxpool": _pools,
+    "avgpool": _pools,
+    "bn": _affine(_bn_scale),
+    "scale": _affine(_layer_scale),
+    "crop": _crop,
     "resize": _first_input_only,
     "slice": _channels(lambda c, a: np.arange(a["start"], a["stop"])),
     "shuffle": _channels(_shuffle_index),
@@ -137,8 +151,11 @@ def lower(layer: Layer, ins: list[int], weights) -> Step | None:
         shape = layer.inputs[0].shape
         if len(shape) == 1 or shape[1:] == (1, 1):
             return None
-    raw = {} if weights is None else {
-        k: weights[f"{layer.name}.{k}"] for k in (*layer.weights, *layer.buffers)}
+    raw = (
+        {}
+        if weights is None
+        else {k: weights[f"{layer.name}.{k}"] for k in (*layer.weights, *layer.buffers)}
+    )
     step = Step(layer.op, [layer.name], list(ins), -1, raw=raw, macs=layer.macs)
     if isinstance(op, Activation) and op.code:
         step.kernel = "act"
@@ -156,8 +173,7 @@ def _pack_conv(raw, a):
     out, cg, kh, kw = w.shape
     g = a["groups"]
     packed = w.reshape(g, out // g, cg, kh, kw).transpose(0, 3, 4, 2, 1)
-    return {"w": packed.reshape(g, kh * kw * cg, out // g),
-            "b": raw.get("bias", np.zeros(out))}
+    return {"w": packed.reshape(g, kh * kw * cg, out // g), "b": raw.get("bias", np.zeros(out))}
 
 
 def _pack_dwconv(raw, a):
@@ -170,8 +186,7 @@ def _pack_convt(raw, a):
     c_in, og, kh, kw = w.shape
     g = a["groups"]
     packed = w.reshape(g, c_in // g, og, kh, kw).transpose(0, 1, 3, 4, 2)
-    return {"w": packed.reshape(g, c_in // g, kh * kw * og),
-            "b": raw.get("bias", np.zeros(og * g))}
+    return {"w": packed.reshape(g, c_in // g, kh * kw * og), "b": raw.get("bias", np.zeros(og * g))}
 
 
 def _pack_fc(raw, a):
@@ -183,7 +198,10 @@ def _pack_fc(raw, a):
 #: (kh, kw, C*m); ``convt`` (groups, C/g, kh*kw*out/g) columns (ky, kx, co); ``fc`` PyTorch's
 #: (out, in); ``prelu`` its slopes as ``w``; others keep their names.
 PACKERS: dict[str, Callable] = {
-    "conv": _pack_conv, "dwconv": _pack_dwconv, "convt": _pack_convt, "fc": _pack_fc,
+    "conv": _pack_conv,
+    "dwconv": _pack_dwconv,
+    "convt": _pack_convt,
+    "fc": _pack_fc,
     "prelu": lambda raw, a: {"w": raw["weight"]},
 }
 

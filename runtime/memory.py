@@ -31,23 +31,33 @@ def estimate(net: Network, batch: int, plan=None) -> dict:
     weights = net.weight_memory
     activations = plan.peak_floats * batch * BYTES
     edges = sum(plan.values[v].size for v in plan.inputs.values()) + sum(
-        v.size for v in (plan.values[o] for o in plan.outputs.values()))
-    total = 2 * weights + activations + plan.workspace_floats(batch) * BYTES + \
-        2 * edges * batch * BYTES
-    return {"weights": weights, "activations": activations, "total": total,
-            "naive_activations": plan.naive_floats * batch * BYTES}
+        v.size for v in (plan.values[o] for o in plan.outputs.values())
+    )
+    total = (
+        2 * weights + activations + plan.workspace_floats(batch) * BYTES + 2 * edges * batch * BYTES
+    )
+    return {
+        "weights": weights,
+        "activations": activations,
+        "total": total,
+        "naive_activations": plan.naive_floats * batch * BYTES,
+    }
 
 
 def check_fits(net: Network, batch: int, plan=None):
     need = estimate(net, batch, plan)
     have = available_bytes()
     if need["total"] > SAFETY * have:
-        raise ResourceError(error(
-            f"this run needs about {_gib(need['total'])} (weights {_gib(need['weights'])}, "
-            f"activations for batch {batch} {_gib(need['activations'])}) but only "
-            f"{_gib(have)} of memory is available",
-            hint="use a smaller --batch" if batch > 1 else "this network is too large for "
-                                                            "this machine"))
+        raise ResourceError(
+            error(
+                f"this run needs about {_gib(need['total'])} (weights {_gib(need['weights'])}, "
+                f"activations for batch {batch} {_gib(need['activations'])}) but only "
+                f"{_gib(have)} of memory is available",
+                hint="use a smaller --batch"
+                if batch > 1
+                else "this network is too large for this machine",
+            )
+        )
     return need
 
 

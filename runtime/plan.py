@@ -72,8 +72,9 @@ class Plan:
             if s.kernel == "convt":
                 x = self.values[s.inputs[0]].shape
                 a = s.attrs
-                need = max(need, batch * x[0] * x[1] * a["kh"] * a["kw"] *
-                           self.values[s.output].shape[2])
+                need = max(
+                    need, batch * x[0] * x[1] * a["kh"] * a["kw"] * self.values[s.output].shape[2]
+                )
         return need
 
 
@@ -81,8 +82,7 @@ def runtime_shape(shape: tuple) -> tuple:
     return (shape[1], shape[2], shape[0]) if len(shape) == 3 else shape
 
 
-def build_plan(net: Network, weights: dict[str, np.ndarray] | None,
-               optimize: bool = True) -> Plan:
+def build_plan(net: Network, weights: dict[str, np.ndarray] | None, optimize: bool = True) -> Plan:
     """Compile a plan. With ``weights=None`` only its structure and memory are computed
     (for estimates before any weight is allocated)."""
     values: dict[int, Value] = {}
@@ -138,8 +138,13 @@ def _fold_affine(steps, values, outputs):
     kept = []
     for step in steps:
         src = _producer(kept, step.inputs[0]) if step.kernel == "affine" else None
-        if (src is not None and src.kernel in WEIGHTED and src.attrs["act"] == 0
-                and src.residual is None and _single_use(steps, values, outputs, src.output)):
+        if (
+            src is not None
+            and src.kernel in WEIGHTED
+            and src.attrs["act"] == 0
+            and src.residual is None
+            and _single_use(steps, values, outputs, src.output)
+        ):
             src.output = step.output
             src.layers += step.layers
             if step.raw:
@@ -166,12 +171,16 @@ def _fold_residual_add(steps, values, outputs, inputs):
     kept = []
     for step in steps:
         if step.kernel == "add" and len(step.inputs) == 2 and step.attrs["act"] == 0:
-            for mine, other in ((step.inputs[0], step.inputs[1]),
-                                (step.inputs[1], step.inputs[0])):
+            for mine, other in ((step.inputs[0], step.inputs[1]), (step.inputs[1], step.inputs[0])):
                 src = _producer(kept, mine)
-                if (src is None or src.kernel not in ("conv", "dwconv", "fc")
-                        or src.attrs["act"] or src.residual is not None
-                        or not _single_use(steps, values, outputs, mine) or mine == other):
+                if (
+                    src is None
+                    or src.kernel not in ("conv", "dwconv", "fc")
+                    or src.attrs["act"]
+                    or src.residual is not None
+                    or not _single_use(steps, values, outputs, mine)
+                    or mine == other
+                ):
                     continue
                 position = kept.index(src)
                 ready = other in inputs.values() or _ready_before(kept, position, other, values)
@@ -200,9 +209,12 @@ def _fuse_activations(steps, values, outputs):
     for step in steps:
         if step.kernel == "act":
             src = _producer(kept, step.inputs[0])
-            if (src is not None and src.kernel in (*WEIGHTED, "affine", "add", "mul")
-                    and src.attrs["act"] == 0
-                    and _single_use(steps, values, outputs, step.inputs[0])):
+            if (
+                src is not None
+                and src.kernel in (*WEIGHTED, "affine", "add", "mul")
+                and src.attrs["act"] == 0
+                and _single_use(steps, values, outputs, step.inputs[0])
+            ):
                 for key in ("act", "alpha", "beta"):
                     src.attrs[key] = step.attrs[key]
                 src.output = step.output

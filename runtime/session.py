@@ -27,8 +27,15 @@ class Session:
     executors: dict = field(default_factory=dict, repr=False)  # by batch size; one kept
 
     @classmethod
-    def create(cls, network: Network, weights: dict | str | None = None, seed: int = 0,
-               device: str = "cpu", optimize: bool = True, batch: int = 1) -> Session:
+    def create(
+        cls,
+        network: Network,
+        weights: dict | str | None = None,
+        seed: int = 0,
+        device: str = "cpu",
+        optimize: bool = True,
+        batch: int = 1,
+    ) -> Session:
         memory.check_fits(network, batch)
         if weights is None:
             weights = weights_io.initialise(network, seed)
@@ -46,6 +53,7 @@ class Session:
     def _executor(self, batch: int):
         """The executor for this batch size; its buffers are checked against memory first."""
         from .executor import Executor
+
         if batch not in self.executors:
             self.executors.clear()
             memory.check_fits(self.network, batch, self.plan)
@@ -55,6 +63,7 @@ class Session:
     def bench(self, batch: int = 1, repeat: int = 10, seed: int = 0) -> dict:
         """Warm up (compiles kernels), then time whole passes and each step."""
         from .data import random_inputs
+
         memory.check_fits(self.network, batch, self.plan)  # before drawing the inputs
         inputs = random_inputs(self.network, batch, seed)
         t0 = time.perf_counter()
@@ -77,18 +86,28 @@ class Session:
         for step, times in zip(self.plan.steps, per_step):
             ms = statistics.median(times) * 1e3
             out = self.plan.values[step.output].shape
-            layers.append({
-                "layer": step.label, "op": step.kernel,
-                "shape": list(out[-1:] + out[:-1]) if len(out) == 3 else list(out),
-                "ms": ms, "share": ms / 1e3 / step_total,
-                "gflops": 2 * step.macs * batch / (ms / 1e3) / 1e9 if ms > 0 else 0.0})
-        info = {"peak_activation_bytes": self.plan.peak_floats * batch * 4,
-                "naive_activation_bytes": self.plan.naive_floats * batch * 4,
-                "median_ms": statistics.median(totals) * 1e3, "min_ms": min(totals) * 1e3,
-                "batch": batch, "device": self.device, "repeat": len(totals),
-                "warmup_s": warmup, "layers": layers,
-                "gflops": 2 * self.network.total_macs * batch /
-                          (statistics.median(totals)) / 1e9}
+            layers.append(
+                {
+                    "layer": step.label,
+                    "op": step.kernel,
+                    "shape": list(out[-1:] + out[:-1]) if len(out) == 3 else list(out),
+                    "ms": ms,
+                    "share": ms / 1e3 / step_total,
+                    "gflops": 2 * step.macs * batch / (ms / 1e3) / 1e9 if ms > 0 else 0.0,
+                }
+            )
+        info = {
+            "peak_activation_bytes": self.plan.peak_floats * batch * 4,
+            "naive_activation_bytes": self.plan.naive_floats * batch * 4,
+            "median_ms": statistics.median(totals) * 1e3,
+            "min_ms": min(totals) * 1e3,
+            "batch": batch,
+            "device": self.device,
+            "repeat": len(totals),
+            "warmup_s": warmup,
+            "layers": layers,
+            "gflops": 2 * self.network.total_macs * batch / (statistics.median(totals)) / 1e9,
+        }
         info.update(executor.backend.describe() if hasattr(executor.backend, "describe") else {})
         return info
 
@@ -97,14 +116,19 @@ def _batch_of(net: Network, inputs: dict[str, np.ndarray]) -> int:
     missing = [n for n in net.inputs if n not in inputs]
     extra = [n for n in inputs if n not in net.inputs]
     if missing or extra:
-        raise DataError(error(f"inputs do not match the network: missing {missing}, "
-                              f"unexpected {extra}"))
+        raise DataError(
+            error(f"inputs do not match the network: missing {missing}, unexpected {extra}")
+        )
     batches = set()
     for name, layer in net.inputs.items():
         x = inputs[name]
         if tuple(x.shape[1:]) != layer.shape or x.ndim != len(layer.shape) + 1:
-            raise DataError(error(f"input '{name}' has shape {tuple(x.shape)}, expected "
-                                  f"(batch, {', '.join(map(str, layer.shape))})"))
+            raise DataError(
+                error(
+                    f"input '{name}' has shape {tuple(x.shape)}, expected "
+                    f"(batch, {', '.join(map(str, layer.shape))})"
+                )
+            )
         batches.add(x.shape[0])
     if len(batches) != 1:
         raise DataError(error(f"inputs disagree on the batch size: {sorted(batches)}"))
@@ -116,7 +140,10 @@ def _checked(net: Network, weights: dict) -> dict:
     bad = [k for k, s in want.items() if k not in weights or tuple(np.shape(weights[k])) != s]
     extra = [k for k in weights if k not in want]
     if bad or extra:
-        raise DataError(error(f"weights do not match the network: wrong or missing {bad[:5]}, "
-                              f"unexpected {extra[:5]}"))
+        raise DataError(
+            error(
+                f"weights do not match the network: wrong or missing {bad[:5]}, "
+                f"unexpected {extra[:5]}"
+            )
+        )
     return {k: np.ascontiguousarray(weights[k], dtype=np.float32) for k in want}
-

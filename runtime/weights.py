@@ -56,24 +56,32 @@ def load(net: Network, path: str | Path) -> dict[str, np.ndarray]:
     except FileNotFoundError:
         raise DataError(error(f"cannot read weights '{path}': no such file")) from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(error(f"cannot read weights '{path}': not a valid .npz file ({exc})"))\
-            from None
+        raise DataError(
+            error(f"cannot read weights '{path}': not a valid .npz file ({exc})")
+        ) from None
     want = expected(net)
     problems = []
     for key, shape in want.items():
         if key not in arrays:
-            problems.append(error(f"{path}: missing key '{key}' (expected shape "
-                                  f"{_fmt(shape)})"))
+            problems.append(error(f"{path}: missing key '{key}' (expected shape {_fmt(shape)})"))
         elif tuple(arrays[key].shape) != shape:
-            problems.append(error(f"{path}: key '{key}' has shape {_fmt(arrays[key].shape)}, "
-                                  f"expected {_fmt(shape)}"))
+            problems.append(
+                error(
+                    f"{path}: key '{key}' has shape {_fmt(arrays[key].shape)}, "
+                    f"expected {_fmt(shape)}"
+                )
+            )
         elif not np.issubdtype(arrays[key].dtype, np.number):
             problems.append(error(f"{path}: key '{key}' holds {arrays[key].dtype}, not numbers"))
     for key in arrays:
         if key not in want:
-            problems.append(error(f"{path}: unexpected key '{key}'",
-                                  hint="keys are LAYER.weight, LAYER.bias, LAYER.running_mean, "
-                                       "LAYER.running_var; `cnnc check --json` lists layers"))
+            problems.append(
+                error(
+                    f"{path}: unexpected key '{key}'",
+                    hint="keys are LAYER.weight, LAYER.bias, LAYER.running_mean, "
+                    "LAYER.running_var; `cnnc check --json` lists layers",
+                )
+            )
     if problems:
         raise DataError(problems)
     return {k: np.ascontiguousarray(arrays[k], dtype=np.float32) for k in want}
@@ -81,6 +89,7 @@ def load(net: Network, path: str | Path) -> dict[str, np.ndarray]:
 
 def save(weights: dict[str, np.ndarray], path: str | Path):
     import io
+
     buffer = io.BytesIO()
     np.savez(buffer, **weights)
     write_atomically(Path(path), buffer.getvalue())

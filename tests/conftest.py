@@ -22,12 +22,14 @@ SPECS = ROOT / "specs"
 def require(module_name: str, importer=None):
     """Import a reference library; skip locally if absent, fail when CI requires it."""
     import importlib
+
     try:
         return (importer or importlib.import_module)(module_name)
     except ImportError as exc:
         if os.environ.get("CNNC_REQUIRE_REFERENCES"):
-            pytest.fail(f"reference '{module_name}' is required in CI but cannot be imported: "
-                        f"{exc}")
+            pytest.fail(
+                f"reference '{module_name}' is required in CI but cannot be imported: {exc}"
+            )
         pytest.skip(f"{module_name} not installed")
 
 
@@ -45,4 +47,5 @@ def spec_path(name: str) -> Path:
 @pytest.fixture(scope="session")
 def torchvision(torch):
     import zoo
+
     return require("torchvision", lambda name: zoo.import_torchvision())

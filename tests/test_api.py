@@ -32,9 +32,19 @@ def test_graph_nodes_carry_op_shape_costs_and_location():
     net = cnnc.load(SMALL)
     g = net.graph
     import networkx as nx
+
     assert isinstance(g, nx.DiGraph)
-    assert list(g.nodes) == ["img", "a.conv", "a.relu", "b.res/y.conv", "b.res/y.relu",
-                             "b.res/out.add", "out1.gap", "out1.flatten", "out1.fc"]
+    assert list(g.nodes) == [
+        "img",
+        "a.conv",
+        "a.relu",
+        "b.res/y.conv",
+        "b.res/y.relu",
+        "b.res/out.add",
+        "out1.gap",
+        "out1.flatten",
+        "out1.fc",
+    ]
     node = g.nodes["b.res/y.conv"]
     assert node["op"] == "conv" and node["shape"] == (8, 16, 16)
     assert node["params"] == 8 * 8 * 9 + 8 and node["macs"] == 8 * 16 * 16 * 8 * 9
@@ -79,9 +89,11 @@ def test_load_needs_a_name_when_several_networks():
 
 def test_networks_can_be_used_as_blocks_across_imports(tmp_path):
     (tmp_path / "lib.cnn").write_text(
-        "network backbone(x: 3x32x32) {\n  return x | conv(8, k=3, s=2, p=1) | relu\n}\n")
+        "network backbone(x: 3x32x32) {\n  return x | conv(8, k=3, s=2, p=1) | relu\n}\n"
+    )
     (tmp_path / "main.cnn").write_text(
-        'import "lib.cnn"\nnetwork top(x: 3x32x32) {\n  return x | backbone | gap\n}\n')
+        'import "lib.cnn"\nnetwork top(x: 3x32x32) {\n  return x | backbone | gap\n}\n'
+    )
     net = cnnc.load(tmp_path / "main.cnn")
     assert net.output_shapes == {"out": (8, 1, 1)}
     assert net.layers[0].name == "out.backbone/out.conv"

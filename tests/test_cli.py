@@ -14,8 +14,9 @@ from conftest import SPECS
 
 
 def run_cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "cnnc", *args], capture_output=True, text=True,
-                          timeout=120, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "cnnc", *args], capture_output=True, text=True, timeout=120, **kw
+    )
 
 
 def test_check_prints_table_and_totals(capsys):
@@ -50,8 +51,9 @@ def test_usage_errors_exit_2():
     assert run_cli("frobnicate").returncode == 2
 
 
-@pytest.mark.parametrize("content", [b"\xff\xfe", b"network n(x: 3x8x8) {\n return x |\n}\n",
-                                     b"network"])
+@pytest.mark.parametrize(
+    "content", [b"\xff\xfe", b"network n(x: 3x8x8) {\n return x |\n}\n", b"network"]
+)
 def test_bad_specs_never_print_a_traceback(tmp_path, content):
     path = tmp_path / "bad.cnn"
     path.write_bytes(content)
@@ -69,8 +71,10 @@ def test_missing_file_and_unknown_network(tmp_path):
 
 def test_check_does_not_import_numba_torch_or_networkx():
     spec = str(SPECS / "resnet.cnn")
-    code = (f"import sys; from cnnc.cli import main; main(['check', {spec!r}]); "
-            "print(sorted(m for m in ('numba', 'torch', 'networkx', 'numpy') if m in sys.modules))")
+    code = (
+        f"import sys; from cnnc.cli import main; main(['check', {spec!r}]); "
+        "print(sorted(m for m in ('numba', 'torch', 'networkx', 'numpy') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
@@ -78,6 +82,6 @@ def test_check_does_not_import_numba_torch_or_networkx():
 def test_several_networks_get_a_summary_row_each(capsys):
     assert main(["check", str(SPECS / "resnet.cnn")]) == 0
     out = capsys.readouterr().out
-    summary = out[re.search(r"^network +input", out, re.M).start():]
+    summary = out[re.search(r"^network +input", out, re.M).start() :]
     assert all(name in summary for name in ("resnet18", "resnet34", "resnet50", "resnet152"))
     assert "25,557,032" in summary

@@ -36,27 +36,30 @@ def test_depthwise_separable_cost():
     assert separable.total_macs == 53_952
 
 
-@pytest.mark.parametrize("stage, shape", [
-    ("conv(8, k=3)", (8, 5, 5)),                 # N=7, F=3, S=1: 5
-    ("conv(8, k=3, s=2)", (8, 3, 3)),            # S=2: 3
-    ("conv(8, k=3, s=3)", (8, 2, 2)),            # S=3: floor(2.33) + ... = 2
-    ("conv(8, k=3, p=same)", (8, 7, 7)),
-    ("conv(8, k=3, p=valid)", (8, 5, 5)),
-    ("conv(8, k=3, d=2)", (8, 3, 3)),            # dilated extent 5
-    ("conv(8, k=(1, 3), p=(0, 1))", (8, 7, 7)),
-    ("conv(8, k=3, s=(1, 2))", (8, 5, 3)),
-    ("conv(8, k=3, s=2, p=same)", (8, 4, 4)),    # same with stride: ceil(7/2)
-    ("maxpool(k=2)", (3, 3, 3)),
-    ("maxpool(k=2, ceil=true)", (3, 4, 4)),
-    ("maxpool(k=3, s=2, p=1)", (3, 4, 4)),
-    ("avgpool(k=3, s=1, p=same)", (3, 7, 7)),
-    ("convt(4, k=3, s=2)", (4, 15, 15)),
-    ("convt(4, k=3, s=2, p=1, op=1)", (4, 14, 14)),
-    ("upsample(3)", (3, 21, 21)),
-    ("upsample((2, 1), mode=bilinear)", (3, 14, 7)),
-    ("gap", (3, 1, 1)),
-    ("flatten", (147,)),
-])
+@pytest.mark.parametrize(
+    "stage, shape",
+    [
+        ("conv(8, k=3)", (8, 5, 5)),  # N=7, F=3, S=1: 5
+        ("conv(8, k=3, s=2)", (8, 3, 3)),  # S=2: 3
+        ("conv(8, k=3, s=3)", (8, 2, 2)),  # S=3: floor(2.33) + ... = 2
+        ("conv(8, k=3, p=same)", (8, 7, 7)),
+        ("conv(8, k=3, p=valid)", (8, 5, 5)),
+        ("conv(8, k=3, d=2)", (8, 3, 3)),  # dilated extent 5
+        ("conv(8, k=(1, 3), p=(0, 1))", (8, 7, 7)),
+        ("conv(8, k=3, s=(1, 2))", (8, 5, 3)),
+        ("conv(8, k=3, s=2, p=same)", (8, 4, 4)),  # same with stride: ceil(7/2)
+        ("maxpool(k=2)", (3, 3, 3)),
+        ("maxpool(k=2, ceil=true)", (3, 4, 4)),
+        ("maxpool(k=3, s=2, p=1)", (3, 4, 4)),
+        ("avgpool(k=3, s=1, p=same)", (3, 7, 7)),
+        ("convt(4, k=3, s=2)", (4, 15, 15)),
+        ("convt(4, k=3, s=2, p=1, op=1)", (4, 14, 14)),
+        ("upsample(3)", (3, 21, 21)),
+        ("upsample((2, 1), mode=bilinear)", (3, 14, 7)),
+        ("gap", (3, 1, 1)),
+        ("flatten", (147,)),
+    ],
+)
 def test_output_shape_rules(stage, shape):
     assert shape_of(stage, "x: 3x7x7") == shape
 
@@ -108,8 +111,11 @@ def test_receptive_field_5x5_from_two_3x3():
 
 
 def test_receptive_field_takes_largest_path_through_add_and_concat():
-    net = one("a = x | conv(4, k=3, p=same)\nb = x | conv(4, k=7, p=same)\n"
-              "return add(a, b), concat(a, b)", "x: 1x16x16")
+    net = one(
+        "a = x | conv(4, k=3, p=same)\nb = x | conv(4, k=7, p=same)\n"
+        "return add(a, b), concat(a, b)",
+        "x: 1x16x16",
+    )
     assert net.outputs["out1"].rf.size == (7, 7)
     assert net.outputs["out2"].rf.size == (7, 7)
 
@@ -133,10 +139,16 @@ def test_stable_layer_names():
 
 
 def test_block_layers_are_prefixed_by_their_instance():
-    net = cnnc.load("block cr(x, c) { return x | conv(c, k=1) | relu }\n"
-                    "network n(x: 3x8x8) {\n  y = x | cr(4) * 2\n  return y\n}\n")
+    net = cnnc.load(
+        "block cr(x, c) { return x | conv(c, k=1) | relu }\n"
+        "network n(x: 3x8x8) {\n  y = x | cr(4) * 2\n  return y\n}\n"
+    )
     assert [layer.name for layer in net.layers] == [
-        "y.cr1/out.conv", "y.cr1/out.relu", "y.cr2/out.conv", "y.cr2/out.relu"]
+        "y.cr1/out.conv",
+        "y.cr1/out.relu",
+        "y.cr2/out.conv",
+        "y.cr2/out.relu",
+    ]
     assert [i.name for i in net.layers[2].block_path] == ["y.cr2"]
 
 

@@ -20,14 +20,31 @@ def test_cuda_kernels_match_cpu_under_the_simulator():
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", CNNC_CUDA_TILE="4")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(HERE / "cuda_sim")],
-        env=env, capture_output=True, text=True, timeout=1500)
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     tail = result.stdout[-6000:] + result.stderr[-3000:]
     assert result.returncode == 0, tail
     assert " passed" in result.stdout and "skipped" not in result.stdout.splitlines()[-1], tail
 
 
-ARRAYS = {"x", "w", "bias", "res", "out", "cols", "scale", "shift", "a", "b", "gate", "slope",
-          "weight"}
+ARRAYS = {
+    "x",
+    "w",
+    "bias",
+    "res",
+    "out",
+    "cols",
+    "scale",
+    "shift",
+    "a",
+    "b",
+    "gate",
+    "slope",
+    "weight",
+}
 FLOAT32 = {"alpha", "beta", "sy", "sx"}
 FLAGS = {"has_res", "has_bias", "bilinear", "count_pad", "is_max", "shared"}
 
@@ -35,14 +52,18 @@ FLAGS = {"has_res", "has_bias", "bilinear", "count_pad", "is_max", "shared"}
 def _signature(kernel_name, fn):
     """Argument types as the launchers pass them, from the argument names."""
     from numba import types
-    special = {"stats": types.Array(types.float64, 1, "C"),
-               "index": types.Array(types.int32, 1, "C"), "eps": types.float64}
+
+    special = {
+        "stats": types.Array(types.float64, 1, "C"),
+        "index": types.Array(types.int32, 1, "C"),
+        "eps": types.float64,
+    }
     if kernel_name == "lrn":
         special["k"] = types.float32
     if kernel_name == "gemm":
         special["c"] = types.Array(types.float32, 1, "C")
     sig = []
-    for name in fn.__code__.co_varnames[:fn.__code__.co_argcount]:
+    for name in fn.__code__.co_varnames[: fn.__code__.co_argcount]:
         if name in special:
             sig.append(special[name])
         elif name in ARRAYS:
@@ -61,8 +82,9 @@ def _kernels():
     found = []
     for module in ("conv", "pool", "elementwise", "norm", "layout"):
         source = (HERE.parent / "runtime" / "backends" / "cuda" / f"{module}.py").read_text()
-        found += [f"{module}.{name}" for name in re.findall(r"^@cuda\.jit\ndef (\w+)", source,
-                                                             re.M)]
+        found += [
+            f"{module}.{name}" for name in re.findall(r"^@cuda\.jit\ndef (\w+)", source, re.M)
+        ]
     return found
 
 
@@ -76,11 +98,11 @@ def test_kernel_compiles_for_a_real_gpu(name):
         pytest.skip("compile_ptx needs the real CUDA target")
     cuda = require("numba.cuda")
     import importlib
+
     module, function = name.split(".")
     kernel = getattr(importlib.import_module(f"cnnc.runtime.backends.cuda.{module}"), function)
     try:
-        ptx, _ = cuda.compile_ptx(kernel.py_func, _signature(function, kernel.py_func),
-                                  cc=(9, 0))
+        ptx, _ = cuda.compile_ptx(kernel.py_func, _signature(function, kernel.py_func), cc=(9, 0))
     except Exception as exc:  # NVVM missing is an install problem, not a kernel problem
         if "NVVM" in str(exc) or "libnvvm" in str(exc):
             if os.environ.get("CNNC_REQUIRE_REFERENCES"):
@@ -93,7 +115,7 @@ def test_kernel_compiles_for_a_real_gpu(name):
 @pytest.mark.parametrize("kernel", ["conv", "gemm"])
 def test_gemm_kernels_use_shared_memory_tiles(kernel):
     source = (HERE.parent / "runtime" / "backends" / "cuda" / "conv.py").read_text()
-    body = source[source.index(f"def {kernel}("):]
-    body = body[:body.index("\n@cuda.jit")]
+    body = source[source.index(f"def {kernel}(") :]
+    body = body[: body.index("\n@cuda.jit")]
     assert "cuda.shared.array" in body and "cuda.local.array" in body
     assert "_multiply_tiles(a_tile, b_tile, acc" in body

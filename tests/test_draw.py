@@ -17,6 +17,7 @@ SVG = "{http://www.w3.org/2000/svg}"
 def require_dot():
     if shutil.which("dot") is None:
         import os
+
         if os.environ.get("CNNC_REQUIRE_REFERENCES"):
             pytest.fail("Graphviz 'dot' is required in CI")
         pytest.skip("Graphviz not installed")
@@ -58,8 +59,10 @@ def test_block_instances_are_nested_clusters(tmp_path):
 
 
 def test_nested_blocks_nest_clusters():
-    text = ("block inner(x) { return x | relu }\nblock outer(x) { return x | inner | inner }\n"
-            "network n(x: 3x8x8) {\n  return x | outer\n}\n")
+    text = (
+        "block inner(x) { return x | relu }\nblock outer(x) { return x | inner | inner }\n"
+        "network n(x: 3x8x8) {\n  return x | outer\n}\n"
+    )
     dot = cnnc.draw(cnnc.load(text)).source
     outer_at = dot.index("outer()")
     assert dot.count("subgraph cluster_") == 3
@@ -70,18 +73,34 @@ def test_collapse_draws_each_top_level_instance_as_one_node(tmp_path):
     require_dot()
     net = cnnc.load(SPECS / "resnet.cnn", network="resnet50")
     out = tmp_path / "r50.svg"
-    assert main(["draw", str(SPECS / "resnet.cnn"), "--network", "resnet50", "--collapse",
-                 "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "draw",
+                str(SPECS / "resnet.cnn"),
+                "--network",
+                "resnet50",
+                "--collapse",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     top = {layer.block_path[0].name for layer in net.layers if layer.block_path}
     loose = [layer for layer in net.layers if not layer.block_path]
     nodes = svg_groups(out, "node")
     assert len(nodes) == len(top) + len(loose) + 1 + 1 + 1
     assert not svg_groups(out, "cluster")
-    assert any("bottleneck_down(c=128, s=2, g=1, wpg=64, d=1)" in texts(n) and "MACs" in texts(n) for n in nodes)
+    assert any(
+        "bottleneck_down(c=128, s=2, g=1, wpg=64, d=1)" in texts(n) and "MACs" in texts(n)
+        for n in nodes
+    )
 
 
-@pytest.mark.parametrize("suffix, magic", [(".png", b"\x89PNG"), (".pdf", b"%PDF"),
-                                           (".svg", b"<?xml")])
+@pytest.mark.parametrize(
+    "suffix, magic", [(".png", b"\x89PNG"), (".pdf", b"%PDF"), (".svg", b"<?xml")]
+)
 def test_formats_follow_the_suffix(tmp_path, suffix, magic):
     require_dot()
     out = tmp_path / f"unet{suffix}"
@@ -110,6 +129,7 @@ def test_unknown_suffix_is_a_usage_error(tmp_path, capsys):
 
 def test_api_returns_graphviz_object():
     import graphviz
+
     g = cnnc.draw(cnnc.load(SPECS / "lenet5.cnn"), rankdir="LR")
     assert isinstance(g, graphviz.Digraph) and "rankdir=LR" in g.source
 

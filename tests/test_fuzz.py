@@ -10,10 +10,54 @@ from hypothesis import strategies as st
 import cnnc
 
 SEEDS = [p.read_text() for p in sorted((Path(__file__).parent.parent / "specs").glob("*.cnn"))]
-TOKENS = ["x", "y", "|", "(", ")", ",", "=", ":", "*", "//", "+", "-", "3", "64", "0", "-1",
-          "3x32x32", "k=3", "s=2", "p=same", "conv", "fc", "relu", "concat", "add", "crop",
-          "maxpool", "convt", "upsample", "flatten", "block", "network", "return", "import",
-          "\n", " ", "{", "}", "#", '"', "1e9", "99999999999", "true", "(3, 3)", "b", "*1000"]
+TOKENS = [
+    "x",
+    "y",
+    "|",
+    "(",
+    ")",
+    ",",
+    "=",
+    ":",
+    "*",
+    "//",
+    "+",
+    "-",
+    "3",
+    "64",
+    "0",
+    "-1",
+    "3x32x32",
+    "k=3",
+    "s=2",
+    "p=same",
+    "conv",
+    "fc",
+    "relu",
+    "concat",
+    "add",
+    "crop",
+    "maxpool",
+    "convt",
+    "upsample",
+    "flatten",
+    "block",
+    "network",
+    "return",
+    "import",
+    "\n",
+    " ",
+    "{",
+    "}",
+    "#",
+    '"',
+    "1e9",
+    "99999999999",
+    "true",
+    "(3, 3)",
+    "b",
+    "*1000",
+]
 
 
 def check_cleanly(text: str):
@@ -68,11 +112,55 @@ def test_random_text(text):
 
 
 @FUZZ
-@given(st.sampled_from(["conv", "maxpool", "avgpool", "convt", "dwconv", "upsample", "fc", "bn",
-                        "lrn", "dropout", "leaky_relu", "crop", "concat", "add", "softmax"]),
-       st.lists(st.sampled_from(["-3", "0", "1", "2", "5", "2.5", "true", "same", "valid",
-                                 "(0, 2)", "(1, 1, 1)", "bilinear", "x", "k=3", "s=0", "p=9",
-                                 "d=2", "g=4", "op=1", "ceil=true", "scale=3"]), max_size=5),
-       st.sampled_from(["4x9x7", "1x1x1", "12", "8x2x2"]))
+@given(
+    st.sampled_from(
+        [
+            "conv",
+            "maxpool",
+            "avgpool",
+            "convt",
+            "dwconv",
+            "upsample",
+            "fc",
+            "bn",
+            "lrn",
+            "dropout",
+            "leaky_relu",
+            "crop",
+            "concat",
+            "add",
+            "softmax",
+        ]
+    ),
+    st.lists(
+        st.sampled_from(
+            [
+                "-3",
+                "0",
+                "1",
+                "2",
+                "5",
+                "2.5",
+                "true",
+                "same",
+                "valid",
+                "(0, 2)",
+                "(1, 1, 1)",
+                "bilinear",
+                "x",
+                "k=3",
+                "s=0",
+                "p=9",
+                "d=2",
+                "g=4",
+                "op=1",
+                "ceil=true",
+                "scale=3",
+            ]
+        ),
+        max_size=5,
+    ),
+    st.sampled_from(["4x9x7", "1x1x1", "12", "8x2x2"]),
+)
 def test_random_op_arguments(op, args, shape):
     check_cleanly(f"network n(x: {shape}) {{\n  return x | {op}({', '.join(args)})\n}}\n")

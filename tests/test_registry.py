@@ -31,6 +31,7 @@ def kernels_of(name: str) -> set[str]:
 @pytest.mark.parametrize("name", OP_NAMES)
 def test_op_has_a_cpu_kernel(name):
     from cnnc.runtime.backends.cpu import KERNELS
+
     assert kernels_of(name) <= set(KERNELS), f"{name}: no CPU kernel"
 
 
@@ -38,6 +39,7 @@ def test_op_has_a_cpu_kernel(name):
 def test_op_has_a_cuda_kernel(name):
     require("numba.cuda")
     from cnnc.runtime.backends.cuda import KERNELS
+
     assert kernels_of(name) <= set(KERNELS), f"{name}: no CUDA kernel"
 
 
@@ -57,5 +59,6 @@ def test_activation_codes_are_unique_and_nonzero():
 def test_kernel_tables_hold_no_stale_names():
     """Every registered CPU kernel is reachable from some op (no dead kernels)."""
     from cnnc.runtime.backends.cpu import KERNELS
+
     used = set().union(*(kernels_of(name) for name in OP_NAMES))
     assert set(KERNELS) <= used, set(KERNELS) - used

@@ -26,6 +26,7 @@ def test_run_is_deterministic_and_saves_outputs_and_weights(tmp_path, capsys):
     assert np.load(a).shape == (3, 10)
     np.testing.assert_array_equal(np.load(a), np.load(b))
     from cnnc.runtime.weights import expected
+
     assert set(np.load(w).files) == set(expected(cnnc.load(LENET)))
 
 
@@ -41,6 +42,7 @@ def test_input_file_and_npz_outputs(tmp_path, capsys):
 
 def test_image_input(tmp_path, capsys):
     from PIL import Image
+
     Image.fromarray(np.arange(32 * 32, dtype=np.uint8).reshape(32, 32)).save(tmp_path / "d.png")
     assert main(["run", LENET, "--input", str(tmp_path / "d.png")]) == 0
     Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "small.png")
@@ -86,6 +88,7 @@ def test_failed_run_keeps_existing_output(tmp_path, capsys):
 
 def test_run_refuses_what_cannot_fit(capsys, monkeypatch):
     from cnnc.runtime import memory
+
     monkeypatch.setattr(memory, "available_bytes", lambda: 64 * 2**20)
     assert main(["run", str(SPECS / "vgg.cnn"), "--network", "vgg_d"]) == 1
     err = capsys.readouterr().err

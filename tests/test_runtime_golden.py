@@ -34,22 +34,31 @@ def test_strided_filtering_7x7():
 
 
 def test_sharpen_kernel_on_5x5_image():
-    image = np.array([[-5, 3, 2, -5, 3], [4, 3, 2, 1, -3], [1, 0, 3, 3, 5], [-2, 0, 1, 4, 4],
-                      [5, 6, 7, 9, -1]], np.float32)
+    image = np.array(
+        [[-5, 3, 2, -5, 3], [4, 3, 2, 1, -3], [1, 0, 3, 3, 5], [-2, 0, 1, 4, 4], [5, 6, 7, 9, -1]],
+        np.float32,
+    )
     sharpen = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float32)
     spec = "network s(x: 1x5x5) {\n  return x | conv(1, k=3, bias=false)\n}\n"
     out = run1(spec, image, {"out.conv.weight": sharpen[None, None]})
-    assert out[0, 0] == 6     # 5*3 - 3 - 2 - 0 - 4, as on the slide
-    assert out[1, 0] == -7    # 5*0 - 3 - 1 - 3 - 0
-    assert out[2, 1] == -9    # 5*1 - 3 - 0 - 4 - 7
-    expected = [[sum(image[i + a, j + b] * sharpen[a, b] for a in range(3) for b in range(3))
-                 for j in range(3)] for i in range(3)]
+    assert out[0, 0] == 6  # 5*3 - 3 - 2 - 0 - 4, as on the slide
+    assert out[1, 0] == -7  # 5*0 - 3 - 1 - 3 - 0
+    assert out[2, 1] == -9  # 5*1 - 3 - 0 - 4 - 7
+    expected = [
+        [
+            sum(image[i + a, j + b] * sharpen[a, b] for a in range(3) for b in range(3))
+            for j in range(3)
+        ]
+        for i in range(3)
+    ]
     np.testing.assert_allclose(out, expected)
 
 
 def test_1x1_convolution_that_doubles():
-    image = np.array([[-5, 3, 2, -5, 3], [4, 3, 2, 1, -3], [1, 0, 3, 3, 5], [-2, 0, 1, 4, 4],
-                      [5, 6, 7, 9, -1]], np.float32)
+    image = np.array(
+        [[-5, 3, 2, -5, 3], [4, 3, 2, 1, -3], [1, 0, 3, 3, 5], [-2, 0, 1, 4, 4], [5, 6, 7, 9, -1]],
+        np.float32,
+    )
     spec = "network d(x: 1x5x5) {\n  return x | conv(1, k=1, bias=false)\n}\n"
     out = run1(spec, image, {"out.conv.weight": np.full((1, 1, 1, 1), 2, np.float32)})
     assert out.tolist() == (2 * image).tolist()
@@ -74,5 +83,10 @@ def test_transposed_conv_3x3_to_5x5():
     image = np.array([[4, 2, 4], [6, 4, 6], [2, 12, 2]], np.float32)
     spec = "network t(x: 1x3x3) {\n  return x | convt(1, k=3, s=2, p=1, bias=false)\n}\n"
     out = run1(spec, image, {"out.convt.weight": BILINEAR[None, None]})
-    assert out.tolist() == [[4, 3, 2, 3, 4], [5, 4, 3, 4, 5], [6, 5, 4, 5, 6], [4, 6, 8, 6, 4],
-                            [2, 7, 12, 7, 2]]
+    assert out.tolist() == [
+        [4, 3, 2, 3, 4],
+        [5, 4, 3, 4, 5],
+        [6, 5, 4, 5, 6],
+        [4, 6, 8, 6, 4],
+        [2, 7, 12, 7, 2],
+    ]

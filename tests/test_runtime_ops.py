@@ -25,15 +25,22 @@ def compare(torch, spec: str, batch: int = 2, seed: int = 0, spread: float = 1.0
     net = result.networks[0]
     weights = torch_reference.random_weights(net, seed)
     rng = np.random.default_rng(seed)
-    inputs = {n: (spread * rng.standard_normal((batch, *layer.shape))).astype(np.float32)
-              for n, layer in net.inputs.items()}
+    inputs = {
+        n: (spread * rng.standard_normal((batch, *layer.shape))).astype(np.float32)
+        for n, layer in net.inputs.items()
+    }
     want = torch_reference.forward(torch, net, weights, inputs)
     for optimize in (True, False):
         got = cnnc.run(net, inputs, weights, optimize=optimize)
         for name in want:
             assert got[name].shape == want[name].shape, name
-            np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=ATOL,
-                                       err_msg=f"{name} optimize={optimize}\n{spec}")
+            np.testing.assert_allclose(
+                got[name],
+                want[name],
+                rtol=RTOL,
+                atol=ATOL,
+                err_msg=f"{name} optimize={optimize}\n{spec}",
+            )
     return True
 
 
@@ -46,56 +53,124 @@ pairs = st.one_of(st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1,
 
 
 @CASES
-@given(st.integers(1, 4), sizes, sizes, st.integers(1, 3), st.integers(1, 3), st.integers(1, 2),
-       st.integers(0, 2), st.integers(1, 2), st.sampled_from([1, 2]), st.booleans(),
-       st.sampled_from(["", " | relu", " | leaky_relu(0.2)", " | bn | relu6", " | sigmoid",
-                        " | tanh"]), st.integers(1, 3))
+@given(
+    st.integers(1, 4),
+    sizes,
+    sizes,
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(1, 2),
+    st.integers(0, 2),
+    st.integers(1, 2),
+    st.sampled_from([1, 2]),
+    st.booleans(),
+    st.sampled_from(
+        ["", " | relu", " | leaky_relu(0.2)", " | bn | relu6", " | sigmoid", " | tanh"]
+    ),
+    st.integers(1, 3),
+)
 def test_conv(torch, cg, h, w, kh, kw, s, p, d, g, bias, tail, batch):
-    spec = net(f"conv({2 * g}, k=({kh}, {kw}), s={s}, p={p}, d={d}, g={g}, "
-               f"bias={'true' if bias else 'false'}){tail}", f"{cg * g}x{h}x{w}")
+    spec = net(
+        f"conv({2 * g}, k=({kh}, {kw}), s={s}, p={p}, d={d}, g={g}, "
+        f"bias={'true' if bias else 'false'}){tail}",
+        f"{cg * g}x{h}x{w}",
+    )
     compare(torch, spec, batch)
 
 
 @CASES
-@given(st.sampled_from([1, 3]), st.integers(1, 2), st.integers(0, 1), st.integers(1, 2),
-       st.integers(1, 2), sizes, sizes)
+@given(
+    st.sampled_from([1, 3]),
+    st.integers(1, 2),
+    st.integers(0, 1),
+    st.integers(1, 2),
+    st.integers(1, 2),
+    sizes,
+    sizes,
+)
 def test_depthwise(torch, k, s, p, d, m, h, w):
-    assume(compare(torch, net(f"dwconv(k={k}, s={s}, p={p}, d={d}, m={m}) | bn | relu",
-                              f"3x{h}x{w}")))
+    assume(
+        compare(torch, net(f"dwconv(k={k}, s={s}, p={p}, d={d}, m={m}) | bn | relu", f"3x{h}x{w}"))
+    )
 
 
 def test_conv_same_padding_and_large_tiles(torch):
-    assert compare(torch, net("conv(32, k=3, p=same) | relu | conv(16, k=5, d=2, p=same)",
-                              "16x23x19"), batch=3)
+    assert compare(
+        torch, net("conv(32, k=3, p=same) | relu | conv(16, k=5, d=2, p=same)", "16x23x19"), batch=3
+    )
     assert compare(torch, net("conv(64, k=3, s=2, p=1)", "64x28x28"), batch=1)
     assert compare(torch, net("conv(24, k=1) | conv(24, k=1, s=2)", "40x15x15"), batch=2)
 
 
 @CASES
-@given(st.integers(1, 3), sizes, sizes, st.integers(1, 3), st.integers(1, 3), st.integers(0, 2),
-       st.integers(0, 1), st.integers(1, 2), st.sampled_from([1, 2]))
+@given(
+    st.integers(1, 3),
+    sizes,
+    sizes,
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(0, 2),
+    st.integers(0, 1),
+    st.integers(1, 2),
+    st.sampled_from([1, 2]),
+)
 def test_convt(torch, c, h, w, k, s, p, op, d, g):
     op = min(op, max(s, d) - 1)
-    compare(torch, net(f"convt({2 * g}, k={k}, s={s}, p={p}, op={op}, d={d}, g={g}) | bn",
-                       f"{c * g}x{h}x{w}"))
+    compare(
+        torch,
+        net(f"convt({2 * g}, k={k}, s={s}, p={p}, op={op}, d={d}, g={g}) | bn", f"{c * g}x{h}x{w}"),
+    )
 
 
 @CASES
-@given(st.sampled_from(["maxpool", "avgpool"]), sizes, sizes, pairs, pairs, st.integers(0, 1),
-       st.booleans(), st.booleans(), st.integers(1, 2))
+@given(
+    st.sampled_from(["maxpool", "avgpool"]),
+    sizes,
+    sizes,
+    pairs,
+    pairs,
+    st.integers(0, 1),
+    st.booleans(),
+    st.booleans(),
+    st.integers(1, 2),
+)
 def test_pooling(torch, op, h, w, k, s, p, ceil, count_pad, d):
     extra = f"d={d}" if op == "maxpool" else f"count_pad={'true' if count_pad else 'false'}"
-    compare(torch, net(f"{op}(k={k}, s={s}, p={p}, ceil={'true' if ceil else 'false'}, {extra})",
-                       f"3x{h}x{w}"))
+    compare(
+        torch,
+        net(
+            f"{op}(k={k}, s={s}, p={p}, ceil={'true' if ceil else 'false'}, {extra})", f"3x{h}x{w}"
+        ),
+    )
 
 
-@pytest.mark.parametrize("stage", ["gap", "gmp", "softmax", "lrn", "lrn(size=3, k=2)",
-                                   "upsample(2)", "upsample(3, mode=bilinear)",
-                                   "upsample((2, 3), mode=bilinear)", "upsample((1, 2))",
-                                   "bn", "bn | relu", "relu6", "leaky_relu(0.3)", "sigmoid",
-                                   "tanh", "identity", "dropout", "flatten", "flatten | fc(7)",
-                                   "flatten | fc(5) | bn | relu", "flatten | softmax",
-                                   "gap | flatten | fc(3, bias=false)"])
+@pytest.mark.parametrize(
+    "stage",
+    [
+        "gap",
+        "gmp",
+        "softmax",
+        "lrn",
+        "lrn(size=3, k=2)",
+        "upsample(2)",
+        "upsample(3, mode=bilinear)",
+        "upsample((2, 3), mode=bilinear)",
+        "upsample((1, 2))",
+        "bn",
+        "bn | relu",
+        "relu6",
+        "leaky_relu(0.3)",
+        "sigmoid",
+        "tanh",
+        "identity",
+        "dropout",
+        "flatten",
+        "flatten | fc(7)",
+        "flatten | fc(5) | bn | relu",
+        "flatten | softmax",
+        "gap | flatten | fc(3, bias=false)",
+    ],
+)
 def test_single_ops(torch, stage):
     assert compare(torch, net(stage, "6x5x7"), batch=2)
 
@@ -132,6 +207,7 @@ network t(x: 3x8x8) {
 def test_plan_folds_and_fuses_and_reuses_buffers():
     from cnnc.runtime.plan import build_plan
     from cnnc.runtime.weights import initialise
+
     net = cnnc.load(torch_reference_path("resnet.cnn"), network="resnet18")
     plan = build_plan(net, initialise(net))
     kernels = [s.kernel for s in plan.steps]
@@ -143,6 +219,7 @@ def test_plan_folds_and_fuses_and_reuses_buffers():
 
 def torch_reference_path(name):
     from conftest import SPECS
+
     return SPECS / name
 
 
@@ -153,35 +230,56 @@ def test_every_registered_op(torch, name):
     assert compare(torch, net(op.example or name, op.example_input), batch=2, spread=3.0)
 
 
-@pytest.mark.parametrize("name", sorted(n for n, op in OPS.items()
-                                        if isinstance(op, Activation) and op.code))
-@pytest.mark.parametrize("producer", ["conv(5, k=3, p=1)", "conv(5, k=3, p=1) | bn",
-                                      "dwconv(k=3, p=1)", "gap | flatten | fc(5)"])
+@pytest.mark.parametrize(
+    "name", sorted(n for n, op in OPS.items() if isinstance(op, Activation) and op.code)
+)
+@pytest.mark.parametrize(
+    "producer",
+    ["conv(5, k=3, p=1)", "conv(5, k=3, p=1) | bn", "dwconv(k=3, p=1)", "gap | flatten | fc(5)"],
+)
 def test_activations_fused_into_epilogues(torch, name, producer):
     op = OPS[name]
     assert compare(torch, net(f"{producer} | {op.example or name}", "6x5x7"), spread=3.0)
 
 
 @CASES
-@given(st.integers(1, 6), st.integers(1, 6), st.integers(1, 13), st.integers(1, 13),
-       st.sampled_from(["bilinear", "nearest"]), st.integers(1, 4))
+@given(
+    st.integers(1, 6),
+    st.integers(1, 6),
+    st.integers(1, 13),
+    st.integers(1, 13),
+    st.sampled_from(["bilinear", "nearest"]),
+    st.integers(1, 4),
+)
 def test_resize(torch, h, w, ho, wo, mode, c):
     assert compare(torch, net(f"resize(size=({ho}, {wo}), mode={mode})", f"{c}x{h}x{w}"))
 
 
 @CASES
-@given(st.integers(2, 7), st.integers(2, 7), st.tuples(*[st.integers(0, 3)] * 4),
-       st.sampled_from(["zeros", "reflect", "replicate"]))
+@given(
+    st.integers(2, 7),
+    st.integers(2, 7),
+    st.tuples(*[st.integers(0, 3)] * 4),
+    st.sampled_from(["zeros", "reflect", "replicate"]),
+)
 def test_pad(torch, h, w, p, mode):
     compare(torch, net(f"pad({p}, mode={mode})", f"3x{h}x{w}"))
 
 
 @CASES
-@given(st.integers(1, 4), st.integers(1, 4), st.integers(1, 9), st.integers(1, 9),
-       st.integers(1, 4), st.integers(1, 4))
+@given(
+    st.integers(1, 4),
+    st.integers(1, 4),
+    st.integers(1, 9),
+    st.integers(1, 9),
+    st.integers(1, 4),
+    st.integers(1, 4),
+)
 def test_adaptive_avgpool_and_groupnorm(torch, g, cg, h, w, oh, ow):
-    assert compare(torch, net(f"groupnorm({g}) | adaptive_avgpool(({oh}, {ow})) | layernorm",
-                              f"{g * cg}x{h}x{w}"))
+    assert compare(
+        torch,
+        net(f"groupnorm({g}) | adaptive_avgpool(({oh}, {ow})) | layernorm", f"{g * cg}x{h}x{w}"),
+    )
 
 
 @CASES

@@ -26,29 +26,61 @@ def run_conv(x, wt, bias, res, stride, pad, dil, groups, act, rows, blocks, thre
     og = c_out // groups
     ho = (h + 2 * pad - dil * (kh - 1) - 1) // stride + 1
     wo = (w + 2 * pad - dil * (kw - 1) - 1) // stride + 1
-    wmat = np.stack([wt[g * og:(g + 1) * og].transpose(2, 3, 1, 0).reshape(kh * kw * cg, og)
-                     for g in range(groups)])
+    wmat = np.stack(
+        [
+            wt[g * og : (g + 1) * og].transpose(2, 3, 1, 0).reshape(kh * kw * cg, og)
+            for g in range(groups)
+        ]
+    )
     out = np.full((n, ho, wo, c_out), np.nan, np.float32)
-    res_nhwc = (np.ascontiguousarray(res.transpose(0, 2, 3, 1)) if res is not None
-                else np.empty((0, 0, 0, 0), np.float32))
+    res_nhwc = (
+        np.ascontiguousarray(res.transpose(0, 2, 3, 1))
+        if res is not None
+        else np.empty((0, 0, 0, 0), np.float32)
+    )
     x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    floats = tiling.conv_scratch_floats(rows, blocks, x_nhwc.shape, out.shape, kh, kw, stride,
-                                     stride, pad, pad, dil, dil, groups)
+    floats = tiling.conv_scratch_floats(
+        rows, blocks, x_nhwc.shape, out.shape, kh, kw, stride, stride, pad, pad, dil, dil, groups
+    )
     scratch = np.full((threads, floats + 1), np.nan, np.float32)
-    cpu.conv(x_nhwc, np.ascontiguousarray(wmat), bias, res_nhwc, out, scratch, kh, kw, stride,
-             stride, pad, pad, dil, dil, groups, OPS[act].code if act in OPS else 0,
-             np.float32(0.1), np.float32(0.0), rows, blocks)
+    cpu.conv(
+        x_nhwc,
+        np.ascontiguousarray(wmat),
+        bias,
+        res_nhwc,
+        out,
+        scratch,
+        kh,
+        kw,
+        stride,
+        stride,
+        pad,
+        pad,
+        dil,
+        dil,
+        groups,
+        OPS[act].code if act in OPS else 0,
+        np.float32(0.1),
+        np.float32(0.0),
+        rows,
+        blocks,
+    )
     return out.transpose(0, 3, 1, 2)
 
 
 def reference(torch, x, wt, bias, res, stride, pad, dil, groups, act):
     f = torch.nn.functional
-    y = f.conv2d(torch.from_numpy(x), torch.from_numpy(wt), torch.from_numpy(bias), stride,
-                 pad, dil, groups)
+    y = f.conv2d(
+        torch.from_numpy(x), torch.from_numpy(wt), torch.from_numpy(bias), stride, pad, dil, groups
+    )
     if res is not None:
         y = y + torch.from_numpy(res)
-    y = {"none": y, "relu": f.relu(y), "leaky_relu": f.leaky_relu(y, 0.1),
-         "sigmoid": torch.sigmoid(y)}[act]
+    y = {
+        "none": y,
+        "relu": f.relu(y),
+        "leaky_relu": f.leaky_relu(y, 0.1),
+        "sigmoid": torch.sigmoid(y),
+    }[act]
     return y.numpy()
 
 
@@ -70,14 +102,17 @@ def test_conv_matches_torch_under_any_tiling(torch, data):
     rows, blocks = draw(st.integers(1, ho)), draw(st.integers(1, 4))
     threads = draw(st.integers(1, 3))
     act = draw(st.sampled_from(ACTS))
-    rng = np.random.default_rng(draw(st.integers(0, 2 ** 16)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
     x = rng.standard_normal((batch, cg * groups, h, w)).astype(np.float32)
     scale = float(np.sqrt(cg * kh * kw))
     wt = rng.standard_normal((og * groups, cg, kh, kw)).astype(np.float32) / scale
     bias = rng.standard_normal(og * groups).astype(np.float32)
     wo = (w + 2 * pad - dil * (kw - 1) - 1) // stride + 1
-    res = (rng.standard_normal((batch, og * groups, ho, wo)).astype(np.float32)
-           if draw(st.booleans()) else None)
+    res = (
+        rng.standard_normal((batch, og * groups, ho, wo)).astype(np.float32)
+        if draw(st.booleans())
+        else None
+    )
     got = run_conv(x, wt, bias, res, stride, pad, dil, groups, act, rows, blocks, threads)
     want = reference(torch, x, wt, bias, res, stride, pad, dil, groups, act)
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)

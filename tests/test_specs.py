@@ -27,10 +27,15 @@ PUBLISHED = {
 }
 
 # torchvision publishes GFLOPS (really GMACs) rounded to two decimals.
-TORCHVISION_GMACS = {("googlenet.cnn", "googlenet"): 1.50, ("resnet.cnn", "resnet18"): 1.81,
-                     ("resnet.cnn", "resnet34"): 3.66, ("resnet.cnn", "resnet50"): 4.09,
-                     ("resnet.cnn", "resnet152"): 11.51, ("vgg.cnn", "vgg_d"): 15.47,
-                     ("alexnet.cnn", "alexnet"): 0.71}
+TORCHVISION_GMACS = {
+    ("googlenet.cnn", "googlenet"): 1.50,
+    ("resnet.cnn", "resnet18"): 1.81,
+    ("resnet.cnn", "resnet34"): 3.66,
+    ("resnet.cnn", "resnet50"): 4.09,
+    ("resnet.cnn", "resnet152"): 11.51,
+    ("vgg.cnn", "vgg_d"): 15.47,
+    ("alexnet.cnn", "alexnet"): 0.71,
+}
 
 
 @pytest.mark.parametrize("path", ALL_SPECS, ids=lambda p: p.name)
@@ -60,18 +65,27 @@ def test_torchvision_gflops_column(key):
 def test_vgg_table_2_in_millions():
     """The slide's Table 2: A 133, A-LRN 133, B 133, C 134, D 138, E 144."""
     nets = {n.name: n for n in cnnc.load_all(SPECS / "vgg.cnn")}
-    millions = [round(nets[n].total_params / 1e6) for n in
-                ("vgg_a", "vgg_a_lrn", "vgg_b", "vgg_c", "vgg_d", "vgg_e")]
+    millions = [
+        round(nets[n].total_params / 1e6)
+        for n in ("vgg_a", "vgg_a_lrn", "vgg_b", "vgg_c", "vgg_d", "vgg_e")
+    ]
     assert millions == [133, 133, 133, 134, 138, 144]
 
 
 def test_vgg_check_summary_prints_the_slide_table(capsys):
     from cnnc.cli import main
+
     assert main(["check", str(SPECS / "vgg.cnn")]) == 0
     out = capsys.readouterr().out
-    summary = out[out.rindex("network    input"):]
-    for name, m in [("vgg_a ", 133), ("vgg_a_lrn", 133), ("vgg_b", 133), ("vgg_c", 134),
-                    ("vgg_d", 138), ("vgg_e", 144)]:
+    summary = out[out.rindex("network    input") :]
+    for name, m in [
+        ("vgg_a ", 133),
+        ("vgg_a_lrn", 133),
+        ("vgg_b", 133),
+        ("vgg_c", 134),
+        ("vgg_d", 138),
+        ("vgg_e", 144),
+    ]:
         row = next(line for line in summary.splitlines() if line.startswith(name))
         assert f" {m} " in row
 
@@ -92,8 +106,9 @@ def test_alexnet_paper_shapes():
 def test_googlenet_paper_parameters():
     """Table 1 of the paper lists about 6.8M weights (biases excluded)."""
     net = cnnc.load(SPECS / "googlenet.cnn", network="googlenet_paper")
-    weights = sum(prod(layer.weights["weight"]) for layer in net.layers
-                  if layer.op in ("conv", "fc"))
+    weights = sum(
+        prod(layer.weights["weight"]) for layer in net.layers if layer.op in ("conv", "fc")
+    )
     assert 6.7e6 < weights < 7.0e6
     assert net.output_shapes["out"] == (1000,)
 
@@ -117,8 +132,9 @@ def test_multiscale_segmentation_concatenates_five_scales():
 
 def test_srcnn_weights_without_biases_is_8032():
     net = cnnc.load(SPECS / "superres.cnn", network="srcnn")
-    assert net.total_params - sum(layer.weights.get("bias", (0,))[0]
-                                  for layer in net.layers) == 8032
+    assert (
+        net.total_params - sum(layer.weights.get("bias", (0,))[0] for layer in net.layers) == 8032
+    )
 
 
 def test_vdsr_is_twenty_conv_layers_with_residual():

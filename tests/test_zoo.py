@@ -19,10 +19,26 @@ TABLE = json.loads(zoo.COSTS.read_text())
 NAMES = [name for _, name, _ in zoo.ZOO]
 
 #: One network per family, cheap enough for CI.
-FAMILIES = ["alexnet", "googlenet", "inception_v3", "squeezenet1_1", "vgg11_bn", "resnet18",
-            "resnext50_32x4d", "densenet121", "mobilenet_v2", "mobilenet_v3_small",
-            "mnasnet0_5", "shufflenet_v2_x0_5", "efficientnet_b0", "efficientnet_v2_s",
-            "regnet_x_400mf", "regnet_y_400mf", "convnext_tiny", "lraspp_mobilenet_v3_large"]
+FAMILIES = [
+    "alexnet",
+    "googlenet",
+    "inception_v3",
+    "squeezenet1_1",
+    "vgg11_bn",
+    "resnet18",
+    "resnext50_32x4d",
+    "densenet121",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mnasnet0_5",
+    "shufflenet_v2_x0_5",
+    "efficientnet_b0",
+    "efficientnet_v2_s",
+    "regnet_x_400mf",
+    "regnet_y_400mf",
+    "convnext_tiny",
+    "lraspp_mobilenet_v3_large",
+]
 RTOL = 1e-4
 
 

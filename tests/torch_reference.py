@@ -13,14 +13,15 @@ import numpy as np
 def _crop(x, ref):
     (h, wd), (hr, wr) = x.shape[2:], ref.shape[2:]
     oy, ox = (h - hr) // 2, (wd - wr) // 2
-    return x[:, :, oy:oy + hr, ox:ox + wr]
+    return x[:, :, oy : oy + hr, ox : ox + wr]
 
 
 def _resize(F, xs, a):
     size = tuple(xs[1].shape[2:]) if len(xs) == 2 else a["size"]
     bilinear = a["mode"] == "bilinear"
-    return F.interpolate(xs[0], size=size, mode=a["mode"], align_corners=False if bilinear
-                         else None)
+    return F.interpolate(
+        xs[0], size=size, mode=a["mode"], align_corners=False if bilinear else None
+    )
 
 
 def _layernorm(F, x, a, w):
@@ -49,39 +50,49 @@ def _mul(xs):
 
 
 REFERENCE = {
-    "conv": lambda F, xs, a, w: F.conv2d(xs[0], w("weight"), w("bias"), a["s"], a["p"], a["d"],
-                                         a["g"]),
-    "dwconv": lambda F, xs, a, w: F.conv2d(xs[0], w("weight"), w("bias"), a["s"], a["p"],
-                                           a["d"], a["g"]),
-    "convt": lambda F, xs, a, w: F.conv_transpose2d(xs[0], w("weight"), w("bias"), a["s"],
-                                                    a["p"], a["op"], a["g"], a["d"]),
+    "conv": lambda F, xs, a, w: F.conv2d(
+        xs[0], w("weight"), w("bias"), a["s"], a["p"], a["d"], a["g"]
+    ),
+    "dwconv": lambda F, xs, a, w: F.conv2d(
+        xs[0], w("weight"), w("bias"), a["s"], a["p"], a["d"], a["g"]
+    ),
+    "convt": lambda F, xs, a, w: F.conv_transpose2d(
+        xs[0], w("weight"), w("bias"), a["s"], a["p"], a["op"], a["g"], a["d"]
+    ),
     "fc": lambda F, xs, a, w: F.linear(xs[0], w("weight"), w("bias")),
-    "maxpool": lambda F, xs, a, w: F.max_pool2d(xs[0], a["k"], a["s"], a["p"], a["d"],
-                                                ceil_mode=a["ceil"]),
-    "avgpool": lambda F, xs, a, w: F.avg_pool2d(xs[0], a["k"], a["s"], a["p"],
-                                                ceil_mode=a["ceil"],
-                                                count_include_pad=a["count_pad"]),
+    "maxpool": lambda F, xs, a, w: F.max_pool2d(
+        xs[0], a["k"], a["s"], a["p"], a["d"], ceil_mode=a["ceil"]
+    ),
+    "avgpool": lambda F, xs, a, w: F.avg_pool2d(
+        xs[0], a["k"], a["s"], a["p"], ceil_mode=a["ceil"], count_include_pad=a["count_pad"]
+    ),
     "gap": lambda F, xs, a, w: xs[0].mean((2, 3), keepdim=True),
     "gmp": lambda F, xs, a, w: xs[0].amax((2, 3), keepdim=True),
     "adaptive_avgpool": lambda F, xs, a, w: F.adaptive_avg_pool2d(xs[0], a["size"]),
     "flatten": lambda F, xs, a, w: xs[0].flatten(1),
-    "bn": lambda F, xs, a, w: F.batch_norm(xs[0], w("running_mean"), w("running_var"),
-                                           w("weight"), w("bias"), False, 0.0, a["eps"]),
+    "bn": lambda F, xs, a, w: F.batch_norm(
+        xs[0], w("running_mean"), w("running_var"), w("weight"), w("bias"), False, 0.0, a["eps"]
+    ),
     "layernorm": lambda F, xs, a, w: _layernorm(F, xs[0], a, w),
-    "groupnorm": lambda F, xs, a, w: F.group_norm(xs[0], a["groups"], w("weight"), w("bias"),
-                                                  a["eps"]),
+    "groupnorm": lambda F, xs, a, w: F.group_norm(
+        xs[0], a["groups"], w("weight"), w("bias"), a["eps"]
+    ),
     "scale": lambda F, xs, a, w: xs[0] * w("weight"),
-    "lrn": lambda F, xs, a, w: F.local_response_norm(xs[0], a["size"], a["alpha"], a["beta"],
-                                                     a["k"]),
+    "lrn": lambda F, xs, a, w: F.local_response_norm(
+        xs[0], a["size"], a["alpha"], a["beta"], a["k"]
+    ),
     "upsample": lambda F, xs, a, w: F.interpolate(
-        xs[0], scale_factor=a["scale"], mode=a["mode"],
-        align_corners=False if a["mode"] == "bilinear" else None),
+        xs[0],
+        scale_factor=a["scale"],
+        mode=a["mode"],
+        align_corners=False if a["mode"] == "bilinear" else None,
+    ),
     "resize": lambda F, xs, a, w: _resize(F, xs, a),
     "concat": lambda F, xs, a, w: F.torch.cat(xs, 1),
     "add": lambda F, xs, a, w: sum(xs[1:], xs[0]),
     "mul": lambda F, xs, a, w: _mul(xs),
     "crop": lambda F, xs, a, w: _crop(xs[0], xs[1]),
-    "slice": lambda F, xs, a, w: xs[0][:, a["start"]:a["stop"]],
+    "slice": lambda F, xs, a, w: xs[0][:, a["start"] : a["stop"]],
     "shuffle": lambda F, xs, a, w: _shuffle(xs[0], a["g"]),
     "pad": lambda F, xs, a, w: _pad(F, xs[0], a),
     "softmax": lambda F, xs, a, w: F.softmax(xs[0], 1),
@@ -111,9 +122,11 @@ def forward(torch, net, weights: dict, inputs: dict) -> dict:
     values = {name: torch.from_numpy(np.ascontiguousarray(x)) for name, x in inputs.items()}
     with torch.no_grad():
         for layer in net.layers:
+
             def w(key, layer=layer):
                 full = f"{layer.name}.{key}"
                 return torch.from_numpy(weights[full]) if full in weights else None
+
             xs = [values[i.name] for i in layer.inputs]
             values[layer.name] = REFERENCE[layer.op](F, xs, layer.args, w)
         return {name: values[layer.name].numpy() for name, layer in net.outputs.items()}
@@ -122,6 +135,7 @@ def forward(torch, net, weights: dict, inputs: dict) -> dict:
 def random_weights(net, seed: int = 0) -> dict:
     """Weights with non-trivial biases, norms and statistics, so fusions are exercised."""
     from cnnc.runtime.weights import initialise
+
     rng = np.random.default_rng(seed)
     weights = initialise(net, seed)
     for key, value in weights.items():

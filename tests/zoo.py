@@ -17,8 +17,19 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 COSTS = HERE / "data" / "torchvision_costs.json"
 
-_EFFICIENTNET_SIZE = {"b0": 224, "b1": 240, "b2": 260, "b3": 300, "b4": 380, "b5": 456,
-                      "b6": 528, "b7": 600, "v2_s": 384, "v2_m": 480, "v2_l": 480}
+_EFFICIENTNET_SIZE = {
+    "b0": 224,
+    "b1": 240,
+    "b2": 260,
+    "b3": 300,
+    "b4": 380,
+    "b5": 456,
+    "b6": 528,
+    "b7": 600,
+    "v2_s": 384,
+    "v2_m": 480,
+    "v2_l": 480,
+}
 _REGNETS = ["400mf", "800mf", "1_6gf", "3_2gf", "8gf", "16gf", "32gf"]
 
 #: (spec file, torchvision function name = network name, input H=W), one per model.
@@ -30,9 +41,16 @@ ZOO = [
     ("squeezenet.cnn", "squeezenet1_1", 224),
     *[("vgg.cnn", f"vgg{d}{bn}", 224) for d in (11, 13, 16, 19) for bn in ("", "_bn")],
     *[("resnet.cnn", f"resnet{d}", 224) for d in (18, 34, 50, 101, 152)],
-    *[("resnet.cnn", n, 224) for n in ("resnext50_32x4d", "resnext101_32x8d",
-                                        "resnext101_64x4d", "wide_resnet50_2",
-                                        "wide_resnet101_2")],
+    *[
+        ("resnet.cnn", n, 224)
+        for n in (
+            "resnext50_32x4d",
+            "resnext101_32x8d",
+            "resnext101_64x4d",
+            "wide_resnet50_2",
+            "wide_resnet101_2",
+        )
+    ],
     *[("densenet.cnn", f"densenet{d}", 224) for d in (121, 161, 169, 201)],
     ("mobilenet.cnn", "mobilenet_v2", 224),
     ("mobilenet.cnn", "mobilenet_v3_small", 224),
@@ -135,9 +153,14 @@ def state_in_forward_order(model, x) -> list[tuple[str, np.ndarray]]:
 
     owner_of, keys_of = {}, {}
     for mname, module in model.named_modules():
-        own = [(n, t) for n, t in (*module.named_parameters(recurse=False),
-                                    *module.named_buffers(recurse=False))
-               if not n.endswith("num_batches_tracked")]
+        own = [
+            (n, t)
+            for n, t in (
+                *module.named_parameters(recurse=False),
+                *module.named_buffers(recurse=False),
+            )
+            if not n.endswith("num_batches_tracked")
+        ]
         order = list(module.state_dict(keep_vars=True).keys())
         own.sort(key=lambda item: order.index(item[0]) if item[0] in order else len(order))
         keys_of[mname] = [(f"{mname}.{n}" if mname else n, t) for n, t in own]
@@ -148,7 +171,7 @@ def state_in_forward_order(model, x) -> list[tuple[str, np.ndarray]]:
     class Recorder(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             for value in (*args, *(kwargs or {}).values()):
-                for t in (value if isinstance(value, (list, tuple)) else (value,)):
+                for t in value if isinstance(value, (list, tuple)) else (value,):
                     owner = owner_of.get(id(t))
                     if owner is not None and owner not in seen:
                         seen.append(owner)
@@ -169,14 +192,17 @@ def map_weights(net, model, size: int) -> dict[str, np.ndarray]:
     theirs = state_in_forward_order(model, torch.zeros(1, 3, size, size))
     ours = list(expected(net).items())
     if len(theirs) != len(ours):
-        raise ValueError(f"{net.name}: torchvision has {len(theirs)} tensors, the spec "
-                         f"{len(ours)}")
+        raise ValueError(f"{net.name}: torchvision has {len(theirs)} tensors, the spec {len(ours)}")
     weights = {}
     for (key, shape), (tkey, tensor) in zip(ours, theirs):
-        if tensor.size != int(np.prod(shape)) or tensor.squeeze().shape != np.empty(
-                shape).squeeze().shape:
-            raise ValueError(f"{net.name}: {key} {shape} does not match torchvision's {tkey} "
-                             f"{tuple(tensor.shape)}")
+        if (
+            tensor.size != int(np.prod(shape))
+            or tensor.squeeze().shape != np.empty(shape).squeeze().shape
+        ):
+            raise ValueError(
+                f"{net.name}: {key} {shape} does not match torchvision's {tkey} "
+                f"{tuple(tensor.shape)}"
+            )
         weights[key] = np.ascontiguousarray(tensor.reshape(shape), np.float32)
     return weights
 
@@ -191,8 +217,9 @@ def randomise(model, seed: int = 0):
         for name, t in (*model.named_parameters(), *model.named_buffers()):
             if name.endswith("num_batches_tracked"):
                 continue
-            if name.endswith("running_var") or (t.squeeze().dim() <= 1 and "weight" in name
-                                                and "fc" not in name):
+            if name.endswith("running_var") or (
+                t.squeeze().dim() <= 1 and "weight" in name and "fc" not in name
+            ):
                 t.copy_(torch.rand(t.shape, generator=g) + 0.5)
             elif t.squeeze().dim() <= 1:
                 t.copy_(0.1 * torch.randn(t.shape, generator=g))
@@ -239,8 +266,10 @@ def check(names):
         want = table[name]
         costs = (net.total_params, net.total_macs)
         ok = costs == (want["params"], want["macs"])
-        print(f"{name}: params {costs[0]:,} (torchvision {want['params']:,}), MACs "
-              f"{costs[1]:,} (torchvision {want['macs']:,}) {'OK' if ok else 'MISMATCH'}")
+        print(
+            f"{name}: params {costs[0]:,} (torchvision {want['params']:,}), MACs "
+            f"{costs[1]:,} (torchvision {want['macs']:,}) {'OK' if ok else 'MISMATCH'}"
+        )
         net, weights, x, y = reference_outputs(name)
         out = torch_reference.forward(torch, net, weights, {next(iter(net.inputs)): x})
         err = relative_error(next(iter(out.values())), y)

@@ -60,6 +60,7 @@ def _fmt_pair(p) -> str:
 
 # ---- argument kinds: each checks and normalises one value ----------------------------------
 
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -131,6 +132,7 @@ def _words(*allowed):
         if v not in allowed:
             raise ArgError(f"'{name}' must be {' or '.join(allowed)}, got {_show(v)}", name)
         return v
+
     return kind
 
 
@@ -142,16 +144,27 @@ def _kind_padding(name, v):
     if isinstance(v, tuple) and len(v) == 2:
         v = (v[0], v[0], v[1], v[1])
     if not (isinstance(v, tuple) and len(v) == 4 and all(_is_int(x) and x >= 0 for x in v)):
-        raise ArgError(f"'{name}' must be a non-negative integer, (h, w) or "
-                       f"(top, bottom, left, right), got {_show(v)}", name)
+        raise ArgError(
+            f"'{name}' must be a non-negative integer, (h, w) or "
+            f"(top, bottom, left, right), got {_show(v)}",
+            name,
+        )
     return v
 
 
 KINDS = {
-    "count": _kind_count, "pair": _kind_pair, "pad": _kind_pad, "nonneg_pair": _kind_nonneg_pair,
-    "number": _kind_number, "bool": _kind_bool, "mode": _kind_mode,
-    "optional_number": _kind_optional_number, "nonneg_int": _kind_nonneg_int, "approx": _words("none", "tanh"),
-    "pad_mode": _words("zeros", "reflect", "replicate"), "padding": _kind_padding,
+    "count": _kind_count,
+    "pair": _kind_pair,
+    "pad": _kind_pad,
+    "nonneg_pair": _kind_nonneg_pair,
+    "number": _kind_number,
+    "bool": _kind_bool,
+    "mode": _kind_mode,
+    "optional_number": _kind_optional_number,
+    "nonneg_int": _kind_nonneg_int,
+    "approx": _words("none", "tanh"),
+    "pad_mode": _words("zeros", "reflect", "replicate"),
+    "padding": _kind_padding,
 }
 
 
@@ -173,6 +186,7 @@ class Arg:
 
 
 # ---- receptive field ----------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class RF:
@@ -198,11 +212,14 @@ class RF:
     @staticmethod
     def merge(rfs) -> RF:
         """The largest field over all paths (concat, add)."""
-        return RF(tuple(max(r.size[i] for r in rfs) for i in (0, 1)),
-                  tuple(max(r.jump[i] for r in rfs) for i in (0, 1)))
+        return RF(
+            tuple(max(r.size[i] for r in rfs) for i in (0, 1)),
+            tuple(max(r.jump[i] for r in rfs) for i in (0, 1)),
+        )
 
 
 # ---- ops ----------------------------------------------------------------------------------
+
 
 class Op:
     """Base: a shape-preserving op of one tensor, no weights, no MACs."""
@@ -258,9 +275,9 @@ class Op:
                 if self.ranks == (3,):
                     raise ShapeError(
                         f"{self.name} needs a CxHxW input, got a vector of {s[0]}",
-                        "this op works on feature maps; vectors come after 'flatten'")
+                        "this op works on feature maps; vectors come after 'flatten'",
+                    )
                 raise ShapeError(f"{self.name} got an input of shape {fmt_shape(s)}")
-
 
 
 class Windowed(Op):
@@ -278,8 +295,10 @@ class Windowed(Op):
                 if dd * (kk - 1) % 2:
                     raise ArgError(
                         f"p=same needs d*(k-1) to be even, but the kernel {kk} (dilation {dd}) "
-                        f"would need {dd * (kk - 1)}/2 pixels of padding on each side", "p",
-                        "use an odd kernel size or give the padding explicitly")
+                        f"would need {dd * (kk - 1)}/2 pixels of padding on each side",
+                        "p",
+                        "use an odd kernel size or give the padding explicitly",
+                    )
                 pads.append(dd * (kk - 1) // 2)
             return tuple(pads)
         return p
@@ -299,15 +318,16 @@ class Windowed(Op):
                     + (f" (dilated to {extent})" if dd > 1 else "")
                     + f" does not fit the input {fmt_shape(shape)} padded by {pp}: "
                     f"{size} + 2*{pp} < {extent}",
-                    "pad the input, use a smaller kernel, or pool less before this layer")
+                    "pad the input, use a smaller kernel, or pool less before this layer",
+                )
             if strict and span % ss:
                 raise ShapeError(
                     f"stride {ss} does not tile the input: ({size} + 2*{pp} - {extent})/{ss} + 1"
                     f" = {span / ss + 1:g} is not a whole number (--strict)",
-                    "change padding or stride so that (N + 2P - F) is a multiple of S")
+                    "change padding or stride so that (N + 2P - F) is a multiple of S",
+                )
             sizes.append(out)
         return tuple(sizes)
-
 
 
 def _pad_word(a):
@@ -325,23 +345,29 @@ def _window_label(a) -> str:
     return text
 
 
-
-def match_arguments(what: str, names: list[str], positional: list, keywords: dict,
-                    noun: str = "argument") -> dict:
+def match_arguments(
+    what: str, names: list[str], positional: list, keywords: dict, noun: str = "argument"
+) -> dict:
     """Pair call arguments with parameter names (positional first, then keywords); raise
     :class:`ArgError` naming the offending keyword, with a "did you mean" where one fits."""
     if len(positional) > len(names):
         raise ArgError(
             f"{what} takes at most {len(names)} {noun}{'s' if len(names) != 1 else ''} "
-            f"({', '.join(names) or 'none'}), got {len(positional)}")
+            f"({', '.join(names) or 'none'}), got {len(positional)}"
+        )
     values = dict(zip(names, positional))
     for key, value in keywords.items():
         if key not in names:
             from difflib import get_close_matches
+
             close = get_close_matches(key, names, n=1)
-            raise ArgError(f"{what} has no {noun} '{key}'", key,
-                           f"did you mean '{close[0]}'?" if close else
-                           f"{what} takes: {', '.join(names) or f'no {noun}s'}")
+            raise ArgError(
+                f"{what} has no {noun} '{key}'",
+                key,
+                f"did you mean '{close[0]}'?"
+                if close
+                else f"{what} takes: {', '.join(names) or f'no {noun}s'}",
+            )
         if key in values:
             raise ArgError(f"{what} got '{key}' twice", key)
         values[key] = value
@@ -356,15 +382,20 @@ def bind_args(op: Op, positional: list, keywords: dict) -> dict:
         if spec.name in values:
             bound[spec.name] = KINDS[spec.kind](spec.name, values[spec.name])
         elif spec.default is REQUIRED:
-            raise ArgError(f"{op.name} is missing its required argument '{spec.name}'", None,
-                           f"e.g. {_example(op)}")
+            raise ArgError(
+                f"{op.name} is missing its required argument '{spec.name}'",
+                None,
+                f"e.g. {_example(op)}",
+            )
         else:
             d = spec.default
-            bound[spec.name] = _pair(d) if spec.kind in ("pair", "pad", "nonneg_pair") and \
-                isinstance(d, int) else d
+            bound[spec.name] = (
+                _pair(d)
+                if spec.kind in ("pair", "pad", "nonneg_pair") and isinstance(d, int)
+                else d
+            )
     return bound
 
 
 def _example(op: Op) -> str:
     return op.example or op.name
-

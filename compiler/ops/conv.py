@@ -20,8 +20,15 @@ class Conv(Windowed):
     name = "conv"
     family = "conv"
     example = "conv(64, k=3)"
-    args = (Arg("out", "count"), Arg("k", "pair"), Arg("s", "pair", 1), Arg("p", "pad", 0),
-            Arg("d", "pair", 1), Arg("g", "count", 1), Arg("bias", "bool", True))
+    args = (
+        Arg("out", "count"),
+        Arg("k", "pair"),
+        Arg("s", "pair", 1),
+        Arg("p", "pad", 0),
+        Arg("d", "pair", 1),
+        Arg("g", "count", 1),
+        Arg("bias", "bool", True),
+    )
 
     def resolve(self, shapes, a):
         return dict(a, p=self._padding(a, a["k"], a["d"]), pad_word=_pad_word(a))
@@ -34,11 +41,13 @@ class Conv(Windowed):
         c = shapes[0][0]
         out, g = self._channels(shapes[0], a), a["g"]
         if c % g:
-            raise ArgError(f"groups must divide the input channels, but {g} does not divide {c}",
-                           "g")
+            raise ArgError(
+                f"groups must divide the input channels, but {g} does not divide {c}", "g"
+            )
         if out % g:
             raise ArgError(
-                f"groups must divide the output channels, but {g} does not divide {out}", "g")
+                f"groups must divide the output channels, but {g} does not divide {out}", "g"
+            )
         hw = self._out_size(shapes[0], a["k"], a["s"], a["p"], a["d"], False, strict)
         return (out, *hw)
 
@@ -66,8 +75,14 @@ class Conv(Windowed):
 class DwConv(Conv):
     name = "dwconv"
     example = "dwconv(k=3)"
-    args = (Arg("k", "pair"), Arg("s", "pair", 1), Arg("p", "pad", 0), Arg("d", "pair", 1),
-            Arg("m", "count", 1), Arg("bias", "bool", True))
+    args = (
+        Arg("k", "pair"),
+        Arg("s", "pair", 1),
+        Arg("p", "pad", 0),
+        Arg("d", "pair", 1),
+        Arg("m", "count", 1),
+        Arg("bias", "bool", True),
+    )
 
     def resolve(self, shapes, a):
         c = shapes[0][0] if len(shapes[0]) == 3 else 1
@@ -82,9 +97,16 @@ class ConvT(Windowed):
     name = "convt"
     example = "convt(64, k=2, s=2)"
     family = "resample"
-    args = (Arg("out", "count"), Arg("k", "pair"), Arg("s", "pair", 1), Arg("p", "nonneg_pair", 0),
-            Arg("op", "nonneg_pair", 0), Arg("d", "pair", 1), Arg("g", "count", 1),
-            Arg("bias", "bool", True))
+    args = (
+        Arg("out", "count"),
+        Arg("k", "pair"),
+        Arg("s", "pair", 1),
+        Arg("p", "nonneg_pair", 0),
+        Arg("op", "nonneg_pair", 0),
+        Arg("d", "pair", 1),
+        Arg("g", "count", 1),
+        Arg("bias", "bool", True),
+    )
 
     def check(self, shapes, a, strict=False):
         self._check_rank(shapes)
@@ -94,19 +116,24 @@ class ConvT(Windowed):
             bad = c if c % g else a["out"]
             side = "input" if c % g else "output"
             raise ArgError(
-                f"groups must divide the {side} channels, but {g} does not divide {bad}", "g")
+                f"groups must divide the {side} channels, but {g} does not divide {bad}", "g"
+            )
         for o, s, d in zip(a["op"], a["s"], a["d"]):
             if o >= s and o >= d:
                 raise ArgError(
                     f"output padding {o} must be smaller than the stride ({s}) or the dilation "
-                    f"({d})", "op")
+                    f"({d})",
+                    "op",
+                )
         sizes = []
         for n, k, s, p, o, d in zip((h, w), a["k"], a["s"], a["p"], a["op"], a["d"]):
             size = (n - 1) * s - 2 * p + d * (k - 1) + o + 1
             if size < 1:
                 raise ShapeError(
                     f"convt output would be {size} pixels: ({n}-1)*{s} - 2*{p} + {d}*({k}-1) + "
-                    f"{o} + 1 < 1", "use less padding")
+                    f"{o} + 1 < 1",
+                    "use less padding",
+                )
             sizes.append(size)
         return (a["out"], *sizes)
 
@@ -128,7 +155,6 @@ class ConvT(Windowed):
         return f"convt {_window_label(a)}, {a['out']}"
 
 
-
 @register
 class Fc(Op):
     name = "fc"
@@ -139,8 +165,10 @@ class Fc(Op):
 
     def check(self, shapes, a, strict=False):
         if len(shapes[0]) != 1:
-            raise ShapeError(f"fc needs a vector input, got {fmt_shape(shapes[0])}",
-                             "insert `flatten` before `fc` (or `gap` to pool each channel)")
+            raise ShapeError(
+                f"fc needs a vector input, got {fmt_shape(shapes[0])}",
+                "insert `flatten` before `fc` (or `gap` to pool each channel)",
+            )
         return (a["out"],)
 
     def weights(self, shapes, a):
@@ -159,5 +187,3 @@ class Fc(Op):
 
     def label(self, a):
         return f"fc {a['out']}"
-
-

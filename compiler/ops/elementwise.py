@@ -44,8 +44,15 @@ class LeakyRelu(Activation):
         return f"leaky_relu {a['a']:g}"
 
 
-for _code, _name in ((4, "sigmoid"), (5, "tanh"), (6, "silu"), (7, "hardswish"),
-                     (8, "hardsigmoid"), (12, "softplus"), (13, "mish")):
+for _code, _name in (
+    (4, "sigmoid"),
+    (5, "tanh"),
+    (6, "silu"),
+    (7, "hardswish"),
+    (8, "hardsigmoid"),
+    (12, "softplus"),
+    (13, "mish"),
+):
     _activation(_name, _code)
 
 

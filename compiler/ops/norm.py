@@ -51,8 +51,9 @@ class GroupNorm(_Normalisation):
         self._check_rank(shapes)
         c = shapes[0][0]
         if c % a["groups"]:
-            raise ArgError(f"groups must divide the channels, but {a['groups']} does not divide "
-                           f"{c}", "groups")
+            raise ArgError(
+                f"groups must divide the channels, but {a['groups']} does not divide {c}", "groups"
+            )
         return shapes[0]
 
     def label(self, a):
@@ -82,11 +83,13 @@ class Lrn(Op):
     name = "lrn"
     family = "norm"
     ranks = (3,)
-    args = (Arg("size", "count", 5), Arg("alpha", "number", 1e-4), Arg("beta", "number", 0.75),
-            Arg("k", "number", 1.0))
+    args = (
+        Arg("size", "count", 5),
+        Arg("alpha", "number", 1e-4),
+        Arg("beta", "number", 0.75),
+        Arg("k", "number", 1.0),
+    )
     example = "lrn(size=3, k=2)"
 
     def label(self, a):
         return f"lrn {a['size']}"
-
-

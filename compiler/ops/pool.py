@@ -10,8 +10,13 @@ class MaxPool(Windowed):
     name = "maxpool"
     example = "maxpool(k=2)"
     family = "pool"
-    args = (Arg("k", "pair"), Arg("s", "pair", None), Arg("p", "pad", 0), Arg("d", "pair", 1),
-            Arg("ceil", "bool", False))
+    args = (
+        Arg("k", "pair"),
+        Arg("s", "pair", None),
+        Arg("p", "pad", 0),
+        Arg("d", "pair", 1),
+        Arg("ceil", "bool", False),
+    )
 
     def resolve(self, shapes, a):
         a = dict(a, s=a["s"] or a["k"], d=a.get("d", (1, 1)), pad_word=_pad_word(a))
@@ -21,10 +26,13 @@ class MaxPool(Windowed):
         self._check_rank(shapes)
         for k, p in zip(a["k"], a["p"]):
             if p > k // 2:  # PyTorch's rule, so that no window lies entirely in the padding
-                raise ArgError(f"padding {p} is more than half the kernel size {k}", "p",
-                               f"use p <= {k // 2}")
-        return (shapes[0][0], *self._out_size(shapes[0], a["k"], a["s"], a["p"], a["d"],
-                                              a["ceil"], strict))
+                raise ArgError(
+                    f"padding {p} is more than half the kernel size {k}", "p", f"use p <= {k // 2}"
+                )
+        return (
+            shapes[0][0],
+            *self._out_size(shapes[0], a["k"], a["s"], a["p"], a["d"], a["ceil"], strict),
+        )
 
     def rf(self, rfs, shapes, a):
         extent = tuple(d * (k - 1) + 1 for k, d in zip(a["k"], a["d"]))
@@ -38,8 +46,13 @@ class MaxPool(Windowed):
 class AvgPool(MaxPool):
     name = "avgpool"
     example = "avgpool(k=2)"
-    args = (Arg("k", "pair"), Arg("s", "pair", None), Arg("p", "pad", 0),
-            Arg("ceil", "bool", False), Arg("count_pad", "bool", True))
+    args = (
+        Arg("k", "pair"),
+        Arg("s", "pair", None),
+        Arg("p", "pad", 0),
+        Arg("ceil", "bool", False),
+        Arg("count_pad", "bool", True),
+    )
 
 
 class GlobalPool(Op):
@@ -63,8 +76,6 @@ class Gap(GlobalPool):
 @register
 class Gmp(GlobalPool):
     name = "gmp"
-
-
 
 
 @register

@@ -29,8 +29,9 @@ class Upsample(Op):
         return rfs[0].upsampled(reach, a["scale"])
 
     def label(self, a):
-        return f"upsample x{_fmt_pair(a['scale'])}" + (" bilinear" if a["mode"] == "bilinear"
-                                                        else "")
+        return f"upsample x{_fmt_pair(a['scale'])}" + (
+            " bilinear" if a["mode"] == "bilinear" else ""
+        )
 
 
 @register
@@ -49,8 +50,11 @@ class Resize(Op):
         if len(shapes) == 2 and a["size"] is not None:
             raise ArgError("resize takes a reference tensor or size=(h, w), not both", "size")
         if len(shapes) == 1 and a["size"] is None:
-            raise ArgError("resize needs a reference tensor or size=(h, w)", None,
-                           "e.g. resize(x, ref) or resize(size=(56, 56))")
+            raise ArgError(
+                "resize needs a reference tensor or size=(h, w)",
+                None,
+                "e.g. resize(x, ref) or resize(size=(56, 56))",
+            )
         h, w = shapes[1][1:] if len(shapes) == 2 else a["size"]
         return (shapes[0][0], h, w)
 
@@ -60,8 +64,10 @@ class Resize(Op):
         _, h, w = shapes[0]
         out = shapes[1][1:] if len(shapes) == 2 else a["size"]
         bilinear = a["mode"] == "bilinear"
-        size = tuple(int(r + (j if bilinear and n > 1 else 0))
-                     for r, j, n in zip(rfs[0].size, rfs[0].jump, (h, w)))
+        size = tuple(
+            int(r + (j if bilinear and n > 1 else 0))
+            for r, j, n in zip(rfs[0].size, rfs[0].jump, (h, w))
+        )
         return RF(size, tuple(j * Fraction(n, o) for j, n, o in zip(rfs[0].jump, (h, w), out)))
 
     def label(self, a):

@@ -34,8 +34,10 @@ class Crop(Op):
         self._check_rank(shapes)
         (c, h, w), (_, hr, wr) = shapes
         if hr > h or wr > w:
-            raise ShapeError(f"crop cannot enlarge: {fmt_shape(shapes[0])} cropped to "
-                             f"{hr}x{wr}", "swap the arguments: crop(larger, reference)")
+            raise ShapeError(
+                f"crop cannot enlarge: {fmt_shape(shapes[0])} cropped to {hr}x{wr}",
+                "swap the arguments: crop(larger, reference)",
+            )
         return (c, hr, wr)
 
 
@@ -51,8 +53,11 @@ class Slice(Op):
     def check(self, shapes, a, strict=False):
         c = shapes[0][0]
         if not a["start"] < a["stop"] <= c:
-            raise ArgError(f"slice needs 0 <= start < stop <= {c} (the channels), got "
-                           f"start={a['start']}, stop={a['stop']}", "stop")
+            raise ArgError(
+                f"slice needs 0 <= start < stop <= {c} (the channels), got "
+                f"start={a['start']}, stop={a['stop']}",
+                "stop",
+            )
         return (a["stop"] - a["start"], *shapes[0][1:])
 
     def label(self, a):
@@ -72,8 +77,11 @@ class Shuffle(Op):
     def check(self, shapes, a, strict=False):
         self._check_rank(shapes)
         if shapes[0][0] % a["g"]:
-            raise ArgError(f"shuffle's groups must divide the channels, but {a['g']} does not "
-                           f"divide {shapes[0][0]}", "g")
+            raise ArgError(
+                f"shuffle's groups must divide the channels, but {a['g']} does not "
+                f"divide {shapes[0][0]}",
+                "g",
+            )
         return shapes[0]
 
     def label(self, a):
@@ -96,8 +104,11 @@ class Pad(Op):
         c, h, w = shapes[0]
         top, bottom, left, right = a["p"]
         if a["mode"] == "reflect" and (max(top, bottom) >= h or max(left, right) >= w):
-            raise ArgError(f"reflect padding must be smaller than the input ({h}x{w}), got "
-                           f"{a['p']}", "p", "use mode=replicate or less padding")
+            raise ArgError(
+                f"reflect padding must be smaller than the input ({h}x{w}), got {a['p']}",
+                "p",
+                "use mode=replicate or less padding",
+            )
         return (c, h + top + bottom, w + left + right)
 
     def rf(self, rfs, shapes, a):

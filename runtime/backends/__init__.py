@@ -12,6 +12,7 @@ def backend_for(device: str):
     """A fresh backend object for ``device``, its kernels imported (and compiled on first use)."""
     if device == "cpu":
         from .cpu import CpuBackend
+
         return CpuBackend()
     if device == "cuda":
         try:
@@ -19,8 +20,11 @@ def backend_for(device: str):
         except ModuleNotFoundError as exc:
             if exc.name != f"{__package__}.cuda":
                 raise
-            raise ResourceError(error(
-                "--device cuda: this version of cnnc has no CUDA backend",
-                hint="run on the CPU (--device cpu, the default)")) from None
+            raise ResourceError(
+                error(
+                    "--device cuda: this version of cnnc has no CUDA backend",
+                    hint="run on the CPU (--device cpu, the default)",
+                )
+            ) from None
         return CudaBackend()
     raise DataError(error(f"unknown device '{device}' (cpu or cuda)"))

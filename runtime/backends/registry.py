@@ -26,4 +26,5 @@ class KernelTable(dict):
                     raise ValueError(f"{self.backend} kernel '{name}' is registered twice")
                 self[name] = launch
             return launch
+
         return add

@@ -19,23 +19,27 @@ import cnnc  # noqa: E402
 import torch_reference  # noqa: E402
 from cnnc.compiler.ops import OPS  # noqa: E402
 
-pytestmark = pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") != "1",
-                                reason="run through tests/test_cuda.py")
+pytestmark = pytest.mark.skipif(
+    os.environ.get("NUMBA_ENABLE_CUDASIM") != "1", reason="run through tests/test_cuda.py"
+)
 
 
 def compare(spec: str, batch: int = 2):
     net = cnnc.load(spec)
     weights = torch_reference.random_weights(net, 0)
     rng = np.random.default_rng(0)
-    inputs = {n: rng.standard_normal((batch, *layer.shape)).astype(np.float32)
-              for n, layer in net.inputs.items()}
+    inputs = {
+        n: rng.standard_normal((batch, *layer.shape)).astype(np.float32)
+        for n, layer in net.inputs.items()
+    }
     want = cnnc.run(net, inputs, weights, device="cpu")
     for optimize in (True, False):
         got = cnnc.run(net, inputs, weights, device="cuda", optimize=optimize)
         for name in want:
             assert got[name].shape == want[name].shape
-            np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4,
-                                       err_msg=f"{name} optimize={optimize}")
+            np.testing.assert_allclose(
+                got[name], want[name], rtol=1e-4, atol=1e-4, err_msg=f"{name} optimize={optimize}"
+            )
 
 
 def net(stage: str, shape: str) -> str:
@@ -44,32 +48,36 @@ def net(stage: str, shape: str) -> str:
 
 def test_tile_is_patched_small():
     from cnnc.runtime.backends.cuda import launch
+
     assert launch.TILE == 4 and launch.BM == 8
 
 
-@pytest.mark.parametrize("stage, shape", [
-    ("conv(17, k=3, p=1) | bn | relu", "5x5x5"),          # 25 pixels, 17 channels, K=45
-    ("conv(6, k=(3, 2), s=2, p=(1, 0), d=(1, 2), g=3) | leaky_relu(0.2)", "6x7x9"),
-    ("conv(9, k=1) | sigmoid", "10x3x4"),
-    ("dwconv(k=3, s=2, p=1, m=2) | relu6", "3x7x6"),
-    ("convt(5, k=3, s=2, p=1, op=1) | tanh", "4x3x4"),
-    ("convt(4, k=2, s=2, g=2)", "6x3x3"),
-    ("maxpool(k=3, s=2, p=1, ceil=true)", "3x7x7"),
-    ("maxpool(k=2, d=2)", "2x6x5"),
-    ("avgpool(k=3, s=2, p=1, count_pad=false)", "3x7x6"),
-    ("avgpool(k=2, ceil=true)", "2x5x5"),
-    ("gap | flatten | fc(19) | relu", "4x3x3"),
-    ("gmp | flatten", "4x3x3"),
-    ("flatten | fc(9, bias=false) | bn", "3x4x5"),
-    ("softmax", "5x3x3"),
-    ("lrn(size=3, k=2)", "6x2x3"),
-    ("upsample(2)", "3x3x4"),
-    ("upsample((3, 2), mode=bilinear)", "2x3x4"),
-    ("bn | tanh", "4x3x3"),
-    ("conv(6, k=1) | hardswish | mul(x | conv(6, k=1) | gap | hardsigmoid)", "6x3x4"),
-    ("conv(8, k=3, p=1) | layernorm | gelu(approx=tanh) | scale(0.5)", "4x3x3"),
-    ("resize(x | maxpool(k=2), mode=nearest) | groupnorm(2) | silu", "4x5x7"),
-])
+@pytest.mark.parametrize(
+    "stage, shape",
+    [
+        ("conv(17, k=3, p=1) | bn | relu", "5x5x5"),  # 25 pixels, 17 channels, K=45
+        ("conv(6, k=(3, 2), s=2, p=(1, 0), d=(1, 2), g=3) | leaky_relu(0.2)", "6x7x9"),
+        ("conv(9, k=1) | sigmoid", "10x3x4"),
+        ("dwconv(k=3, s=2, p=1, m=2) | relu6", "3x7x6"),
+        ("convt(5, k=3, s=2, p=1, op=1) | tanh", "4x3x4"),
+        ("convt(4, k=2, s=2, g=2)", "6x3x3"),
+        ("maxpool(k=3, s=2, p=1, ceil=true)", "3x7x7"),
+        ("maxpool(k=2, d=2)", "2x6x5"),
+        ("avgpool(k=3, s=2, p=1, count_pad=false)", "3x7x6"),
+        ("avgpool(k=2, ceil=true)", "2x5x5"),
+        ("gap | flatten | fc(19) | relu", "4x3x3"),
+        ("gmp | flatten", "4x3x3"),
+        ("flatten | fc(9, bias=false) | bn", "3x4x5"),
+        ("softmax", "5x3x3"),
+        ("lrn(size=3, k=2)", "6x2x3"),
+        ("upsample(2)", "3x3x4"),
+        ("upsample((3, 2), mode=bilinear)", "2x3x4"),
+        ("bn | tanh", "4x3x3"),
+        ("conv(6, k=1) | hardswish | mul(x | conv(6, k=1) | gap | hardsigmoid)", "6x3x4"),
+        ("conv(8, k=3, p=1) | layernorm | gelu(approx=tanh) | scale(0.5)", "4x3x3"),
+        ("resize(x | maxpool(k=2), mode=nearest) | groupnorm(2) | silu", "4x5x7"),
+    ],
+)
 def test_op(stage, shape):
     compare(net(stage, shape))
 
@@ -98,10 +106,13 @@ network t(x: 4x6x6) {
 
 def test_small_lenet_like_network():
     """A LeNet-shaped network on a 10x10 input (full LeNet takes minutes in the simulator)."""
-    compare("""
+    compare(
+        """
 network small(x: 1x10x10) {
     c1 = x | conv(4, k=3) | tanh | avgpool(k=2)
     c2 = c1 | conv(6, k=3) | tanh
     return c2 | flatten | fc(12) | tanh | fc(5) | softmax
 }
-""", batch=2)
+""",
+        batch=2,
+    )

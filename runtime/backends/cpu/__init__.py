@@ -19,8 +19,13 @@ HERE = Path(__file__).resolve().parent
 
 def _cache_dir() -> Path:
     digest = hashlib.sha256()
-    for path in sorted((*HERE.glob("*.py"), *HERE.parent.glob("*.py"),
-                        HERE.parents[2] / "compiler" / "ops" / "elementwise.py")):
+    for path in sorted(
+        (
+            *HERE.glob("*.py"),
+            *HERE.parent.glob("*.py"),
+            HERE.parents[2] / "compiler" / "ops" / "elementwise.py",
+        )
+    ):
         digest.update(path.read_bytes())
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "cnnc" / "numba" / digest.hexdigest()[:16]
@@ -86,6 +91,7 @@ class CpuBackend:
 
     def describe(self) -> dict:
         import numba
+
         try:
             layer = numba.threading_layer()
         except ValueError:  # no parallel region has run yet

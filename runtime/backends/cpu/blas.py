@@ -28,6 +28,7 @@ def _single_threaded_blas():
     from pathlib import Path
 
     import scipy
+
     libs = Path(scipy.__file__).resolve().parent.parent / "scipy.libs"
     for lib in libs.glob("libscipy_openblas*.so*"):
         try:
@@ -71,6 +72,18 @@ def gemm(m, n, k, a, lda, b, ldb, c, ldc, beta):
     trans = np.empty(1, np.uint8)
     trans[0] = 78  # 'N'
     base = ints.ctypes.data
-    _sgemm(trans.ctypes.data, trans.ctypes.data, base, base + 4, base + 8,
-           scalars.ctypes.data, b, base + 12, a, base + 16, scalars.ctypes.data + 4, c,
-           base + 20)
+    _sgemm(
+        trans.ctypes.data,
+        trans.ctypes.data,
+        base,
+        base + 4,
+        base + 8,
+        scalars.ctypes.data,
+        b,
+        base + 12,
+        a,
+        base + 16,
+        scalars.ctypes.data + 4,
+        c,
+        base + 20,
+    )

@@ -25,12 +25,12 @@ def _epilogue(src, s0, sc, dst, d0, dc, bias, res, has_res, rows, nb, act, alpha
     """``dst[d0 + i, dc + j] = act(src[s0 + i, sc + j] + bias[dc + j] (+ res[d0 + i, dc + j]))``
     for i < rows, j < nb; ``src`` may be ``dst``. The branches sit outside the inner loops so
     that these vectorise: the branchy form cost 1.3 ms on ResNet's stem, as much as its GEMM."""
-    b = bias[dc:dc + nb]
+    b = bias[dc : dc + nb]
     for i in range(rows):
-        s = src[s0 + i, sc:sc + nb]
-        d = dst[d0 + i, dc:dc + nb]
+        s = src[s0 + i, sc : sc + nb]
+        d = dst[d0 + i, dc : dc + nb]
         if has_res:
-            r = res[d0 + i, dc:dc + nb]
+            r = res[d0 + i, dc : dc + nb]
             for j in range(nb):
                 d[j] = s[j] + b[j] + r[j]
         else:
@@ -61,7 +61,7 @@ def _im2col(x, n, oy0, oy1, wo, kh, kw, sh, sw, ph, pw, dh, dw, c0, cg, col):
                 iy = oy * sh - ph + ky * dh
                 base = ky * span
                 if iy < 0 or iy >= h:
-                    row[base:base + span] = 0.0
+                    row[base : base + span] = 0.0
                 elif runs and ix0 >= 0 and ix0 + kw <= w:
                     src = ((n * h + iy) * w + ix0) * c_in
                     for j in range(span):
@@ -74,7 +74,7 @@ def _im2col(x, n, oy0, oy1, wo, kh, kw, sh, sw, ph, pw, dh, dw, c0, cg, col):
                             for c in range(cg):
                                 row[base + kx * cg + c] = xf[src + c]
                         else:
-                            row[base + kx * cg:base + kx * cg + cg] = 0.0
+                            row[base + kx * cg : base + kx * cg + cg] = 0.0
 
 
 @njit(inline="always", **JIT)
@@ -88,8 +88,28 @@ def _work_item(item, n_img, tiles, rows_per_tile, ho):
 
 
 @njit(**PJIT)
-def conv(x, wmat, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, groups, act, alpha, beta,
-         rows_per_tile, channel_blocks):
+def conv(
+    x,
+    wmat,
+    bias,
+    res,
+    out,
+    scratch,
+    kh,
+    kw,
+    sh,
+    sw,
+    ph,
+    pw,
+    dh,
+    dw,
+    groups,
+    act,
+    alpha,
+    beta,
+    rows_per_tile,
+    channel_blocks,
+):
     """Convolution, NHWC. ``wmat``: (groups, kh*kw*C/g, out/g), rows ordered (ky, kx, c).
 
     ``res`` is a residual added before the activation (size 0 for none). Work items are
@@ -106,8 +126,26 @@ def conv(x, wmat, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, group
     k = kh * kw * cg
     direct = uses_direct_gemm(kh, kw, sh, sw, ph, pw)
     if uses_shifted_gemm(kh, kw, sh, sw, cg):
-        _conv_shifted(x, wmat, bias, res, out, scratch, kh, kw, ph, pw, dh, dw, groups, act,
-                      alpha, beta, rows_per_tile, channel_blocks)
+        _conv_shifted(
+            x,
+            wmat,
+            bias,
+            res,
+            out,
+            scratch,
+            kh,
+            kw,
+            ph,
+            pw,
+            dh,
+            dw,
+            groups,
+            act,
+            alpha,
+            beta,
+            rows_per_tile,
+            channel_blocks,
+        )
         return
     has_res = res.size > 0
     tiles = (ho + rows_per_tile - 1) // rows_per_tile
@@ -122,7 +160,7 @@ def conv(x, wmat, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, group
             b, n, oy0, oy1 = _work_item(item, n_img, tiles, rows_per_tile, ho)
             m = (oy1 - oy0) * wo
             r0 = (n * ho + oy0) * wo
-            col = scratch[t, :0 if direct else m * k].reshape(-1, k)
+            col = scratch[t, : 0 if direct else m * k].reshape(-1, k)
             for gi in range(groups):
                 c0 = gi * og + b * block
                 c1 = min(gi * og + og, c0 + block)
@@ -132,19 +170,47 @@ def conv(x, wmat, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, group
                     a_addr = x_addr + (r0 * c_in + gi * cg) * F4
                     lda = c_in
                 else:
-                    _im2col(x, n, oy0, oy1, wo, kh, kw, sh, sw, ph, pw, dh, dw, gi * cg, cg,
-                            col)
+                    _im2col(x, n, oy0, oy1, wo, kh, kw, sh, sw, ph, pw, dh, dw, gi * cg, cg, col)
                     a_addr = col.ctypes.data
                     lda = k
-                gemm(m, c1 - c0, k, a_addr, lda, w_addr + (gi * k * og + c0 - gi * og) * F4,
-                     og, o_addr + (r0 * c_out + c0) * F4, c_out, 0.0)
-                _epilogue(out2, r0, c0, out2, r0, c0, bias, res2, has_res, m, c1 - c0, act,
-                          alpha, beta)
+                gemm(
+                    m,
+                    c1 - c0,
+                    k,
+                    a_addr,
+                    lda,
+                    w_addr + (gi * k * og + c0 - gi * og) * F4,
+                    og,
+                    o_addr + (r0 * c_out + c0) * F4,
+                    c_out,
+                    0.0,
+                )
+                _epilogue(
+                    out2, r0, c0, out2, r0, c0, bias, res2, has_res, m, c1 - c0, act, alpha, beta
+                )
 
 
 @njit(**PJIT)
-def _conv_shifted(x, wmat, bias, res, out, scratch, kh, kw, ph, pw, dh, dw, groups, act, alpha, beta,
-                  rows_per_tile, channel_blocks):
+def _conv_shifted(
+    x,
+    wmat,
+    bias,
+    res,
+    out,
+    scratch,
+    kh,
+    kw,
+    ph,
+    pw,
+    dh,
+    dw,
+    groups,
+    act,
+    alpha,
+    beta,
+    rows_per_tile,
+    channel_blocks,
+):
     """Stride-1 convolution without im2col ("shifted GEMM"): each tile copies its input rows
     once into a zero-padded buffer of width ``wp``; then, for every kernel tap, the rows of
     the buffer shifted by that tap form a matrix (lda = C) that multiplies the tap's weights,
@@ -170,12 +236,12 @@ def _conv_shifted(x, wmat, bias, res, out, scratch, kh, kw, ph, pw, dh, dw, grou
             in_rows = rows + dh * (kh - 1)
             # padded input rows oy0 - ph ... , plus slack for the last taps' overhang
             xp_rows = in_rows * wp + dw * (kw - 1) + 1
-            xp = scratch[t, :xp_rows * c_in].reshape(xp_rows, c_in)
+            xp = scratch[t, : xp_rows * c_in].reshape(xp_rows, c_in)
             xp[:] = 0.0
             for r in range(in_rows):
                 iy = oy0 - ph + r
                 if 0 <= iy < h:
-                    xp[r * wp + pw:r * wp + pw + w] = x[n, iy]
+                    xp[r * wp + pw : r * wp + pw + w] = x[n, iy]
             m = rows * wp
             for gi in range(groups):
                 c0 = gi * og + b * block
@@ -183,17 +249,40 @@ def _conv_shifted(x, wmat, bias, res, out, scratch, kh, kw, ph, pw, dh, dw, grou
                 if c1 <= c0:
                     continue
                 nb = c1 - c0
-                acc = scratch[t, xp_rows * c_in:xp_rows * c_in + m * nb].reshape(m, nb)
+                acc = scratch[t, xp_rows * c_in : xp_rows * c_in + m * nb].reshape(m, nb)
                 for ky in range(kh):
                     for kx in range(kw):
                         shift = ky * dh * wp + kx * dw
                         tap = (ky * kw + kx) * cg
-                        gemm(m, nb, cg, xp.ctypes.data + (shift * c_in + gi * cg) * F4, c_in,
-                             w_addr + (gi * k * og + tap * og + c0 - gi * og) * F4, og,
-                             acc.ctypes.data, nb, 0.0 if ky == 0 and kx == 0 else 1.0)
+                        gemm(
+                            m,
+                            nb,
+                            cg,
+                            xp.ctypes.data + (shift * c_in + gi * cg) * F4,
+                            c_in,
+                            w_addr + (gi * k * og + tap * og + c0 - gi * og) * F4,
+                            og,
+                            acc.ctypes.data,
+                            nb,
+                            0.0 if ky == 0 and kx == 0 else 1.0,
+                        )
                 for r in range(rows):
-                    _epilogue(acc, r * wp, 0, out2, (n * ho + oy0 + r) * wo, c0, bias, res2,
-                              has_res, wo, nb, act, alpha, beta)
+                    _epilogue(
+                        acc,
+                        r * wp,
+                        0,
+                        out2,
+                        (n * ho + oy0 + r) * wo,
+                        c0,
+                        bias,
+                        res2,
+                        has_res,
+                        wo,
+                        nb,
+                        act,
+                        alpha,
+                        beta,
+                    )
 
 
 @njit(**PJIT)
@@ -241,8 +330,18 @@ def convt(x, wmat, bias, res, out, cols, kh, kw, sh, sw, ph, pw, dh, dw, groups,
     p = n_img * h * w
     kk = kh * kw * og
     for gi in prange(groups):
-        gemm(p, kk, cg, x.ctypes.data + gi * cg * F4, c_in, wmat.ctypes.data + gi * cg * kk * F4,
-             kk, cols.ctypes.data + gi * p * kk * F4, kk, 0.0)
+        gemm(
+            p,
+            kk,
+            cg,
+            x.ctypes.data + gi * cg * F4,
+            c_in,
+            wmat.ctypes.data + gi * cg * kk * F4,
+            kk,
+            cols.ctypes.data + gi * p * kk * F4,
+            kk,
+            0.0,
+        )
     has_res = res.size > 0
     for t in prange(n_img * ho):
         n = t // ho
@@ -291,8 +390,18 @@ def fc(x, w, bias, res, out, act, alpha, beta, blocks):
         r0 = b * size
         r1 = min(n_out, r0 + size)
         if r1 > r0:
-            gemm(r1 - r0, n_img, n_in, w.ctypes.data + r0 * n_in * F4, n_in, xt.ctypes.data,
-                 n_img, ct.ctypes.data + r0 * n_img * F4, n_img, 0.0)
+            gemm(
+                r1 - r0,
+                n_img,
+                n_in,
+                w.ctypes.data + r0 * n_in * F4,
+                n_in,
+                xt.ctypes.data,
+                n_img,
+                ct.ctypes.data + r0 * n_img * F4,
+                n_img,
+                0.0,
+            )
             for o in range(r0, r1):
                 for n in range(n_img):
                     v = ct[o, n] + bias[o]
@@ -312,20 +421,54 @@ def launch_conv(backend, step, arrays, ins, res, out, work):
     geometry = [a[name] for name in ("kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "groups")]
     key = (x.shape, out.shape, *geometry)
     if key not in backend.tilings:
-        rows, blocks = conv_tiling(x.shape, out.shape, a["kh"], a["kw"], a["sh"], a["sw"],
-                                   a["pw"], a["groups"], backend.threads)
+        rows, blocks = conv_tiling(
+            x.shape,
+            out.shape,
+            a["kh"],
+            a["kw"],
+            a["sh"],
+            a["sw"],
+            a["pw"],
+            a["groups"],
+            backend.threads,
+        )
         floats = conv_scratch_floats(rows, blocks, x.shape, out.shape, *geometry)
         backend.tilings[key] = rows, blocks, floats
     rows, blocks, floats = backend.tilings[key]
-    conv(x, arrays["w"], arrays["b"], res, out, backend.scratch(floats), *geometry, *_f32(a),
-         rows, blocks)
+    conv(
+        x,
+        arrays["w"],
+        arrays["b"],
+        res,
+        out,
+        backend.scratch(floats),
+        *geometry,
+        *_f32(a),
+        rows,
+        blocks,
+    )
 
 
 @KERNELS.register("dwconv")
 def launch_dwconv(backend, step, arrays, ins, res, out, work):
     a = step.attrs
-    dwconv(ins[0], arrays["w"], arrays["b"], res, out, a["kh"], a["kw"], a["sh"], a["sw"],
-           a["ph"], a["pw"], a["dh"], a["dw"], a["mult"], *_f32(a))
+    dwconv(
+        ins[0],
+        arrays["w"],
+        arrays["b"],
+        res,
+        out,
+        a["kh"],
+        a["kw"],
+        a["sh"],
+        a["sw"],
+        a["ph"],
+        a["pw"],
+        a["dh"],
+        a["dw"],
+        a["mult"],
+        *_f32(a),
+    )
 
 
 @KERNELS.register("convt")
@@ -335,8 +478,24 @@ def launch_convt(backend, step, arrays, ins, res, out, work):
     kk = a["kh"] * a["kw"] * out.shape[3] // g
     pixels = x.shape[0] * x.shape[1] * x.shape[2]
     cols = work[: g * pixels * kk].reshape(g, pixels, kk)
-    convt(x, arrays["w"], arrays["b"], res, out, cols, a["kh"], a["kw"], a["sh"], a["sw"],
-          a["ph"], a["pw"], a["dh"], a["dw"], g, *_f32(a))
+    convt(
+        x,
+        arrays["w"],
+        arrays["b"],
+        res,
+        out,
+        cols,
+        a["kh"],
+        a["kw"],
+        a["sh"],
+        a["sw"],
+        a["ph"],
+        a["pw"],
+        a["dh"],
+        a["dw"],
+        g,
+        *_f32(a),
+    )
 
 
 @KERNELS.register("fc")

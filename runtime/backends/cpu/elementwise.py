@@ -120,13 +120,19 @@ def launch_mul(backend, step, arrays, ins, res, out, work):
     src = full[0]
     for i in range(1, len(full)):
         last = i == len(full) - 1 and not gates
-        mul(src.reshape(-1), full[i].reshape(-1), out.reshape(-1), code if last else 0, alpha,
-            beta)
+        mul(src.reshape(-1), full[i].reshape(-1), out.reshape(-1), code if last else 0, alpha, beta)
         src = out
     pixels = out.shape[1] * out.shape[2] if out.ndim == 4 else 1
     for i, gate in enumerate(gates):
-        mul_channels(_rows(src), gate.reshape(gate.shape[0], -1), _rows(out), pixels,
-                     code if i == len(gates) - 1 else 0, alpha, beta)
+        mul_channels(
+            _rows(src),
+            gate.reshape(gate.shape[0], -1),
+            _rows(out),
+            pixels,
+            code if i == len(gates) - 1 else 0,
+            alpha,
+            beta,
+        )
         src = out
 
 

@@ -149,8 +149,13 @@ def launch_upsample(backend, step, arrays, ins, res, out, work):
 @KERNELS.register("resize")
 def launch_resize(backend, step, arrays, ins, res, out, work):
     x = ins[0]
-    resize(x, out, x.shape[1] / out.shape[1], x.shape[2] / out.shape[2],
-           step.attrs["mode"] == "bilinear")
+    resize(
+        x,
+        out,
+        x.shape[1] / out.shape[1],
+        x.shape[2] / out.shape[2],
+        step.attrs["mode"] == "bilinear",
+    )
 
 
 @KERNELS.register("concat")

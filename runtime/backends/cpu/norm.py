@@ -77,8 +77,14 @@ def groupnorm(x, weight, bias, out, groups, eps):
 @KERNELS.register("lrn")
 def launch_lrn(backend, step, arrays, ins, res, out, work):
     a = step.attrs
-    lrn(_rows(ins[0]), _rows(out), a["size"], np.float32(a["alpha"]), np.float32(a["beta"]),
-        np.float32(a["k"]))
+    lrn(
+        _rows(ins[0]),
+        _rows(out),
+        a["size"],
+        np.float32(a["alpha"]),
+        np.float32(a["beta"]),
+        np.float32(a["k"]),
+    )
 
 
 @KERNELS.register("layernorm")

@@ -33,9 +33,21 @@ def uses_shifted_gemm(kh, kw, sh, sw, cg):
     return sh == 1 and sw == 1 and kh * kw > 1 and cg >= 32
 
 
-def conv_scratch_floats(rows_per_tile: int, channel_blocks: int, x_shape, out_shape, kh: int,
-                        kw: int, sh: int, sw: int, ph: int, pw: int, dh: int, dw: int,
-                        groups: int) -> int:
+def conv_scratch_floats(
+    rows_per_tile: int,
+    channel_blocks: int,
+    x_shape,
+    out_shape,
+    kh: int,
+    kw: int,
+    sh: int,
+    sw: int,
+    ph: int,
+    pw: int,
+    dh: int,
+    dw: int,
+    groups: int,
+) -> int:
     """Floats of scratch one thread of ``conv`` needs with this tiling."""
     _, h, w, c_in = x_shape
     wo, c_out = out_shape[2], out_shape[3]
@@ -50,8 +62,9 @@ def conv_scratch_floats(rows_per_tile: int, channel_blocks: int, x_shape, out_sh
     return min(rows_per_tile, out_shape[1]) * wo * kh * kw * cg
 
 
-def conv_tiling(x_shape, out_shape, kh: int, kw: int, sh: int, sw: int, pw: int, groups: int,
-                threads: int):
+def conv_tiling(
+    x_shape, out_shape, kh: int, kw: int, sh: int, sw: int, pw: int, groups: int, threads: int
+):
     """(rows per tile, output-channel blocks) for ``conv`` on these shapes.
 
     Stride-1 convolutions on the shifted-GEMM path, and 1x1 convolutions with 128 to 976 input
@@ -75,8 +88,7 @@ def l2_tiling(n_img: int, ho: int, wo: int, k: int, c_out: int, threads: int):
     (a 512-channel 7x7 layer ran at 40 GFLOP/s with 2-row tiles)."""
     rows = max(1, min(ho, TILE_FLOATS // max(1, (k + c_out) * wo)))
     blocks = 1
-    while (n_img * math.ceil(ho / rows) * blocks < 2 * threads
-           and c_out // (blocks * 2) >= 64):
+    while n_img * math.ceil(ho / rows) * blocks < 2 * threads and c_out // (blocks * 2) >= 64:
         blocks *= 2
     while rows > 1 and n_img * math.ceil(ho / rows) * blocks < 2 * threads:
         rows = (rows + 1) // 2

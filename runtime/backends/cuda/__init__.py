@@ -15,8 +15,9 @@ from ....compiler.diagnostics import ResourceError, error
 try:
     from numba import cuda
 except ImportError as exc:  # numba-cuda missing
-    raise ResourceError(error(f"--device cuda needs numba-cuda ({exc})",
-                              hint="pip install 'cnnc[cuda]'")) from None
+    raise ResourceError(
+        error(f"--device cuda needs numba-cuda ({exc})", hint="pip install 'cnnc[cuda]'")
+    ) from None
 
 from . import conv, elementwise, layout, norm, pool  # noqa: E402,F401 (register kernels)
 from .launch import KERNELS  # noqa: E402
@@ -32,12 +33,14 @@ class CudaBackend:
         try:
             available = cuda.is_available()
         except Exception as exc:  # a broken driver raises here
-            raise ResourceError(error(f"--device cuda: no usable CUDA driver ({exc})")) \
-                from None
+            raise ResourceError(error(f"--device cuda: no usable CUDA driver ({exc})")) from None
         if not available:
-            raise ResourceError(error(
-                "--device cuda: no usable NVIDIA GPU or driver was found",
-                hint="run on the CPU (--device cpu), or install the NVIDIA driver"))
+            raise ResourceError(
+                error(
+                    "--device cuda: no usable NVIDIA GPU or driver was found",
+                    hint="run on the CPU (--device cpu), or install the NVIDIA driver",
+                )
+            )
         self.dummy = cuda.to_device(np.zeros(1, np.float32))
 
     def check_memory(self, need: int):
@@ -47,9 +50,13 @@ class CudaBackend:
         except Exception:  # the simulator reports no device memory
             return
         if need > 0.9 * free:
-            raise ResourceError(error(
-                f"--device cuda: this run needs about {need / 2**30:.2f} GiB of GPU memory but "
-                f"{free / 2**30:.2f} GiB is free", hint="use a smaller --batch"))
+            raise ResourceError(
+                error(
+                    f"--device cuda: this run needs about {need / 2**30:.2f} GiB of GPU memory but "
+                    f"{free / 2**30:.2f} GiB is free",
+                    hint="use a smaller --batch",
+                )
+            )
 
     def empty(self, n: int):
         return cuda.device_array(n, np.float32)
@@ -73,8 +80,11 @@ class CudaBackend:
     def describe(self) -> dict:
         try:
             dev = cuda.get_current_device()
-            return {"gpu": getattr(dev, "name", b"?").decode() if isinstance(
-                getattr(dev, "name", ""), bytes) else str(getattr(dev, "name", "?"))}
+            return {
+                "gpu": getattr(dev, "name", b"?").decode()
+                if isinstance(getattr(dev, "name", ""), bytes)
+                else str(getattr(dev, "name", "?"))
+            }
         except Exception:  # the simulator has no real device
             return {}
 

@@ -55,8 +55,33 @@ def _multiply_tiles(a_tile, b_tile, acc, ty, tx):
 
 
 @cuda.jit
-def conv(x, w, bias, res, out, n_img, h, wd, c_in, ho, wo, c_out, kh, kw, sh, sw, ph, pw, dh,
-         dw, groups, act, alpha, beta, has_res):
+def conv(
+    x,
+    w,
+    bias,
+    res,
+    out,
+    n_img,
+    h,
+    wd,
+    c_in,
+    ho,
+    wo,
+    c_out,
+    kh,
+    kw,
+    sh,
+    sw,
+    ph,
+    pw,
+    dh,
+    dw,
+    groups,
+    act,
+    alpha,
+    beta,
+    has_res,
+):
     """Implicit-GEMM convolution; grid (ceil(og/BN), ceil(pixels/BM), groups)."""
     gi = cuda.blockIdx.z
     tx = cuda.threadIdx.x
@@ -74,13 +99,32 @@ def conv(x, w, bias, res, out, n_img, h, wd, c_in, ho, wo, c_out, kh, kw, sh, sw
     for k0 in range(0, kdim, BK):
         for i in range(WORK):
             a_tile[ty + i * TILE, tx] = _im2col_value(
-                x, m0 + ty + i * TILE, k0 + tx, m, h, wd, c_in, ho, wo, kw, sh, sw, ph, pw,
-                dh, dw, gi * cg, cg, kdim)
+                x,
+                m0 + ty + i * TILE,
+                k0 + tx,
+                m,
+                h,
+                wd,
+                c_in,
+                ho,
+                wo,
+                kw,
+                sh,
+                sw,
+                ph,
+                pw,
+                dh,
+                dw,
+                gi * cg,
+                cg,
+                kdim,
+            )
         for j in range(WORK):
             col = n0 + tx + j * TILE
             k = k0 + ty
-            b_tile[ty, tx + j * TILE] = w[(gi * kdim + k) * og + col] if (
-                k < kdim and col < og) else float32(0.0)
+            b_tile[ty, tx + j * TILE] = (
+                w[(gi * kdim + k) * og + col] if (k < kdim and col < og) else float32(0.0)
+            )
         cuda.syncthreads()
         _multiply_tiles(a_tile, b_tile, acc, ty, tx)
         cuda.syncthreads()
@@ -97,8 +141,29 @@ def conv(x, w, bias, res, out, n_img, h, wd, c_in, ho, wo, c_out, kh, kw, sh, sw
 
 
 @cuda.jit
-def gemm(a, a_off, sam, sak, b, b_off, sbk, sbn, c, c_off, ldc, m, n, kdim, bias, has_bias, res,
-         has_res, act, alpha, beta):
+def gemm(
+    a,
+    a_off,
+    sam,
+    sak,
+    b,
+    b_off,
+    sbk,
+    sbn,
+    c,
+    c_off,
+    ldc,
+    m,
+    n,
+    kdim,
+    bias,
+    has_bias,
+    res,
+    has_res,
+    act,
+    alpha,
+    beta,
+):
     """Tiled strided GEMM ``C[m, n] = sum_k A[m, k] B[k, n]`` with a fused epilogue;
     A[m, k] = a[a_off + m*sam + k*sak], B[k, n] = b[b_off + k*sbk + n*sbn]."""
     tx = cuda.threadIdx.x
@@ -113,13 +178,15 @@ def gemm(a, a_off, sam, sak, b, b_off, sbk, sbn, c, c_off, ldc, m, n, kdim, bias
         for i in range(WORK):
             r = m0 + ty + i * TILE
             k = k0 + tx
-            a_tile[ty + i * TILE, tx] = a[a_off + r * sam + k * sak] if (
-                r < m and k < kdim) else float32(0.0)
+            a_tile[ty + i * TILE, tx] = (
+                a[a_off + r * sam + k * sak] if (r < m and k < kdim) else float32(0.0)
+            )
         for j in range(WORK):
             col = n0 + tx + j * TILE
             k = k0 + ty
-            b_tile[ty, tx + j * TILE] = b[b_off + k * sbk + col * sbn] if (
-                k < kdim and col < n) else float32(0.0)
+            b_tile[ty, tx + j * TILE] = (
+                b[b_off + k * sbk + col * sbn] if (k < kdim and col < n) else float32(0.0)
+            )
         cuda.syncthreads()
         _multiply_tiles(a_tile, b_tile, acc, ty, tx)
         cuda.syncthreads()
@@ -137,8 +204,31 @@ def gemm(a, a_off, sam, sak, b, b_off, sbk, sbn, c, c_off, ldc, m, n, kdim, bias
 
 
 @cuda.jit
-def convt_gather(cols, bias, res, out, n_img, h, wd, ho, wo, c_out, kh, kw, sh, sw, ph, pw, dh,
-                 dw, groups, act, alpha, beta, has_res):
+def convt_gather(
+    cols,
+    bias,
+    res,
+    out,
+    n_img,
+    h,
+    wd,
+    ho,
+    wo,
+    c_out,
+    kh,
+    kw,
+    sh,
+    sw,
+    ph,
+    pw,
+    dh,
+    dw,
+    groups,
+    act,
+    alpha,
+    beta,
+    has_res,
+):
     """Second phase of transposed conv: each output sums the taps that reach it."""
     i = cuda.grid(1)
     total = n_img * ho * wo * c_out
@@ -177,8 +267,32 @@ def convt_gather(cols, bias, res, out, n_img, h, wd, ho, wo, c_out, kh, kw, sh, 
 
 
 @cuda.jit
-def dwconv(x, w, bias, res, out, n_img, h, wd, ho, wo, c_out, kh, kw, sh, sw, ph, pw, dh, dw,
-           mult, act, alpha, beta, has_res):
+def dwconv(
+    x,
+    w,
+    bias,
+    res,
+    out,
+    n_img,
+    h,
+    wd,
+    ho,
+    wo,
+    c_out,
+    kh,
+    kw,
+    sh,
+    sw,
+    ph,
+    pw,
+    dh,
+    dw,
+    mult,
+    act,
+    alpha,
+    beta,
+    has_res,
+):
     i = cuda.grid(1)
     if i >= n_img * ho * wo * c_out:
         return
@@ -204,7 +318,6 @@ def dwconv(x, w, bias, res, out, n_img, h, wd, ho, wo, c_out, kh, kw, sh, sw, ph
     out[i] = activate(acc, act, alpha, beta)
 
 
-
 @KERNELS.register("conv")
 def launch_conv(backend, step, arrays, ins, res, out, work):
     a, x = step.attrs, ins[0]
@@ -213,9 +326,33 @@ def launch_conv(backend, step, arrays, ins, res, out, work):
     og = c_out // a["groups"]
     resf, has_res, act, alpha, beta = epilogue(backend, step, res)
     grid = ((og + BN - 1) // BN, (n * ho * wo + BM - 1) // BM, a["groups"])
-    conv[grid, (TILE, TILE)](flat(x), arrays["w"], arrays["b"], resf, flat(out), n, h, wd, c_in,
-                             ho, wo, c_out, a["kh"], a["kw"], a["sh"], a["sw"], a["ph"],
-                             a["pw"], a["dh"], a["dw"], a["groups"], act, alpha, beta, has_res)
+    conv[grid, (TILE, TILE)](
+        flat(x),
+        arrays["w"],
+        arrays["b"],
+        resf,
+        flat(out),
+        n,
+        h,
+        wd,
+        c_in,
+        ho,
+        wo,
+        c_out,
+        a["kh"],
+        a["kw"],
+        a["sh"],
+        a["sw"],
+        a["ph"],
+        a["pw"],
+        a["dh"],
+        a["dw"],
+        a["groups"],
+        act,
+        alpha,
+        beta,
+        has_res,
+    )
 
 
 @KERNELS.register("dwconv")
@@ -224,10 +361,32 @@ def launch_dwconv(backend, step, arrays, ins, res, out, work):
     n, h, wd, _ = x.shape
     _, ho, wo, c_out = out.shape
     resf, has_res, act, alpha, beta = epilogue(backend, step, res)
-    dwconv[blocks(out.size), THREADS](flat(x), arrays["w"], arrays["b"], resf, flat(out), n, h,
-                                      wd, ho, wo, c_out, a["kh"], a["kw"], a["sh"], a["sw"],
-                                      a["ph"], a["pw"], a["dh"], a["dw"], a["mult"], act, alpha,
-                                      beta, has_res)
+    dwconv[blocks(out.size), THREADS](
+        flat(x),
+        arrays["w"],
+        arrays["b"],
+        resf,
+        flat(out),
+        n,
+        h,
+        wd,
+        ho,
+        wo,
+        c_out,
+        a["kh"],
+        a["kw"],
+        a["sh"],
+        a["sw"],
+        a["ph"],
+        a["pw"],
+        a["dh"],
+        a["dw"],
+        a["mult"],
+        act,
+        alpha,
+        beta,
+        has_res,
+    )
 
 
 @KERNELS.register("convt")
@@ -241,14 +400,55 @@ def launch_convt(backend, step, arrays, ins, res, out, work):
     p, kk = n * h * wd, a["kh"] * a["kw"] * og
     for gi in range(g):
         grid = ((kk + BN - 1) // BN, (p + BM - 1) // BM)
-        gemm[grid, (TILE, TILE)](flat(x), gi * cg, c_in, 1, arrays["w"], gi * cg * kk, kk, 1,
-                                 work, gi * p * kk, kk, p, kk, cg, backend.dummy, False,
-                                 backend.dummy, False, 0, np.float32(0), np.float32(0))
+        gemm[grid, (TILE, TILE)](
+            flat(x),
+            gi * cg,
+            c_in,
+            1,
+            arrays["w"],
+            gi * cg * kk,
+            kk,
+            1,
+            work,
+            gi * p * kk,
+            kk,
+            p,
+            kk,
+            cg,
+            backend.dummy,
+            False,
+            backend.dummy,
+            False,
+            0,
+            np.float32(0),
+            np.float32(0),
+        )
     resf, has_res, act, alpha, beta = epilogue(backend, step, res)
-    convt_gather[blocks(out.size), THREADS](work, arrays["b"], resf, flat(out), n, h, wd, ho, wo,
-                                            c_out, a["kh"], a["kw"], a["sh"], a["sw"], a["ph"],
-                                            a["pw"], a["dh"], a["dw"], g, act, alpha, beta,
-                                            has_res)
+    convt_gather[blocks(out.size), THREADS](
+        work,
+        arrays["b"],
+        resf,
+        flat(out),
+        n,
+        h,
+        wd,
+        ho,
+        wo,
+        c_out,
+        a["kh"],
+        a["kw"],
+        a["sh"],
+        a["sw"],
+        a["ph"],
+        a["pw"],
+        a["dh"],
+        a["dw"],
+        g,
+        act,
+        alpha,
+        beta,
+        has_res,
+    )
 
 
 @KERNELS.register("fc")
@@ -258,5 +458,26 @@ def launch_fc(backend, step, arrays, ins, res, out, work):
     n_out = out.shape[1]
     resf, has_res, act, alpha, beta = epilogue(backend, step, res)
     grid = ((n_out + BN - 1) // BN, (n + BM - 1) // BM)
-    gemm[grid, (TILE, TILE)](flat(x), 0, n_in, 1, arrays["w"], 0, 1, n_in, flat(out), 0, n_out, n,
-                             n_out, n_in, arrays["b"], True, resf, has_res, act, alpha, beta)
+    gemm[grid, (TILE, TILE)](
+        flat(x),
+        0,
+        n_in,
+        1,
+        arrays["w"],
+        0,
+        1,
+        n_in,
+        flat(out),
+        0,
+        n_out,
+        n,
+        n_out,
+        n_in,
+        arrays["b"],
+        True,
+        resf,
+        has_res,
+        act,
+        alpha,
+        beta,
+    )

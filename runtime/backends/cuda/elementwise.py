@@ -83,8 +83,17 @@ def _channels(a) -> int:
 @KERNELS.register("affine")
 def launch_affine(backend, step, arrays, ins, res, out, work):
     _, _, act_, alpha, beta = epilogue(backend, step, res)
-    affine[blocks(out.size), THREADS](flat(ins[0]), arrays["scale"], arrays["shift"], flat(out),
-                                      out.size, _channels(out), act_, alpha, beta)
+    affine[blocks(out.size), THREADS](
+        flat(ins[0]),
+        arrays["scale"],
+        arrays["shift"],
+        flat(out),
+        out.size,
+        _channels(out),
+        act_,
+        alpha,
+        beta,
+    )
 
 
 @KERNELS.register("act")
@@ -97,11 +106,13 @@ def launch_act(backend, step, arrays, ins, res, out, work):
 def launch_add(backend, step, arrays, ins, res, out, work):
     _, _, code, alpha, beta = epilogue(backend, step, res)
     o, last = flat(out), len(ins) - 1
-    add[blocks(out.size), THREADS](flat(ins[0]), flat(ins[1]), o, out.size,
-                                   code if last == 1 else 0, alpha, beta)
+    add[blocks(out.size), THREADS](
+        flat(ins[0]), flat(ins[1]), o, out.size, code if last == 1 else 0, alpha, beta
+    )
     for i in range(2, len(ins)):
-        add[blocks(out.size), THREADS](o, flat(ins[i]), o, out.size, code if i == last else 0,
-                                       alpha, beta)
+        add[blocks(out.size), THREADS](
+            o, flat(ins[i]), o, out.size, code if i == last else 0, alpha, beta
+        )
 
 
 @KERNELS.register("mul")
@@ -113,25 +124,35 @@ def launch_mul(backend, step, arrays, ins, res, out, work):
     src, o = flat(full[0]), flat(out)
     for i in range(1, len(full)):
         last = i == len(full) - 1 and not gates
-        mul[blocks(out.size), THREADS](src, flat(full[i]), o, out.size, code if last else 0,
-                                       alpha, beta)
+        mul[blocks(out.size), THREADS](
+            src, flat(full[i]), o, out.size, code if last else 0, alpha, beta
+        )
         src = o
     pixels = out.shape[1] * out.shape[2] if len(out.shape) == 4 else 1
     for i, gate in enumerate(gates):
-        mul_channels[blocks(out.size), THREADS](src, flat(gate), o, out.size, _channels(out),
-                                                pixels, _channels(gate),
-                                                code if i == len(gates) - 1 else 0, alpha, beta)
+        mul_channels[blocks(out.size), THREADS](
+            src,
+            flat(gate),
+            o,
+            out.size,
+            _channels(out),
+            pixels,
+            _channels(gate),
+            code if i == len(gates) - 1 else 0,
+            alpha,
+            beta,
+        )
         src = o
 
 
 @KERNELS.register("prelu")
 def launch_prelu(backend, step, arrays, ins, res, out, work):
-    prelu[blocks(out.size), THREADS](flat(ins[0]), arrays["w"], flat(out), out.size,
-                                     _channels(out), arrays["w"].size == 1)
+    prelu[blocks(out.size), THREADS](
+        flat(ins[0]), arrays["w"], flat(out), out.size, _channels(out), arrays["w"].size == 1
+    )
 
 
 @KERNELS.register("softmax")
 def launch_softmax(backend, step, arrays, ins, res, out, work):
     c = _channels(out)
     softmax[blocks(out.size // c), THREADS](flat(ins[0]), flat(out), out.size // c, c)
-

@@ -14,10 +14,10 @@ import numpy as np
 from ..registry import KernelTable
 
 TILE = int(os.environ.get("CNNC_CUDA_TILE", 16))  # threads per block side
-WORK = 2                                           # outputs per thread per side
+WORK = 2  # outputs per thread per side
 BM = BN = TILE * WORK
 BK = TILE
-THREADS = TILE * TILE                              # threads per block of 1-D kernels
+THREADS = TILE * TILE  # threads per block of 1-D kernels
 
 KERNELS = KernelTable("cuda")
 
@@ -36,5 +36,10 @@ def epilogue(backend, step, res) -> tuple:
     """(residual, has_res, act, alpha, beta) as the fused epilogues take them."""
     a = step.attrs
     has_res = res.size > 0
-    return (flat(res) if has_res else backend.dummy, has_res, a.get("act", 0),
-            np.float32(a.get("alpha", 0.0)), np.float32(a.get("beta", 0.0)))
+    return (
+        flat(res) if has_res else backend.dummy,
+        has_res,
+        a.get("act", 0),
+        np.float32(a.get("alpha", 0.0)),
+        np.float32(a.get("beta", 0.0)),
+    )

@@ -122,8 +122,9 @@ def pad(x, out, n_img, h, wd, c, ho, wo, top, left, mode):
 def _resize(x, out, sy, sx, bilinear):
     n, h, wd, c = x.shape
     _, ho, wo, _ = out.shape
-    resize[blocks(out.size), THREADS](flat(x), flat(out), n, h, wd, c, ho, wo, np.float32(sy),
-                                      np.float32(sx), bilinear)
+    resize[blocks(out.size), THREADS](
+        flat(x), flat(out), n, h, wd, c, ho, wo, np.float32(sy), np.float32(sx), bilinear
+    )
 
 
 @KERNELS.register("upsample")
@@ -135,8 +136,13 @@ def launch_upsample(backend, step, arrays, ins, res, out, work):
 @KERNELS.register("resize")
 def launch_resize(backend, step, arrays, ins, res, out, work):
     x = ins[0]
-    _resize(x, out, x.shape[1] / out.shape[1], x.shape[2] / out.shape[2],
-            step.attrs["mode"] == "bilinear")
+    _resize(
+        x,
+        out,
+        x.shape[1] / out.shape[1],
+        x.shape[2] / out.shape[2],
+        step.attrs["mode"] == "bilinear",
+    )
 
 
 @KERNELS.register("concat")
@@ -154,8 +160,9 @@ def launch_concat(backend, step, arrays, ins, res, out, work):
 def launch_crop(backend, step, arrays, ins, res, out, work):
     n, h, wd, c = ins[0].shape
     _, ho, wo, _ = out.shape
-    crop[blocks(out.size), THREADS](flat(ins[0]), flat(out), n, h, wd, c, ho, wo,
-                                    step.attrs["oy"], step.attrs["ox"])
+    crop[blocks(out.size), THREADS](
+        flat(ins[0]), flat(out), n, h, wd, c, ho, wo, step.attrs["oy"], step.attrs["ox"]
+    )
 
 
 @KERNELS.register("flatten")
@@ -167,9 +174,14 @@ def launch_flatten(backend, step, arrays, ins, res, out, work):
 @KERNELS.register("channels")
 def launch_channels(backend, step, arrays, ins, res, out, work):
     x = ins[0]
-    gather_channels[blocks(out.size), THREADS](flat(x), arrays["index"], flat(out), out.size,
-                                               x.shape[len(x.shape) - 1],
-                                               out.shape[len(out.shape) - 1])
+    gather_channels[blocks(out.size), THREADS](
+        flat(x),
+        arrays["index"],
+        flat(out),
+        out.size,
+        x.shape[len(x.shape) - 1],
+        out.shape[len(out.shape) - 1],
+    )
 
 
 @KERNELS.register("pad")
@@ -177,5 +189,6 @@ def launch_pad(backend, step, arrays, ins, res, out, work):
     n, h, wd, c = ins[0].shape
     _, ho, wo, _ = out.shape
     top, _, left, _ = step.attrs["p"]
-    pad[blocks(out.size), THREADS](flat(ins[0]), flat(out), n, h, wd, c, ho, wo, top, left,
-                                   PAD_MODES[step.attrs["mode"]])
+    pad[blocks(out.size), THREADS](
+        flat(ins[0]), flat(out), n, h, wd, c, ho, wo, top, left, PAD_MODES[step.attrs["mode"]]
+    )

@@ -89,16 +89,30 @@ def _channels(a) -> int:
 @KERNELS.register("lrn")
 def launch_lrn(backend, step, arrays, ins, res, out, work):
     a, c = step.attrs, _channels(out)
-    lrn[blocks(out.size), THREADS](flat(ins[0]), flat(out), out.size // c, c, a["size"],
-                                   np.float32(a["alpha"]), np.float32(a["beta"]),
-                                   np.float32(a["k"]))
+    lrn[blocks(out.size), THREADS](
+        flat(ins[0]),
+        flat(out),
+        out.size // c,
+        c,
+        a["size"],
+        np.float32(a["alpha"]),
+        np.float32(a["beta"]),
+        np.float32(a["k"]),
+    )
 
 
 @KERNELS.register("layernorm")
 def launch_layernorm(backend, step, arrays, ins, res, out, work):
     c = _channels(out)
-    layernorm[blocks(out.size // c), THREADS](flat(ins[0]), arrays["weight"], arrays["bias"],
-                                              flat(out), out.size // c, c, step.attrs["eps"])
+    layernorm[blocks(out.size // c), THREADS](
+        flat(ins[0]),
+        arrays["weight"],
+        arrays["bias"],
+        flat(out),
+        out.size // c,
+        c,
+        step.attrs["eps"],
+    )
 
 
 @KERNELS.register("groupnorm")
@@ -106,7 +120,17 @@ def launch_groupnorm(backend, step, arrays, ins, res, out, work):
     n, h, wd, c = out.shape
     groups = step.attrs["groups"]
     stats = cuda.device_array(2 * n * groups, np.float64)
-    group_stats[blocks(n * groups), THREADS](flat(ins[0]), stats, n, h * wd, c, groups,
-                                             step.attrs["eps"])
-    group_apply[blocks(out.size), THREADS](flat(ins[0]), stats, arrays["weight"], arrays["bias"],
-                                           flat(out), out.size, h * wd, c, groups)
+    group_stats[blocks(n * groups), THREADS](
+        flat(ins[0]), stats, n, h * wd, c, groups, step.attrs["eps"]
+    )
+    group_apply[blocks(out.size), THREADS](
+        flat(ins[0]),
+        stats,
+        arrays["weight"],
+        arrays["bias"],
+        flat(out),
+        out.size,
+        h * wd,
+        c,
+        groups,
+    )

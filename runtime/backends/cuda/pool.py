@@ -113,23 +113,34 @@ def _window(a):
 def launch_maxpool(backend, step, arrays, ins, res, out, work):
     n, h, wd, c = ins[0].shape
     _, ho, wo, _ = out.shape
-    maxpool[blocks(out.size), THREADS](flat(ins[0]), flat(out), n, h, wd, c, ho, wo,
-                                       *_window(step.attrs), step.attrs["dh"], step.attrs["dw"])
+    maxpool[blocks(out.size), THREADS](
+        flat(ins[0]),
+        flat(out),
+        n,
+        h,
+        wd,
+        c,
+        ho,
+        wo,
+        *_window(step.attrs),
+        step.attrs["dh"],
+        step.attrs["dw"],
+    )
 
 
 @KERNELS.register("avgpool")
 def launch_avgpool(backend, step, arrays, ins, res, out, work):
     n, h, wd, c = ins[0].shape
     _, ho, wo, _ = out.shape
-    avgpool[blocks(out.size), THREADS](flat(ins[0]), flat(out), n, h, wd, c, ho, wo,
-                                       *_window(step.attrs), step.attrs["count_pad"])
+    avgpool[blocks(out.size), THREADS](
+        flat(ins[0]), flat(out), n, h, wd, c, ho, wo, *_window(step.attrs), step.attrs["count_pad"]
+    )
 
 
 @KERNELS.register("gap", "gmp")
 def launch_global_pool(backend, step, arrays, ins, res, out, work):
     n, h, wd, c = ins[0].shape
-    global_pool[blocks(n * c), THREADS](flat(ins[0]), flat(out), n, h * wd, c,
-                                        step.kernel == "gmp")
+    global_pool[blocks(n * c), THREADS](flat(ins[0]), flat(out), n, h * wd, c, step.kernel == "gmp")
 
 
 @KERNELS.register("adaptive_avgpool")
