@@ -11,11 +11,14 @@ from __future__ import annotations
 import html
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .diagnostics import ResourceError, UsageError, error
 from .files import write_atomically
-from .network import Instance, Layer, Network
 from .ops import OPS, fmt_shape
+
+if TYPE_CHECKING:  # types only: network.py imports this module
+    from .network import Instance, Layer, Network
 
 FORMATS = {".svg": "svg", ".png": "png", ".pdf": "pdf", ".dot": "dot", ".gv": "dot"}
 

@@ -12,7 +12,9 @@ from functools import cached_property
 from math import prod
 
 from .diagnostics import Location
+from .draw import build, render
 from .ops import RF, fmt_shape
+from .report import network_table
 
 BYTES_PER_ELEMENT = 4  # every tensor is float32
 
@@ -223,16 +225,12 @@ class Network:
 
     def draw(self, out=None, collapse: bool = False, rankdir: str = "TB"):
         """Graphviz drawing: a ``graphviz.Digraph``, or rendered to ``out`` (see cnnc.draw)."""
-        from .draw import build, render
-
         return (
             build(self, collapse, rankdir) if out is None else render(self, out, collapse, rankdir)
         )
 
     def summary(self) -> str:
         """A Keras-style table of layers with totals (what ``cnnc check`` prints)."""
-        from .report import network_table
-
         return network_table(self)
 
     def __repr__(self) -> str:

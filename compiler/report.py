@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from .network import Network
+from typing import TYPE_CHECKING
+
 from .ops import fmt_shape
+
+if TYPE_CHECKING:  # types only: network.py imports this module
+    from .network import Network
 
 
 def count(n: int) -> str:

@@ -8,10 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..compiler.diagnostics import DataError, error
-from ..compiler.network import Network
-from ..compiler.ops import fmt_shape
-from ..compiler.report import table
+from ..compiler import DataError, Network, error, fmt_shape, table
 from . import data, memory
 from . import weights as weights_io
 from .session import Session

@@ -7,10 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..compiler.diagnostics import DataError, error
-from ..compiler.files import write_atomically
-from ..compiler.network import Network
-from ..compiler.ops import fmt_shape
+from ..compiler import DataError, Network, error, fmt_shape, write_atomically
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 

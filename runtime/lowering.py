@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..compiler.network import Layer
-from ..compiler.ops import OPS, Activation
+from ..compiler import OPS, Activation, Layer
 
 #: Steps whose epilogue fuses a batch norm (folded into the weights) and an activation.
 WEIGHTED = ("conv", "dwconv", "convt", "fc")

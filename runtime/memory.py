@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ..compiler.diagnostics import ResourceError, error
-from ..compiler.network import Network
+from ..compiler import Network, ResourceError, error
 from .plan import build_plan
 
 BYTES = 4

@@ -17,7 +17,7 @@ from math import prod
 
 import numpy as np
 
-from ..compiler.network import Network
+from ..compiler import Network
 from .lowering import WEIGHTED, Step, lower, pack
 
 

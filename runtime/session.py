@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..compiler.diagnostics import DataError, error
-from ..compiler.network import Network
+from ..compiler import DataError, Network, error
 from . import memory
 from . import weights as weights_io
 from .backends import backend_for

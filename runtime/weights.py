@@ -12,10 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..compiler.diagnostics import DataError, error
-from ..compiler.files import write_atomically
-from ..compiler.network import Network
-from ..compiler.ops import OPS
+from ..compiler import OPS, DataError, Network, error, write_atomically
 
 
 def expected(net: Network) -> dict[str, tuple]:

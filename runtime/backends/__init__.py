@@ -3,7 +3,7 @@ each (``backends/<device>/``), kernels named after the ops they run."""
 
 from __future__ import annotations
 
-from ...compiler.diagnostics import DataError, ResourceError, error
+from ...compiler import DataError, ResourceError, error
 
 DEVICES = ("cpu", "cuda")
 

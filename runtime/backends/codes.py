@@ -4,7 +4,7 @@ capitals, so a new activation needs no line here) and pad modes."""
 
 from __future__ import annotations
 
-from ...compiler.ops import OPS, Activation
+from ...compiler import OPS, Activation
 
 NONE = 0
 #: ``RELU``, ``SILU``, ... : each activation's code under its name in capitals.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ....compiler.diagnostics import ResourceError, error
+from ....compiler import ResourceError, error
 
 try:
     from numba import cuda
