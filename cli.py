@@ -56,9 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--input",
         metavar="[NAME=]PATH",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
-        help="input data: .npy (N,C,H,W) or (C,H,W), or .png/.jpg; once per input",
+        help="input data: .npy (N,C,H,W) or (C,H,W), or .png/.jpg; NAME=PATH per input "
+        "(several after one --input, or one --input each)",
     )
     p.add_argument("--batch", type=int, default=None, metavar="N", help="batch size")
     p.add_argument("--weights", metavar="W.npz", help="weights keyed LAYER.weight, ...")

@@ -126,3 +126,23 @@ def test_every_library_spec_runs(capsys):
             if net.total_macs < 3e9:
                 outputs = cnnc.run(net, batch=1)
                 assert all(np.isfinite(y).all() for y in outputs.values()), net.name
+
+
+def test_several_inputs_after_one_flag_or_one_flag_each(tmp_path, capsys):
+    spec = tmp_path / "two.cnn"
+    spec.write_text(
+        "network two(a: 2x4x4, b: 2x4x4) {\n    return mul(a, b | gap | sigmoid) | flatten\n}\n"
+    )
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((3, 2, 4, 4)).astype(np.float32) for _ in range(2))
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    one, each = tmp_path / "one.npy", tmp_path / "each.npy"
+    pair = [f"a={tmp_path / 'a.npy'}", f"b={tmp_path / 'b.npy'}"]
+    assert main(["run", str(spec), "--input", *pair, "--out", str(one)]) == 0
+    assert main(["run", str(spec), "--input", pair[0], "--input", pair[1], "--out", str(each)]) == 0
+    gate = 1 / (1 + np.exp(-b.mean((2, 3), keepdims=True)))
+    np.testing.assert_allclose(np.load(one), (a * gate).reshape(3, -1), rtol=1e-6)
+    np.testing.assert_array_equal(np.load(one), np.load(each))
+    assert main(["run", str(spec), "--input", pair[0]]) == 1
+    assert "no --input for b" in capsys.readouterr().err
