@@ -108,6 +108,7 @@ REFERENCE = {
     "elu": lambda F, xs, a, w: F.elu(xs[0], a["a"]),
     "softplus": lambda F, xs, a, w: F.softplus(xs[0]),
     "mish": lambda F, xs, a, w: F.mish(xs[0]),
+    "selu": lambda F, xs, a, w: F.selu(xs[0]),
     "clamp": lambda F, xs, a, w: F.torch.clamp(xs[0], a["lo"], a["hi"]),
     "prelu": lambda F, xs, a, w: F.prelu(xs[0], w("weight")),
     "identity": lambda F, xs, a, w: xs[0],

@@ -26,10 +26,6 @@ def _activation(name: str, code: int):
     return register(cls)
 
 
-for _code, _name in enumerate(("relu", "relu6"), start=1):
-    _activation(_name, _code)
-
-
 @register
 class LeakyRelu(Activation):
     name = "leaky_relu"
@@ -44,7 +40,10 @@ class LeakyRelu(Activation):
         return f"leaky_relu {a['a']:g}"
 
 
+#: The activations without arguments, with their codes.
 for _code, _name in (
+    (1, "relu"),
+    (2, "relu6"),
     (4, "sigmoid"),
     (5, "tanh"),
     (6, "silu"),
@@ -52,13 +51,14 @@ for _code, _name in (
     (8, "hardsigmoid"),
     (12, "softplus"),
     (13, "mish"),
+    (15, "selu"),
 ):
     _activation(_name, _code)
 
 
 @register
 class Gelu(Activation):
-    """GELU; ``approx=tanh`` is the tanh form (code 10), the default the exact erf form (9)."""
+    """GELU: the exact erf form, or with ``approx=tanh`` the tanh form (``alpha`` = 1)."""
 
     name = "gelu"
     code = 9

@@ -21,6 +21,7 @@ from ..codes import (
     MISH,
     RELU,
     RELU6,
+    SELU,
     SIGMOID,
     SILU,
     SOFTPLUS,
@@ -35,6 +36,8 @@ PJIT = dict(JIT, parallel=True)
 _F0, _F1, _F3, _F6 = np.float32(0.0), np.float32(1.0), np.float32(3.0), np.float32(6.0)
 _SQRT_HALF = np.float32(math.sqrt(0.5))
 _TANH_GELU = np.float32(math.sqrt(2.0 / math.pi))
+_SELU_ALPHA = np.float32(1.6732632423543772848170429916717)
+_SELU_SCALE = np.float32(1.0507009873554804934193349852946)
 
 
 @njit(inline="always", **JIT)
@@ -76,4 +79,6 @@ def activate(v, act, alpha, beta):
         return v * np.tanh(_softplus(v))
     if act == CLAMP:
         return min(max(v, alpha), beta)
+    if act == SELU:
+        return _SELU_SCALE * (v if v > 0.0 else _SELU_ALPHA * np.float32(math.expm1(v)))
     return v

@@ -16,6 +16,7 @@ from ..codes import (
     MISH,
     RELU,
     RELU6,
+    SELU,
     SIGMOID,
     SILU,
     SOFTPLUS,
@@ -24,6 +25,8 @@ from ..codes import (
 
 _SQRT_HALF = math.sqrt(0.5)
 _TANH_GELU = math.sqrt(2.0 / math.pi)
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
 
 
 @cuda.jit(device=True, inline=True)
@@ -62,4 +65,6 @@ def activate(v, act, alpha, beta):
         return v * math.tanh(_softplus(v))
     if act == CLAMP:
         return min(max(v, alpha), beta)
+    if act == SELU:
+        return float32(_SELU_SCALE) * (v if v > 0 else float32(_SELU_ALPHA) * math.expm1(v))
     return v
