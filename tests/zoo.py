@@ -4,6 +4,8 @@ counted from torchvision, and torchvision's weights mapped onto the spec's layer
 ``python tests/zoo.py`` rewrites ``tests/data/torchvision_costs.json`` from torchvision itself
 (models built without weights; parameters counted, MACs of Conv2d/ConvTranspose2d/Linear
 counted by forward hooks at the spec's input size, torchvision's own convention).
+``python tests/zoo.py check NAME...`` compares specs with torchvision (costs, and outputs
+through tests/torch_reference.py); ``python tests/zoo.py table`` prints the README's table.
 """
 
 from __future__ import annotations
@@ -276,10 +278,28 @@ def check(names):
         print(f"  output vs torchvision: relative error {err:.2e} {'OK' if err < 1e-4 else 'BAD'}")
 
 
+def markdown_table():
+    """The README's table: each zoo network's input, params and GMACs as cnnc computes them,
+    marked where they equal torchvision's (the committed table)."""
+    table = json.loads(COSTS.read_text())
+    print("| file | network | input | params | GMACs | = torchvision |")
+    print("|---|---|---|---|---|---|")
+    for file, name, size in ZOO:
+        net = network_of(name)
+        same = (net.total_params, net.total_macs) == (table[name]["params"], table[name]["macs"])
+        print(
+            f"| `{file}` | {name} | {size}x{size} | {net.total_params:,} | "
+            f"{net.total_macs / 1e9:.2f} | {'yes' if same else 'NO'} |"
+        )
+
+
 def main():
     if sys.argv[1:2] == ["check"]:
         sys.path.insert(0, str(HERE))
         check(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["table"]:
+        markdown_table()
         return
     table = {}
     for file, name, size in ZOO:
