@@ -139,3 +139,21 @@ def test_resnet152_renders(tmp_path):
     net = cnnc.load(SPECS / "resnet.cnn", network="resnet152")
     out = net.draw(tmp_path / "r152.svg")
     assert len(svg_groups(out, "node")) == len(net.layers) + 3
+
+
+def test_modern_ops_are_drawn_with_their_family_colours(tmp_path):
+    """An MBConv block: depthwise conv, silu, the SE gate's mul, drop path, each styled."""
+    require_dot()
+    from cnnc.compiler.draw import PALETTE
+
+    net = cnnc.load(SPECS / "efficientnet.cnn", network="mbconv_se")
+    out = net.draw(tmp_path / "mbconv.svg")
+    nodes = svg_groups(out, "node")
+    labels = [texts(n) for n in nodes]
+    for label in ("dwconv 5x5", "silu", "mul", "sigmoid", "droppath 0.2", "gap"):
+        assert any(label in t for t in labels), label
+    mul = next(n for n in nodes if "mul" in texts(n).split())
+    fills = {p.get("fill") for p in mul.iter(f"{SVG}path")}
+    assert PALETTE["merge"][0] in fills
+    edges = " ".join(texts(e) for e in svg_groups(out, "edge"))
+    assert "240x1x1" in edges and "240x28x28" in edges
