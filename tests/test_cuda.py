@@ -80,7 +80,7 @@ def _signature(kernel_name, fn):
 def _kernels():
     """Every @cuda.jit kernel of the CUDA backend, as 'module.name'."""
     found = []
-    for module in ("conv", "pool", "elementwise", "norm", "layout"):
+    for module in ("conv", "pool", "elementwise", "norm", "layout"):  # indexing: device only
         source = (HERE.parent / "runtime" / "backends" / "cuda" / f"{module}.py").read_text()
         found += [
             f"{module}.{name}" for name in re.findall(r"^@cuda\.jit\ndef (\w+)", source, re.M)

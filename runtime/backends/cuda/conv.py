@@ -13,6 +13,7 @@ import numpy as np
 from numba import cuda, float32
 
 from .activations import activate
+from .indexing import nhwc
 from .launch import BK, BM, BN, KERNELS, THREADS, TILE, WORK, blocks, epilogue, flat
 
 
@@ -234,12 +235,7 @@ def convt_gather(
     total = n_img * ho * wo * c_out
     if i >= total:
         return
-    co = i % c_out
-    pix = i // c_out
-    ox = pix % wo
-    t = pix // wo
-    oy = t % ho
-    n = t // ho
+    n, oy, ox, co = nhwc(i, ho, wo, c_out)
     og = c_out // groups
     gi = co // og
     j = co - gi * og
@@ -296,12 +292,7 @@ def dwconv(
     i = cuda.grid(1)
     if i >= n_img * ho * wo * c_out:
         return
-    c = i % c_out
-    pix = i // c_out
-    ox = pix % wo
-    t = pix // wo
-    oy = t % ho
-    n = t // ho
+    n, oy, ox, c = nhwc(i, ho, wo, c_out)
     c_in = c_out // mult
     acc = bias[c]
     for ky in range(kh):

@@ -9,6 +9,7 @@ import numpy as np
 from numba import cuda, float32
 
 from ..codes import PAD_MODES
+from .indexing import nhwc
 from .launch import KERNELS, THREADS, blocks, flat
 
 
@@ -27,12 +28,7 @@ def resize(x, out, n_img, h, wd, c, ho, wo, sy, sx, bilinear):
     i = cuda.grid(1)
     if i >= n_img * ho * wo * c:
         return
-    ch = i % c
-    pix = i // c
-    ox = pix % wo
-    t = pix // wo
-    oy = t % ho
-    n = t // ho
+    n, oy, ox, ch = nhwc(i, ho, wo, c)
     if not bilinear:
         iy = min(int(math.floor(float32(oy) * sy)), h - 1)
         ix = min(int(math.floor(float32(ox) * sx)), wd - 1)
@@ -61,12 +57,7 @@ def crop(x, out, n_img, h, wd, c, ho, wo, oy, ox):
     i = cuda.grid(1)
     if i >= n_img * ho * wo * c:
         return
-    ch = i % c
-    pix = i // c
-    xx = pix % wo
-    t = pix // wo
-    y = t % ho
-    n = t // ho
+    n, y, xx, ch = nhwc(i, ho, wo, c)
     out[i] = x[((n * h + y + oy) * wd + xx + ox) * c + ch]
 
 
@@ -76,12 +67,7 @@ def flatten(x, out, n_img, h, wd, c):
     i = cuda.grid(1)
     if i >= n_img * h * wd * c:
         return
-    ch = i % c
-    pix = i // c
-    ix = pix % wd
-    t = pix // wd
-    iy = t % h
-    n = t // h
+    n, iy, ix, ch = nhwc(i, h, wd, c)
     out[n * c * h * wd + (ch * h + iy) * wd + ix] = x[i]
 
 
@@ -108,12 +94,7 @@ def pad(x, out, n_img, h, wd, c, ho, wo, top, left, mode):
     i = cuda.grid(1)
     if i >= n_img * ho * wo * c:
         return
-    ch = i % c
-    pix = i // c
-    ox = pix % wo
-    t = pix // wo
-    oy = t % ho
-    n = t // ho
+    n, oy, ox, ch = nhwc(i, ho, wo, c)
     iy = _pad_source(oy - top, h, mode)
     ix = _pad_source(ox - left, wd, mode)
     out[i] = float32(0.0) if iy < 0 or ix < 0 else x[((n * h + iy) * wd + ix) * c + ch]

@@ -6,6 +6,7 @@ import math
 
 from numba import cuda, float32
 
+from .indexing import nhwc
 from .launch import KERNELS, THREADS, blocks, flat
 
 
@@ -14,12 +15,7 @@ def maxpool(x, out, n_img, h, wd, c, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw):
     i = cuda.grid(1)
     if i >= n_img * ho * wo * c:
         return
-    ch = i % c
-    pix = i // c
-    ox = pix % wo
-    t = pix // wo
-    oy = t % ho
-    n = t // ho
+    n, oy, ox, ch = nhwc(i, ho, wo, c)
     best = float32(-math.inf)
     for ky in range(kh):
         iy = oy * sh - ph + ky * dh
@@ -40,12 +36,7 @@ def avgpool(x, out, n_img, h, wd, c, ho, wo, kh, kw, sh, sw, ph, pw, count_pad):
     i = cuda.grid(1)
     if i >= n_img * ho * wo * c:
         return
-    ch = i % c
-    pix = i // c
-    ox = pix % wo
-    t = pix // wo
-    oy = t % ho
-    n = t // ho
+    n, oy, ox, ch = nhwc(i, ho, wo, c)
     y0 = oy * sh - ph
     x0 = ox * sw - pw
     y1 = min(y0 + kh, h + ph)
@@ -88,12 +79,7 @@ def adaptive_avgpool(x, out, n_img, h, wd, c, ho, wo):
     i = cuda.grid(1)
     if i >= n_img * ho * wo * c:
         return
-    ch = i % c
-    pix = i // c
-    ox = pix % wo
-    t = pix // wo
-    oy = t % ho
-    n = t // ho
+    n, oy, ox, ch = nhwc(i, ho, wo, c)
     y0 = (oy * h) // ho
     y1 = -((-(oy + 1) * h) // ho)
     x0 = (ox * wd) // wo
