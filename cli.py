@@ -96,6 +96,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=10, metavar="R")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--json", action="store_true")
+
+    p = spec_command("sweep", "check (and time) every combination of network parameters, on Dask")
+    p.add_argument(
+        "--grid",
+        metavar="NAME=V1,V2",
+        action="extend",
+        nargs="+",
+        required=True,
+        help="values of a network parameter: --grid width=16,32,64 depth=1,2",
+    )
+    p.add_argument("--bench", action="store_true", help="also time each variant")
+    p.add_argument("--batch", type=int, default=1, metavar="N", help="batch size when timing")
+    p.add_argument("--repeat", type=int, default=5, metavar="R", help="timed passes per variant")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    form.add_argument("--csv", action="store_true", help="print CSV")
+    p.add_argument("--plot", metavar="FILE.svg", help="plot MACs against params (and ms)")
+    add_cluster_options(p)
     return parser
 
 
@@ -166,7 +185,22 @@ def cmd_bench(args) -> int:
     return bench_command(_load(args), args)
 
 
-COMMANDS = {"check": cmd_check, "draw": cmd_draw, "run": cmd_run, "bench": cmd_bench}
+def cmd_sweep(args) -> int:
+    from . import parse_program
+    from .runtime.sweep import sweep_command
+
+    args.program = parse_program(args.file)
+    args.params_used = parse_settings(args.params)
+    return sweep_command(args)
+
+
+COMMANDS = {
+    "check": cmd_check,
+    "draw": cmd_draw,
+    "run": cmd_run,
+    "bench": cmd_bench,
+    "sweep": cmd_sweep,
+}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
