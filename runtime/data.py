@@ -117,7 +117,9 @@ def load_image(path: Path, name: str, shape: tuple, resize: bool = False) -> np.
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
-        raise DataError(error("reading images needs Pillow", hint="pip install pillow")) from None
+        raise DataError(
+            error("reading images needs Pillow", hint="pip install 'cnnc[images]'")
+        ) from None
     if len(shape) != 3 or shape[0] not in (1, 3):
         raise DataError(
             error(f"an image can feed only a 1- or 3-channel input; '{name}' is {fmt_shape(shape)}")

@@ -78,7 +78,12 @@ def _panel(points, xlabel: str, ylabel: str, x0: float) -> list[str]:
     for x, y, label in points:
         px, py = xs.px(x), ys.px(y)
         out.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="4" fill="#3465a4"/>')
-        out.append(f'<text x="{px + 6:.1f}" y="{py - 6:.1f}" class="label">{escape(label)}</text>')
+        right = px > x0 + (LEFT + W - RIGHT) / 2  # labels in the right half read leftwards
+        anchor, dx = ("end", -6) if right else ("start", 6)
+        out.append(
+            f'<text x="{px + dx:.1f}" y="{py - 6:.1f}" text-anchor="{anchor}" class="label">'
+            f"{escape(label)}</text>"
+        )
     return out
 
 
