@@ -132,7 +132,11 @@ def load_image(path: Path, name: str, shape: tuple, resize: bool = False) -> np.
             pixels = np.asarray(img, dtype=np.float32) / 255.0
     except FileNotFoundError:
         raise DataError(error(f"cannot read image '{path}': no such file")) from None
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise DataError(
+            error(f"cannot read image '{path}': not an image format Pillow can decode")
+        ) from None
+    except (OSError, ValueError) as exc:
         raise DataError(error(f"cannot read image '{path}': {exc}")) from None
     h, w = pixels.shape[:2]
     if (h, w) != shape[1:]:
