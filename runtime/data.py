@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from ..compiler import (
     fmt_shape,
     write_atomically,
 )
+from .memory import available_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -62,6 +64,7 @@ def load_input(
 ) -> np.ndarray:
     """Load one input as float32 (batch, *shape). Images are scaled to [0, 1], optionally
     resized to the input's H x W and normalised with ImageNet's mean and std."""
+    check_regular_file(path, "input")
     if path.suffix.lower() in IMAGE_SUFFIXES:
         x = load_image(path, name, shape, resize)
         if normalize == "imagenet":
@@ -71,10 +74,8 @@ def load_input(
                 )
             x = (x - IMAGENET_MEAN[None, :, None, None]) / IMAGENET_STD[None, :, None, None]
         return np.ascontiguousarray(x, dtype=np.float32)
-    try:
-        data = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise DataError(error(f"cannot read input '{path}': no such file")) from None
+    try:  # mapped, not read: the shape is checked before the data is touched
+        data = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
         raise DataError(
             error(f"cannot read input '{path}': not a valid .npy file ({exc})")
@@ -82,7 +83,32 @@ def load_input(
     if isinstance(data, np.lib.npyio.NpzFile):
         data.close()
         raise DataError(error(f"input '{path}' is an .npz archive; give one .npy per input"))
+    if data.size * 4 > MAX_INPUT_SHARE * available_bytes():
+        raise ResourceError(
+            error(
+                f"input '{path}' holds {data.size * 4 / 2**30:.1f} GiB as float32, more than "
+                "this machine can hold with the run",
+                hint="split it into smaller files and run the folder: --input DIR --out DIR",
+            )
+        )
     return as_input(data, name, shape, f"input '{path}'")
+
+
+MAX_INPUT_SHARE = 0.5
+
+
+def check_regular_file(path: Path, what: str):
+    """A readable regular file (a FIFO would block, a device never end)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise DataError(error(f"cannot read {what} '{path}': no such file")) from None
+    except OSError as exc:
+        raise DataError(error(f"cannot read {what} '{path}': {exc.strerror or exc}")) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise DataError(error(f"cannot read {what} '{path}': it is a directory"))
+    if not stat.S_ISREG(info.st_mode):
+        raise DataError(error(f"cannot read {what} '{path}': not a regular file"))
 
 
 def as_input(data, name: str, shape: tuple, what: str | None = None) -> np.ndarray:
@@ -170,7 +196,7 @@ def check_output_path(path: Path, option: str, suffixes=OUTPUT_SUFFIXES, avoid=(
         raise UsageError(error(f"{option} '{path}': use a {' or '.join(suffixes)} file"))
     if path.is_dir():
         raise UsageError(error(f"{option} '{path}' is a directory; give a file name"))
-    _check_writable_dir(path.parent if str(path.parent) else Path("."), f"{option} '{path}'")
+    check_writable_dir(path.parent if str(path.parent) else Path("."), f"{option} '{path}'")
     for other in avoid:
         if other is not None and _same_file(path, Path(other)):
             raise UsageError(
@@ -178,7 +204,7 @@ def check_output_path(path: Path, option: str, suffixes=OUTPUT_SUFFIXES, avoid=(
             )
 
 
-def _check_writable_dir(directory: Path, what: str):
+def check_writable_dir(directory: Path, what: str):
     if not directory.is_dir():
         raise ResourceError(error(f"cannot write {what}: no such directory '{directory}'"))
     try:  # a real probe: permission bits say nothing for root or on read-only mounts

@@ -67,7 +67,6 @@ class Job:
     params: dict
     device: str
     normalize: str | None
-    suffix: str  # of the outputs: .npy, or .npz for several outputs
     key: str  # identifies this run's session in a worker's cache
 
 
@@ -84,35 +83,32 @@ def run_command(net: Network, args) -> int:
     if not args.out:
         raise UsageError(error("a folder run needs --out DIR for its output files"))
     out_dir = Path(args.out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(error(f"--out '{out_dir}' is a file; a folder run writes into a folder"))
+    if out_dir.is_file() or (not out_dir.exists() and out_dir.suffix.lower() in (".npy", ".npz")):
+        raise UsageError(error(f"--out '{out_dir}': a folder run writes into a folder, not a file"))
+    if args.save_weights:
+        data.check_output_path(
+            Path(args.save_weights), "--save-weights", (".npz",), avoid=[args.weights]
+        )
     files = find_inputs(args.input[0])
     suffix = ".npy" if len(net.outputs) == 1 else ".npz"
     targets = _targets(files, out_dir, suffix)
-    if not out_dir.exists():
-        data._check_writable_dir(out_dir.parent, f"--out '{out_dir}'")
-        out_dir.mkdir()
-    data._check_writable_dir(out_dir, f"--out '{out_dir}'")
     weights = (
         weights_io.load(net, args.weights)
         if args.weights
         else weights_io.initialise(net, args.seed)
     )
+    if not out_dir.exists():
+        data.check_writable_dir(out_dir.parent, f"--out '{out_dir}'")
+        out_dir.mkdir()
+    data.check_writable_dir(out_dir, f"--out '{out_dir}'")
     if args.save_weights:
-        data.check_output_path(Path(args.save_weights), "--save-weights", (".npz",))
         weights_io.save(weights, Path(args.save_weights))
     pending = [(f, t) for f, t in zip(files, targets) if not t.exists()]
     skipped = len(files) - len(pending)
     batch = args.batch or DEFAULT_BATCH
     chunks = [pending[i : i + batch] for i in range(0, len(pending), batch)]
     job = Job(
-        args.program,
-        net.name,
-        args.params_used,
-        args.device,
-        args.normalize,
-        suffix,
-        uuid.uuid4().hex,
+        args.program, net.name, args.params_used, args.device, args.normalize, uuid.uuid4().hex
     )
     progress = Progress(len(pending), "inputs")
     failures: list[tuple[str, str]] = []
@@ -170,11 +166,13 @@ def _execute(job: Job, weights: dict, chunks: list, args):
     from distributed import as_completed
 
     with cluster.client(args.scheduler, args.workers, "a folder run") as client:
-        shared = client.scatter(weights, broadcast=True)  # once per worker, not per task
+        # the weights and the program go once to each worker, not with every task
+        shared = client.scatter(weights, broadcast=True)
+        shared_job = client.scatter(job, broadcast=True)
         futures = [
             client.submit(
                 run_chunk,
-                job,
+                shared_job,
                 shared,
                 [(str(f.resolve()), str(t.resolve())) for f, t in chunk],
                 pure=False,

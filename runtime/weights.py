@@ -54,9 +54,9 @@ def load(net: Network, path: str | Path) -> dict[str, np.ndarray]:
     """
     path = Path(path)
     want = expected(net)
-    if not path.is_file():
-        why = "it is a directory" if path.is_dir() else "no such file"
-        raise DataError(error(f"cannot read weights '{path}': {why}"))
+    from .data import check_regular_file
+
+    check_regular_file(path, "weights")
     try:
         with zipfile.ZipFile(path) as archive:
             members = _members(archive, path, want)

@@ -197,3 +197,38 @@ def test_folder_run_in_a_local_cluster_with_a_glob(tmp_path, capsys):
     assert main([*argv, "--input", str(tmp_path / "in"), "--out", str(tmp_path / "in/s0.npy")]) == 2
     assert main([*argv, "--input", str(tmp_path / "none*.npy"), *out]) == 1
     assert "no .npy" in capsys.readouterr().err
+
+
+def test_without_dask_folder_runs_go_on_in_process_and_sweeps_say_how_to_install(
+    tmp_path, capsys, monkeypatch
+):
+    from cnnc.runtime import cluster
+
+    monkeypatch.setattr(cluster, "available", lambda: False)
+    spec = tmp_path / "p.cnn"
+    spec.write_text(SPEC)
+    (tmp_path / "in").mkdir()
+    x = np.random.default_rng(1).standard_normal((3, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "in" / "a.npy", x)
+    argv = ["run", str(spec), "--input", str(tmp_path / "in"), "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "running in this process" in captured.err and "ran 1 of 1 inputs" in captured.out
+    want = cnnc.run(cnnc.load(SPEC), {"x": x})["out"]
+    np.testing.assert_allclose(np.load(tmp_path / "o" / "a.npy"), want, rtol=1e-5, atol=1e-6)
+    assert main(["sweep", str(spec), "--grid", "width=4,8"]) == 1
+    assert "pip install 'cnnc[dask]'" in capsys.readouterr().err
+
+
+def test_folder_run_usage_errors(tmp_path, capsys):
+    two = tmp_path / "two.cnn"
+    two.write_text("network n(a: 3x8x8, b: 3x8x8) {\n    return add(a, b)\n}\n")
+    (tmp_path / "in").mkdir()
+    np.save(tmp_path / "in" / "a.npy", np.zeros((3, 8, 8), np.float32))
+    folder = ["--input", str(tmp_path / "in")]
+    assert main(["run", str(two), *folder, "--out", str(tmp_path / "o")]) == 2
+    assert "has 2" in capsys.readouterr().err
+    assert main(["run", str(SPECS / "lenet5.cnn"), *folder]) == 2
+    assert "needs --out DIR" in capsys.readouterr().err
+    assert main(["run", str(SPECS / "lenet5.cnn"), "--scheduler", "tcp://127.0.0.1:1"]) == 2
+    assert "--scheduler runs a folder" in capsys.readouterr().err

@@ -178,3 +178,25 @@ def test_8_nan_weights_warn_and_complex_inputs_are_refused(tmp_path, capsys):
     assert "holds complex numbers" in capsys.readouterr().err
     with pytest.raises(cnnc.DataError, match="complex"):
         cnnc.run(net, inputs={"x": np.ones((1, 1, 32, 32), np.complex64)})
+
+
+def test_inputs_and_weights_must_be_regular_files_of_a_size_that_fits(
+    tmp_path, capsys, monkeypatch
+):
+    from cnnc.runtime import data
+
+    fifo = tmp_path / "x.npy"
+    os.mkfifo(fifo)
+    assert main(["run", LENET, "--input", str(fifo)]) == 1
+    assert "not a regular file" in capsys.readouterr().err
+    assert main(["run", LENET, "--weights", str(fifo)]) == 1
+    assert "not a regular file" in capsys.readouterr().err
+    big = tmp_path / "big.npy"
+    with open(big, "wb") as fh:  # 80 MB declared, sparse on disk
+        np.lib.format.write_array_header_1_0(
+            fh, {"descr": "<f4", "fortran_order": False, "shape": (20_000, 1, 32, 32)}
+        )
+        fh.truncate(fh.tell() + 20_000 * 32 * 32 * 4)
+    monkeypatch.setattr(data, "available_bytes", lambda: 64 * 2**20)
+    assert main(["run", LENET, "--input", str(big)]) == 1
+    assert "split it into smaller files" in capsys.readouterr().err
