@@ -194,13 +194,8 @@ def cmd_sweep(args) -> int:
     return sweep_command(args)
 
 
-COMMANDS = {
-    "check": cmd_check,
-    "draw": cmd_draw,
-    "run": cmd_run,
-    "bench": cmd_bench,
-    "sweep": cmd_sweep,
-}
+COMMANDS = {"check": cmd_check, "draw": cmd_draw, "run": cmd_run, "bench": cmd_bench}
+COMMANDS["sweep"] = cmd_sweep
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
