@@ -56,11 +56,16 @@ def parse_program(spec: str | Path, filename: str | None = None) -> Program:
 
 
 def check(
-    spec: str | Path, network: str | None = None, strict: bool = False, filename: str | None = None
+    spec: str | Path,
+    network: str | None = None,
+    strict: bool = False,
+    filename: str | None = None,
+    params: dict | None = None,
 ) -> CheckResult:
     """Check every network of a spec (or one); return networks and diagnostics, never raise
-    for problems in the networks themselves (a syntax or import error still raises)."""
-    return parse_program(spec, filename).check(network, strict)
+    for problems in the networks themselves (a syntax or import error still raises).
+    ``params`` overrides network parameters by name, like ``--set``."""
+    return parse_program(spec, filename).check(network, strict, params)
 
 
 def load_all(spec: str | Path, strict: bool = False, filename: str | None = None) -> list[Network]:
@@ -72,10 +77,21 @@ def load_all(spec: str | Path, strict: bool = False, filename: str | None = None
 
 
 def load(
-    spec: str | Path, network: str | None = None, strict: bool = False, filename: str | None = None
+    spec: str | Path,
+    network: str | None = None,
+    strict: bool = False,
+    filename: str | None = None,
+    params: dict | None = None,
 ) -> Network:
-    """Check a spec and return one network (by name, or the file's only network)."""
-    program = parse_program(spec, filename)
+    """Check a spec and return one network (by name, or the file's only network), its
+    parameters set from ``params`` (name -> number) where given."""
+    return network_of(parse_program(spec, filename), network, strict, params)
+
+
+def network_of(
+    program: Program, network: str | None = None, strict: bool = False, params: dict | None = None
+) -> Network:
+    """Check one network of a parsed program (by name, or its root file's only network)."""
     if network is None:
         names = program.root_networks
         if len(names) != 1:
@@ -90,7 +106,7 @@ def load(
                 )
             )
         network = names[0]
-    result = program.check(network, strict)
+    result = program.check(network, strict, params)
     if not result.ok:
         raise SpecError(result.diagnostics)
     return result.networks[0]
@@ -123,17 +139,26 @@ def run(
 ) -> dict:
     """Run a checked network; return ``{output name: array}`` in NCHW (or (N, C)).
 
-    ``inputs`` maps input names to float arrays (batch, C, H, W); without it the inputs are
-    seeded random data of ``batch`` samples. ``weights`` is a dict or an ``.npz`` path keyed
-    ``LAYER.weight`` etc.; without it they are seeded (He for conv, Xavier for fc).
+    ``inputs`` maps input names to float arrays (batch, C, H, W) or one sample (C, H, W);
+    without it the inputs are seeded random data of ``batch`` samples (a positive integer;
+    a batch that cannot fit in memory raises :class:`ResourceError` before allocating).
+    ``weights`` is a dict or an ``.npz`` path keyed ``LAYER.weight`` etc.; without it they are
+    seeded (He for conv, Xavier for fc).
     """
-    from cnnc.runtime.data import random_inputs
-    from cnnc.runtime.session import Session
+    from cnnc.runtime import memory
+    from cnnc.runtime.data import as_input, random_inputs
+    from cnnc.runtime.session import Session, check_batch
 
     if inputs is None:
+        batch = check_batch(batch)
+        memory.check_fits(network, batch)  # before the random inputs are drawn
         inputs = random_inputs(network, batch, seed)
     else:
-        batch = max(int(next(iter(inputs.values())).shape[0]), 1) if inputs else batch
+        inputs = {
+            name: as_input(x, name, network.inputs[name].shape) if name in network.inputs else x
+            for name, x in inputs.items()
+        }
+        batch = int(next(iter(inputs.values())).shape[0]) if inputs else check_batch(batch)
     session = Session.create(
         network, weights, seed=seed, device=device, optimize=optimize, batch=batch
     )

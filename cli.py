@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 from . import __version__
 from .compiler.diagnostics import CnncError, UsageError
@@ -22,6 +23,15 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def add_cluster_options(p):
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="an existing Dask scheduler (tcp://HOST:PORT); default: a local cluster",
+    )
+    p.add_argument("--workers", type=int, metavar="N", help="worker processes of the local cluster")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cnnc", description="Check, cost, draw and run .cnn network specs.")
     parser.add_argument("--version", action="version", version=f"cnnc {__version__}")
@@ -32,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("file", metavar="FILE", help="a .cnn spec")
         p.add_argument("--network", metavar="NAME", help="which network of the file")
+        p.add_argument(
+            "--set",
+            metavar="NAME=VALUE",
+            action="append",
+            default=[],
+            dest="params",
+            help="set a network parameter (repeatable): --set width=32",
+        )
         return p
 
     p = spec_command("check", "shape-check a spec and print layers, params and MACs")
@@ -66,14 +84,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="W.npz", help="weights keyed LAYER.weight, ...")
     p.add_argument("--save-weights", metavar="W.npz", help="save the weights used")
     p.add_argument("--seed", type=int, default=0, help="seed for weights and random input")
-    p.add_argument("--out", metavar="PATH", help="save outputs (.npy, or .npz)")
+    p.add_argument("--out", metavar="PATH", help="save outputs (.npy, or .npz); a folder run: DIR")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument(
+        "--normalize", choices=["imagenet"], help="normalise image inputs with ImageNet's mean/std"
+    )
+    add_cluster_options(p)
 
     p = spec_command("bench", "time the forward pass layer by layer")
     p.add_argument("--batch", type=int, default=1, metavar="N")
     p.add_argument("--repeat", type=int, default=10, metavar="R")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--json", action="store_true")
+
+    p = spec_command("sweep", "check (and time) every combination of network parameters, on Dask")
+    p.add_argument(
+        "--grid",
+        metavar="NAME=V1,V2",
+        action="extend",
+        nargs="+",
+        required=True,
+        help="values of a network parameter: --grid width=16,32,64 depth=1,2",
+    )
+    p.add_argument("--bench", action="store_true", help="also time each variant")
+    p.add_argument("--batch", type=int, default=1, metavar="N", help="batch size when timing")
+    p.add_argument("--repeat", type=int, default=5, metavar="R", help="timed passes per variant")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    form.add_argument("--csv", action="store_true", help="print CSV")
+    p.add_argument("--plot", metavar="FILE.svg", help="plot MACs against params (and ms)")
+    add_cluster_options(p)
     return parser
 
 
@@ -83,7 +124,7 @@ def cmd_check(args) -> int:
     from .compiler.source import SourceFile
 
     program = Program.load(SourceFile.from_path(args.file))
-    result = program.check(args.network, args.strict)
+    result = program.check(args.network, args.strict, parse_settings(args.params))
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
@@ -99,10 +140,24 @@ def cmd_check(args) -> int:
     return 0 if result.ok else 1
 
 
+def parse_settings(settings: list[str]) -> dict[str, str]:
+    """``--set NAME=VALUE`` options as a dict; the elaborator checks names and types."""
+    params: dict[str, str] = {}
+    for setting in settings:
+        name, sep, value = setting.partition("=")
+        name = name.strip()
+        if not sep or not name.isidentifier() or not value.strip():
+            raise UsageError(f"--set '{setting}': write NAME=VALUE, e.g. --set width=32")
+        if name in params:
+            raise UsageError(f"--set {name} given twice")
+        params[name] = value
+    return params
+
+
 def _load(args):
     from . import load
 
-    return load(args.file, args.network)
+    return load(args.file, args.network, params=parse_settings(args.params))
 
 
 def cmd_draw(args) -> int:
@@ -116,9 +171,12 @@ def cmd_draw(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from . import network_of, parse_program
     from .runtime.cli import run_command
 
-    return run_command(_load(args), args)
+    args.program = parse_program(args.file)
+    args.params_used = parse_settings(args.params)
+    return run_command(network_of(args.program, args.network, params=args.params_used), args)
 
 
 def cmd_bench(args) -> int:
@@ -127,11 +185,32 @@ def cmd_bench(args) -> int:
     return bench_command(_load(args), args)
 
 
+def cmd_sweep(args) -> int:
+    from . import parse_program
+    from .runtime.sweep import sweep_command
+
+    args.program = parse_program(args.file)
+    args.params_used = parse_settings(args.params)
+    return sweep_command(args)
+
+
 COMMANDS = {"check": cmd_check, "draw": cmd_draw, "run": cmd_run, "bench": cmd_bench}
+COMMANDS["sweep"] = cmd_sweep
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings (cnnc's own, or NumPy's numerical ones) as one plain line, no source."""
+    print(f"cnnc: warning: {message}", file=sys.stderr)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _dispatch(args)
+
+
+def _dispatch(args) -> int:
     try:
         return COMMANDS[args.command](args)
     except UsageError as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .diagnostics import (
     CnncError,
+    CnncWarning,
     DataError,
     Diagnostic,
     ResourceError,
@@ -23,6 +24,7 @@ __all__ = [
     "OPS",
     "Activation",
     "CnncError",
+    "CnncWarning",
     "DataError",
     "Diagnostic",
     "Instance",

@@ -145,6 +145,7 @@ class Network:
     body: list
     pos: Pos
     file: str = ""
+    params: list[Param] = field(default_factory=list)  # numeric parameters with defaults
 
 
 @dataclass

@@ -95,5 +95,9 @@ class UsageError(CnncError):
     """The command was used wrongly (exit status 2)."""
 
 
+class CnncWarning(UserWarning):
+    """Something a run can go on with but the user should know (e.g. NaN weights)."""
+
+
 def error(message: str, location: Location | None = None, hint: str | None = None) -> Diagnostic:
     return Diagnostic("error", message, location, hint)

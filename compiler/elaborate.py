@@ -104,9 +104,10 @@ class Elaborator:
 
     # ---- networks ---------------------------------------------------------------------
 
-    def network(self, netdef: ast.Network) -> Network | None:
+    def network(self, netdef: ast.Network, overrides: dict | None = None) -> Network | None:
         root = Instance(netdef.name, {}, None, self.loc(netdef.file, netdef.pos))
         frame = _Frame(root, {}, netdef.file)
+        parameters = self.network_params(frame, netdef, overrides or {})
         inputs = {}
         for decl in netdef.inputs:
             try:
@@ -156,7 +157,43 @@ class Elaborator:
             outputs,
             self.instances,
             self.loc(netdef.file, netdef.pos),
+            parameters,
         )
+
+    def network_params(self, frame: _Frame, netdef: ast.Network, overrides: dict) -> dict:
+        """Bind each network parameter to its default or its override (``--set``), checking
+        that it is a number of the default's kind."""
+        values = {}
+        for param in netdef.params:
+            try:
+                default = self.eval(frame, param.default) if param.default else POISON
+                if default is POISON:
+                    raise _Fail(Diagnostic("error", "bad default", self.loc(frame.file, param.pos)))
+                if isinstance(default, bool) or not isinstance(default, (int, float)):
+                    self.fail(
+                        frame,
+                        param.default.pos,
+                        f"network parameter '{param.name}' must default to a number, "
+                        f"got {_describe(default)}",
+                    )
+                value = default
+                if param.name in overrides:
+                    value = _coerce(overrides[param.name], default)
+                    if value is None:
+                        kind = "an integer" if isinstance(default, int) else "a number"
+                        self.fail(
+                            frame,
+                            param.pos,
+                            f"--set {param.name}={overrides[param.name]}: '{param.name}' is "
+                            f"{kind} (default {default})",
+                        )
+            except _Fail as f:
+                self.report(f.diagnostic)
+                value = POISON
+            frame.env[param.name] = value
+            frame.used.add(param.name)
+            values[param.name] = value
+        return values
 
     def diagnostics_errors(self) -> bool:
         return any(d.severity == "error" for d in self.diagnostics)
@@ -548,7 +585,7 @@ class Elaborator:
         if len(self.stack) >= MAX_DEPTH:
             self.fail(frame, call.name_pos, f"blocks nested more than {MAX_DEPTH} deep")
         params = (
-            [ast.Param(d.name, None, d.pos) for d in definition.inputs]
+            [ast.Param(d.name, None, d.pos) for d in definition.inputs] + definition.params
             if is_net
             else definition.params
         )
@@ -600,6 +637,26 @@ class Elaborator:
                 "single-output network can be used as a block",
             )
         return returned[0][1]
+
+
+def _coerce(value, default):
+    """``value`` (a number, or its text from ``--set``) as the default's kind, or None."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if value != value or value in (float("inf"), float("-inf")):
+        return None
+    if isinstance(default, int):
+        return value if isinstance(value, int) and abs(value) <= MAX_INT else None
+    return float(value)
 
 
 def _describe(value) -> str:

@@ -107,6 +107,7 @@ class Network:
     outputs: dict[str, Layer]
     instances: list[Instance]
     location: Location | None = None
+    parameters: dict = field(default_factory=dict)  # network parameters: the values used
 
     @property
     def input_shapes(self) -> dict[str, tuple]:
@@ -215,6 +216,7 @@ class Network:
             "name": self.name,
             "file": self.file,
             "inputs": {k: list(v) for k, v in self.input_shapes.items()},
+            "parameters": dict(self.parameters),
             "outputs": {k: list(v) for k, v in self.output_shapes.items()},
             "layers": layers,
             "total_params": self.total_params,

@@ -92,7 +92,9 @@ class _ToAst(Transformer):
     def network_def(self, meta, c):
         name, *rest = c
         body = rest.pop()
-        return ast.Network(str(name), [i for i in rest if i is not None], body, _pos(meta))
+        inputs = [i for i in rest if isinstance(i, ast.InputDecl)]
+        params = [p for p in rest if isinstance(p, ast.Param)]
+        return ast.Network(str(name), inputs, body, _pos(meta), params=params)
 
     def input_decl(self, meta, c):
         return ast.InputDecl(str(c[0]), c[1], _pos(meta))

@@ -57,8 +57,14 @@ class Program:
             raise SpecError(loader.diagnostics)
         return program
 
-    def check(self, network: str | None = None, strict: bool = False) -> CheckResult:
-        """Elaborate the root file's networks (or one by name), collecting diagnostics."""
+    def check(
+        self, network: str | None = None, strict: bool = False, params: dict | None = None
+    ) -> CheckResult:
+        """Elaborate the root file's networks (or one by name), collecting diagnostics.
+
+        ``params`` overrides network parameters by name (numbers, or their text as given to
+        ``--set``); a name that none of the checked networks declares is an error.
+        """
         names = self.root_networks
         if network is not None:
             if network not in self.networks:
@@ -71,14 +77,39 @@ class Program:
                     )
                 )
             names = [network]
+        params = dict(params or {})
+        self.check_param_names([self.networks[n] for n in names], params)
         networks, diagnostics = [], []
         for name in names:
             elaborator = Elaborator(self, strict)
-            net = elaborator.network(self.networks[name])
+            net = elaborator.network(self.networks[name], params)
             diagnostics.extend(elaborator.diagnostics)
             if net is not None:
                 networks.append(net)
         return CheckResult(networks, diagnostics)
+
+    def check_param_names(self, netdefs: list[ast.Network], params: dict):
+        declared = {p.name for d in netdefs for p in d.params}
+        unknown = [name for name in params if name not in declared]
+        if not unknown:
+            return
+        problems = []
+        for name in unknown:
+            netdef = netdefs[0] if netdefs else None
+            loc = None
+            if netdef is not None:
+                src = self.sources[netdef.file]
+                loc = src.location(netdef.pos.line, netdef.pos.column, len(netdef.name) + 8)
+            close = get_close_matches(name, sorted(declared), n=1)
+            which = f"network '{netdef.name}'" if len(netdefs) == 1 else "no checked network"
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            hint += (
+                f"parameters: {', '.join(sorted(declared))}"
+                if declared
+                else "declare one after the inputs: network net(x: 3x32x32, width=64)"
+            )
+            problems.append(error(f"--set {name}: {which} has no parameter '{name}'", loc, hint))
+        raise SpecError(problems)
 
 
 class _Loader:
@@ -160,8 +191,10 @@ class _Loader:
         params = (
             [p.name for p in item.params]
             if isinstance(item, ast.Block)
-            else [d.name for d in item.inputs]
+            else [d.name for d in item.inputs] + [p.name for p in item.params]
         )
+        if isinstance(item, ast.Network):
+            self.check_network_params(src, item)
         dupes = {p for p in params if params.count(p) > 1}
         if dupes:
             self.diagnostics.append(
@@ -182,3 +215,25 @@ class _Loader:
             self.program.networks[item.name] = item
             if is_root:
                 self.program.root_networks.append(item.name)
+
+    def check_network_params(self, src: SourceFile, item: ast.Network):
+        """Network parameters come after the inputs and each has a default."""
+        last_input = max(((d.pos.line, d.pos.column) for d in item.inputs), default=(0, 0))
+        for param in item.params:
+            loc = src.location(param.pos.line, param.pos.column, len(param.name))
+            if param.default is None:
+                self.diagnostics.append(
+                    error(
+                        f"network parameter '{param.name}' needs a default value",
+                        loc,
+                        f"write '{param.name}=64'; inputs are written 'NAME: SHAPE'",
+                    )
+                )
+            elif (param.pos.line, param.pos.column) < last_input:
+                self.diagnostics.append(
+                    error(
+                        f"network parameter '{param.name}' comes before an input",
+                        loc,
+                        "declare the inputs first: network net(x: 3x32x32, width=64)",
+                    )
+                )

@@ -57,7 +57,10 @@ def table(headers, rows, right=()) -> str:
 
 
 def network_table(net: Network) -> str:
-    ins = ", ".join(f"{k}: {fmt_shape(v)}" for k, v in net.input_shapes.items())
+    ins = ", ".join(
+        [f"{k}: {fmt_shape(v)}" for k, v in net.input_shapes.items()]
+        + [f"{k}={v}" for k, v in net.parameters.items()]
+    )
     outs = ", ".join(f"{k}: {fmt_shape(v)}" for k, v in net.output_shapes.items())
     rows = [
         (name, "input", fmt_shape(layer.shape), "0", "0", _rf(layer))

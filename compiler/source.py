@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,19 +31,36 @@ class SourceFile:
     def from_path(cls, path: str | Path, display: str | None = None) -> SourceFile:
         path = Path(path)
         name = display or str(path)
-        try:
-            data = path.read_bytes()
-        except IsADirectoryError:
-            raise SpecError(error(f"cannot read '{name}': it is a directory")) from None
-        except FileNotFoundError:
-            raise SpecError(error(f"cannot read '{name}': no such file")) from None
-        except OSError as exc:
-            raise SpecError(error(f"cannot read '{name}': {exc.strerror or exc}")) from None
-        if len(data) > MAX_SOURCE_BYTES:
-            raise SpecError(
-                error(f"'{name}' is {len(data):,} bytes; specs are limited to {MAX_SOURCE_BYTES:,}")
-            )
+        data = read_limited(path, name, MAX_SOURCE_BYTES, "specs", SpecError)
         return cls(name, decode_utf8(data, name), path.resolve())
+
+
+def read_limited(path: Path, name: str, limit: int, what: str, exc_type) -> bytes:
+    """Read a regular file of at most ``limit`` bytes. The size and the file type are checked
+    before reading, and no more than ``limit + 1`` bytes are ever read, so a device
+    (``/dev/zero``), a FIFO or a file that grows while read can neither hang nor fill memory."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise exc_type(error(f"cannot read '{name}': no such file")) from None
+    except OSError as exc:
+        raise exc_type(error(f"cannot read '{name}': {exc.strerror or exc}")) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise exc_type(error(f"cannot read '{name}': it is a directory"))
+    if not stat.S_ISREG(info.st_mode):
+        raise exc_type(error(f"cannot read '{name}': not a regular file (a device or a pipe)"))
+    too_big = error(f"'{name}' is over {limit:,} bytes; {what} are limited to {limit:,}")
+    if info.st_size > limit:
+        raise exc_type(too_big)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise exc_type(error(f"cannot read '{name}': {exc.strerror or exc}")) from None
+    if len(data) > limit:
+        raise exc_type(too_big)
+    return data
 
 
 def decode_utf8(data: bytes, name: str) -> str:

@@ -8,22 +8,32 @@ from pathlib import Path
 
 import numpy as np
 
-from ..compiler import DataError, Network, error, fmt_shape, table
-from . import data, memory
+from ..compiler import DataError, Network, UsageError, error, fmt_shape, table
+from . import data, folder, memory
 from . import weights as weights_io
 from .session import Session
 
 
 def run_command(net: Network, args) -> int:
     if args.batch is not None and args.batch < 1:
-        raise DataError(error(f"--batch must be at least 1, got {args.batch}"))
-    for path in (args.out, args.save_weights):
-        if path and not Path(path).parent.exists():
-            raise DataError(error(f"cannot write '{path}': no such directory"))
+        raise UsageError(error(f"--batch must be at least 1, got {args.batch}"))
+    if folder.is_many(args.input):
+        return folder.run_command(net, args)
+    if args.scheduler:
+        raise UsageError(
+            error("--scheduler runs a folder or glob of inputs: --input DIR --out DIR")
+        )
     paths = data.parse_input_args(net, args.input)
+    reads = [args.weights, *paths.values()]
+    if args.out:
+        data.check_output_path(Path(args.out), "--out", avoid=reads)
+    if args.save_weights:
+        data.check_output_path(
+            Path(args.save_weights), "--save-weights", (".npz",), avoid=[*reads, args.out]
+        )
     if paths:
         inputs = {
-            name: data.load_input(path, name, net.inputs[name].shape)
+            name: data.load_input(path, name, net.inputs[name].shape, args.normalize)
             for name, path in paths.items()
         }
         batches = {x.shape[0] for x in inputs.values()}
@@ -49,10 +59,15 @@ def run_command(net: Network, args) -> int:
         f"{_mib(plan.peak_floats * batch * 4)} (naive {_mib(plan.naive_floats * batch * 4)})"
     )
     for name, y in outputs.items():
-        print(
-            f"{name}: shape {fmt_shape(y.shape)}  min {y.min():.6g}  max {y.max():.6g}  "
-            f"mean {y.mean():.6g}  std {y.std():.6g}"
-        )
+        with np.errstate(all="ignore"):  # statistics of inf/NaN outputs: no NumPy warnings
+            stats = f"min {y.min():.6g}  max {y.max():.6g}  mean {y.mean():.6g}  std {y.std():.6g}"
+        print(f"{name}: shape {fmt_shape(y.shape)}  {stats}")
+        bad = int(np.size(y) - np.count_nonzero(np.isfinite(y)))
+        if bad:
+            print(
+                f"cnnc: warning: output '{name}' holds {bad:,} NaN or infinite values",
+                file=sys.stderr,
+            )
         if y.ndim == 2:
             for n in range(min(y.shape[0], 4)):
                 top = np.argsort(-y[n], kind="stable")[:5]
@@ -70,7 +85,7 @@ def run_command(net: Network, args) -> int:
 
 def bench_command(net: Network, args) -> int:
     if args.batch < 1 or args.repeat < 1:
-        raise DataError(error("--batch and --repeat must be at least 1"))
+        raise UsageError(error("--batch and --repeat must be at least 1"))
     session = Session.create(net, None, device=args.device, batch=args.batch)
     info = session.bench(args.batch, args.repeat)
     if args.json:

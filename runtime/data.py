@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from ..compiler import DataError, Network, error, fmt_shape, write_atomically
+from ..compiler import (
+    DataError,
+    Network,
+    ResourceError,
+    UsageError,
+    error,
+    fmt_shape,
+    write_atomically,
+)
+from .memory import available_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -43,42 +55,97 @@ def parse_input_args(net: Network, specs: list[str]) -> dict[str, Path]:
     return paths
 
 
-def load_input(path: Path, name: str, shape: tuple) -> np.ndarray:
-    """Load one input as float32 (batch, *shape)."""
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def load_input(
+    path: Path, name: str, shape: tuple, normalize: str | None = None, resize: bool = False
+) -> np.ndarray:
+    """Load one input as float32 (batch, *shape). Images are scaled to [0, 1], optionally
+    resized to the input's H x W and normalised with ImageNet's mean and std."""
+    check_regular_file(path, "input")
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        return _load_image(path, name, shape)
-    try:
-        data = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise DataError(error(f"cannot read input '{path}': no such file")) from None
+        x = load_image(path, name, shape, resize)
+        if normalize == "imagenet":
+            if shape[0] != 3:
+                raise DataError(
+                    error(f"--normalize imagenet needs a 3-channel input, not '{name}'")
+                )
+            x = (x - IMAGENET_MEAN[None, :, None, None]) / IMAGENET_STD[None, :, None, None]
+        return np.ascontiguousarray(x, dtype=np.float32)
+    try:  # mapped, not read: the shape is checked before the data is touched
+        data = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
         raise DataError(
             error(f"cannot read input '{path}': not a valid .npy file ({exc})")
         ) from None
     if isinstance(data, np.lib.npyio.NpzFile):
+        data.close()
         raise DataError(error(f"input '{path}' is an .npz archive; give one .npy per input"))
+    if data.size * 4 > MAX_INPUT_SHARE * available_bytes():
+        raise ResourceError(
+            error(
+                f"input '{path}' holds {data.size * 4 / 2**30:.1f} GiB as float32, more than "
+                "this machine can hold with the run",
+                hint="split it into smaller files and run the folder: --input DIR --out DIR",
+            )
+        )
+    return as_input(data, name, shape, f"input '{path}'")
+
+
+MAX_INPUT_SHARE = 0.5
+
+
+def check_regular_file(path: Path, what: str):
+    """A readable regular file (a FIFO would block, a device never end)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise DataError(error(f"cannot read {what} '{path}': no such file")) from None
+    except OSError as exc:
+        raise DataError(error(f"cannot read {what} '{path}': {exc.strerror or exc}")) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise DataError(error(f"cannot read {what} '{path}': it is a directory"))
+    if not stat.S_ISREG(info.st_mode):
+        raise DataError(error(f"cannot read {what} '{path}': not a regular file"))
+
+
+def as_input(data, name: str, shape: tuple, what: str | None = None) -> np.ndarray:
+    """Check one input array and return it as contiguous float32 ``(N, *shape)``.
+
+    ``(N, *shape)`` and ``(*shape)`` (one sample) are accepted; complex, non-numeric, empty
+    and non-finite data are refused with a message rather than NumPy's warnings.
+    """
+    what = what or f"input '{name}'"
+    data = np.asarray(data)
+    if np.iscomplexobj(data):
+        raise DataError(error(f"{what} holds complex numbers; cnnc takes real (float) data"))
     if not (np.issubdtype(data.dtype, np.number) or data.dtype == np.bool_):
-        raise DataError(error(f"input '{path}' holds {data.dtype}, not numbers"))
+        raise DataError(error(f"{what} holds {data.dtype}, not numbers"))
     if tuple(data.shape) == shape:
         data = data[None]
     if tuple(data.shape[1:]) != shape or data.shape[0] < 1:
         raise DataError(
             error(
-                f"input '{path}' has shape {_dims(data.shape)}; '{name}' expects "
+                f"{what} has shape {_dims(data.shape)}; '{name}' expects "
                 f"(N, {', '.join(map(str, shape))}) or ({', '.join(map(str, shape))})"
             )
         )
-    data = np.ascontiguousarray(data, dtype=np.float32)
+    with np.errstate(all="ignore"):
+        data = np.ascontiguousarray(data, dtype=np.float32)
     if not np.isfinite(data).all():
-        raise DataError(error(f"input '{path}' contains NaN or infinite values"))
+        raise DataError(error(f"{what} contains NaN or infinite values (as float32)"))
     return data
 
 
-def _load_image(path: Path, name: str, shape: tuple) -> np.ndarray:
+def load_image(path: Path, name: str, shape: tuple, resize: bool = False) -> np.ndarray:
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
-        raise DataError(error("reading images needs Pillow", hint="pip install pillow")) from None
+        raise DataError(
+            error("reading images needs Pillow", hint="pip install 'cnnc[images]'")
+        ) from None
     if len(shape) != 3 or shape[0] not in (1, 3):
         raise DataError(
             error(f"an image can feed only a 1- or 3-channel input; '{name}' is {fmt_shape(shape)}")
@@ -86,10 +153,16 @@ def _load_image(path: Path, name: str, shape: tuple) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img = img.convert("L" if shape[0] == 1 else "RGB")
+            if resize and img.size != (shape[2], shape[1]):
+                img = img.resize((shape[2], shape[1]), Image.Resampling.BILINEAR)
             pixels = np.asarray(img, dtype=np.float32) / 255.0
     except FileNotFoundError:
         raise DataError(error(f"cannot read image '{path}': no such file")) from None
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise DataError(
+            error(f"cannot read image '{path}': not an image format Pillow can decode")
+        ) from None
+    except (OSError, ValueError) as exc:
         raise DataError(error(f"cannot read image '{path}': {exc}")) from None
     h, w = pixels.shape[:2]
     if (h, w) != shape[1:]:
@@ -112,6 +185,45 @@ def random_inputs(net: Network, batch: int, seed: int) -> dict[str, np.ndarray]:
     }
 
 
+OUTPUT_SUFFIXES = (".npy", ".npz")
+
+
+def check_output_path(path: Path, option: str, suffixes=OUTPUT_SUFFIXES, avoid=()):
+    """Refuse an output path before any work is done: a wrong suffix or a directory is a
+    usage error (exit 2); a missing or unwritable folder, a resource error. ``avoid`` holds
+    files this output must not replace (the weights or inputs being read)."""
+    if path.suffix.lower() not in suffixes:
+        raise UsageError(error(f"{option} '{path}': use a {' or '.join(suffixes)} file"))
+    if path.is_dir():
+        raise UsageError(error(f"{option} '{path}' is a directory; give a file name"))
+    check_writable_dir(path.parent if str(path.parent) else Path("."), f"{option} '{path}'")
+    for other in avoid:
+        if other is not None and _same_file(path, Path(other)):
+            raise UsageError(
+                error(f"{option} '{path}' is also read by this run; it would be replaced")
+            )
+
+
+def check_writable_dir(directory: Path, what: str):
+    if not directory.is_dir():
+        raise ResourceError(error(f"cannot write {what}: no such directory '{directory}'"))
+    try:  # a real probe: permission bits say nothing for root or on read-only mounts
+        fd, probe = tempfile.mkstemp(prefix=".cnnc-probe-", dir=directory)
+    except OSError as exc:
+        raise ResourceError(
+            error(f"cannot write {what}: '{directory}': {exc.strerror or exc}")
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and a.samefile(b) or a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
 def save_outputs(outputs: dict[str, np.ndarray], path: Path):
     """``.npy`` for one output, ``.npz`` keyed by output name; written atomically."""
     buffer = io.BytesIO()
@@ -128,7 +240,7 @@ def save_outputs(outputs: dict[str, np.ndarray], path: Path):
     elif suffix == ".npz":
         np.savez(buffer, **outputs)
     else:
-        raise DataError(error(f"--out '{path}': use a .npy or .npz file"))
+        raise UsageError(error(f"--out '{path}': use a .npy or .npz file"))
     write_atomically(path, buffer.getvalue())
 
 

@@ -12,7 +12,9 @@ optional so that tests can compare against the plain plan:
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from dataclasses import dataclass
+from itertools import count
 from math import prod
 
 import numpy as np
@@ -119,39 +121,67 @@ def build_plan(net: Network, weights: dict[str, np.ndarray] | None, optimize: bo
     return plan
 
 
-def _consumers(steps: list[Step], vid: int) -> list[Step]:
-    return [s for s in steps if vid in s.inputs or s.residual == vid]
+class _Readers:
+    """How many steps read each value (inputs and residuals), and which values are aliased:
+    the single-use test of the fusion passes in O(1) instead of a scan of every step."""
+
+    def __init__(self, steps: list[Step], values: dict[int, Value], outputs: dict[str, int]):
+        self.count: dict[int, int] = {}
+        for step in steps:
+            for vid in _reads(step):
+                self.count[vid] = self.count.get(vid, 0) + 1
+        self.aliased = {v.alias for v in values.values() if v.alias is not None}
+        self.outputs = set(outputs.values())
+
+    def single_use(self, vid: int) -> bool:
+        return self.count.get(vid, 0) == 1 and vid not in self.outputs and vid not in self.aliased
 
 
-def _single_use(steps, values, outputs, vid) -> bool:
-    aliased = any(v.alias == vid for v in values.values())
-    return len(_consumers(steps, vid)) == 1 and vid not in outputs.values() and not aliased
+def _reads(step: Step) -> tuple:
+    return (*step.inputs, *([step.residual] if step.residual is not None else []))
 
 
-def _producer(steps, vid) -> Step | None:
-    return next((s for s in steps if s.output == vid), None)
+class _Kept:
+    """The steps a pass keeps, with each one's position and producer looked up by output."""
+
+    def __init__(self):
+        self.steps: list[Step] = []
+        self.producer: dict[int, Step] = {}
+        self.position: dict[int, int] = {}
+
+    def append(self, step: Step):
+        self.position[id(step)] = len(self.steps)
+        self.producer[step.output] = step
+        self.steps.append(step)
+
+    def retarget(self, src: Step, output: int):
+        """``src`` now writes ``output`` (it absorbed the step that wrote it)."""
+        del self.producer[src.output]
+        src.output = output
+        self.producer[output] = src
 
 
 def _fold_affine(steps, values, outputs):
     """A per-channel affine step (batch norm, layer scale) right after a conv or fc that
     nothing else reads becomes part of its weights and bias."""
-    kept = []
+    readers = _Readers(steps, values, outputs)
+    kept = _Kept()
     for step in steps:
-        src = _producer(kept, step.inputs[0]) if step.kernel == "affine" else None
+        src = kept.producer.get(step.inputs[0]) if step.kernel == "affine" else None
         if (
             src is not None
             and src.kernel in WEIGHTED
             and src.attrs["act"] == 0
             and src.residual is None
-            and _single_use(steps, values, outputs, src.output)
+            and readers.single_use(src.output)
         ):
-            src.output = step.output
+            kept.retarget(src, step.output)
             src.layers += step.layers
             if step.raw:
                 _scale_weights(src, step.raw["scale"], step.raw["shift"])
             continue
         kept.append(step)
-    return kept
+    return kept.steps
 
 
 def _scale_weights(src, scale, shift):
@@ -168,95 +198,122 @@ def _scale_weights(src, scale, shift):
 
 
 def _fold_residual_add(steps, values, outputs, inputs):
-    kept = []
+    readers = _Readers(steps, values, outputs)
+    kept = _Kept()
+    graph_inputs = set(inputs.values())
     for step in steps:
         if step.kernel == "add" and len(step.inputs) == 2 and step.attrs["act"] == 0:
             for mine, other in ((step.inputs[0], step.inputs[1]), (step.inputs[1], step.inputs[0])):
-                src = _producer(kept, mine)
+                src = kept.producer.get(mine)
                 if (
                     src is None
                     or src.kernel not in ("conv", "dwconv", "fc")
                     or src.attrs["act"]
                     or src.residual is not None
-                    or not _single_use(steps, values, outputs, mine)
+                    or not readers.single_use(mine)
                     or mine == other
                 ):
                     continue
-                position = kept.index(src)
-                ready = other in inputs.values() or _ready_before(kept, position, other, values)
+                position = kept.position[id(src)]
+                ready = other in graph_inputs or _ready_before(kept, position, other, values)
                 if ready:
                     src.residual = other
-                    src.output = step.output
+                    readers.count[other] = readers.count.get(other, 0) + 1
+                    kept.retarget(src, step.output)
                     src.layers += step.layers
                     break
             else:
                 kept.append(step)
             continue
         kept.append(step)
-    return kept
+    return kept.steps
 
 
-def _ready_before(steps, position, vid, values) -> bool:
+def _ready_before(kept: _Kept, position: int, vid: int, values) -> bool:
     root = vid
     while values[root].alias is not None:
         root = values[root].alias
-    chain = {vid, root}
-    return any(s.output in chain for s in steps[:position])
+    for candidate in {vid, root}:
+        producer = kept.producer.get(candidate)
+        if producer is not None and kept.position[id(producer)] < position:
+            return True
+    return False
 
 
 def _fuse_activations(steps, values, outputs):
-    kept = []
+    readers = _Readers(steps, values, outputs)
+    kept = _Kept()
     for step in steps:
         if step.kernel == "act":
-            src = _producer(kept, step.inputs[0])
+            src = kept.producer.get(step.inputs[0])
             if (
                 src is not None
                 and src.kernel in (*WEIGHTED, "affine", "add", "mul")
                 and src.attrs["act"] == 0
-                and _single_use(steps, values, outputs, step.inputs[0])
+                and readers.single_use(step.inputs[0])
             ):
                 for key in ("act", "alpha", "beta"):
                     src.attrs[key] = step.attrs[key]
-                src.output = step.output
+                kept.retarget(src, step.output)
                 src.layers += step.layers
                 continue
         kept.append(step)
-    return kept
+    return kept.steps
 
 
 def _assign_slots(plan: Plan):
-    """Give every value a buffer slot; a slot is reused once its last reader has run."""
+    """Give every value a buffer slot; a slot is reused once its last reader has run.
+
+    Best fit: the smallest free slot that holds the value, else the largest free slot grown to
+    fit, else a new slot. Free slots are kept sorted by (size, order freed), and each value is
+    freed from a per-step list, so the whole pass is O(n log n) in the number of steps.
+    """
+    roots: dict[int, int] = {}
+
+    def root(vid: int) -> int:
+        chain = []
+        while vid not in roots and plan.values[vid].alias is not None:
+            chain.append(vid)
+            vid = plan.values[vid].alias
+        found = roots.get(vid, vid)
+        for v in (*chain, vid):
+            roots[v] = found
+        return found
+
     last_use: dict[int, int] = {}
     for index, step in enumerate(plan.steps):
-        for vid in (*step.inputs, *([step.residual] if step.residual is not None else [])):
-            last_use[plan.root(vid).id] = index
-    keep = {plan.root(v).id for v in (*plan.outputs.values(), *plan.inputs.values())}
+        for vid in _reads(step):
+            last_use[root(vid)] = index
+    keep = {root(v) for v in (*plan.outputs.values(), *plan.inputs.values())}
+    frees_at: dict[int, list[int]] = {}
+    for vid, last in last_use.items():  # dict order: the order the old scan freed them in
+        if vid not in keep:
+            frees_at.setdefault(last, []).append(vid)
     sizes: list[int] = []
-    free: list[int] = []
+    free: list[tuple[int, int, int]] = []  # (size, order freed, slot), sorted
+    order = count()
 
     def allocate(value: Value):
-        fits = [s for s in free if sizes[s] >= value.size]
-        if fits:
-            slot = min(fits, key=lambda s: sizes[s])
+        at = bisect_left(free, (value.size, -1, -1))
+        if at < len(free):
+            slot = free.pop(at)[2]
         elif free:  # grow the largest free slot rather than open a new one
-            slot = max(free, key=lambda s: sizes[s])
+            largest = bisect_left(free, (free[-1][0], -1, -1))
+            slot = free.pop(largest)[2]
             sizes[slot] = value.size
         else:
             slot = len(sizes)
             sizes.append(value.size)
-        if slot in free:
-            free.remove(slot)
         value.slot = slot
 
     for vid in plan.inputs.values():
         allocate(plan.values[vid])
     for index, step in enumerate(plan.steps):
-        allocate(plan.root(step.output))
-        for vid, last in list(last_use.items()):
-            if last == index and vid not in keep:
-                free.append(plan.values[vid].slot)
-                del last_use[vid]
+        allocate(plan.values[root(step.output)])
+        for vid in frees_at.get(index, ()):
+            slot = plan.values[vid].slot
+            insort(free, (sizes[slot], next(order), slot))
     for value in plan.values.values():
         if value.alias is not None:
-            value.slot = plan.root(value.id).slot
+            value.slot = plan.values[root(value.id)].slot
     plan.slot_sizes = sizes

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..compiler import DataError, Network, error
+from ..compiler import CnncWarning, DataError, Network, UsageError, error
 from . import memory
 from . import weights as weights_io
 from .backends import backend_for
@@ -35,6 +36,7 @@ class Session:
         optimize: bool = True,
         batch: int = 1,
     ) -> Session:
+        check_batch(batch)
         memory.check_fits(network, batch)
         if weights is None:
             weights = weights_io.initialise(network, seed)
@@ -42,6 +44,14 @@ class Session:
             weights = weights_io.load(network, weights)
         else:
             weights = _checked(network, weights)
+        bad = weights_io.non_finite(weights)
+        if bad:
+            warnings.warn(
+                f"{len(bad)} weight array(s) hold NaN or infinite values ({', '.join(bad[:3])}"
+                f"{', ...' if len(bad) > 3 else ''}); the outputs will too",
+                CnncWarning,
+                stacklevel=2,
+            )
         plan = build_plan(network, weights, optimize)
         return cls(network, weights, plan, device)
 
@@ -111,6 +121,13 @@ class Session:
         return info
 
 
+def check_batch(batch) -> int:
+    """A batch size is a positive integer (a usage error otherwise, before any allocation)."""
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise UsageError(error(f"batch must be a positive integer, got {batch!r}"))
+    return int(batch)
+
+
 def _batch_of(net: Network, inputs: dict[str, np.ndarray]) -> int:
     missing = [n for n in net.inputs if n not in inputs]
     extra = [n for n in inputs if n not in net.inputs]
@@ -145,4 +162,7 @@ def _checked(net: Network, weights: dict) -> dict:
                 f"unexpected {extra[:5]}"
             )
         )
+    complex_keys = [k for k in want if np.iscomplexobj(weights[k])]
+    if complex_keys:
+        raise DataError(error(f"weights {complex_keys[:5]} hold complex numbers, not real ones"))
     return {k: np.ascontiguousarray(weights[k], dtype=np.float32) for k in want}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -45,32 +46,49 @@ def initialise(net: Network, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def load(net: Network, path: str | Path) -> dict[str, np.ndarray]:
-    """Load weights strictly: a missing, extra or mis-shaped key is an error naming it."""
+    """Load weights strictly: a missing, extra or mis-shaped key is an error naming it.
+
+    Keys, shapes and dtypes are read from the archive's headers before any array is inflated,
+    so an archive that does not fit the network costs nothing to refuse (a small compressed
+    file may unpack to gigabytes).
+    """
     path = Path(path)
+    want = expected(net)
+    from .data import check_regular_file
+
+    check_regular_file(path, "weights")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except FileNotFoundError:
-        raise DataError(error(f"cannot read weights '{path}': no such file")) from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        with zipfile.ZipFile(path) as archive:
+            members = _members(archive, path, want)
+            return {key: _read(archive, info, path) for key, info in members.items()}
+    except zipfile.BadZipFile as exc:
+        raise DataError(_not_npz(path, exc)) from None
+    except (OSError, ValueError, EOFError, zlib.error) as exc:
         raise DataError(
             error(f"cannot read weights '{path}': not a valid .npz file ({exc})")
         ) from None
-    want = expected(net)
-    problems = []
-    for key, shape in want.items():
-        if key not in arrays:
-            problems.append(error(f"{path}: missing key '{key}' (expected shape {_fmt(shape)})"))
-        elif tuple(arrays[key].shape) != shape:
-            problems.append(
-                error(
-                    f"{path}: key '{key}' has shape {_fmt(arrays[key].shape)}, "
-                    f"expected {_fmt(shape)}"
-                )
-            )
-        elif not np.issubdtype(arrays[key].dtype, np.number):
-            problems.append(error(f"{path}: key '{key}' holds {arrays[key].dtype}, not numbers"))
-    for key in arrays:
+
+
+def _not_npz(path: Path, exc) -> object:
+    try:
+        with open(path, "rb") as fh:
+            is_npy = fh.read(6) == b"\x93NUMPY"
+    except OSError:
+        is_npy = False
+    if is_npy:
+        return error(
+            f"weights '{path}' is a single .npy array; weights are an .npz archive of "
+            "arrays keyed LAYER.weight, LAYER.bias, ...",
+            hint="save them with numpy.savez(path, **{'conv1.weight': w, ...})",
+        )
+    return error(f"cannot read weights '{path}': not a valid .npz file ({exc})")
+
+
+def _members(archive: zipfile.ZipFile, path: Path, want: dict) -> dict:
+    """Map each needed key to its archive member, checking names and declared shapes."""
+    problems, found = [], {}
+    for info in archive.infolist():
+        key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
         if key not in want:
             problems.append(
                 error(
@@ -79,9 +97,48 @@ def load(net: Network, path: str | Path) -> dict[str, np.ndarray]:
                     "LAYER.running_var; `cnnc check --json` lists layers",
                 )
             )
+            continue
+        shape, dtype = _header(archive, info, path)
+        if tuple(shape) != want[key]:
+            problems.append(
+                error(f"{path}: key '{key}' has shape {_fmt(shape)}, expected {_fmt(want[key])}")
+            )
+        elif not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+            problems.append(error(f"{path}: key '{key}' holds {dtype}, not real numbers"))
+        found[key] = info
+    missing = [
+        error(f"{path}: missing key '{key}' (expected shape {_fmt(shape)})")
+        for key, shape in want.items()
+        if key not in found
+    ]
+    problems = missing + problems
     if problems:
         raise DataError(problems)
-    return {k: np.ascontiguousarray(arrays[k], dtype=np.float32) for k in want}
+    return {key: found[key] for key in want}
+
+
+def _header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path):
+    """(shape, dtype) from one member's .npy header; only the header is inflated."""
+    with archive.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"member '{info.filename}' uses .npy format {version}")
+    return shape, dtype
+
+
+def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> np.ndarray:
+    with archive.open(info) as fh:
+        array = np.lib.format.read_array(fh, allow_pickle=False)
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def non_finite(weights: dict[str, np.ndarray]) -> list[str]:
+    """Keys whose arrays hold NaN or infinite values."""
+    return [k for k, w in weights.items() if not np.isfinite(w).all()]
 
 
 def save(weights: dict[str, np.ndarray], path: str | Path):
