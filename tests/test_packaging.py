@@ -1,0 +1,19 @@
+"""The installed package holds every module of the checkout: `pip install .` (not editable)
+installs only the packages pyproject.toml lists, so a new folder must be listed there."""
+
+from __future__ import annotations
+
+import re
+
+from conftest import ROOT
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+    text = (ROOT / "pyproject.toml").read_text()
+    listed = set(re.findall(r'"(cnnc(?:\.\w+)*)"', text[text.index("packages = [") :]))
+    found = {"cnnc"}
+    for init in ROOT.rglob("__init__.py"):
+        parts = init.parent.relative_to(ROOT).parts
+        if parts and parts[0] not in ("tests", "benchmarks") and not parts[0].startswith("."):
+            found.add(".".join(("cnnc", *parts)))
+    assert found <= listed, f"add to pyproject.toml's packages: {sorted(found - listed)}"
