@@ -120,6 +120,7 @@ def run(
     batch: int = 1,
     device: str = "cpu",
     optimize: bool = True,
+    algorithm: str = "auto",
 ) -> dict:
     """Run a checked network; return ``{output name: array}`` in NCHW (or (N, C)).
 
@@ -135,6 +136,12 @@ def run(
     else:
         batch = max(int(next(iter(inputs.values())).shape[0]), 1) if inputs else batch
     session = Session.create(
-        network, weights, seed=seed, device=device, optimize=optimize, batch=batch
+        network,
+        weights,
+        seed=seed,
+        device=device,
+        optimize=optimize,
+        batch=batch,
+        algorithm=algorithm,
     )
     return session.run(inputs)

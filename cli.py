@@ -1,4 +1,4 @@
-"""The ``cnnc`` command line: check, draw, run, bench.
+"""The ``cnnc`` command line: check, draw, run, bench, tune.
 
 Exit status: 0 success, 1 the spec or a data file has errors, 2 the command was used wrongly.
 Heavy modules (networkx, numpy, numba) are imported only by the commands that need them.
@@ -68,13 +68,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for weights and random input")
     p.add_argument("--out", metavar="PATH", help="save outputs (.npy, or .npz)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    _algorithm_option(p)
 
     p = spec_command("bench", "time the forward pass layer by layer")
     p.add_argument("--batch", type=int, default=1, metavar="N")
     p.add_argument("--repeat", type=int, default=10, metavar="R")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--json", action="store_true")
+    _algorithm_option(p)
+
+    p = spec_command("tune", "measure each convolution's fastest algorithm on this machine")
+    p.add_argument("--batch", type=int, default=1, metavar="N")
+    p.add_argument("--force", action="store_true", help="measure again what is cached")
     return parser
+
+
+def _algorithm_option(p):
+    p.add_argument(
+        "--algorithm",
+        choices=["auto", "direct", "winograd"],
+        default="auto",
+        help="CPU convolutions: measured per layer and cached (auto), the exact path only "
+        "(direct), or Winograd wherever it applies",
+    )
 
 
 def cmd_check(args) -> int:
@@ -127,7 +143,19 @@ def cmd_bench(args) -> int:
     return bench_command(_load(args), args)
 
 
-COMMANDS = {"check": cmd_check, "draw": cmd_draw, "run": cmd_run, "bench": cmd_bench}
+def cmd_tune(args) -> int:
+    from .runtime.cli import tune_command
+
+    return tune_command(_load(args), args)
+
+
+COMMANDS = {
+    "check": cmd_check,
+    "draw": cmd_draw,
+    "run": cmd_run,
+    "bench": cmd_bench,
+    "tune": cmd_tune,
+}
 
 
 def main(argv=None) -> int:

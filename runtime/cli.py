@@ -39,7 +39,14 @@ def run_command(net: Network, args) -> int:
         batch = args.batch or 1
         memory.check_fits(net, batch)  # before the random inputs are drawn
         inputs = data.random_inputs(net, batch, args.seed)
-    session = Session.create(net, args.weights, seed=args.seed, device=args.device, batch=batch)
+    session = Session.create(
+        net,
+        args.weights,
+        seed=args.seed,
+        device=args.device,
+        batch=batch,
+        algorithm=args.algorithm,
+    )
     if args.save_weights:
         weights_io.save(session.weights, Path(args.save_weights))
     outputs = session.run(inputs)
@@ -71,7 +78,9 @@ def run_command(net: Network, args) -> int:
 def bench_command(net: Network, args) -> int:
     if args.batch < 1 or args.repeat < 1:
         raise DataError(error("--batch and --repeat must be at least 1"))
-    session = Session.create(net, None, device=args.device, batch=args.batch)
+    session = Session.create(
+        net, None, device=args.device, batch=args.batch, algorithm=args.algorithm
+    )
     info = session.bench(args.batch, args.repeat)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -84,6 +93,7 @@ def bench_command(net: Network, args) -> int:
             f"{x['ms']:.3f}",
             f"{100 * x['share']:.1f}%",
             f"{x['gflops']:.1f}" if x["gflops"] else "",
+            x.get("algorithm", ""),
         )
         for x in info["layers"]
     ]
@@ -95,7 +105,13 @@ def bench_command(net: Network, args) -> int:
             else ""
         )
     )
-    print(table(("layer", "op", "output", "ms", "share", "GFLOP/s"), rows, right=(3, 4, 5)))
+    print(
+        table(
+            ("layer", "op", "output", "ms", "share", "GFLOP/s", "algorithm"),
+            rows,
+            right=(3, 4, 5),
+        )
+    )
     print(
         f"total       {info['median_ms']:.3f} ms median of {info['repeat']} "
         f"(min {info['min_ms']:.3f} ms), {info['gflops']:.1f} GFLOP/s"
@@ -117,3 +133,21 @@ def bench_command(net: Network, args) -> int:
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
+
+
+def tune_command(net: Network, args) -> int:
+    from .tune import tune
+
+    if args.batch < 1:
+        raise DataError(error(f"--batch must be at least 1, got {args.batch}"))
+    session = Session.create(net, None, batch=args.batch)
+    rows = tune(session, args.batch, force=args.force)
+    backend = session._executor(args.batch).backend
+    print(
+        table(
+            ("layer", "output", "algorithm"),
+            [(r["layer"], fmt_shape(r["shape"][-1:] + r["shape"][:-1]), r["choice"]) for r in rows],
+        )
+    )
+    print(f"{len(rows)} convolutions; choices cached in {backend.tune_cache().path}")
+    return 0

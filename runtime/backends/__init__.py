@@ -8,12 +8,21 @@ from ...compiler import DataError, ResourceError, error
 DEVICES = ("cpu", "cuda")
 
 
-def backend_for(device: str):
-    """A fresh backend object for ``device``, its kernels imported (and compiled on first use)."""
+ALGORITHMS = ("auto", "direct", "winograd")
+
+
+def backend_for(device: str, algorithm: str = "auto"):
+    """A fresh backend object for ``device``, its kernels imported (and compiled on first use).
+
+    ``algorithm`` picks the CPU's convolution algorithms: ``auto`` measures per layer shape
+    (Winograd or direct, cached per machine), ``direct`` forces the exact path, ``winograd``
+    forces Winograd wherever it applies. The CUDA backend has the direct path only."""
+    if algorithm not in ALGORITHMS:
+        raise DataError(error(f"unknown algorithm '{algorithm}' ({', '.join(ALGORITHMS)})"))
     if device == "cpu":
         from .cpu import CpuBackend
 
-        return CpuBackend()
+        return CpuBackend(algorithm)
     if device == "cuda":
         try:
             from .cuda import CudaBackend

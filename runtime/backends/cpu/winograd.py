@@ -1,0 +1,251 @@
+"""Winograd convolution F(m x m, 3 x 3) for stride-1, undilated, ungrouped 3x3 layers, NHWC.
+
+Each output tile of m x m pixels reads a (m+2) x (m+2) input patch. The patch is transformed
+(``B^T d B``), the (m+2)^2 transformed positions each become one GEMM over channels against
+the pre-transformed weights (``G g G^T``, done once per layer), and the products are
+transformed back (``A^T M A``) with bias, residual and activation applied on the way out.
+Work items are runs of ``tiles_per_item`` tiles; one thread transforms a run's inputs into
+its own scratch, calls single-threaded BLAS once per position, and writes the run's outputs,
+so the transforms stay in cache around the GEMMs.
+
+F(4x4, 3x3) does 36 multiplies per 16 outputs and channel pair where direct convolution does
+144 (4x fewer), F(2x2, 3x3) 16 per 4 (2.25x fewer); both add rounding error that grows with
+the tile (measured against direct convolution in tests/test_runtime_winograd.py and
+docs/performance.md). ``--algorithm direct`` forces the exact path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..codes import NONE, RELU
+from .activations import JIT, PJIT, activate
+from .blas import gemm
+
+#: Transform matrices (B^T, G, A^T) per output tile size m, in float64 for packing.
+TRANSFORMS = {
+    2: (
+        np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64),
+        np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64),
+        np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64),
+    ),
+    4: (
+        np.array(
+            [
+                [4, 0, -5, 0, 1, 0],
+                [0, -4, -4, 1, 1, 0],
+                [0, 4, -4, -1, 1, 0],
+                [0, -2, -1, 2, 1, 0],
+                [0, 2, -1, -2, 1, 0],
+                [0, 4, 0, -5, 0, 1],
+            ],
+            np.float64,
+        ),
+        np.array(
+            [
+                [1 / 4, 0, 0],
+                [-1 / 6, -1 / 6, -1 / 6],
+                [-1 / 6, 1 / 6, -1 / 6],
+                [1 / 24, 1 / 12, 1 / 6],
+                [1 / 24, -1 / 12, 1 / 6],
+                [0, 0, 1],
+            ],
+            np.float64,
+        ),
+        np.array(
+            [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+            np.float64,
+        ),
+    ),
+}
+
+
+def applies(kh, kw, sh, sw, dh, dw, groups) -> bool:
+    """Winograd F(m, 3x3) computes exactly these layers (up to rounding)."""
+    return kh == kw == 3 and sh == sw == 1 and dh == dw == 1 and groups == 1
+
+
+def transform_weights(wmat: np.ndarray, m: int) -> np.ndarray:
+    """``conv``'s packed weights (1, 9*C, K), rows (ky, kx, c), as (t*t, C, K) = G g G^T."""
+    _, rows, k_out = wmat.shape
+    c_in = rows // 9
+    g = TRANSFORMS[m][1]
+    w = wmat.reshape(3, 3, c_in, k_out).astype(np.float64)
+    u = np.einsum("ia,abck,jb->ijck", g, w, g, optimize=True)
+    t = m + 2
+    return np.ascontiguousarray(u.reshape(t * t, c_in, k_out), np.float32)
+
+
+def matrices(m: int) -> tuple[np.ndarray, np.ndarray]:
+    """(B^T, A^T) in float32, as the kernel takes them."""
+    bt, _, at = TRANSFORMS[m]
+    return bt.astype(np.float32), at.astype(np.float32)
+
+
+def scratch_floats(m: int, tiles_per_item: int, c_in: int, k_out: int) -> int:
+    """Floats of scratch one thread of ``winograd_conv`` needs."""
+    t = m + 2
+    c = max(c_in, k_out)
+    return t * t * tiles_per_item * (c_in + k_out) + 2 * t * t * c + m * t * k_out + k_out
+
+
+def tile_count(n_img: int, ho: int, wo: int, m: int) -> int:
+    return n_img * -(-ho // m) * -(-wo // m)
+
+
+@njit(**JIT)
+def _input_transform(x, n, iy0, ix0, t, bt, d, tmp, v, p):
+    """v[i*t + j, p, :] = (B^T d B)[i, j, :] for the patch of x at (iy0, ix0), zero outside."""
+    _, h, w, c_in = x.shape
+    for a in range(t):
+        iy = iy0 + a
+        for b in range(t):
+            ix = ix0 + b
+            row = d[a, b]
+            if 0 <= iy < h and 0 <= ix < w:
+                src = x[n, iy, ix]
+                for c in range(c_in):
+                    row[c] = src[c]
+            else:
+                for c in range(c_in):
+                    row[c] = 0.0
+    for i in range(t):
+        for b in range(t):
+            acc = tmp[i, b]
+            for c in range(c_in):
+                acc[c] = 0.0
+            for a in range(t):
+                f = bt[i, a]
+                if f != 0.0:
+                    src = d[a, b]
+                    for c in range(c_in):
+                        acc[c] += f * src[c]
+    for i in range(t):
+        for j in range(t):
+            dst = v[i * t + j, p]
+            for c in range(c_in):
+                dst[c] = 0.0
+            for b in range(t):
+                f = bt[j, b]
+                if f != 0.0:
+                    src = tmp[i, b]
+                    for c in range(c_in):
+                        dst[c] += f * src[c]
+
+
+@njit(**JIT)
+def _output_transform(mm, p, at, n, oy0, ox0, tmp, y, bias, res, has_res, out, act, alpha, beta):
+    """out[n, oy0 + r, ox0 + s, :] = act((A^T M A)[r, s, :] + bias (+ res)), inside the image."""
+    _, ho, wo, k_out = out.shape
+    m, t = at.shape
+    for r in range(m):
+        for j in range(t):
+            acc = tmp[r, j]
+            for k in range(k_out):
+                acc[k] = 0.0
+            for i in range(t):
+                f = at[r, i]
+                if f != 0.0:
+                    src = mm[i * t + j, p]
+                    for k in range(k_out):
+                        acc[k] += f * src[k]
+    for r in range(min(m, ho - oy0)):
+        for s in range(min(m, wo - ox0)):
+            for k in range(k_out):
+                y[k] = bias[k]
+            for j in range(t):
+                f = at[s, j]
+                if f != 0.0:
+                    src = tmp[r, j]
+                    for k in range(k_out):
+                        y[k] += f * src[k]
+            dst = out[n, oy0 + r, ox0 + s]
+            if has_res:
+                rr = res[n, oy0 + r, ox0 + s]
+                for k in range(k_out):
+                    y[k] += rr[k]
+            if act == NONE:
+                for k in range(k_out):
+                    dst[k] = y[k]
+            elif act == RELU:
+                for k in range(k_out):
+                    dst[k] = y[k] if y[k] > 0.0 else np.float32(0.0)
+            else:
+                for k in range(k_out):
+                    dst[k] = activate(y[k], act, alpha, beta)
+
+
+@njit(**PJIT)
+def winograd_conv(x, u, bias, res, out, scratch, ph, pw, bt, at, act, alpha, beta, per_item):
+    """Stride-1 3x3 convolution, NHWC, by Winograd F(m x m, 3 x 3) with m = ``at.shape[0]``.
+
+    ``u``: (t*t, C, K) transformed weights (``transform_weights``); ``res`` a residual added
+    before the activation (size 0 for none); ``scratch`` one row per thread of at least
+    ``scratch_floats`` floats; ``per_item`` tiles per work item."""
+    n_img, _, _, c_in = x.shape
+    _, ho, wo, k_out = out.shape
+    m, t = at.shape
+    tt = t * t
+    th = (ho + m - 1) // m
+    tw = (wo + m - 1) // m
+    total = n_img * th * tw
+    items = (total + per_item - 1) // per_item
+    threads = scratch.shape[0]
+    has_res = res.size > 0
+    c_max = max(c_in, k_out)
+    v_end = tt * per_item * c_in
+    m_end = v_end + tt * per_item * k_out
+    for thr in prange(threads):
+        buf = scratch[thr]
+        v = buf[:v_end].reshape(tt, per_item, c_in)
+        mm = buf[v_end:m_end].reshape(tt, per_item, k_out)
+        d = buf[m_end : m_end + tt * c_in].reshape(t, t, c_in)
+        tmp_in = buf[m_end + tt * c_max : m_end + tt * c_max + tt * c_in].reshape(t, t, c_in)
+        y_start = m_end + 2 * tt * c_max
+        tmp_out = buf[y_start : y_start + m * t * k_out].reshape(m, t, k_out)
+        y = buf[y_start + m * t * k_out : y_start + m * t * k_out + k_out]
+        for item in range(thr * items // threads, (thr + 1) * items // threads):
+            p0 = item * per_item
+            count = min(total, p0 + per_item) - p0
+            for p in range(count):
+                tile = p0 + p
+                n = tile // (th * tw)
+                r = tile % (th * tw)
+                _input_transform(
+                    x, n, (r // tw) * m - ph, (r % tw) * m - pw, t, bt, d, tmp_in, v, p
+                )
+            for xi in range(tt):
+                gemm(
+                    count,
+                    k_out,
+                    c_in,
+                    v[xi].ctypes.data,
+                    c_in,
+                    u[xi].ctypes.data,
+                    k_out,
+                    mm[xi].ctypes.data,
+                    k_out,
+                    0.0,
+                )
+            for p in range(count):
+                tile = p0 + p
+                n = tile // (th * tw)
+                r = tile % (th * tw)
+                _output_transform(
+                    mm,
+                    p,
+                    at,
+                    n,
+                    (r // tw) * m,
+                    (r % tw) * m,
+                    tmp_out,
+                    y,
+                    bias,
+                    res,
+                    has_res,
+                    out,
+                    act,
+                    alpha,
+                    beta,
+                )
