@@ -14,6 +14,34 @@ from . import weights as weights_io
 from .session import Session
 
 
+def _say_what_happens(session: Session, batch: int):
+    """One line on stderr before a first run compiles the kernels, and before a layer's
+    algorithms are measured: both take seconds once, then come from the cache."""
+    if session.device != "cpu":
+        return
+    from .backends.cpu import kernels_compiled
+
+    if not kernels_compiled():
+        print(
+            "cnnc: compiling the CPU kernels for this machine (once; later runs load them "
+            "from the cache)",
+            file=sys.stderr,
+            flush=True,
+        )
+    backend = session._executor(batch).backend
+
+    def measuring(label: str):
+        print(
+            "cnnc: measuring which convolution algorithms are fastest on this machine (once "
+            "per layer shape; `cnnc tune FILE` does it ahead of time)",
+            file=sys.stderr,
+            flush=True,
+        )
+        backend.on_tune = None
+
+    backend.on_tune = measuring
+
+
 def run_command(net: Network, args) -> int:
     if args.batch is not None and args.batch < 1:
         raise DataError(error(f"--batch must be at least 1, got {args.batch}"))
@@ -49,6 +77,7 @@ def run_command(net: Network, args) -> int:
     )
     if args.save_weights:
         weights_io.save(session.weights, Path(args.save_weights))
+    _say_what_happens(session, batch)
     outputs = session.run(inputs)
     plan = session.plan
     print(
@@ -81,6 +110,7 @@ def bench_command(net: Network, args) -> int:
     session = Session.create(
         net, None, device=args.device, batch=args.batch, algorithm=args.algorithm
     )
+    _say_what_happens(session, args.batch)
     info = session.bench(args.batch, args.repeat)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -93,6 +123,7 @@ def bench_command(net: Network, args) -> int:
             f"{x['ms']:.3f}",
             f"{100 * x['share']:.1f}%",
             f"{x['gflops']:.1f}" if x["gflops"] else "",
+            f"{100 * x['peak_share']:.0f}%" if x.get("peak_share") else "",
             x.get("algorithm", ""),
         )
         for x in info["layers"]
@@ -107,15 +138,20 @@ def bench_command(net: Network, args) -> int:
     )
     print(
         table(
-            ("layer", "op", "output", "ms", "share", "GFLOP/s", "algorithm"),
+            ("layer", "op", "output", "ms", "share", "GFLOP/s", "of peak", "algorithm"),
             rows,
-            right=(3, 4, 5),
+            right=(3, 4, 5, 6),
         )
     )
     print(
         f"total       {info['median_ms']:.3f} ms median of {info['repeat']} "
         f"(min {info['min_ms']:.3f} ms), {info['gflops']:.1f} GFLOP/s"
     )
+    if "peak_gflops" in info:
+        print(
+            f"peak        {info['peak_gflops']:.1f} GFLOP/s fp32 (FMA probe, "
+            f"{info['threads']} threads): this run reached {100 * info['peak_share']:.0f}%"
+        )
     print(f"warm-up     {info['warmup_s']:.2f} s (includes kernel compilation on a cold cache)")
     if info.get("threading_layer") == "workqueue":
         print(

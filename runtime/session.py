@@ -124,6 +124,11 @@ class Session:
             "gflops": 2 * self.network.total_macs * batch / (statistics.median(totals)) / 1e9,
         }
         info.update(executor.backend.describe() if hasattr(executor.backend, "describe") else {})
+        if hasattr(executor.backend, "peak_gflops"):
+            peak = info["peak_gflops"] = executor.backend.peak_gflops()
+            info["peak_share"] = info["gflops"] / peak
+            for layer in layers:
+                layer["peak_share"] = layer["gflops"] / peak
         return info
 
 

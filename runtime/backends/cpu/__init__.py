@@ -38,6 +38,15 @@ def _cache_dir() -> Path:
     return _cache_root() / "numba" / _sources_digest()
 
 
+def kernels_compiled() -> bool:
+    """Whether this version's kernels were compiled before (Numba's on-disk index files)."""
+    directory = Path(os.environ.get("NUMBA_CACHE_DIR") or _cache_dir())
+    try:
+        return any(directory.rglob("*.nbi"))
+    except OSError:
+        return False
+
+
 def _configure_cache():
     """Point Numba's cache at the user's cache directory, before any kernel is defined."""
     if os.environ.get("NUMBA_CACHE_DIR"):
@@ -111,6 +120,17 @@ class CpuBackend:
             if worth_tuning(x, out, geometry) and cache.get(key) is None:
                 pending.add(key)
         return pending
+
+    def peak_gflops(self) -> float:
+        """The FMA probe's GFLOP/s for this machine and thread count, measured once."""
+        from .probe import fma_peak_gflops
+
+        cache = self.tune_cache()
+        peak = cache.get_value("peak_gflops")
+        if not isinstance(peak, (int, float)) or peak <= 0:
+            peak = round(fma_peak_gflops(self.threads), 1)
+            cache.put_value("peak_gflops", peak)
+        return float(peak)
 
     def choice_of(self, step) -> str:
         """The algorithm a step ran with, for ``cnnc bench`` ('' where there is no choice)."""

@@ -72,7 +72,8 @@ def transform_weights(wmat: np.ndarray, m: int) -> np.ndarray:
     c_in = rows // 9
     g = TRANSFORMS[m][1]
     w = wmat.reshape(3, 3, c_in, k_out).astype(np.float64)
-    u = np.einsum("ia,abck,jb->ijck", g, w, g, optimize=True)
+    # G w G^T over the two kernel axes, as two matrix products (einsum took 0.6 s on ResNet-18)
+    u = np.tensordot(g, np.tensordot(g, w, axes=(1, 0)), axes=(1, 1)).transpose(1, 0, 2, 3)
     t = m + 2
     return np.ascontiguousarray(u.reshape(t * t, c_in, k_out), np.float32)
 
