@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..codes import NONE, RELU
+from ..codes import NONE, RELU, RELU6
 from . import autotune, winograd
 from .activations import JIT, PJIT, activate
 from .blas import gemm
@@ -286,6 +286,31 @@ def _conv_shifted(
                     )
 
 
+@njit(inline="always", **JIT)
+def _dw_epilogue(acc, bias, res, has_res, dst, n, oy, ox, act, alpha, beta):
+    """``dst = act(acc + bias (+ res))`` with the common activations in loops of their own
+    (which vectorise) and the rest through ``activate``."""
+    c_out = acc.size
+    for c in range(c_out):
+        acc[c] += bias[c]
+    if has_res:
+        r = res[n, oy, ox]
+        for c in range(c_out):
+            acc[c] += r[c]
+    if act == NONE:
+        for c in range(c_out):
+            dst[c] = acc[c]
+    elif act == RELU:
+        for c in range(c_out):
+            dst[c] = acc[c] if acc[c] > 0.0 else np.float32(0.0)
+    elif act == RELU6:
+        for c in range(c_out):
+            dst[c] = min(max(acc[c], np.float32(0.0)), np.float32(6.0))
+    else:
+        for c in range(c_out):
+            dst[c] = activate(acc[c], act, alpha, beta)
+
+
 @njit(**PJIT)
 def dwconv(x, w, bias, res, out, kh, kw, sh, sw, ph, pw, dh, dw, mult, act, alpha, beta):
     """Depthwise convolution, NHWC, vectorised over channels. ``w``: (kh, kw, C*mult)."""
@@ -312,11 +337,7 @@ def dwconv(x, w, bias, res, out, kh, kw, sh, sw, ph, pw, dh, dw, mult, act, alph
                     else:
                         for c in range(c_out):
                             acc[c] += x[n, iy, ix, c // mult] * w[ky, kx, c]
-            for c in range(c_out):
-                v = acc[c] + bias[c]
-                if has_res:
-                    v += res[n, oy, ox, c]
-                out[n, oy, ox, c] = activate(v, act, alpha, beta)
+            _dw_epilogue(acc, bias, res, has_res, out[n, oy, ox], n, oy, ox, act, alpha, beta)
 
 
 @njit(**PJIT)
