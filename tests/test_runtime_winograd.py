@@ -26,7 +26,7 @@ from conftest import ROOT, SPECS
 ACTS = ["none", "relu", "leaky_relu", "sigmoid"]
 
 
-def run_winograd(x, wt, bias, res, pad, act, m, per_item, threads):
+def run_winograd(x, wt, bias, res, pad, act, m, per_item, threads, k_blocks=1):
     """cnnc's Winograd kernel on NCHW arrays with a torch-layout weight; returns NCHW."""
     n, c_in, h, w = x.shape
     c_out = wt.shape[0]
@@ -39,7 +39,7 @@ def run_winograd(x, wt, bias, res, pad, act, m, per_item, threads):
         else np.empty((0, 0, 0, 0), np.float32)
     )
     bt, at = winograd.matrices(m)
-    floats = winograd.scratch_floats(m, per_item, c_in, c_out)
+    floats = winograd.scratch_floats(m, per_item, c_in, c_out, k_blocks)
     winograd.winograd_conv(
         np.ascontiguousarray(x.transpose(0, 2, 3, 1)),
         winograd.transform_weights(np.ascontiguousarray(wmat), m),
@@ -55,6 +55,7 @@ def run_winograd(x, wt, bias, res, pad, act, m, per_item, threads):
         np.float32(0.1),
         np.float32(0.0),
         per_item,
+        k_blocks,
     )
     return out.transpose(0, 3, 1, 2)
 
@@ -83,6 +84,7 @@ def test_winograd_matches_torch(torch, data):
     h = max(h, 3 - 2 * pad)
     batch = draw(st.integers(1, 2))
     per_item, threads = draw(st.integers(1, 9)), draw(st.integers(1, 3))
+    k_blocks = draw(st.integers(1, min(c_out, 5)))
     act = draw(st.sampled_from(ACTS))
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
     x = rng.standard_normal((batch, c_in, h, w)).astype(np.float32)
@@ -90,7 +92,7 @@ def test_winograd_matches_torch(torch, data):
     bias = rng.standard_normal(c_out).astype(np.float32)
     shape = (batch, c_out, h + 2 * pad - 2, w + 2 * pad - 2)
     res = rng.standard_normal(shape).astype(np.float32) if draw(st.booleans()) else None
-    got = run_winograd(x, wt, bias, res, pad, act, m, per_item, threads)
+    got = run_winograd(x, wt, bias, res, pad, act, m, per_item, threads, k_blocks)
     want = reference(torch, x, wt, bias, res, pad, act)
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
 

@@ -32,15 +32,16 @@ TIMED_RUNS = 3
 @dataclass(frozen=True)
 class Choice:
     """``direct`` with (rows per tile, channel blocks), or ``winograd`` F(m x m, 3x3) with
-    ``a`` = m and ``b`` = tiles per work item."""
+    ``a`` = m, ``b`` = tiles per work item and ``c`` = output-channel blocks."""
 
     algorithm: str
     a: int
     b: int
+    c: int = 1
 
     def label(self) -> str:
         if self.algorithm == "winograd":
-            return f"winograd F{self.a} x{self.b}"
+            return f"winograd F{self.a} x{self.b}/{self.c}b"
         return f"direct {self.a}r/{self.b}b"
 
 
@@ -82,11 +83,21 @@ def candidates(x_shape, out_shape, geometry: dict, threads: int, algorithm: str)
         return found
     if algorithm == "winograd":
         found = []
+    k_out = out_shape[3]
     for m in (2, 4):
+        total = winograd.tile_count(x_shape[0], out_shape[1], out_shape[2], m)
         for per_item in (8, 24, 64):
             c = Choice("winograd", m, _tiles_per_item(x_shape[0], out_shape, m, per_item, threads))
             if c not in found:
                 found.append(c)
+        # Few tiles, many channels (ResNet's 14x14 and 7x7 stages): all tiles in one run and
+        # the output channels split instead, so that each thread streams its share of the
+        # transformed weights once.
+        for k_blocks in (threads, 2 * threads, 4 * threads):
+            if total <= 64 and k_out // k_blocks >= 32:
+                c = Choice("winograd", m, total, k_blocks)
+                if c not in found:
+                    found.append(c)
     return found
 
 
@@ -177,7 +188,9 @@ class TuneCache:
         if not isinstance(entry, dict):
             return None
         try:
-            return Choice(str(entry["algorithm"]), int(entry["a"]), int(entry["b"]))
+            return Choice(
+                str(entry["algorithm"]), int(entry["a"]), int(entry["b"]), int(entry.get("c", 1))
+            )
         except (KeyError, TypeError, ValueError):
             return None
 

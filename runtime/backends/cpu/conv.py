@@ -444,12 +444,12 @@ def _run_choice(backend, choice, arrays, x, res, out, a):
     """Run the convolution by the algorithm and tiling of ``choice`` (autotune.Choice)."""
     geometry = [a[name] for name in GEOMETRY]
     if choice.algorithm == "winograd":
-        m, per_item = choice.a, choice.b
+        m, per_item, k_blocks = choice.a, choice.b, choice.c
         name = f"winograd{m}"
         if name not in arrays:  # transformed once, on first use, for this executor
             arrays[name] = winograd.transform_weights(arrays["w"], m)
         bt, at = winograd.matrices(m)
-        floats = winograd.scratch_floats(m, per_item, x.shape[3], out.shape[3])
+        floats = winograd.scratch_floats(m, per_item, x.shape[3], out.shape[3], k_blocks)
         winograd.winograd_conv(
             x,
             arrays[name],
@@ -463,6 +463,7 @@ def _run_choice(backend, choice, arrays, x, res, out, a):
             at,
             *_f32(a),
             per_item,
+            k_blocks,
         )
         return
     rows, blocks = choice.a, choice.b

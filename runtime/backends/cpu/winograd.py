@@ -84,11 +84,12 @@ def matrices(m: int) -> tuple[np.ndarray, np.ndarray]:
     return bt.astype(np.float32), at.astype(np.float32)
 
 
-def scratch_floats(m: int, tiles_per_item: int, c_in: int, k_out: int) -> int:
+def scratch_floats(m: int, tiles_per_item: int, c_in: int, k_out: int, k_blocks: int = 1) -> int:
     """Floats of scratch one thread of ``winograd_conv`` needs."""
     t = m + 2
-    c = max(c_in, k_out)
-    return t * t * tiles_per_item * (c_in + k_out) + 2 * t * t * c + m * t * k_out + k_out
+    kb = -(-k_out // k_blocks)
+    c = max(c_in, kb)
+    return t * t * tiles_per_item * (c_in + kb) + 2 * t * t * c + m * t * kb + kb
 
 
 def tile_count(n_img: int, ho: int, wo: int, m: int) -> int:
@@ -136,54 +137,63 @@ def _input_transform(x, n, iy0, ix0, t, bt, d, tmp, v, p):
 
 
 @njit(**JIT)
-def _output_transform(mm, p, at, n, oy0, ox0, tmp, y, bias, res, has_res, out, act, alpha, beta):
-    """out[n, oy0 + r, ox0 + s, :] = act((A^T M A)[r, s, :] + bias (+ res)), inside the image."""
-    _, ho, wo, k_out = out.shape
+def _output_transform(
+    mm, p, at, n, oy0, ox0, tmp, y, bias, res, has_res, out, k0, act, alpha, beta
+):
+    """out[n, oy0 + r, ox0 + s, k0 + k] = act((A^T M A)[r, s, k] + bias (+ res)) for the
+    ``mm.shape[2]`` channels from ``k0``, inside the image."""
+    _, ho, wo, _ = out.shape
+    nk = mm.shape[2]
     m, t = at.shape
+    b = bias[k0 : k0 + nk]
     for r in range(m):
         for j in range(t):
             acc = tmp[r, j]
-            for k in range(k_out):
+            for k in range(nk):
                 acc[k] = 0.0
             for i in range(t):
                 f = at[r, i]
                 if f != 0.0:
                     src = mm[i * t + j, p]
-                    for k in range(k_out):
+                    for k in range(nk):
                         acc[k] += f * src[k]
     for r in range(min(m, ho - oy0)):
         for s in range(min(m, wo - ox0)):
-            for k in range(k_out):
-                y[k] = bias[k]
+            for k in range(nk):
+                y[k] = b[k]
             for j in range(t):
                 f = at[s, j]
                 if f != 0.0:
                     src = tmp[r, j]
-                    for k in range(k_out):
+                    for k in range(nk):
                         y[k] += f * src[k]
-            dst = out[n, oy0 + r, ox0 + s]
+            dst = out[n, oy0 + r, ox0 + s, k0 : k0 + nk]
             if has_res:
-                rr = res[n, oy0 + r, ox0 + s]
-                for k in range(k_out):
+                rr = res[n, oy0 + r, ox0 + s, k0 : k0 + nk]
+                for k in range(nk):
                     y[k] += rr[k]
             if act == NONE:
-                for k in range(k_out):
+                for k in range(nk):
                     dst[k] = y[k]
             elif act == RELU:
-                for k in range(k_out):
+                for k in range(nk):
                     dst[k] = y[k] if y[k] > 0.0 else np.float32(0.0)
             else:
-                for k in range(k_out):
+                for k in range(nk):
                     dst[k] = activate(y[k], act, alpha, beta)
 
 
 @njit(**PJIT)
-def winograd_conv(x, u, bias, res, out, scratch, ph, pw, bt, at, act, alpha, beta, per_item):
+def winograd_conv(
+    x, u, bias, res, out, scratch, ph, pw, bt, at, act, alpha, beta, per_item, k_blocks
+):
     """Stride-1 3x3 convolution, NHWC, by Winograd F(m x m, 3 x 3) with m = ``at.shape[0]``.
 
     ``u``: (t*t, C, K) transformed weights (``transform_weights``); ``res`` a residual added
     before the activation (size 0 for none); ``scratch`` one row per thread of at least
-    ``scratch_floats`` floats; ``per_item`` tiles per work item."""
+    ``scratch_floats`` floats. Work items are (block of K / ``k_blocks`` output channels, run
+    of ``per_item`` tiles), block-major: a thread's consecutive items share one block of the
+    transformed weights, which matters where they are large (512 channels: 36 MB for F4)."""
     n_img, _, _, c_in = x.shape
     _, ho, wo, k_out = out.shape
     m, t = at.shape
@@ -191,42 +201,50 @@ def winograd_conv(x, u, bias, res, out, scratch, ph, pw, bt, at, act, alpha, bet
     th = (ho + m - 1) // m
     tw = (wo + m - 1) // m
     total = n_img * th * tw
-    items = (total + per_item - 1) // per_item
+    runs = (total + per_item - 1) // per_item
+    kb = (k_out + k_blocks - 1) // k_blocks
+    items = runs * k_blocks
     threads = scratch.shape[0]
     has_res = res.size > 0
-    c_max = max(c_in, k_out)
+    c_max = max(c_in, kb)
     v_end = tt * per_item * c_in
-    m_end = v_end + tt * per_item * k_out
+    m_end = v_end + tt * per_item * kb
+    y_start = m_end + 2 * tt * c_max
     for thr in prange(threads):
         buf = scratch[thr]
         v = buf[:v_end].reshape(tt, per_item, c_in)
-        mm = buf[v_end:m_end].reshape(tt, per_item, k_out)
         d = buf[m_end : m_end + tt * c_in].reshape(t, t, c_in)
         tmp_in = buf[m_end + tt * c_max : m_end + tt * c_max + tt * c_in].reshape(t, t, c_in)
-        y_start = m_end + 2 * tt * c_max
-        tmp_out = buf[y_start : y_start + m * t * k_out].reshape(m, t, k_out)
-        y = buf[y_start + m * t * k_out : y_start + m * t * k_out + k_out]
+        y = buf[y_start + m * t * kb : y_start + m * t * kb + kb]
+        last_run = -1
         for item in range(thr * items // threads, (thr + 1) * items // threads):
-            p0 = item * per_item
+            k0 = (item // runs) * kb
+            nk = min(k_out, k0 + kb) - k0
+            run = item % runs
+            p0 = run * per_item
             count = min(total, p0 + per_item) - p0
-            for p in range(count):
-                tile = p0 + p
-                n = tile // (th * tw)
-                r = tile % (th * tw)
-                _input_transform(
-                    x, n, (r // tw) * m - ph, (r % tw) * m - pw, t, bt, d, tmp_in, v, p
-                )
+            mm = buf[v_end : v_end + tt * per_item * nk].reshape(tt, per_item, nk)
+            tmp_out = buf[y_start : y_start + m * t * nk].reshape(m, t, nk)
+            if run != last_run:  # the same tiles for the next block: transformed already
+                for p in range(count):
+                    tile = p0 + p
+                    n = tile // (th * tw)
+                    r = tile % (th * tw)
+                    iy0 = (r // tw) * m - ph
+                    ix0 = (r % tw) * m - pw
+                    _input_transform(x, n, iy0, ix0, t, bt, d, tmp_in, v, p)
+                last_run = run
             for xi in range(tt):
                 gemm(
                     count,
-                    k_out,
+                    nk,
                     c_in,
                     v[xi].ctypes.data,
                     c_in,
-                    u[xi].ctypes.data,
+                    u[xi].ctypes.data + k0 * 4,
                     k_out,
                     mm[xi].ctypes.data,
-                    k_out,
+                    nk,
                     0.0,
                 )
             for p in range(count):
@@ -246,6 +264,7 @@ def winograd_conv(x, u, bias, res, out, scratch, ph, pw, bt, at, act, alpha, bet
                     res,
                     has_res,
                     out,
+                    k0,
                     act,
                     alpha,
                     beta,
