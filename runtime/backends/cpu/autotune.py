@@ -25,8 +25,9 @@ ALGORITHMS = ("auto", "direct", "winograd")
 #: Layers below this many multiply-adds per image keep the default: timing them would cost
 #: more than it could save.
 MIN_TUNED_MACS = 20_000_000
-#: Candidates run this many times after a first (compiling, page-faulting) run; best is kept.
-TIMED_RUNS = 3
+#: Candidates run this many times after a first (compiling, page-faulting) run, best kept;
+#: slow ones (over 20 ms) twice. The best of several resists a shared machine's noise.
+TIMED_RUNS = 5
 
 
 @dataclass(frozen=True)
@@ -119,9 +120,12 @@ def worth_tuning(x_shape, out_shape, geometry: dict) -> bool:
     return macs >= MIN_TUNED_MACS
 
 
-def measure(run, runs: int = TIMED_RUNS) -> float:
+def measure(run, runs: int | None = None) -> float:
     """Seconds of the fastest of ``runs`` calls of ``run``, after one untimed call."""
+    t0 = time.perf_counter()
     run()
+    if runs is None:
+        runs = TIMED_RUNS if time.perf_counter() - t0 < 0.02 else min(2, TIMED_RUNS)
     best = math.inf
     for _ in range(runs):
         t0 = time.perf_counter()
