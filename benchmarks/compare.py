@@ -63,7 +63,8 @@ session = Session.create(net, seed=0, batch={batch}, algorithm={algorithm!r})
 x = {{n: np.random.default_rng(0).standard_normal(({batch}, *l.shape)).astype(np.float32)
      for n, l in net.inputs.items()}}
 session.run(x)
-report(lambda: session.run(x), {repeat}, session.describe(), 2 * net.total_macs * {batch})
+info = {{**session.describe(), "peak_gflops": session._executor({batch}).backend.peak_gflops()}}
+report(lambda: session.run(x), {repeat}, info, 2 * net.total_macs * {batch})
 """
 )
 
