@@ -136,6 +136,7 @@ def run(
     batch: int = 1,
     device: str = "cpu",
     optimize: bool = True,
+    algorithm: str | None = None,
 ) -> dict:
     """Run a checked network; return ``{output name: array}`` in NCHW (or (N, C)).
 
@@ -143,7 +144,9 @@ def run(
     without it the inputs are seeded random data of ``batch`` samples (a positive integer;
     a batch that cannot fit in memory raises :class:`ResourceError` before allocating).
     ``weights`` is a dict or an ``.npz`` path keyed ``LAYER.weight`` etc.; without it they are
-    seeded (He for conv, Xavier for fc).
+    seeded (He for conv, Xavier for fc). ``algorithm`` picks the CPU's convolutions: ``auto``
+    (measured per layer shape and cached), ``direct`` (the exact path) or ``winograd``; the
+    default is ``$CNNC_ALGORITHM`` or ``auto``.
     """
     from cnnc.runtime import memory
     from cnnc.runtime.data import as_input, random_inputs
@@ -160,6 +163,12 @@ def run(
         }
         batch = int(next(iter(inputs.values())).shape[0]) if inputs else check_batch(batch)
     session = Session.create(
-        network, weights, seed=seed, device=device, optimize=optimize, batch=batch
+        network,
+        weights,
+        seed=seed,
+        device=device,
+        optimize=optimize,
+        batch=batch,
+        algorithm=algorithm,
     )
     return session.run(inputs)

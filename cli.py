@@ -1,4 +1,4 @@
-"""The ``cnnc`` command line: check, draw, run, bench.
+"""The ``cnnc`` command line: check, draw, run, bench, tune.
 
 Exit status: 0 success, 1 the spec or a data file has errors, 2 the command was used wrongly.
 Heavy modules (networkx, numpy, numba) are imported only by the commands that need them.
@@ -90,12 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--normalize", choices=["imagenet"], help="normalise image inputs with ImageNet's mean/std"
     )
     add_cluster_options(p)
+    _algorithm_option(p)
 
     p = spec_command("bench", "time the forward pass layer by layer")
     p.add_argument("--batch", type=int, default=1, metavar="N")
     p.add_argument("--repeat", type=int, default=10, metavar="R")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--json", action="store_true")
+    _algorithm_option(p)
+
+    p = spec_command("tune", "measure each convolution's fastest algorithm on this machine")
+    p.add_argument("--batch", type=int, default=1, metavar="N")
+    p.add_argument("--force", action="store_true", help="measure again what is cached")
 
     p = spec_command("sweep", "check (and time) every combination of network parameters, on Dask")
     p.add_argument(
@@ -116,6 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE.svg", help="plot MACs against params (and ms)")
     add_cluster_options(p)
     return parser
+
+
+def _algorithm_option(p):
+    p.add_argument(
+        "--algorithm",
+        choices=["auto", "direct", "winograd"],
+        default=None,
+        help="CPU convolutions: measured per layer and cached (auto, the default unless "
+        "CNNC_ALGORITHM says otherwise), the exact path only (direct), or Winograd wherever "
+        "it applies",
+    )
 
 
 def cmd_check(args) -> int:
@@ -194,8 +211,20 @@ def cmd_sweep(args) -> int:
     return sweep_command(args)
 
 
-COMMANDS = {"check": cmd_check, "draw": cmd_draw, "run": cmd_run, "bench": cmd_bench}
-COMMANDS["sweep"] = cmd_sweep
+def cmd_tune(args) -> int:
+    from .runtime.cli import tune_command
+
+    return tune_command(_load(args), args)
+
+
+COMMANDS = {
+    "check": cmd_check,
+    "draw": cmd_draw,
+    "run": cmd_run,
+    "bench": cmd_bench,
+    "tune": cmd_tune,
+    "sweep": cmd_sweep,
+}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

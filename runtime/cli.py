@@ -14,6 +14,34 @@ from . import weights as weights_io
 from .session import Session
 
 
+def _say_what_happens(session: Session, batch: int):
+    """One line on stderr before a first run compiles the kernels, and before a layer's
+    algorithms are measured: both take seconds once, then come from the cache."""
+    if session.device != "cpu":
+        return
+    from .backends.cpu import kernels_compiled
+
+    if not kernels_compiled():
+        print(
+            "cnnc: compiling the CPU kernels for this machine (once; later runs load them "
+            "from the cache)",
+            file=sys.stderr,
+            flush=True,
+        )
+    backend = session._executor(batch).backend
+
+    def measuring(label: str):
+        print(
+            "cnnc: measuring which convolution algorithms are fastest on this machine (once "
+            "per layer shape; `cnnc tune FILE` does it ahead of time)",
+            file=sys.stderr,
+            flush=True,
+        )
+        backend.on_tune = None
+
+    backend.on_tune = measuring
+
+
 def run_command(net: Network, args) -> int:
     if args.batch is not None and args.batch < 1:
         raise UsageError(error(f"--batch must be at least 1, got {args.batch}"))
@@ -49,9 +77,17 @@ def run_command(net: Network, args) -> int:
         batch = args.batch or 1
         memory.check_fits(net, batch)  # before the random inputs are drawn
         inputs = data.random_inputs(net, batch, args.seed)
-    session = Session.create(net, args.weights, seed=args.seed, device=args.device, batch=batch)
+    session = Session.create(
+        net,
+        args.weights,
+        seed=args.seed,
+        device=args.device,
+        batch=batch,
+        algorithm=args.algorithm,
+    )
     if args.save_weights:
         weights_io.save(session.weights, Path(args.save_weights))
+    _say_what_happens(session, batch)
     outputs = session.run(inputs)
     plan = session.plan
     print(
@@ -86,7 +122,10 @@ def run_command(net: Network, args) -> int:
 def bench_command(net: Network, args) -> int:
     if args.batch < 1 or args.repeat < 1:
         raise UsageError(error("--batch and --repeat must be at least 1"))
-    session = Session.create(net, None, device=args.device, batch=args.batch)
+    session = Session.create(
+        net, None, device=args.device, batch=args.batch, algorithm=args.algorithm
+    )
+    _say_what_happens(session, args.batch)
     info = session.bench(args.batch, args.repeat)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -99,6 +138,8 @@ def bench_command(net: Network, args) -> int:
             f"{x['ms']:.3f}",
             f"{100 * x['share']:.1f}%",
             f"{x['gflops']:.1f}" if x["gflops"] else "",
+            f"{100 * x['peak_share']:.0f}%" if x.get("peak_share") else "",
+            x.get("algorithm", ""),
         )
         for x in info["layers"]
     ]
@@ -110,11 +151,22 @@ def bench_command(net: Network, args) -> int:
             else ""
         )
     )
-    print(table(("layer", "op", "output", "ms", "share", "GFLOP/s"), rows, right=(3, 4, 5)))
+    print(
+        table(
+            ("layer", "op", "output", "ms", "share", "GFLOP/s", "of peak", "algorithm"),
+            rows,
+            right=(3, 4, 5, 6),
+        )
+    )
     print(
         f"total       {info['median_ms']:.3f} ms median of {info['repeat']} "
         f"(min {info['min_ms']:.3f} ms), {info['gflops']:.1f} GFLOP/s"
     )
+    if "peak_gflops" in info:
+        print(
+            f"peak        {info['peak_gflops']:.1f} GFLOP/s fp32 (FMA probe, "
+            f"{info['threads']} threads): this run reached {100 * info['peak_share']:.0f}%"
+        )
     print(f"warm-up     {info['warmup_s']:.2f} s (includes kernel compilation on a cold cache)")
     if info.get("threading_layer") == "workqueue":
         print(
@@ -132,3 +184,21 @@ def bench_command(net: Network, args) -> int:
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
+
+
+def tune_command(net: Network, args) -> int:
+    from .tune import tune
+
+    if args.batch < 1:
+        raise DataError(error(f"--batch must be at least 1, got {args.batch}"))
+    session = Session.create(net, None, batch=args.batch)
+    rows = tune(session, args.batch, force=args.force)
+    backend = session._executor(args.batch).backend
+    print(
+        table(
+            ("layer", "output", "algorithm"),
+            [(r["layer"], fmt_shape(r["shape"][-1:] + r["shape"][:-1]), r["choice"]) for r in rows],
+        )
+    )
+    print(f"{len(rows)} convolutions; choices cached in {backend.tune_cache().path}")
+    return 0

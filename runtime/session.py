@@ -24,6 +24,7 @@ class Session:
     weights: dict
     plan: Plan
     device: str = "cpu"
+    algorithm: str = "auto"  # convolution algorithms: auto, direct (exact) or winograd
     executors: dict = field(default_factory=dict, repr=False)  # by batch size; one kept
 
     @classmethod
@@ -35,8 +36,12 @@ class Session:
         device: str = "cpu",
         optimize: bool = True,
         batch: int = 1,
+        algorithm: str | None = None,
     ) -> Session:
+        from .backends import resolve_algorithm
+
         check_batch(batch)
+        algorithm = resolve_algorithm(algorithm)
         memory.check_fits(network, batch)
         if weights is None:
             weights = weights_io.initialise(network, seed)
@@ -53,7 +58,7 @@ class Session:
                 stacklevel=2,
             )
         plan = build_plan(network, weights, optimize)
-        return cls(network, weights, plan, device)
+        return cls(network, weights, plan, device, algorithm)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = _batch_of(self.network, inputs)
@@ -66,8 +71,16 @@ class Session:
         if batch not in self.executors:
             self.executors.clear()
             memory.check_fits(self.network, batch, self.plan)
-            self.executors[batch] = Executor(self.plan, backend_for(self.device), batch)
+            self.executors[batch] = Executor(
+                self.plan, backend_for(self.device, self.algorithm), batch
+            )
         return self.executors[batch]
+
+    def describe(self) -> dict:
+        """The backend's threads, threading layer and algorithm policy (after a run)."""
+        executor = next(iter(self.executors.values()), None)
+        backend = executor.backend if executor else None
+        return backend.describe() if hasattr(backend, "describe") else {"device": self.device}
 
     def bench(self, batch: int = 1, repeat: int = 10, seed: int = 0) -> dict:
         """Warm up (compiles kernels), then time whole passes and each step."""
@@ -91,6 +104,7 @@ class Session:
             for i, t in enumerate(timings):
                 per_step[i].append(t)
         layers = []
+        choice_of = getattr(executor.backend, "choice_of", lambda step: "")
         step_total = sum(statistics.median(t) for t in per_step) or 1.0
         for step, times in zip(self.plan.steps, per_step):
             ms = statistics.median(times) * 1e3
@@ -103,6 +117,7 @@ class Session:
                     "ms": ms,
                     "share": ms / 1e3 / step_total,
                     "gflops": 2 * step.macs * batch / (ms / 1e3) / 1e9 if ms > 0 else 0.0,
+                    "algorithm": choice_of(step),
                 }
             )
         info = {
@@ -118,6 +133,11 @@ class Session:
             "gflops": 2 * self.network.total_macs * batch / (statistics.median(totals)) / 1e9,
         }
         info.update(executor.backend.describe() if hasattr(executor.backend, "describe") else {})
+        if hasattr(executor.backend, "peak_gflops"):
+            peak = info["peak_gflops"] = executor.backend.peak_gflops()
+            info["peak_share"] = info["gflops"] / peak
+            for layer in layers:
+                layer["peak_share"] = layer["gflops"] / peak
         return info
 
 

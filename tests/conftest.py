@@ -13,6 +13,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Convolutions take the exact path unless a test asks for another: under the default `auto`
+# the algorithm of each layer is chosen by timing, which makes results depend on the machine's
+# load. tests/test_runtime_winograd.py tests Winograd and the tuner explicitly.
+os.environ.setdefault("CNNC_ALGORITHM", "direct")
+
 # Kernel checks under the CUDA simulator run in their own process (tests/test_cuda.py): the
 # simulator must be switched on before Numba is first imported.
 collect_ignore = [] if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else ["cuda_sim"]

@@ -3,17 +3,36 @@ each (``backends/<device>/``), kernels named after the ops they run."""
 
 from __future__ import annotations
 
+import os
+
 from ...compiler import DataError, ResourceError, error
 
 DEVICES = ("cpu", "cuda")
 
 
-def backend_for(device: str):
-    """A fresh backend object for ``device``, its kernels imported (and compiled on first use)."""
+ALGORITHMS = ("auto", "direct", "winograd")
+
+
+def resolve_algorithm(algorithm: str | None) -> str:
+    """The algorithm policy: the one asked for, else ``$CNNC_ALGORITHM``, else ``auto``."""
+    chosen = algorithm or os.environ.get("CNNC_ALGORITHM") or "auto"
+    if chosen not in ALGORITHMS:
+        source = "" if algorithm else " (from CNNC_ALGORITHM)"
+        raise DataError(error(f"unknown algorithm '{chosen}'{source}: {', '.join(ALGORITHMS)}"))
+    return chosen
+
+
+def backend_for(device: str, algorithm: str | None = None):
+    """A fresh backend object for ``device``, its kernels imported (and compiled on first use).
+
+    ``algorithm`` picks the CPU's convolution algorithms: ``auto`` measures per layer shape
+    (Winograd or direct, cached per machine), ``direct`` forces the exact path, ``winograd``
+    forces Winograd wherever it applies. The CUDA backend has the direct path only."""
+    algorithm = resolve_algorithm(algorithm)
     if device == "cpu":
         from .cpu import CpuBackend
 
-        return CpuBackend()
+        return CpuBackend(algorithm)
     if device == "cuda":
         try:
             from .cuda import CudaBackend

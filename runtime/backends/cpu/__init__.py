@@ -16,8 +16,13 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 
+# Idle OpenMP threads sleep instead of spinning, unless the user says otherwise: on a 2-core
+# machine where another process held a core, spinning made every parallel region wait for a
+# time slice (ResNet-18, 2 threads: 188-194 ms against 59-65 ms passive, measured twice).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-def _cache_dir() -> Path:
+
+def _sources_digest() -> str:
     digest = hashlib.sha256()
     for path in sorted(
         (
@@ -27,8 +32,24 @@ def _cache_dir() -> Path:
         )
     ):
         digest.update(path.read_bytes())
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "cnnc" / "numba" / digest.hexdigest()[:16]
+    return digest.hexdigest()[:16]
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnc"
+
+
+def _cache_dir() -> Path:
+    return _cache_root() / "numba" / _sources_digest()
+
+
+def kernels_compiled() -> bool:
+    """Whether this version's kernels were compiled before (Numba's on-disk index files)."""
+    directory = Path(os.environ.get("NUMBA_CACHE_DIR") or _cache_dir())
+    try:
+        return any(directory.rglob("*.nbi"))
+    except OSError:
+        return False
 
 
 def _configure_cache():
@@ -48,6 +69,7 @@ def _configure_cache():
 _configure_cache()
 
 from . import conv, elementwise, layout, norm, pool  # noqa: E402,F401 (register kernels)
+from .autotune import ALGORITHMS, TuneCache, machine_key  # noqa: E402
 from .table import KERNELS  # noqa: E402
 
 
@@ -57,11 +79,19 @@ class CpuBackend:
     name = "cpu"
     kernels = KERNELS
 
-    def __init__(self):
+    def __init__(self, algorithm: str = "auto"):
         import numba
 
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {algorithm!r}")
         self.threads = numba.get_num_threads()
-        self.tilings: dict = {}  # conv tilings by layer shape
+        #: "auto" (measured per layer), "direct" (exact: no Winograd), "winograd" (forced)
+        self.algorithm = algorithm
+        self.retune = False  # measure again even where the cache has a choice
+        self.on_tune = None  # called with a layer's label before it is measured
+        self.choices: dict = {}  # conv choices by layer shape (autotune.shape_key)
+        self.chosen: dict = {}  # id(step) -> label of its choice, for bench
+        self._tune_cache = None
         self._scratch = np.empty((self.threads, 1), np.float32)
 
     def scratch(self, floats: int) -> np.ndarray:
@@ -70,6 +100,46 @@ class CpuBackend:
         if self._scratch.shape[1] < floats:
             self._scratch = np.empty((self.threads, floats), np.float32)
         return self._scratch
+
+    def tune_cache(self) -> TuneCache:
+        if self._tune_cache is None:
+            key = machine_key(self.threads, _sources_digest())
+            self._tune_cache = TuneCache(_cache_root() / "tune", key)
+        return self._tune_cache
+
+    def pending_tuning(self, plan, batch: int) -> set:
+        """Shapes of the plan's convolutions that a run would measure (not cached yet)."""
+        from .autotune import shape_key, worth_tuning
+        from .conv import GEOMETRY
+
+        if self.algorithm == "winograd":
+            return set()
+        cache, pending = self.tune_cache(), set()
+        for step in plan.steps:
+            if step.kernel != "conv":
+                continue
+            x = (batch, *plan.values[step.inputs[0]].shape)
+            out = (batch, *plan.values[step.output].shape)
+            geometry = {name: step.attrs[name] for name in GEOMETRY}
+            key = shape_key(x, out, geometry, step.residual is not None, self.algorithm)
+            if worth_tuning(x, out, geometry) and cache.get(key) is None:
+                pending.add(key)
+        return pending
+
+    def peak_gflops(self) -> float:
+        """The FMA probe's GFLOP/s for this machine and thread count, measured once."""
+        from .probe import fma_peak_gflops
+
+        cache = self.tune_cache()
+        peak = cache.get_value("peak_gflops")
+        if not isinstance(peak, (int, float)) or peak <= 0:
+            peak = round(fma_peak_gflops(self.threads), 1)
+            cache.put_value("peak_gflops", peak)
+        return float(peak)
+
+    def choice_of(self, step) -> str:
+        """The algorithm a step ran with, for ``cnnc bench`` ('' where there is no choice)."""
+        return self.chosen.get(id(step), "")
 
     def empty(self, n: int):
         return np.empty(n, np.float32)
@@ -96,7 +166,7 @@ class CpuBackend:
             layer = numba.threading_layer()
         except ValueError:  # no parallel region has run yet
             layer = "not started"
-        return {"threads": self.threads, "threading_layer": layer}
+        return {"threads": self.threads, "threading_layer": layer, "algorithm": self.algorithm}
 
     def run_step(self, step, arrays, ins, res, out, work):
         self.kernels[step.kernel](self, step, arrays, ins, res, out, work)

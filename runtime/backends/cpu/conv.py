@@ -11,11 +11,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..codes import NONE, RELU
+from ..codes import NONE, RELU, RELU6
+from . import autotune, winograd
 from .activations import JIT, PJIT, activate
 from .blas import gemm
 from .table import KERNELS
-from .tiling import conv_scratch_floats, conv_tiling, uses_direct_gemm, uses_shifted_gemm
+from .tiling import conv_scratch_floats, uses_direct_gemm, uses_shifted_gemm
 
 F4 = 4  # bytes per float32
 
@@ -285,6 +286,31 @@ def _conv_shifted(
                     )
 
 
+@njit(inline="always", **JIT)
+def _dw_epilogue(acc, bias, res, has_res, dst, n, oy, ox, act, alpha, beta):
+    """``dst = act(acc + bias (+ res))`` with the common activations in loops of their own
+    (which vectorise) and the rest through ``activate``."""
+    c_out = acc.size
+    for c in range(c_out):
+        acc[c] += bias[c]
+    if has_res:
+        r = res[n, oy, ox]
+        for c in range(c_out):
+            acc[c] += r[c]
+    if act == NONE:
+        for c in range(c_out):
+            dst[c] = acc[c]
+    elif act == RELU:
+        for c in range(c_out):
+            dst[c] = acc[c] if acc[c] > 0.0 else np.float32(0.0)
+    elif act == RELU6:
+        for c in range(c_out):
+            dst[c] = min(max(acc[c], np.float32(0.0)), np.float32(6.0))
+    else:
+        for c in range(c_out):
+            dst[c] = activate(acc[c], act, alpha, beta)
+
+
 @njit(**PJIT)
 def dwconv(x, w, bias, res, out, kh, kw, sh, sw, ph, pw, dh, dw, mult, act, alpha, beta):
     """Depthwise convolution, NHWC, vectorised over channels. ``w``: (kh, kw, C*mult)."""
@@ -311,11 +337,7 @@ def dwconv(x, w, bias, res, out, kh, kw, sh, sw, ph, pw, dh, dw, mult, act, alph
                     else:
                         for c in range(c_out):
                             acc[c] += x[n, iy, ix, c // mult] * w[ky, kx, c]
-            for c in range(c_out):
-                v = acc[c] + bias[c]
-                if has_res:
-                    v += res[n, oy, ox, c]
-                out[n, oy, ox, c] = activate(v, act, alpha, beta)
+            _dw_epilogue(acc, bias, res, has_res, out[n, oy, ox], n, oy, ox, act, alpha, beta)
 
 
 @njit(**PJIT)
@@ -415,26 +437,37 @@ def _f32(a) -> tuple:
     return a["act"], np.float32(a["alpha"]), np.float32(a["beta"])
 
 
-@KERNELS.register("conv")
-def launch_conv(backend, step, arrays, ins, res, out, work):
-    a, x = step.attrs, ins[0]
-    geometry = [a[name] for name in ("kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "groups")]
-    key = (x.shape, out.shape, *geometry)
-    if key not in backend.tilings:
-        rows, blocks = conv_tiling(
-            x.shape,
-            out.shape,
-            a["kh"],
-            a["kw"],
-            a["sh"],
-            a["sw"],
+GEOMETRY = ("kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "groups")
+
+
+def _run_choice(backend, choice, arrays, x, res, out, a):
+    """Run the convolution by the algorithm and tiling of ``choice`` (autotune.Choice)."""
+    geometry = [a[name] for name in GEOMETRY]
+    if choice.algorithm == "winograd":
+        m, per_item, k_blocks = choice.a, choice.b, choice.c
+        name = f"winograd{m}"
+        if name not in arrays:  # transformed once, on first use, for this executor
+            arrays[name] = winograd.transform_weights(arrays["w"], m)
+        bt, at = winograd.matrices(m)
+        floats = winograd.scratch_floats(m, per_item, x.shape[3], out.shape[3], k_blocks)
+        winograd.winograd_conv(
+            x,
+            arrays[name],
+            arrays["b"],
+            res,
+            out,
+            backend.scratch(floats),
+            a["ph"],
             a["pw"],
-            a["groups"],
-            backend.threads,
+            bt,
+            at,
+            *_f32(a),
+            per_item,
+            k_blocks,
         )
-        floats = conv_scratch_floats(rows, blocks, x.shape, out.shape, *geometry)
-        backend.tilings[key] = rows, blocks, floats
-    rows, blocks, floats = backend.tilings[key]
+        return
+    rows, blocks = choice.a, choice.b
+    floats = conv_scratch_floats(rows, blocks, x.shape, out.shape, *geometry)
     conv(
         x,
         arrays["w"],
@@ -447,6 +480,51 @@ def launch_conv(backend, step, arrays, ins, res, out, work):
         rows,
         blocks,
     )
+
+
+def _choose(backend, step, arrays, x, res, out):
+    """This layer's algorithm and tiling: measured once per shape and machine (autotune.py)
+    unless ``direct``/``winograd`` is forced or the layer is too small to be worth it."""
+    a = step.attrs
+    geometry = {name: a[name] for name in GEOMETRY}
+    shape = autotune.shape_key(x.shape, out.shape, geometry, res.size > 0, backend.algorithm)
+    choice = backend.choices.get(shape)
+    if choice is not None:
+        return choice
+    args = (x.shape, out.shape, geometry, backend.threads, backend.algorithm)
+    if backend.algorithm == "winograd" or not autotune.worth_tuning(x.shape, out.shape, geometry):
+        choice = autotune.default_choice(*args)
+    else:
+        cache = backend.tune_cache()
+        choice = None if backend.retune else cache.get(shape)
+        if choice is None:
+            if backend.on_tune is not None:
+                backend.on_tune(step.label)
+            scratch_out = np.empty_like(out)
+            timed = [
+                (
+                    autotune.measure(
+                        lambda c=c: _run_choice(backend, c, arrays, x, res, scratch_out, a)
+                    ),
+                    c,
+                )
+                for c in autotune.candidates(*args)
+            ]
+            seconds, choice = min(timed, key=lambda tc: tc[0])
+            cache.put(shape, choice, seconds * 1e3)
+        for m in (2, 4):  # keep only the chosen algorithm's transformed weights
+            if choice.algorithm != "winograd" or choice.a != m:
+                arrays.pop(f"winograd{m}", None)
+    backend.choices[shape] = choice
+    return choice
+
+
+@KERNELS.register("conv")
+def launch_conv(backend, step, arrays, ins, res, out, work):
+    x = ins[0]
+    choice = _choose(backend, step, arrays, x, res, out)
+    backend.chosen[id(step)] = choice.label()
+    _run_choice(backend, choice, arrays, x, res, out, step.attrs)
 
 
 @KERNELS.register("dwconv")

@@ -1,6 +1,7 @@
 """Tiling policy of the CPU convolution: which path a convolution takes, how its output is cut
 into work items, and how much scratch a thread needs. Pure Python and a few jitted predicates
-that the kernels share; the kernels live in conv.py.
+that the kernels share (Python calls their ``py_func``: loading them compiled costs a cold
+process tenths of a second); the kernels live in conv.py.
 """
 
 from __future__ import annotations
@@ -52,12 +53,12 @@ def conv_scratch_floats(
     _, h, w, c_in = x_shape
     wo, c_out = out_shape[2], out_shape[3]
     cg = c_in // groups
-    if uses_shifted_gemm(kh, kw, sh, sw, cg):
+    if uses_shifted_gemm.py_func(kh, kw, sh, sw, cg):
         wp = w + 2 * pw
         rows = min(rows_per_tile, out_shape[1])
         block = -(-(c_out // groups) // channel_blocks)
         return ((rows + dh * (kh - 1)) * wp + dw * (kw - 1) + 1) * c_in + rows * wp * block
-    if uses_direct_gemm(kh, kw, sh, sw, ph, pw):
+    if uses_direct_gemm.py_func(kh, kw, sh, sw, ph, pw):
         return 0
     return min(rows_per_tile, out_shape[1]) * wo * kh * kw * cg
 
@@ -75,7 +76,7 @@ def conv_tiling(
     n_img, _, w, c_in = x_shape
     _, ho, wo, c_out = out_shape
     cg, og = c_in // groups, c_out // groups
-    if uses_shifted_gemm(kh, kw, sh, sw, cg):
+    if uses_shifted_gemm.py_func(kh, kw, sh, sw, cg):
         return small_gemm_tiling(n_img, ho, w + 2 * pw, cg, og, threads)
     if kh == kw == 1 and 128 <= cg and SMALL_MNK // (CHANNEL_BLOCK * cg) >= 16:
         return small_gemm_tiling(n_img, ho, wo, cg, og, threads)

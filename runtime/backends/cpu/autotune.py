@@ -1,0 +1,221 @@
+"""Per-machine choice of each convolution's algorithm and tiling, measured and cached.
+
+The tiling constants of tiling.py were measured on one machine and are wrong on others (an
+AVX2 Zen 3 wants other tiles than an AVX-512 Zen 4). So for every convolution shape that is
+worth it, the candidates (direct convolution under its default tiling and its neighbours,
+Winograd F(2x2) and F(4x4) with a few run lengths) are each timed once on the real buffers,
+and the fastest is kept in the user's cache directory, keyed by CPU model, thread count,
+instruction-set target, cnnc version and a digest of the kernels' sources (like cuDNN's
+benchmark mode). ``cnnc tune FILE`` fills the cache ahead of time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import winograd
+from .tiling import conv_tiling
+
+ALGORITHMS = ("auto", "direct", "winograd")
+#: Layers below this many multiply-adds per image keep the default: timing them would cost
+#: more than it could save.
+MIN_TUNED_MACS = 20_000_000
+#: Candidates run this many times after a first (compiling, page-faulting) run, best kept;
+#: slow ones (over 20 ms) twice. The best of several resists a shared machine's noise.
+TIMED_RUNS = 5
+
+
+@dataclass(frozen=True)
+class Choice:
+    """``direct`` with (rows per tile, channel blocks), or ``winograd`` F(m x m, 3x3) with
+    ``a`` = m, ``b`` = tiles per work item and ``c`` = output-channel blocks."""
+
+    algorithm: str
+    a: int
+    b: int
+    c: int = 1
+
+    def label(self) -> str:
+        if self.algorithm == "winograd":
+            return f"winograd F{self.a} x{self.b}/{self.c}b"
+        return f"direct {self.a}r/{self.b}b"
+
+
+def default_choice(x_shape, out_shape, geometry: dict, threads: int, algorithm: str) -> Choice:
+    """The choice without measuring: direct under tiling.py's policy, or Winograd F(4x4)
+    when forced and applicable."""
+    if algorithm == "winograd" and winograd.applies(**_wino_args(geometry)):
+        return Choice("winograd", 4, _tiles_per_item(x_shape[0], out_shape, 4, 32, threads))
+    rows, blocks = conv_tiling(
+        x_shape,
+        out_shape,
+        geometry["kh"],
+        geometry["kw"],
+        geometry["sh"],
+        geometry["sw"],
+        geometry["pw"],
+        geometry["groups"],
+        threads,
+    )
+    return Choice("direct", rows, blocks)
+
+
+def candidates(x_shape, out_shape, geometry: dict, threads: int, algorithm: str) -> list[Choice]:
+    """What to time for this layer: the default tiling and its neighbours (twice and half the
+    rows, twice and half the channel blocks), plus Winograd unless ``direct`` is forced."""
+    base = default_choice(x_shape, out_shape, geometry, threads, "direct")
+    ho, og = out_shape[1], out_shape[3] // geometry["groups"]
+    rows, blocks = base.a, base.b
+    found = [base]
+    for r, b in (
+        (min(ho, rows * 2), blocks),
+        (max(1, rows // 2), blocks),
+        (rows, blocks * 2),
+        (rows, max(1, blocks // 2)),
+    ):
+        if og // b >= 16 and Choice("direct", r, b) not in found:
+            found.append(Choice("direct", r, b))
+    if algorithm == "direct" or not winograd.applies(**_wino_args(geometry)):
+        return found
+    if algorithm == "winograd":
+        found = []
+    k_out = out_shape[3]
+    for m in (2, 4):
+        total = winograd.tile_count(x_shape[0], out_shape[1], out_shape[2], m)
+        for per_item in (8, 24, 64):
+            c = Choice("winograd", m, _tiles_per_item(x_shape[0], out_shape, m, per_item, threads))
+            if c not in found:
+                found.append(c)
+        # Few tiles, many channels (ResNet's 14x14 and 7x7 stages): all tiles in one run and
+        # the output channels split instead, so that each thread streams its share of the
+        # transformed weights once.
+        for k_blocks in (threads, 2 * threads, 4 * threads):
+            if total <= 64 and k_out // k_blocks >= 32:
+                c = Choice("winograd", m, total, k_blocks)
+                if c not in found:
+                    found.append(c)
+    return found
+
+
+def _wino_args(g: dict) -> dict:
+    return {k: g[k] for k in ("kh", "kw", "sh", "sw", "dh", "dw", "groups")}
+
+
+def _tiles_per_item(n_img: int, out_shape, m: int, wanted: int, threads: int) -> int:
+    """``wanted`` tiles per work item, fewer where that would leave a thread idle."""
+    total = winograd.tile_count(n_img, out_shape[1], out_shape[2], m)
+    return max(1, min(wanted, math.ceil(total / threads)))
+
+
+def worth_tuning(x_shape, out_shape, geometry: dict) -> bool:
+    g = geometry
+    macs = (
+        out_shape[1] * out_shape[2] * out_shape[3] * g["kh"] * g["kw"] * x_shape[3] // g["groups"]
+    )
+    return macs >= MIN_TUNED_MACS
+
+
+def measure(run, runs: int | None = None) -> float:
+    """Seconds of the fastest of ``runs`` calls of ``run``, after one untimed call."""
+    t0 = time.perf_counter()
+    run()
+    if runs is None:
+        runs = TIMED_RUNS if time.perf_counter() - t0 < 0.02 else min(2, TIMED_RUNS)
+    best = math.inf
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def shape_key(x_shape, out_shape, geometry: dict, has_res: bool, algorithm: str) -> str:
+    g = geometry
+    return (
+        f"{algorithm} {'x'.join(map(str, x_shape))}->{'x'.join(map(str, out_shape))} "
+        f"k{g['kh']}x{g['kw']} s{g['sh']}x{g['sw']} p{g['ph']}x{g['pw']} d{g['dh']}x{g['dw']} "
+        f"g{g['groups']}{' res' if has_res else ''}"
+    )
+
+
+def machine_key(threads: int, sources: str) -> dict:
+    """What a measured choice depends on besides the layer."""
+    from .... import __version__
+
+    return {
+        "cpu": cpu_model(),
+        "threads": threads,
+        "target": os.environ.get("NUMBA_CPU_NAME", "host")
+        + os.environ.get("NUMBA_CPU_FEATURES", ""),
+        "cnnc": __version__,
+        "kernels": sources,
+    }
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+class TuneCache:
+    """Measured choices of one machine key, in ``<cache>/cnnc/tune/<digest>.json``."""
+
+    def __init__(self, directory: Path, key: dict):
+        import hashlib
+
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        self.path = directory / f"{digest}.json"
+        self.key = key
+        self.entries: dict = {}
+        try:
+            data = json.loads(self.path.read_text())
+            if data.get("key") == key:
+                self.entries = data.get("choices", {})
+        except (OSError, ValueError, AttributeError):
+            pass  # none yet, or unreadable: measure again
+
+    def get(self, shape: str) -> Choice | None:
+        entry = self.entries.get(shape)
+        if not isinstance(entry, dict):
+            return None
+        try:
+            return Choice(
+                str(entry["algorithm"]), int(entry["a"]), int(entry["b"]), int(entry.get("c", 1))
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def put(self, shape: str, choice: Choice, ms: float):
+        self.entries[shape] = {**asdict(choice), "ms": round(ms, 4)}
+        self.save()
+
+    def get_value(self, name: str):
+        return self.entries.get(f"machine:{name}")
+
+    def put_value(self, name: str, value):
+        self.entries[f"machine:{name}"] = value
+        self.save()
+
+    def save(self):
+        """Write atomically (a temporary file renamed): concurrent processes never see half a
+        file; a cache that cannot be written only costs measuring again next time."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"key": self.key, "choices": self.entries}, indent=1))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass

@@ -1,0 +1,271 @@
+"""Winograd convolution F(m x m, 3 x 3) for stride-1, undilated, ungrouped 3x3 layers, NHWC.
+
+Each output tile of m x m pixels reads a (m+2) x (m+2) input patch. The patch is transformed
+(``B^T d B``), the (m+2)^2 transformed positions each become one GEMM over channels against
+the pre-transformed weights (``G g G^T``, done once per layer), and the products are
+transformed back (``A^T M A``) with bias, residual and activation applied on the way out.
+Work items are runs of ``tiles_per_item`` tiles; one thread transforms a run's inputs into
+its own scratch, calls single-threaded BLAS once per position, and writes the run's outputs,
+so the transforms stay in cache around the GEMMs.
+
+F(4x4, 3x3) does 36 multiplies per 16 outputs and channel pair where direct convolution does
+144 (4x fewer), F(2x2, 3x3) 16 per 4 (2.25x fewer); both add rounding error that grows with
+the tile (measured against direct convolution in tests/test_runtime_winograd.py and
+docs/performance.md). ``--algorithm direct`` forces the exact path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..codes import NONE, RELU
+from .activations import JIT, PJIT, activate
+from .blas import gemm
+
+#: Transform matrices (B^T, G, A^T) per output tile size m, in float64 for packing.
+TRANSFORMS = {
+    2: (
+        np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64),
+        np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64),
+        np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64),
+    ),
+    4: (
+        np.array(
+            [
+                [4, 0, -5, 0, 1, 0],
+                [0, -4, -4, 1, 1, 0],
+                [0, 4, -4, -1, 1, 0],
+                [0, -2, -1, 2, 1, 0],
+                [0, 2, -1, -2, 1, 0],
+                [0, 4, 0, -5, 0, 1],
+            ],
+            np.float64,
+        ),
+        np.array(
+            [
+                [1 / 4, 0, 0],
+                [-1 / 6, -1 / 6, -1 / 6],
+                [-1 / 6, 1 / 6, -1 / 6],
+                [1 / 24, 1 / 12, 1 / 6],
+                [1 / 24, -1 / 12, 1 / 6],
+                [0, 0, 1],
+            ],
+            np.float64,
+        ),
+        np.array(
+            [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+            np.float64,
+        ),
+    ),
+}
+
+
+def applies(kh, kw, sh, sw, dh, dw, groups) -> bool:
+    """Winograd F(m, 3x3) computes exactly these layers (up to rounding)."""
+    return kh == kw == 3 and sh == sw == 1 and dh == dw == 1 and groups == 1
+
+
+def transform_weights(wmat: np.ndarray, m: int) -> np.ndarray:
+    """``conv``'s packed weights (1, 9*C, K), rows (ky, kx, c), as (t*t, C, K) = G g G^T."""
+    _, rows, k_out = wmat.shape
+    c_in = rows // 9
+    g = TRANSFORMS[m][1]
+    w = wmat.reshape(3, 3, c_in, k_out).astype(np.float64)
+    # G w G^T over the two kernel axes, as two matrix products (einsum took 0.6 s on ResNet-18)
+    u = np.tensordot(g, np.tensordot(g, w, axes=(1, 0)), axes=(1, 1)).transpose(1, 0, 2, 3)
+    t = m + 2
+    return np.ascontiguousarray(u.reshape(t * t, c_in, k_out), np.float32)
+
+
+def matrices(m: int) -> tuple[np.ndarray, np.ndarray]:
+    """(B^T, A^T) in float32, as the kernel takes them."""
+    bt, _, at = TRANSFORMS[m]
+    return bt.astype(np.float32), at.astype(np.float32)
+
+
+def scratch_floats(m: int, tiles_per_item: int, c_in: int, k_out: int, k_blocks: int = 1) -> int:
+    """Floats of scratch one thread of ``winograd_conv`` needs."""
+    t = m + 2
+    kb = -(-k_out // k_blocks)
+    c = max(c_in, kb)
+    return t * t * tiles_per_item * (c_in + kb) + 2 * t * t * c + m * t * kb + kb
+
+
+def tile_count(n_img: int, ho: int, wo: int, m: int) -> int:
+    return n_img * -(-ho // m) * -(-wo // m)
+
+
+@njit(**JIT)
+def _input_transform(x, n, iy0, ix0, t, bt, d, tmp, v, p):
+    """v[i*t + j, p, :] = (B^T d B)[i, j, :] for the patch of x at (iy0, ix0), zero outside."""
+    _, h, w, c_in = x.shape
+    for a in range(t):
+        iy = iy0 + a
+        for b in range(t):
+            ix = ix0 + b
+            row = d[a, b]
+            if 0 <= iy < h and 0 <= ix < w:
+                src = x[n, iy, ix]
+                for c in range(c_in):
+                    row[c] = src[c]
+            else:
+                for c in range(c_in):
+                    row[c] = 0.0
+    for i in range(t):
+        for b in range(t):
+            acc = tmp[i, b]
+            for c in range(c_in):
+                acc[c] = 0.0
+            for a in range(t):
+                f = bt[i, a]
+                if f != 0.0:
+                    src = d[a, b]
+                    for c in range(c_in):
+                        acc[c] += f * src[c]
+    for i in range(t):
+        for j in range(t):
+            dst = v[i * t + j, p]
+            for c in range(c_in):
+                dst[c] = 0.0
+            for b in range(t):
+                f = bt[j, b]
+                if f != 0.0:
+                    src = tmp[i, b]
+                    for c in range(c_in):
+                        dst[c] += f * src[c]
+
+
+@njit(**JIT)
+def _output_transform(
+    mm, p, at, n, oy0, ox0, tmp, y, bias, res, has_res, out, k0, act, alpha, beta
+):
+    """out[n, oy0 + r, ox0 + s, k0 + k] = act((A^T M A)[r, s, k] + bias (+ res)) for the
+    ``mm.shape[2]`` channels from ``k0``, inside the image."""
+    _, ho, wo, _ = out.shape
+    nk = mm.shape[2]
+    m, t = at.shape
+    b = bias[k0 : k0 + nk]
+    for r in range(m):
+        for j in range(t):
+            acc = tmp[r, j]
+            for k in range(nk):
+                acc[k] = 0.0
+            for i in range(t):
+                f = at[r, i]
+                if f != 0.0:
+                    src = mm[i * t + j, p]
+                    for k in range(nk):
+                        acc[k] += f * src[k]
+    for r in range(min(m, ho - oy0)):
+        for s in range(min(m, wo - ox0)):
+            for k in range(nk):
+                y[k] = b[k]
+            for j in range(t):
+                f = at[s, j]
+                if f != 0.0:
+                    src = tmp[r, j]
+                    for k in range(nk):
+                        y[k] += f * src[k]
+            dst = out[n, oy0 + r, ox0 + s, k0 : k0 + nk]
+            if has_res:
+                rr = res[n, oy0 + r, ox0 + s, k0 : k0 + nk]
+                for k in range(nk):
+                    y[k] += rr[k]
+            if act == NONE:
+                for k in range(nk):
+                    dst[k] = y[k]
+            elif act == RELU:
+                for k in range(nk):
+                    dst[k] = y[k] if y[k] > 0.0 else np.float32(0.0)
+            else:
+                for k in range(nk):
+                    dst[k] = activate(y[k], act, alpha, beta)
+
+
+@njit(**PJIT)
+def winograd_conv(
+    x, u, bias, res, out, scratch, ph, pw, bt, at, act, alpha, beta, per_item, k_blocks
+):
+    """Stride-1 3x3 convolution, NHWC, by Winograd F(m x m, 3 x 3) with m = ``at.shape[0]``.
+
+    ``u``: (t*t, C, K) transformed weights (``transform_weights``); ``res`` a residual added
+    before the activation (size 0 for none); ``scratch`` one row per thread of at least
+    ``scratch_floats`` floats. Work items are (block of K / ``k_blocks`` output channels, run
+    of ``per_item`` tiles), block-major: a thread's consecutive items share one block of the
+    transformed weights, which matters where they are large (512 channels: 36 MB for F4)."""
+    n_img, _, _, c_in = x.shape
+    _, ho, wo, k_out = out.shape
+    m, t = at.shape
+    tt = t * t
+    th = (ho + m - 1) // m
+    tw = (wo + m - 1) // m
+    total = n_img * th * tw
+    runs = (total + per_item - 1) // per_item
+    kb = (k_out + k_blocks - 1) // k_blocks
+    items = runs * k_blocks
+    threads = scratch.shape[0]
+    has_res = res.size > 0
+    c_max = max(c_in, kb)
+    v_end = tt * per_item * c_in
+    m_end = v_end + tt * per_item * kb
+    y_start = m_end + 2 * tt * c_max
+    for thr in prange(threads):
+        buf = scratch[thr]
+        v = buf[:v_end].reshape(tt, per_item, c_in)
+        d = buf[m_end : m_end + tt * c_in].reshape(t, t, c_in)
+        tmp_in = buf[m_end + tt * c_max : m_end + tt * c_max + tt * c_in].reshape(t, t, c_in)
+        y = buf[y_start + m * t * kb : y_start + m * t * kb + kb]
+        last_run = -1
+        for item in range(thr * items // threads, (thr + 1) * items // threads):
+            k0 = (item // runs) * kb
+            nk = min(k_out, k0 + kb) - k0
+            run = item % runs
+            p0 = run * per_item
+            count = min(total, p0 + per_item) - p0
+            mm = buf[v_end : v_end + tt * per_item * nk].reshape(tt, per_item, nk)
+            tmp_out = buf[y_start : y_start + m * t * nk].reshape(m, t, nk)
+            if run != last_run:  # the same tiles for the next block: transformed already
+                for p in range(count):
+                    tile = p0 + p
+                    n = tile // (th * tw)
+                    r = tile % (th * tw)
+                    iy0 = (r // tw) * m - ph
+                    ix0 = (r % tw) * m - pw
+                    _input_transform(x, n, iy0, ix0, t, bt, d, tmp_in, v, p)
+                last_run = run
+            for xi in range(tt):
+                gemm(
+                    count,
+                    nk,
+                    c_in,
+                    v[xi].ctypes.data,
+                    c_in,
+                    u[xi].ctypes.data + k0 * 4,
+                    k_out,
+                    mm[xi].ctypes.data,
+                    nk,
+                    0.0,
+                )
+            for p in range(count):
+                tile = p0 + p
+                n = tile // (th * tw)
+                r = tile % (th * tw)
+                _output_transform(
+                    mm,
+                    p,
+                    at,
+                    n,
+                    (r // tw) * m,
+                    (r % tw) * m,
+                    tmp_out,
+                    y,
+                    bias,
+                    res,
+                    has_res,
+                    out,
+                    k0,
+                    act,
+                    alpha,
+                    beta,
+                )

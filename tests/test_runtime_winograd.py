@@ -1,0 +1,276 @@
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) on the CPU against torch's conv2d, the autotuner's
+cache, and ``--algorithm`` (run, bench, tune, and the API's ``algorithm=``).
+
+The kernel runs on random layers with odd sizes (tiles cut by the image edge, runs of tiles
+that leave a remainder, one to three threads' worth of scratch), residuals and activations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import cnnc
+import torch_reference
+from cnnc.compiler.ops import OPS
+from cnnc.runtime.backends.cpu import autotune, winograd
+from conftest import ROOT, SPECS
+
+ACTS = ["none", "relu", "leaky_relu", "sigmoid"]
+
+
+def run_winograd(x, wt, bias, res, pad, act, m, per_item, threads, k_blocks=1):
+    """cnnc's Winograd kernel on NCHW arrays with a torch-layout weight; returns NCHW."""
+    n, c_in, h, w = x.shape
+    c_out = wt.shape[0]
+    ho, wo = h + 2 * pad - 2, w + 2 * pad - 2
+    wmat = wt.transpose(2, 3, 1, 0).reshape(1, 9 * c_in, c_out)
+    out = np.full((n, ho, wo, c_out), np.nan, np.float32)
+    res_nhwc = (
+        np.ascontiguousarray(res.transpose(0, 2, 3, 1))
+        if res is not None
+        else np.empty((0, 0, 0, 0), np.float32)
+    )
+    bt, at = winograd.matrices(m)
+    floats = winograd.scratch_floats(m, per_item, c_in, c_out, k_blocks)
+    winograd.winograd_conv(
+        np.ascontiguousarray(x.transpose(0, 2, 3, 1)),
+        winograd.transform_weights(np.ascontiguousarray(wmat), m),
+        bias,
+        res_nhwc,
+        out,
+        np.full((threads, floats + 1), np.nan, np.float32),
+        pad,
+        pad,
+        bt,
+        at,
+        OPS[act].code if act in OPS else 0,
+        np.float32(0.1),
+        np.float32(0.0),
+        per_item,
+        k_blocks,
+    )
+    return out.transpose(0, 3, 1, 2)
+
+
+def reference(torch, x, wt, bias, res, pad, act):
+    f = torch.nn.functional
+    y = f.conv2d(torch.from_numpy(x), torch.from_numpy(wt), torch.from_numpy(bias), 1, pad)
+    if res is not None:
+        y = y + torch.from_numpy(res)
+    return {
+        "none": y,
+        "relu": f.relu(y),
+        "leaky_relu": f.leaky_relu(y, 0.1),
+        "sigmoid": torch.sigmoid(y),
+    }[act].numpy()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_winograd_matches_torch(torch, data):
+    draw = data.draw
+    m = draw(st.sampled_from([2, 4]))
+    c_in, c_out = draw(st.integers(1, 40)), draw(st.integers(1, 40))
+    pad = draw(st.integers(0, 2))
+    h, w = draw(st.integers(3 - 2 * pad if pad < 2 else 1, 13)), draw(st.integers(3, 13))
+    h = max(h, 3 - 2 * pad)
+    batch = draw(st.integers(1, 2))
+    per_item, threads = draw(st.integers(1, 9)), draw(st.integers(1, 3))
+    k_blocks = draw(st.integers(1, min(c_out, 5)))
+    act = draw(st.sampled_from(ACTS))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    x = rng.standard_normal((batch, c_in, h, w)).astype(np.float32)
+    wt = (rng.standard_normal((c_out, c_in, 3, 3)) / np.sqrt(9 * c_in)).astype(np.float32)
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    shape = (batch, c_out, h + 2 * pad - 2, w + 2 * pad - 2)
+    res = rng.standard_normal(shape).astype(np.float32) if draw(st.booleans()) else None
+    got = run_winograd(x, wt, bias, res, pad, act, m, per_item, threads, k_blocks)
+    want = reference(torch, x, wt, bias, res, pad, act)
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+
+
+def test_winograd_error_grows_with_the_tile_and_stays_small():
+    """Error against float64 direct convolution (the numbers in docs/performance.md): a
+    ResNet-like layer, 128 channels at 28x28, unit-variance input, He-scaled weights."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 128, 28, 28)).astype(np.float32)
+    wt = (rng.standard_normal((128, 128, 3, 3)) * np.sqrt(2 / (9 * 128))).astype(np.float32)
+    bias = np.zeros(128, np.float32)
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    exact = sum(
+        np.einsum("nchw,oc->nohw", xp[:, :, i : i + 28, j : j + 28], wt[:, :, i, j])
+        for i in range(3)
+        for j in range(3)
+    )
+    errors = {}
+    for m in (2, 4):
+        got = run_winograd(x, wt, bias, None, 1, "none", m, 16, 2)
+        errors[m] = float(np.abs(got - exact).max() / np.abs(exact).max())
+    assert errors[2] < errors[4] < 2e-5, errors
+
+
+def test_weight_transform_is_exact_in_float64():
+    """G g G^T followed by the input and output transforms gives back direct correlation."""
+    rng = np.random.default_rng(1)
+    for m, (bt, g, at) in winograd.TRANSFORMS.items():
+        d, k = rng.standard_normal((m + 2, m + 2)), rng.standard_normal((3, 3))
+        y = at @ ((g @ k @ g.T) * (bt @ d @ bt.T)) @ at.T
+        want = [[(d[i : i + 3, j : j + 3] * k).sum() for j in range(m)] for i in range(m)]
+        np.testing.assert_allclose(y, want, atol=1e-12)
+
+
+SMALL = """network small(x: 32x56x56) {
+    y = x | conv(64, k=3, p=same) | relu
+    return y | conv(64, k=3, p=same)
+}
+"""
+
+
+def _net_and_inputs(name="resnet18", batch=1):
+    net = cnnc.load(SPECS / "resnet.cnn", network=name)
+    weights = torch_reference.random_weights(net, seed=1)
+    rng = np.random.default_rng(2)
+    inputs = {
+        n: rng.standard_normal((batch, *layer.shape)).astype(np.float32)
+        for n, layer in net.inputs.items()
+    }
+    return net, weights, inputs
+
+
+@pytest.mark.parametrize("algorithm", ["winograd", "direct"])
+def test_resnet18_within_1e4_of_torch(torch, algorithm):
+    """Winograd wherever it applies, and the exact path, both within 1e-4 of PyTorch."""
+    from cnnc.runtime.session import Session
+
+    net, weights, inputs = _net_and_inputs()
+    want = torch_reference.forward(torch, net, weights, inputs)
+    session = Session.create(net, weights, algorithm=algorithm)
+    got = session.run(inputs)
+    key = next(iter(want))
+    scale = float(np.abs(want[key]).max())
+    assert float(np.abs(got[key] - want[key]).max()) / scale < 1e-4
+    backend = session._executor(1).backend
+    convs = [s for s in session.plan.steps if s.kernel == "conv"]
+    winograds = [s for s in convs if backend.choice_of(s).startswith("winograd")]
+    if algorithm == "direct":
+        assert not winograds and all(backend.choice_of(s) for s in convs)
+    else:  # every stride-1 3x3 layer of ResNet-18 (13), none else
+        assert len(winograds) == 13
+        assert all(s.attrs["kh"] == 3 and s.attrs["sh"] == 1 for s in winograds)
+    assert cnnc.run(net, inputs, weights, algorithm="direct")[key].shape == want[key].shape
+
+
+def test_tuning_is_measured_once_and_cached(tmp_path, monkeypatch):
+    """The first session measures each large layer and writes the cache; the next reads it
+    back and measures nothing; a cache of another machine key is not used."""
+    from cnnc.runtime.backends.cpu import CpuBackend
+    from cnnc.runtime.session import Session
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(autotune, "TIMED_RUNS", 1)
+    spec = tmp_path / "small.cnn"
+    spec.write_text(SMALL)
+    net = cnnc.load(spec)
+    session = Session.create(net, None, algorithm="auto")
+    pending = session._executor(1).backend.pending_tuning(session.plan, 1)
+    assert len(pending) == 2  # two shapes (the first conv has the relu fused, not a residual)
+    measured: list[str] = []
+    session._executor(1).backend.on_tune = measured.append
+    session.run({"x": np.zeros((1, 32, 56, 56), np.float32)})
+    assert len(measured) == len(pending)
+    backend = session._executor(1).backend
+    files = list((tmp_path / "cnnc" / "tune").glob("*.json"))
+    assert [f.name for f in files] == [backend.tune_cache().path.name]
+    entries = json.loads(files[0].read_text())
+    assert entries["key"]["cpu"] == autotune.cpu_model()
+    assert set(entries["choices"]) == pending
+
+    again = CpuBackend()
+    assert not again.pending_tuning(session.plan, 1)
+    other = CpuBackend()
+    other.threads += 1  # another thread count is another machine key
+    assert other.pending_tuning(session.plan, 1) == pending
+
+
+def test_corrupt_cache_is_measured_again(tmp_path, monkeypatch):
+    from cnnc.runtime.backends.cpu import CpuBackend
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = CpuBackend().tune_cache().path
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    cache = CpuBackend().tune_cache()
+    assert cache.get("anything") is None
+    cache.put("a layer", autotune.Choice("direct", 2, 1), 1.0)
+    assert CpuBackend().tune_cache().get("a layer") == autotune.Choice("direct", 2, 1)
+
+
+def test_unknown_algorithm_is_a_clear_error():
+    from cnnc.compiler import DataError
+
+    net, _, _ = _net_and_inputs()
+    with pytest.raises(DataError, match="unknown algorithm 'fast'"):
+        cnnc.run(net, algorithm="fast")
+
+
+def _cnnc(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "cnnc", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT.parent,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_cli_tune_bench_and_algorithm(tmp_path):
+    spec = tmp_path / "net.cnn"
+    spec.write_text(SMALL)
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "CNNC_ALGORITHM": "auto"}
+    tuned = _cnnc("tune", str(spec), env=env)
+    assert tuned.returncode == 0, tuned.stderr
+    assert "tuning [" in tuned.stderr and "2/2" in tuned.stderr
+    assert "choices cached in" in tuned.stdout
+    bench = _cnnc("bench", str(spec), "--repeat", "2", env=env)
+    assert bench.returncode == 0, bench.stderr
+    assert "algorithm" in bench.stdout and (
+        "winograd F" in bench.stdout or "direct" in bench.stdout
+    )
+    assert "tuning" not in bench.stderr  # read from the cache
+    direct = _cnnc("bench", str(spec), "--repeat", "1", "--algorithm", "direct", env=env)
+    assert direct.returncode == 0 and "winograd" not in direct.stdout
+    bad = _cnnc("run", str(spec), "--algorithm", "fast", env=env)
+    assert bad.returncode == 2 and "cnnc: error:" in bad.stderr
+
+
+AVX2 = {
+    "NUMBA_CPU_NAME": "haswell",
+    "NUMBA_CPU_FEATURES": "+avx,+avx2,+fma,+sse4.2,+popcnt,+f16c,+bmi,+bmi2",
+}
+
+
+def test_kernels_under_avx2_code_generation():
+    """Machines without AVX-512 (Zen 3): the Winograd and direct conv kernel tests again, with
+    Numba generating AVX2 code only (a small selection, in a process of its own)."""
+    tests = ROOT / "tests"
+    selection = [
+        f"{tests / 'test_runtime_winograd.py'}::test_winograd_matches_torch",
+        f"{tests / 'test_runtime_tiling.py'}::test_conv_matches_torch_under_any_tiling",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **AVX2},
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "2 passed" in out.stdout
