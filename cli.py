@@ -1,4 +1,4 @@
-"""The ``cnnc`` command line: check, draw, run, bench.
+"""The ``cnnc`` command line: check, draw, run, bench, export, import.
 
 Exit status: 0 success, 1 the spec or a data file has errors, 2 the command was used wrongly.
 Heavy modules (networkx, numpy, numba) are imported only by the commands that need them.
@@ -74,6 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=10, metavar="R")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--json", action="store_true")
+
+    p = spec_command("export", "write the network as an ONNX model (needs the onnx extra)")
+    p.add_argument("-o", "--output", metavar="OUT.onnx", required=True, help="the ONNX file")
+    p.add_argument("--weights", metavar="W.npz", help="weights keyed LAYER.weight, ...")
+    p.add_argument("--seed", type=int, default=0, help="seed for the weights without --weights")
+    p.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset (17 to 21)")
+
+    p = sub.add_parser(
+        "import",
+        help="translate an ONNX model into a .cnn spec and weights (needs the onnx extra)",
+        description="translate an ONNX model into a .cnn spec and weights",
+    )
+    p.add_argument("model", metavar="MODEL.onnx", help="an ONNX model (opsets 7 to 21)")
+    p.add_argument("-o", "--output", metavar="OUT.cnn", help="the spec (default: print it)")
+    p.add_argument("--weights-out", metavar="W.npz", help="write the weights here")
+    p.add_argument("--name", metavar="NAME", help="the network's name (default: the file's)")
     return parser
 
 
@@ -127,7 +143,26 @@ def cmd_bench(args) -> int:
     return bench_command(_load(args), args)
 
 
-COMMANDS = {"check": cmd_check, "draw": cmd_draw, "run": cmd_run, "bench": cmd_bench}
+def cmd_export(args) -> int:
+    from .interchange.cli import export_command
+
+    return export_command(args, _load)
+
+
+def cmd_import(args) -> int:
+    from .interchange.cli import import_command
+
+    return import_command(args)
+
+
+COMMANDS = {
+    "check": cmd_check,
+    "draw": cmd_draw,
+    "run": cmd_run,
+    "bench": cmd_bench,
+    "export": cmd_export,
+    "import": cmd_import,
+}
 
 
 def main(argv=None) -> int:

@@ -18,6 +18,8 @@ def require_onnx():
         import onnx
     except ImportError:
         raise UsageError(
-            error("ONNX support needs the 'onnx' package, which is not installed", hint=INSTALL_HINT)
+            error(
+                "ONNX support needs the 'onnx' package, which is not installed", hint=INSTALL_HINT
+            )
         ) from None
     return onnx

@@ -266,7 +266,9 @@ def _lrn(g, layer, xs, out):
                 hint="use an odd size",
             )
         )
-    g.node("LRN", xs, out, layer.name, size=a["size"], alpha=a["alpha"], beta=a["beta"], bias=a["k"])
+    g.node(
+        "LRN", xs, out, layer.name, size=a["size"], alpha=a["alpha"], beta=a["beta"], bias=a["k"]
+    )
 
 
 # ---- activations ---------------------------------------------------------------------------
@@ -388,7 +390,10 @@ def _mul(g, layer, xs, out):
     for i, x in enumerate(xs[1:], start=1):
         last = i == len(xs) - 1
         t = g.node(
-            "Mul", [t, x], out if last else f"{layer.name}/{i}", layer.name + ("" if last else f"/{i}")
+            "Mul",
+            [t, x],
+            out if last else f"{layer.name}/{i}",
+            layer.name + ("" if last else f"/{i}"),
         )
 
 
@@ -398,7 +403,12 @@ def _mul(g, layer, xs, out):
 def _slice(g, layer, x, out, starts, ends, axes):
     g.node(
         "Slice",
-        [x, g.ints(layer, "starts", starts), g.ints(layer, "ends", ends), g.ints(layer, "axes", axes)],
+        [
+            x,
+            g.ints(layer, "starts", starts),
+            g.ints(layer, "ends", ends),
+            g.ints(layer, "axes", axes),
+        ],
         out,
         layer.name,
     )
