@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="translate an ONNX model into a .cnn spec and weights (needs the onnx extra)",
         description="translate an ONNX model into a .cnn spec and weights",
     )
-    p.add_argument("model", metavar="MODEL.onnx", help="an ONNX model (opsets 7 to 21)")
+    p.add_argument("model", metavar="MODEL.onnx", help="an ONNX model (opsets 7 to 22)")
     p.add_argument("-o", "--output", metavar="OUT.cnn", help="the spec (default: print it)")
     p.add_argument("--weights-out", metavar="W.npz", help="write the weights here")
     p.add_argument("--name", metavar="NAME", help="the network's name (default: the file's)")

@@ -460,7 +460,8 @@ def _resize(g, layer, x, out, mode):
     if mode == "nearest":
         attrs = {"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
     else:
-        attrs = {"coordinate_transformation_mode": "pytorch_half_pixel"}
+        # torch's align_corners=False at every size (pytorch_half_pixel differs at size 1)
+        attrs = {"coordinate_transformation_mode": "half_pixel"}
     g.node(
         "Resize",
         [x, "", "", sizes],

@@ -26,7 +26,37 @@ from .onnx_export import _adaptive_matrix
 from .onnx_graph import Node, View, consumers, live, replace
 
 MAX_MODEL_BYTES = 2**31 - 1  # protobuf's own limit; checked before reading
-OPSETS = range(7, 22)
+OPSETS = range(7, 23)  # 22 only added bfloat16 to the ops read here
+NEWEST_KNOWN = 22
+
+
+def _signature(schema):
+    """An op definition without its type lists: attributes, inputs, outputs."""
+    attrs = sorted(
+        (name, int(a.type), a.default_value.SerializeToString())
+        for name, a in schema.attributes.items()
+    )
+    ins = [(i.name, int(i.option)) for i in schema.inputs]
+    outs = [(o.name, int(o.option)) for o in schema.outputs]
+    return attrs, ins, outs, schema.min_input, schema.max_input
+
+
+def newer_definition(onnx, op_type: str, opset: int) -> int | None:
+    """The opset of a definition newer than cnnc knows that changed more than types, if
+    ``op_type`` at ``opset`` has one (later opsets mostly add element types)."""
+    try:
+        schema = onnx.defs.get_schema(op_type, opset)
+    except Exception:  # an op that does not exist at that opset: reported elsewhere
+        return None
+    while schema.since_version > NEWEST_KNOWN:
+        try:
+            previous = onnx.defs.get_schema(op_type, schema.since_version - 1)
+        except Exception:  # the op is new in that opset
+            return schema.since_version
+        if _signature(previous) != _signature(schema):
+            return schema.since_version
+        schema = previous
+    return None
 
 
 class Unavailable:
@@ -271,12 +301,16 @@ def _gemm(ctx, node, ins, attrs):
     x = _vector(ins[0], "Gemm's A")
     if attrs.get("transA", 0):
         raise Unsupported("transA=1")
-    b = _const(ins[1], "Gemm's B").astype(np.float32)
+    b = _const(ins[1], "Gemm's B").astype(np.float32, copy=False)
     b = b if attrs.get("transB", 0) else b.T
-    b = b * np.float32(attrs.get("alpha", 1.0))
+    if attrs.get("alpha", 1.0) != 1.0:
+        b = b * np.float32(attrs["alpha"])
     c = ins[2] if len(ins) > 2 else None
     if c is not None:
-        c = _const(c, "Gemm's C").reshape(-1) * np.float32(attrs.get("beta", 1.0))
+        c = _const(c, "Gemm's C")
+        if c.size not in (1, b.shape[0]) or (c.ndim == 2 and c.shape[0] != 1):
+            raise Unsupported(f"a bias C of shape {c.shape} (cnnc's fc has one per output)")
+        c = c.reshape(-1) * np.float32(attrs.get("beta", 1.0))
     return [_fc(ctx, x, np.ascontiguousarray(b), c)]
 
 
@@ -817,17 +851,21 @@ def _resize(ctx, node, ins, attrs):
         if list(scales[:2]) != [1.0, 1.0]:
             raise Unsupported("resizing the batch or channels")
         oh, ow = int(math.floor(h * scales[2])), int(math.floor(w * scales[3]))
+        if oh != h * scales[2] or ow != w * scales[3]:  # ONNX then maps with the scale itself
+            raise Unsupported(f"scales {scales[2:]} that do not give whole sizes")
     integer = oh % h == 0 and ow % w == 0
     if mode == "nearest":
         if transform != "asymmetric":
             raise Unsupported(f"nearest with coordinate_transformation_mode={transform}")
-        exact = integer and (nearest == "floor" or max(oh // h, ow // w) <= 2)
-        if nearest != "floor" and not exact:
+        # round_prefer_floor rounds x.5 down like floor; with factors up to 2 nothing else
+        near_floor = nearest == "round_prefer_floor" and integer and max(oh // h, ow // w) <= 2
+        if nearest != "floor" and not near_floor:
             raise Unsupported(f"nearest_mode={nearest}")
         cnnc_mode = "nearest"
     elif mode == "linear":
+        # torch's align_corners=False is half_pixel; pytorch_half_pixel differs at size 1
         if transform not in ("pytorch_half_pixel", "half_pixel") or (
-            transform == "half_pixel" and min(oh, ow) == 1
+            transform == "pytorch_half_pixel" and min(oh, ow) == 1
         ):
             raise Unsupported(f"linear with coordinate_transformation_mode={transform}")
         cnnc_mode = "bilinear"
@@ -959,6 +997,13 @@ def _shape(ctx, node, ins, attrs):
 def _fold(ctx, node, ins):
     """Evaluate a node whose inputs are all constants with onnx's reference evaluator."""
     from onnx.reference import ReferenceEvaluator
+
+    if node.op_type == "ConstantOfShape" and ins[0].size <= 8:  # the bulk of Caffe2 exports
+        value = _attrs(ctx.onnx, node).get("value")
+        fill = (
+            ctx.onnx.numpy_helper.to_array(value) if value is not None else np.zeros(1, np.float32)
+        )
+        return [np.full(tuple(int(d) for d in ins[0]), fill.reshape(-1)[0], fill.dtype)]
 
     feeds = {}
     for name, value in zip(node.input, ins):
@@ -1107,7 +1152,7 @@ def _fold_affine(p: Node, n: Node) -> Node:
 def _per_sample_shape(value_info, name):
     t = value_info.type.tensor_type
     if t.elem_type != 1:
-        raise UsageError(error(f"input '{name}' is not float32; cnnc runs float32 only"))
+        raise DataError(error(f"input '{name}' is not float32; cnnc runs float32 only"))
     dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
     if len(dims) not in (2, 4) or any(d is None or d < 1 for d in dims[1:]):
         raise DataError(
@@ -1124,8 +1169,13 @@ def translate(model, bind: dict | None = None):
     onnx = require_onnx()
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    if opset is None or opset not in OPSETS:
-        raise DataError(error(f"ONNX opset {opset} is not supported; cnnc reads opsets 7 to 21"))
+    if opset is None or opset < OPSETS.start or opset > onnx.defs.onnx_opset_version():
+        raise DataError(
+            error(
+                f"ONNX opset {opset} is not supported; cnnc reads opsets 7 to 22, and later "
+                "ones where its ops only gained element types"
+            )
+        )
     others = sorted({o.domain for o in model.opset_import} - {"", "ai.onnx"})
     ctx = Context(onnx, opset)
     values: dict = {}
@@ -1148,25 +1198,7 @@ def translate(model, bind: dict | None = None):
         ctx.current = onnx_node
         ins = [values.get(i) if i else None for i in onnx_node.input]
         try:
-            if onnx_node.domain not in ("", "ai.onnx"):
-                raise Unsupported(f"domain '{onnx_node.domain}'")
-            gone = [i for i in ins if isinstance(i, Unavailable)]
-            if gone:
-                raise Unsupported(f"uses {gone[0].reason}, which cnnc does not compute")
-            if any(i is _POISON for i in ins):
-                outs = [_POISON] * len(onnx_node.output)
-                if onnx_node.op_type not in HANDLERS:
-                    raise Unsupported("no .cnn equivalent")
-            elif onnx_node.op_type == "Constant":
-                outs = _fold(ctx, onnx_node, [])
-            elif all(
-                not isinstance(i, View) for i in ins if i is not None
-            ) and onnx_node.op_type not in ("Shape",):
-                outs = _fold(ctx, onnx_node, ins)
-            elif onnx_node.op_type not in HANDLERS:
-                raise Unsupported("no .cnn equivalent")
-            else:
-                outs = HANDLERS[onnx_node.op_type](ctx, onnx_node, ins, _attrs(onnx, onnx_node))
+            outs = _translate_node(ctx, onnx_node, ins)
         except Unsupported as exc:
             problems.append((onnx_node.op_type, onnx_node.name or onnx_node.output[0], exc.reason))
             outs = [_POISON] * len(onnx_node.output)
@@ -1185,7 +1217,13 @@ def translate(model, bind: dict | None = None):
         outputs[vi.name] = v.node
     if problems:
         raise DataError(_report(problems, others))
-    out_nodes = list(outputs.values())
+    out_nodes, seen = [], set()
+    for node in outputs.values():  # an output that is an input or another output: a layer
+        if node.op == "$input" or id(node) in seen:
+            node = Node("identity", [node], {}, node.shape, node.origin)
+            ctx.nodes.append(node)
+        seen.add(id(node))
+        out_nodes.append(node)
     nodes = _rewrite(ctx.nodes, out_nodes)
     for (name, _), node in zip(list(outputs.items()), out_nodes):
         outputs[name] = node
@@ -1207,7 +1245,27 @@ def translate(model, bind: dict | None = None):
     return inputs, outputs, nodes
 
 
-_POISON = object()
+_POISON = object()  # the value of a node that could not be translated (already reported)
+
+
+def _translate_node(ctx, node, ins) -> list:
+    """Fold a node of constants, or translate it with its handler."""
+    if node.domain not in ("", "ai.onnx"):
+        raise Unsupported(f"domain '{node.domain}'")
+    gone = [i for i in ins if isinstance(i, Unavailable)]
+    if gone:
+        raise Unsupported(f"uses {gone[0].reason}, which cnnc does not compute")
+    on_tensors = any(isinstance(i, View) or i is _POISON for i in ins)
+    if node.op_type == "Constant" or not (on_tensors or node.op_type == "Shape"):
+        return _fold(ctx, node, [] if node.op_type == "Constant" else ins)
+    if node.op_type not in HANDLERS:
+        raise Unsupported("no .cnn equivalent")
+    newer = newer_definition(ctx.onnx, node.op_type, ctx.opset) if ctx.opset > 22 else None
+    if newer is not None:
+        raise Unsupported(f"its opset-{newer} definition is newer than cnnc knows")
+    if any(i is _POISON for i in ins):
+        return [_POISON] * len(node.output)
+    return HANDLERS[node.op_type](ctx, node, ins, _attrs(ctx.onnx, node))
 
 
 def _report(problems, others=()):

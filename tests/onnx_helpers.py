@@ -50,13 +50,18 @@ def assert_close(got: dict, want: dict, what: str, rtol=RTOL):
         assert err <= rtol * scale + ATOL, f"{what}: output '{name}' differs by {err:.3g}"
 
 
-def export_and_compare(net, opset=17, batch=2, spread=1.0, seed=0):
-    """Export with random non-trivial weights, check fully, run in ORT against cnnc.run."""
+def export_and_compare(net, opset=17, batch=2, spread=1.0, seed=0, seeded=False):
+    """Export, check fully, run in ORT against cnnc.run. The weights are random and
+    non-trivial (biases, statistics), or with ``seeded`` cnnc's own seeded initialisation
+    (He, identity batch norm): whole random networks with non-trivial statistics grow
+    activations to thousands, where float32 alone differs by more than 1e-4 between
+    any two implementations (torch included)."""
     from cnnc.interchange.onnx_export import build_model
+    from cnnc.runtime.weights import initialise
 
-    weights = torch_reference.random_weights(net, seed)
+    weights = initialise(net, seed) if seeded else torch_reference.random_weights(net, seed)
     model = build_model(net, weights, opset)  # includes onnx.checker's full check
     inputs = random_inputs(net, batch, seed, spread)
     want = cnnc.run(net, inputs, weights)
     assert_close(ort_run(model, inputs), want, net.name)
-    return model, weights
+    return model, weights, inputs, want
