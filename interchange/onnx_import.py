@@ -1328,10 +1328,16 @@ def _fmt(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float):
-        return repr(float(np.float32(v))) if v != int(v) or abs(v) > 1e15 else f"{v:.1f}"
+        return str(np.float32(v))  # the shortest text that reads back as the same float32
     if isinstance(v, tuple):
         return "(" + ", ".join(_fmt(x) for x in v) + ")"
     return str(v)
+
+
+def _same(value, default) -> bool:
+    if isinstance(value, float) and isinstance(default, float):
+        return np.float32(value) == np.float32(default)
+    return value == default or value == (default,) * 2
 
 
 def _call(n: Node, tensors: list[str]) -> str:
@@ -1340,7 +1346,8 @@ def _call(n: Node, tensors: list[str]) -> str:
 
     args = list(tensors)
     for i, spec in enumerate(OPS[n.op].args):
-        if spec.name not in n.args:
+        value = n.args.get(spec.name, spec.default)
+        if _same(value, spec.default):
             continue
         value = _fmt(n.args[spec.name])
         first_required = i == 0 and spec.default is REQUIRED
@@ -1392,7 +1399,10 @@ def write_spec(inputs, outputs, nodes, net_name: str) -> tuple[str, list[Node]]:
             expr = f"{tensor_args[0]} | " + " | ".join(stages)
         else:
             expr = " | ".join([_call(head, tensor_args)] + [_call(n, []) for n in chain[1:]])
-        lines.append(f"    {binding} = {expr}")
+        line = f"    {binding} = {expr}"
+        if len(line) > 100:  # one stage a line, as a person would break it
+            line = line.replace(" | ", "\n        | ")
+        lines.append(line)
         order.extend(chain)
         for n in chain:
             names[id(n)] = binding
