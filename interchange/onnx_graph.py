@@ -20,7 +20,7 @@ class Node:
     inputs: list
     args: dict
     shape: tuple  # per sample, cnnc's (C, H, W) or (F,)
-    origin: tuple  # (ONNX op type, node name, first output name) for names and errors
+    origin: tuple  # (ONNX op type, node name, first output, weight input): names, errors
     weights: dict = field(default_factory=dict)
     from_constant: bool = False  # a scale/bias made from an ONNX constant (foldable)
 

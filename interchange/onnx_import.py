@@ -112,6 +112,7 @@ class Context:
                 c.op_type,
                 c.name,
                 c.output[0] if c.output else "",
+                c.input[1] if weights and len(c.input) > 1 else "",
             ),
             dict(weights or {}),
         )
@@ -1355,6 +1356,17 @@ def _call(n: Node, tensors: list[str]) -> str:
     return f"{n.op}({', '.join(args)})" if args else n.op
 
 
+def _telling_name(origin) -> str:
+    """The node's name, else its weight's (Caffe2 names nodes ``n12`` and tensors ``r12``
+    but weights ``fire2/squeeze1x1_w_0``), else its output's."""
+    _, node_name, output, weight = (*origin, "")[:4]
+    weight = re.sub(r"(_w_0|_w|\.weight|_weight|/W)$", "", weight)
+    for name in (node_name, weight, output):
+        if name and not re.fullmatch(r"[A-Za-z]{0,3}_?\d*", name):
+            return name
+    return ""
+
+
 def write_spec(inputs, outputs, nodes, net_name: str) -> tuple[str, list[Node]]:
     """The ``.cnn`` text (one statement per chain of layers) and the layers in source order."""
     users = consumers(nodes)
@@ -1390,7 +1402,10 @@ def write_spec(inputs, outputs, nodes, net_name: str) -> tuple[str, list[Node]]:
             chains.append([n])
     for chain in chains:
         last = chain[-1]
-        base = out_ids.get(id(last)) or chain[0].origin[1] or chain[0].origin[2]
+        base = out_ids.get(id(last)) or next(
+            (t for t in (_telling_name(n.origin) for n in chain) if t),
+            chain[0].origin[1] or chain[0].origin[2],
+        )
         binding = unique(identifier(base, chain[0].op))
         head = chain[0]
         tensor_args = [names[id(i)] for i in head.inputs]
