@@ -80,8 +80,11 @@ class CnncRep(BackendRep):
 class CnncBackend(Backend):
     @classmethod
     def is_compatible(cls, model, device: str = "CPU", **kwargs) -> bool:
-        """Whether the model imports (inputs feeding parameter slots must then be
-        initializers; node tests bind them when they run instead)."""
+        """Whether the model imports; with inputs that feed parameter slots, only ``run``
+        can tell (it binds their values)."""
+        inits = {i.name for i in model.graph.initializer}
+        if parameter_inputs(model) & {i.name for i in model.graph.input} - inits:
+            return True
         try:
             translate(model)
         except DataError:
