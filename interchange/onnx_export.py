@@ -173,7 +173,7 @@ def _gmp(g, layer, xs, out):
     g.node("GlobalMaxPool", xs, out, layer.name)
 
 
-def _adaptive_matrix(n, m):
+def adaptive_matrix(n, m):
     """(m, n): row i averages PyTorch's adaptive window ``floor(i*n/m) <= j < ceil((i+1)*n/m)``."""
     mat = np.zeros((m, n), np.float32)
     for i in range(m):
@@ -192,8 +192,8 @@ def _adaptive_avgpool(g, layer, xs, out):
         k = [h // oh, w // ow]
         g.node("AveragePool", xs, out, layer.name, kernel_shape=k, strides=k)
         return
-    rows = g.const(f"{layer.name}/rows", _adaptive_matrix(h, oh))
-    cols = g.const(f"{layer.name}/cols", _adaptive_matrix(w, ow).T.copy())
+    rows = g.const(f"{layer.name}/rows", adaptive_matrix(h, oh))
+    cols = g.const(f"{layer.name}/cols", adaptive_matrix(w, ow).T.copy())
     mid = g.node("MatMul", [xs[0], cols], f"{layer.name}/cols_out", f"{layer.name}/cols")
     g.node("MatMul", [rows, mid], out, f"{layer.name}/rows")
 
