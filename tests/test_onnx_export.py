@@ -98,10 +98,26 @@ def test_one_network_per_family_exports_runs_and_imports_back(family):
     check_round_trip(net, batch=1)
 
 
+#: with seeded weights (He, identity batch norm) these grow activations past 1e6 and become
+#: chaotic: cnnc, torch (tests/torch_reference.py) and ONNX Runtime all disagree with each
+#: other by ~100% (measured for efficientnet_b7: cnnc-ORT 1.23, cnnc-torch 0.94, ORT-torch
+#: 0.86, relative to the largest output), so no comparison can tell an export bug
+CHAOTIC = {"efficientnet_b7"}
+
+
+def _every_network():
+    for family in FAMILIES:
+        for net in cnnc.load_all(SPECS / family):
+            marks = (
+                [pytest.mark.xfail(strict=True, reason="chaotic with seeded weights")]
+                if net.name in CHAOTIC
+                else []
+            )
+            yield pytest.param(family, net.name, marks=marks)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "family,name", [(f, n.name) for f in FAMILIES for n in cnnc.load_all(SPECS / f)]
-)
+@pytest.mark.parametrize("family,name", list(_every_network()))
 def test_every_spec_network_exports_runs_and_imports_back(family, name):
     check_round_trip(cnnc.load(SPECS / family, name), batch=1)
 
