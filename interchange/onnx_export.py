@@ -13,10 +13,11 @@ import math
 
 import numpy as np
 
-from ..compiler import UsageError, error
+from ..compiler import ResourceError, UsageError, error
 from . import require_onnx
 
 DEFAULT_OPSET = 17
+MAX_WEIGHT_BYTES = 2**31 - 2**24  # protobuf's 2 GiB per message, less room for the graph
 OPSETS = range(17, 22)  # LayerNormalization needs 17; 21 is the newest ONNX Runtime runs
 
 #: op name -> emitter(g, layer, xs, out): add the nodes computing ``out`` from ``xs``.
@@ -494,6 +495,15 @@ def build_model(network, weights: dict, opset: int = DEFAULT_OPSET):
             error(
                 f"cannot export to opset {opset}",
                 hint=f"choose an opset from {OPSETS.start} to {OPSETS.stop - 1}",
+            )
+        )
+    size = sum(np.asarray(v).nbytes for v in weights.values())
+    if size > MAX_WEIGHT_BYTES:
+        raise ResourceError(
+            error(
+                f"{network.name}'s weights take {size / 2**30:.1f} GiB; an ONNX file holds at "
+                "most 2 GiB (protobuf's limit) and cnnc does not write external data files",
+                hint="export a smaller variant of the network",
             )
         )
     h = onnx.helper

@@ -65,9 +65,15 @@ def _run_model_test(name, tmp_path, monkeypatch):
     suite = onnx.backend.test.BackendTest(backend, __name__)
     suite.include(rf"^test_{name}_cpu$")
     loader = unittest.defaultTestLoader
-    cases = unittest.TestSuite(loader.loadTestsFromTestCase(c) for c in suite.test_cases.values())
+    tests = [
+        t
+        for c in suite.test_cases.values()
+        for t in loader.loadTestsFromTestCase(c)
+        if t.id().endswith(f".test_{name}_cpu")
+    ]
+    assert len(tests) == 1
     result = unittest.TestResult()
-    cases.run(result)
+    tests[0].run(result)
     assert result.testsRun == 1
     assert not result.skipped, result.skipped
     assert not result.failures and not result.errors, (result.failures + result.errors)[0][1]

@@ -103,16 +103,23 @@ def test_one_network_per_family_exports_runs_and_imports_back(family):
 #: other by ~100% (measured for efficientnet_b7: cnnc-ORT 1.23, cnnc-torch 0.94, ORT-torch
 #: 0.86, relative to the largest output), so no comparison can tell an export bug
 CHAOTIC = {"efficientnet_b7"}
+#: float32 alone: regnet_y_1_6gf (outputs ~1444) measured cnnc-ORT 3.3e-4, cnnc-torch 9.1e-4,
+#: ORT-torch 1.2e-3 relative; cnnc is nearer each reference than they are to each other
+ILL_CONDITIONED = {"regnet_y_1_6gf"}
+#: weights above ONNX's 2 GiB: export refuses them with a clear error (tested below)
+TOO_LARGE = {"regnet_y_128gf"}
 
 
 def _every_network():
     for family in FAMILIES:
         for net in cnnc.load_all(SPECS / family):
             marks = (
-                [pytest.mark.xfail(strict=True, reason="chaotic with seeded weights")]
-                if net.name in CHAOTIC
+                [pytest.mark.xfail(strict=True, reason="chaotic or ill-conditioned, see above")]
+                if net.name in CHAOTIC | ILL_CONDITIONED
                 else []
             )
+            if net.name in TOO_LARGE:
+                continue
             yield pytest.param(family, net.name, marks=marks)
 
 
@@ -155,3 +162,12 @@ def test_export_rejects_unknown_opsets():
     net = cnnc.load(one_stage("relu", "2x5x5"))
     with pytest.raises(cnnc.CnncError, match="opset 16"):
         cnnc.export_onnx(net, opset=16)
+
+
+@pytest.mark.slow
+def test_weights_over_two_gib_are_refused_clearly(tmp_path):
+    net = cnnc.load(SPECS / "regnet.cnn", "regnet_y_128gf")
+    out = tmp_path / "big.onnx"
+    with pytest.raises(cnnc.CnncError, match="an ONNX file holds at most 2 GiB"):
+        cnnc.export_onnx(net, out)
+    assert not out.exists()
