@@ -101,8 +101,9 @@ def test_one_network_per_family_exports_runs_and_imports_back(family):
 #: with seeded weights (He, identity batch norm) these grow activations past 1e6 and become
 #: chaotic: cnnc, torch (tests/torch_reference.py) and ONNX Runtime all disagree with each
 #: other by ~100% (measured for efficientnet_b7: cnnc-ORT 1.23, cnnc-torch 0.94, ORT-torch
-#: 0.86, relative to the largest output), so no comparison can tell an export bug
-CHAOTIC = {"efficientnet_b7"}
+#: 0.86, relative to the largest output; efficientnet_v2_s, outputs ~1.5e6: 0.16, 0.26, 0.23;
+#: efficientnet_v2_m, outputs ~7e8: 1.09, 0.97, 0.86), so no comparison can tell an export bug
+CHAOTIC = {"efficientnet_b7", "efficientnet_v2_s", "efficientnet_v2_m"}
 #: float32 alone: regnet_y_1_6gf (outputs ~1444) measured cnnc-ORT 3.3e-4, cnnc-torch 9.1e-4,
 #: ORT-torch 1.2e-3 relative; cnnc is nearer each reference than they are to each other
 ILL_CONDITIONED = {"regnet_y_1_6gf"}
