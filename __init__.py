@@ -36,6 +36,8 @@ __all__ = [
     "parse_program",
     "draw",
     "run",
+    "export_onnx",
+    "import_onnx",
 ]
 
 
@@ -172,3 +174,46 @@ def run(
         algorithm=algorithm,
     )
     return session.run(inputs)
+
+
+def export_onnx(
+    network: Network,
+    out: str | Path | None = None,
+    weights: dict | str | Path | None = None,
+    seed: int = 0,
+    opset: int = 17,
+):
+    """Export a checked network as an ONNX model (needs the ``onnx`` extra).
+
+    Returns the ``onnx.ModelProto`` (checked by ``onnx.checker``, full check); with ``out``,
+    also writes it there atomically. ``weights`` as in :func:`run`; without it they are seeded.
+    """
+    from cnnc.interchange.onnx_export import build_model, export
+
+    if out is not None:
+        return export(network, out, weights, seed, opset)
+    if weights is None or not isinstance(weights, dict):
+        from cnnc.runtime import weights as weight_io
+
+        weights = (
+            weight_io.initialise(network, seed)
+            if weights is None
+            else weight_io.load(network, weights)
+        )
+    return build_model(network, weights, opset)
+
+
+def import_onnx(model, name: str | None = None):
+    """Translate an ONNX model (path or ``onnx.ModelProto``) into cnnc.
+
+    Returns ``(spec_text, weights, network)``: the ``.cnn`` source, its weights keyed
+    ``LAYER.weight`` etc., and the checked :class:`Network`. An ONNX op with no ``.cnn``
+    equivalent raises :class:`DataError` listing every such op type at once.
+    """
+    from cnnc.interchange.onnx_import import import_model, read_model
+
+    if isinstance(model, (str, Path)):
+        if name is None:
+            name = Path(model).stem
+        model = read_model(model)
+    return import_model(model, name)

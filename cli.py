@@ -1,4 +1,4 @@
-"""The ``cnnc`` command line: check, draw, run, bench, tune.
+"""The ``cnnc`` command line: check, draw, run, bench, tune, sweep, export, import.
 
 Exit status: 0 success, 1 the spec or a data file has errors, 2 the command was used wrongly.
 Heavy modules (networkx, numpy, numba) are imported only by the commands that need them.
@@ -121,6 +121,22 @@ def build_parser() -> argparse.ArgumentParser:
     form.add_argument("--csv", action="store_true", help="print CSV")
     p.add_argument("--plot", metavar="FILE.svg", help="plot MACs against params (and ms)")
     add_cluster_options(p)
+
+    p = spec_command("export", "write the network as an ONNX model (needs the onnx extra)")
+    p.add_argument("-o", "--output", metavar="OUT.onnx", required=True, help="the ONNX file")
+    p.add_argument("--weights", metavar="W.npz", help="weights keyed LAYER.weight, ...")
+    p.add_argument("--seed", type=int, default=0, help="seed for the weights without --weights")
+    p.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset (17 to 21)")
+
+    p = sub.add_parser(
+        "import",
+        help="translate an ONNX model into a .cnn spec and weights (needs the onnx extra)",
+        description="translate an ONNX model into a .cnn spec and weights",
+    )
+    p.add_argument("model", metavar="MODEL.onnx", help="an ONNX model (opsets 7 to 22)")
+    p.add_argument("-o", "--output", metavar="OUT.cnn", help="the spec (default: print it)")
+    p.add_argument("--weights-out", metavar="W.npz", help="write the weights here")
+    p.add_argument("--name", metavar="NAME", help="the network's name (default: the file's)")
     return parser
 
 
@@ -217,6 +233,18 @@ def cmd_tune(args) -> int:
     return tune_command(_load(args), args)
 
 
+def cmd_export(args) -> int:
+    from .interchange.cli import export_command
+
+    return export_command(args, _load)
+
+
+def cmd_import(args) -> int:
+    from .interchange.cli import import_command
+
+    return import_command(args)
+
+
 COMMANDS = {
     "check": cmd_check,
     "draw": cmd_draw,
@@ -224,6 +252,8 @@ COMMANDS = {
     "bench": cmd_bench,
     "tune": cmd_tune,
     "sweep": cmd_sweep,
+    "export": cmd_export,
+    "import": cmd_import,
 }
 
 

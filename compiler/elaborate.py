@@ -148,6 +148,16 @@ class Elaborator:
             return None
         outputs = {}
         for name, value in returned:
+            if not isinstance(value, Layer):  # e.g. `return 3`: outputs are tensors
+                self.report(
+                    Diagnostic(
+                        "error",
+                        f"network '{netdef.name}' returns {value!r} as output '{name}'; "
+                        "a network returns tensors",
+                        self.loc(netdef.file, netdef.pos),
+                    )
+                )
+                return None
             outputs[name] = value
         return Network(
             netdef.name,

@@ -389,3 +389,9 @@ def test_unreadable_file(tmp_path):
 def test_deep_nesting_is_an_error_not_a_crash():
     d = single(net("  return x | conv(" + "(" * 500 + "8" + ")" * 500 + ", k=1)"))
     assert "nested" in d.message
+
+
+def test_a_network_that_returns_a_number():
+    result = cnnc.check("network n(x: 3x4x4) {\n  return 3\n}\n")
+    assert not result.ok
+    assert "returns 3 as output 'out'; a network returns tensors" in result.diagnostics[0].message
