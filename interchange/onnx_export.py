@@ -288,6 +288,7 @@ for _name, _op_type in (
     ("tanh", "Tanh"),
     ("softplus", "Softplus"),
     ("hardswish", "HardSwish"),
+    ("selu", "Selu"),  # ONNX's default alpha and gamma are PyTorch's constants
     ("identity", "Identity"),
     ("dropout", "Identity"),
     ("droppath", "Identity"),

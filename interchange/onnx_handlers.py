@@ -413,6 +413,17 @@ HANDLERS["Gelu"] = _pointwise(
 )
 
 
+@handles("Selu")
+def _selu(ctx, node, ins, attrs):
+    alpha, gamma = attrs.get("alpha", 1.67326319217681884765625), attrs.get("gamma", 1.0507010221)
+    if not (
+        math.isclose(alpha, 1.6732632, rel_tol=1e-6)
+        and math.isclose(gamma, 1.0507010, rel_tol=1e-6)
+    ):
+        raise Unsupported(f"alpha={alpha:g}, gamma={gamma:g} (cnnc's selu has PyTorch's constants)")
+    return _pointwise("selu")(ctx, node, ins, attrs)
+
+
 @handles("HardSigmoid")
 def _hardsigmoid(ctx, node, ins, attrs):
     alpha, beta = attrs.get("alpha", 0.2), attrs.get("beta", 0.5)
