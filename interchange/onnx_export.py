@@ -82,12 +82,17 @@ def _channel_shape(layer):
 # ---- weighted ops --------------------------------------------------------------------------
 
 
+def _with_weights(g, layer, x) -> list:
+    """The node's inputs: the tensor, the weight, and the bias when the layer has one."""
+    return [x, g.weight(layer, "weight")] + (
+        [g.weight(layer, "bias")] if layer.args["bias"] else []
+    )
+
+
 @emits("conv", "dwconv")
 def _conv(g, layer, xs, out):
     a = layer.args
-    inputs = [xs[0], g.weight(layer, "weight")]
-    if a["bias"]:
-        inputs.append(g.weight(layer, "bias"))
+    inputs = _with_weights(g, layer, xs[0])
     g.node(
         "Conv",
         inputs,
@@ -104,9 +109,7 @@ def _conv(g, layer, xs, out):
 @emits("convt")
 def _convt(g, layer, xs, out):
     a = layer.args
-    inputs = [xs[0], g.weight(layer, "weight")]
-    if a["bias"]:
-        inputs.append(g.weight(layer, "bias"))
+    inputs = _with_weights(g, layer, xs[0])
     g.node(
         "ConvTranspose",
         inputs,
@@ -123,9 +126,7 @@ def _convt(g, layer, xs, out):
 
 @emits("fc")
 def _fc(g, layer, xs, out):
-    inputs = [xs[0], g.weight(layer, "weight")]
-    if layer.args["bias"]:
-        inputs.append(g.weight(layer, "bias"))
+    inputs = _with_weights(g, layer, xs[0])
     g.node("Gemm", inputs, out, layer.name, transB=1)
 
 
