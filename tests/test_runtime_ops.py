@@ -190,6 +190,19 @@ network t(x: 4x9x9) {
     assert compare(torch, spec, batch=2)
 
 
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 7, 9])
+def test_fc_streamed_and_through_gemm(torch, batch):
+    """Few images stream the weights (conv.fc_stream, groups of four and a remainder), more
+    go through sgemm: both with the residual add and activation fused."""
+    spec = """
+network t(x: 5x3x3) {
+    a = x | flatten | fc(37) | relu
+    return add(a, a | fc(37)) | silu
+}
+"""
+    assert compare(torch, spec, batch=batch)
+
+
 def test_residual_fusion_keeps_order(torch):
     spec = """
 block res(x, c) {

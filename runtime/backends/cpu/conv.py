@@ -432,6 +432,50 @@ def fc(x, w, bias, res, out, act, alpha, beta, blocks):
                     out[n, o] = activate(v, act, alpha, beta)
 
 
+#: Up to this many images, fc streams its weights once through dot products (memory-bound,
+#: no packing); above it, sgemm's packed panels win. VGG-19's fc6 at batch 1: 29-40 ms
+#: streamed against 65-100 ms through sgemm, which packs all 411 MB of weights for one column.
+STREAM_MAX_IMAGES = 4
+
+
+@njit(**PJIT)
+def fc_stream(x, w, bias, res, out, act, alpha, beta, blocks):
+    """Fully connected for a few images: each thread streams a contiguous block of weight
+    rows once, dotting each row with up to four images at a time."""
+    n_img, n_in = x.shape
+    n_out = out.shape[1]
+    has_res = res.size > 0
+    size = (n_out + blocks - 1) // blocks
+    for b in prange(blocks):
+        for o in range(b * size, min(n_out, (b + 1) * size)):
+            for n0 in range(0, n_img, 4):
+                a0 = np.float32(0.0)
+                a1 = np.float32(0.0)
+                a2 = np.float32(0.0)
+                a3 = np.float32(0.0)
+                if n0 + 4 <= n_img:
+                    for i in range(n_in):
+                        wv = w[o, i]
+                        a0 += wv * x[n0, i]
+                        a1 += wv * x[n0 + 1, i]
+                        a2 += wv * x[n0 + 2, i]
+                        a3 += wv * x[n0 + 3, i]
+                else:
+                    for i in range(n_in):
+                        a0 += w[o, i] * x[n0, i]
+                    if n0 + 1 < n_img:
+                        for i in range(n_in):
+                            a1 += w[o, i] * x[n0 + 1, i]
+                    if n0 + 2 < n_img:
+                        for i in range(n_in):
+                            a2 += w[o, i] * x[n0 + 2, i]
+                for j in range(min(4, n_img - n0)):
+                    v = (a0 if j == 0 else a1 if j == 1 else a2 if j == 2 else a3) + bias[o]
+                    if has_res:
+                        v += res[n0 + j, o]
+                    out[n0 + j, o] = activate(v, act, alpha, beta)
+
+
 def _f32(a) -> tuple:
     """The epilogue's activation scalars as the kernels take them."""
     return a["act"], np.float32(a["alpha"]), np.float32(a["beta"])
@@ -580,4 +624,5 @@ def launch_convt(backend, step, arrays, ins, res, out, work):
 def launch_fc(backend, step, arrays, ins, res, out, work):
     res2 = res.reshape(-1, out.shape[1]) if res.size else res.reshape(0, 0)
     blocks = max(1, min(8 * backend.threads, out.shape[1] // 64))
-    fc(ins[0], arrays["w"], arrays["b"], res2, out, *_f32(step.attrs), blocks)
+    kernel = fc_stream if ins[0].shape[0] <= STREAM_MAX_IMAGES else fc
+    kernel(ins[0], arrays["w"], arrays["b"], res2, out, *_f32(step.attrs), blocks)
