@@ -242,7 +242,7 @@ def test_cli_tune_bench_and_algorithm(tmp_path):
     bench = _cnnc("bench", str(spec), "--repeat", "2", env=env)
     assert bench.returncode == 0, bench.stderr
     assert "algorithm" in bench.stdout and (
-        "winograd F" in bench.stdout or "direct" in bench.stdout
+        "winograd F" in bench.stdout or "direct" in bench.stdout or "own " in bench.stdout
     )
     assert "tuning" not in bench.stderr  # read from the cache
     direct = _cnnc("bench", str(spec), "--repeat", "1", "--algorithm", "direct", env=env)
@@ -258,12 +258,15 @@ AVX2 = {
 
 
 def test_kernels_under_avx2_code_generation():
-    """Machines without AVX-512 (Zen 3): the Winograd and direct conv kernel tests again, with
-    Numba generating AVX2 code only (a small selection, in a process of its own)."""
+    """Machines without AVX-512 (Zen 3): the Winograd, direct and micro-kernel conv tests
+    again, with Numba generating AVX2 code only (8-lane micro-kernel; a small selection, in a
+    process of its own)."""
     tests = ROOT / "tests"
     selection = [
         f"{tests / 'test_runtime_winograd.py'}::test_winograd_matches_torch",
         f"{tests / 'test_runtime_tiling.py'}::test_conv_matches_torch_under_any_tiling",
+        f"{tests / 'test_runtime_blocked.py'}::test_blocked_conv_matches_torch",
+        f"{tests / 'test_runtime_blocked.py'}::test_vector_width_follows_the_target",
     ]
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection],
@@ -273,4 +276,4 @@ def test_kernels_under_avx2_code_generation():
         env={**os.environ, **AVX2},
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert "2 passed" in out.stdout
+    assert "4 passed" in out.stdout

@@ -93,6 +93,7 @@ class CpuBackend:
         self.chosen: dict = {}  # id(step) -> label of its choice, for bench
         self._tune_cache = None
         self._scratch = np.empty((self.threads, 1), np.float32)
+        self._buffers: dict = {}
 
     def scratch(self, floats: int) -> np.ndarray:
         """Per-thread scratch rows, (threads, at least ``floats``), kept and grown across
@@ -100,6 +101,14 @@ class CpuBackend:
         if self._scratch.shape[1] < floats:
             self._scratch = np.empty((self.threads, floats), np.float32)
         return self._scratch
+
+    def buffer(self, name: str, floats: int) -> np.ndarray:
+        """A named buffer of at least ``floats`` floats, kept and grown across calls (a
+        layer's zero-padded input, for instance)."""
+        held = self._buffers.get(name)
+        if held is None or held.size < floats:
+            held = self._buffers[name] = np.empty(floats, np.float32)
+        return held[:floats]
 
     def tune_cache(self) -> TuneCache:
         if self._tune_cache is None:

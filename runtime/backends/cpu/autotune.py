@@ -18,7 +18,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import winograd
+from . import blocked, winograd
+from .microkernel import MR, NR
 from .tiling import conv_tiling
 
 ALGORITHMS = ("auto", "direct", "winograd")
@@ -32,8 +33,10 @@ TIMED_RUNS = 5
 
 @dataclass(frozen=True)
 class Choice:
-    """``direct`` with (rows per tile, channel blocks), or ``winograd`` F(m x m, 3x3) with
-    ``a`` = m, ``b`` = tiles per work item and ``c`` = output-channel blocks."""
+    """``direct`` with (rows per tile, channel blocks); ``winograd`` F(m x m, 3x3) with
+    ``a`` = m, ``b`` = tiles per work item and ``c`` = output-channel blocks; or ``blocked``
+    (cnnc's own micro-kernel, blocked.py) with ``a`` = tiles per work item and ``b`` = blocks
+    of weight panels."""
 
     algorithm: str
     a: int
@@ -43,6 +46,8 @@ class Choice:
     def label(self) -> str:
         if self.algorithm == "winograd":
             return f"winograd F{self.a} x{self.b}/{self.c}b"
+        if self.algorithm == "blocked":
+            return f"own {MR}x{NR} x{self.a}/{self.b}b"
         return f"direct {self.a}r/{self.b}b"
 
 
@@ -80,6 +85,8 @@ def candidates(x_shape, out_shape, geometry: dict, threads: int, algorithm: str)
     ):
         if og // b >= 16 and Choice("direct", r, b) not in found:
             found.append(Choice("direct", r, b))
+    if algorithm != "winograd" and blocked.applies(geometry["groups"]):
+        found += blocked_candidates(x_shape, out_shape, geometry, threads)
     if algorithm == "direct" or not winograd.applies(**_wino_args(geometry)):
         return found
     if algorithm == "winograd":
@@ -99,6 +106,23 @@ def candidates(x_shape, out_shape, geometry: dict, threads: int, algorithm: str)
                 c = Choice("winograd", m, total, k_blocks)
                 if c not in found:
                     found.append(c)
+    return found
+
+
+def blocked_candidates(x_shape, out_shape, geometry: dict, threads: int) -> list[Choice]:
+    """The micro-kernel with runs of 4, 16 and 64 tiles and its weight panels in one block
+    or split across the threads (few tiles, many channels)."""
+    tiles = blocked.tile_count(x_shape, out_shape, geometry["sh"], geometry["sw"], geometry["pw"])
+    panels = -(-out_shape[3] // NR)
+    found = []
+    for per_item in (4, 16, 64):
+        for blocks in (1, threads, 2 * threads):
+            if blocks > panels or (blocks > 1 and tiles > 64 * threads):
+                continue
+            per = max(1, min(per_item, math.ceil(tiles * blocks / (2 * threads))))
+            c = Choice("blocked", per, blocks)
+            if c not in found:
+                found.append(c)
     return found
 
 

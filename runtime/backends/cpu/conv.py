@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..codes import NONE, RELU, RELU6
-from . import autotune, winograd
+from . import autotune, blocked, winograd
 from .activations import JIT, PJIT, activate
 from .blas import gemm
 from .table import KERNELS
@@ -510,6 +510,29 @@ def _run_choice(backend, choice, arrays, x, res, out, a):
             k_blocks,
         )
         return
+    if choice.algorithm == "blocked":
+        if "panels" not in arrays:  # packed once, on first use, for this executor
+            arrays["panels"] = blocked.pack_panels(arrays["w"])
+        ph, pw = a["ph"], a["pw"]
+        xp = x
+        if ph or pw:
+            n, h, w, c = x.shape
+            xp = backend.buffer("padded", n * (h + 2 * ph) * (w + 2 * pw) * c)
+            xp = xp.reshape(n, h + 2 * ph, w + 2 * pw, c)
+            blocked.pad_input(x, xp, ph, pw)
+        blocked.blocked_conv(
+            xp,
+            arrays["panels"],
+            arrays["b"],
+            res,
+            out,
+            backend.scratch(blocked.SCRATCH_FLOATS),
+            *(a[name] for name in ("kh", "kw", "sh", "sw", "dh", "dw")),
+            *_f32(a),
+            choice.a,
+            choice.b,
+        )
+        return
     rows, blocks = choice.a, choice.b
     floats = conv_scratch_floats(rows, blocks, x.shape, out.shape, *geometry)
     conv(
@@ -559,6 +582,8 @@ def _choose(backend, step, arrays, x, res, out):
         for m in (2, 4):  # keep only the chosen algorithm's transformed weights
             if choice.algorithm != "winograd" or choice.a != m:
                 arrays.pop(f"winograd{m}", None)
+        if choice.algorithm != "blocked":
+            arrays.pop("panels", None)
     backend.choices[shape] = choice
     return choice
 

@@ -1,0 +1,163 @@
+"""Direct convolution on cnnc's own register-blocked micro-kernel (microkernel.py), NHWC.
+
+No im2col and no BLAS: the input is read in place (a zero-padded copy where the layer pads)
+and each tile of MR output pixels x NR output channels accumulates over every kernel tap
+and input channel in registers, then leaves through the usual epilogue (bias, residual,
+activation). With stride 1, pixels are numbered across the padded width, so a tile may run
+over a row's end into columns that are computed and dropped, and every tile is full-width;
+with larger strides a tile stays within one output row.
+
+Weights are packed once per layer into panels of NR output channels (zero-padded), rows
+(ky, kx, c). Work items are (block of panels, run of tiles), block-major like Winograd's, so
+that a thread keeps one block of weights in its cache.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..codes import NONE, RELU
+from .activations import JIT, PJIT, activate
+from .microkernel import MR, NR, conv_tile
+
+F4 = 4
+#: Per-thread scratch: one MR x NR output tile.
+SCRATCH_FLOATS = MR * NR
+
+
+def pack_panels(wmat: np.ndarray) -> np.ndarray:
+    """``conv``'s packed weights (1, kh*kw*C, K) as (ceil(K / NR), kh*kw*C, NR) panels."""
+    _, rows, k_out = wmat.shape
+    panels = -(-k_out // NR)
+    padded = np.zeros((rows, panels * NR), np.float32)
+    padded[:, :k_out] = wmat[0]
+    return np.ascontiguousarray(padded.reshape(rows, panels, NR).transpose(1, 0, 2))
+
+
+def applies(groups: int) -> bool:
+    return groups == 1
+
+
+def tile_count(x_shape, out_shape, sh: int, sw: int, pw: int) -> int:
+    """Tiles of ``blocked_conv`` for these shapes (as it numbers them)."""
+    n_img, _, w, _ = x_shape
+    _, ho, wo, _ = out_shape
+    if sh == 1 and sw == 1:
+        return n_img * -(-((ho - 1) * (w + 2 * pw) + wo) // MR)
+    return n_img * ho * -(-wo // MR)
+
+
+@njit(**PJIT)
+def pad_input(x, xp, ph, pw):
+    """``xp`` = ``x`` with ``ph`` zero rows and ``pw`` zero columns on each side."""
+    n_img, h, w, c = x.shape
+    hp, wp = xp.shape[1], xp.shape[2]
+    for item in prange(n_img * hp):
+        n = item // hp
+        y = item % hp
+        row = xp[n, y]
+        if y < ph or y >= ph + h:
+            for i in range(wp):
+                for k in range(c):
+                    row[i, k] = 0.0
+            continue
+        for i in range(pw):
+            for k in range(c):
+                row[i, k] = 0.0
+                row[wp - 1 - i, k] = 0.0
+        src = x[n, y - ph]
+        for i in range(w):
+            for k in range(c):
+                row[pw + i, k] = src[i, k]
+
+
+@njit(**JIT)
+def _store(tile, count, out, n, q0, wq, flat, nk, k0, bias, res, has_res, act, alpha, beta):
+    """Tile rows 0..count-1 into ``out`` (pixel q0 + i of the tile's numbering), with the
+    epilogue; columns past the output's width (stride 1's padding columns) are dropped."""
+    _, _, wo, _ = out.shape
+    b = bias[k0 : k0 + nk]
+    for i in range(count):
+        q = q0 + i
+        oy = q // wq
+        ox = q % wq if flat else q0 % wq + i
+        if flat and ox >= wo:
+            continue
+        if not flat:
+            oy = q0 // wq
+        src = tile[i]
+        dst = out[n, oy, ox, k0 : k0 + nk]
+        if has_res:
+            r = res[n, oy, ox, k0 : k0 + nk]
+            for j in range(nk):
+                dst[j] = src[j] + b[j] + r[j]
+        else:
+            for j in range(nk):
+                dst[j] = src[j] + b[j]
+        if act == RELU:
+            for j in range(nk):
+                dst[j] = dst[j] if dst[j] > 0.0 else np.float32(0.0)
+        elif act != NONE:
+            for j in range(nk):
+                dst[j] = activate(dst[j], act, alpha, beta)
+
+
+@njit(**PJIT)
+def blocked_conv(
+    xp, panels, bias, res, out, scratch, kh, kw, sh, sw, dh, dw, act, alpha, beta, per_item, blocks
+):
+    """Convolution of the (already padded) NHWC input ``xp`` with ``panels``
+    (``pack_panels``). ``per_item`` tiles per work item, ``blocks`` blocks of panels;
+    ``scratch`` holds one row of at least MR * NR floats per thread."""
+    n_img, hp, wp, c_in = xp.shape
+    _, ho, wo, k_out = out.shape
+    n_panels = panels.shape[0]
+    ntaps = kh * kw
+    offsets = np.empty(ntaps, np.intp)
+    for ky in range(kh):
+        for kx in range(kw):
+            offsets[ky * kw + kx] = ((ky * dh) * wp + kx * dw) * c_in * F4
+    flat = sh == 1 and sw == 1
+    # stride 1: one segment per image, pixels numbered over the padded width (wq = wp);
+    # otherwise one segment per output row (wq = wo)
+    wq = wp if flat else wo
+    seg_len = (ho - 1) * wp + wo if flat else wo
+    segs = 1 if flat else ho
+    per_seg = (seg_len + MR - 1) // MR
+    tiles = n_img * segs * per_seg
+    runs = (tiles + per_item - 1) // per_item
+    per_block = (n_panels + blocks - 1) // blocks
+    items = runs * blocks
+    threads = scratch.shape[0]
+    has_res = res.size > 0
+    base = xp.ctypes.data
+    step = sw * c_in * F4
+    for thr in prange(threads):
+        tile = scratch[thr, : MR * NR].reshape(MR, NR)
+        for item in range(thr * items // threads, (thr + 1) * items // threads):
+            blk = item // runs
+            run = item % runs
+            for panel in range(blk * per_block, min(n_panels, (blk + 1) * per_block)):
+                k0 = panel * NR
+                nk = min(k_out, k0 + NR) - k0
+                wptr = panels[panel].ctypes.data
+                for tix in range(run * per_item, min(tiles, (run + 1) * per_item)):
+                    n = tix // (segs * per_seg)
+                    r = tix % (segs * per_seg)
+                    seg = r // per_seg
+                    start = (r % per_seg) * MR
+                    count = min(MR, seg_len - start)
+                    if flat:
+                        q0 = start
+                        a = base + (n * hp * wp + q0) * c_in * F4
+                    else:
+                        q0 = seg * wo + start
+                        a = base + ((n * hp + seg * sh) * wp + start * sw) * c_in * F4
+                    conv_tile(
+                        ntaps, c_in, a, step, offsets.ctypes.data, wptr, tile.ctypes.data, count
+                    )
+                    _store(
+                        tile, count, out, n, q0, wq, flat, nk, k0, bias, res, has_res,
+                        act, alpha, beta,
+                    )  # fmt: skip

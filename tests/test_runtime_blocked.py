@@ -1,0 +1,120 @@
+"""cnnc's own register-blocked convolution (backends/cpu/microkernel.py, blocked.py) against
+torch's conv2d: random layers with odd sizes (tiles cut by rows and by the channel panels),
+strides, dilations, residuals and activations, and a whole network run on it alone."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_runtime_tiling import ACTS, reference
+from test_runtime_winograd import _net_and_inputs
+
+import torch_reference
+from cnnc.compiler.ops import OPS
+from cnnc.runtime.backends.cpu import autotune, blocked, microkernel
+
+
+def run_blocked(x, wt, bias, res, stride, pad, dil, act, per_item, blocks, threads):
+    """The micro-kernel convolution on NCHW arrays with a torch-layout weight; NCHW out."""
+    n, c_in, h, w = x.shape
+    c_out, _, kh, kw = wt.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, pad, dil
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    wmat = np.ascontiguousarray(wt.transpose(2, 3, 1, 0).reshape(1, kh * kw * c_in, c_out))
+    xp = np.full((n, h + 2 * ph, w + 2 * pw, c_in), np.nan, np.float32)
+    blocked.pad_input(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), xp, ph, pw)
+    out = np.full((n, ho, wo, c_out), np.nan, np.float32)
+    res_nhwc = (
+        np.ascontiguousarray(res.transpose(0, 2, 3, 1))
+        if res is not None
+        else np.empty((0, 0, 0, 0), np.float32)
+    )
+    blocked.blocked_conv(
+        xp,
+        blocked.pack_panels(wmat),
+        bias,
+        res_nhwc,
+        out,
+        np.full((threads, blocked.SCRATCH_FLOATS), np.nan, np.float32),
+        kh,
+        kw,
+        sh,
+        sw,
+        dh,
+        dw,
+        OPS[act].code if act in OPS else 0,
+        np.float32(0.1),
+        np.float32(0.0),
+        per_item,
+        blocks,
+    )
+    return out.transpose(0, 3, 1, 2)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_blocked_conv_matches_torch(torch, data):
+    draw = data.draw
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dil = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    pad = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    h = draw(st.integers(max(1, dil[0] * (kh - 1) + 1 - 2 * pad[0]), 19))
+    w = draw(st.integers(max(1, dil[1] * (kw - 1) + 1 - 2 * pad[1]), 19))
+    n = draw(st.integers(1, 3))
+    c_in = draw(st.integers(1, 40))
+    c_out = draw(st.integers(1, 2 * microkernel.NR + 5))
+    act = draw(st.sampled_from(ACTS))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    x = rng.standard_normal((n, c_in, h, w)).astype(np.float32)
+    wt = (rng.standard_normal((c_out, c_in, kh, kw)) / np.sqrt(c_in * kh * kw)).astype(np.float32)
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    want = reference(torch, x, wt, bias, None, stride, pad, dil, 1, "none")
+    res = rng.standard_normal(want.shape).astype(np.float32) if draw(st.booleans()) else None
+    want = reference(torch, x, wt, bias, res, stride, pad, dil, 1, act)
+    got = run_blocked(
+        x,
+        wt,
+        bias,
+        res,
+        stride,
+        pad,
+        dil,
+        act,
+        per_item=draw(st.integers(1, 9)),
+        blocks=draw(st.integers(1, 4)),
+        threads=draw(st.integers(1, 3)),
+    )
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+def test_vector_width_follows_the_target():
+    """16 lanes where AVX-512 code may be generated, 8 under an AVX2-only target."""
+    features = os.environ.get("NUMBA_CPU_FEATURES")
+    if features:
+        assert microkernel.LANES == (16 if "+avx512f" in features.split(",") else 8)
+    assert microkernel.NR == microkernel.LANES * microkernel.NV
+
+
+def test_resnet18_on_the_micro_kernel_alone(torch, monkeypatch):
+    """Every convolution of ResNet-18 (stem, 3x3, strided, 1x1 shortcuts) on the micro-kernel:
+    within 1e-5 of PyTorch, and the bench labels say so."""
+    from cnnc.runtime.session import Session
+
+    monkeypatch.setattr(autotune, "worth_tuning", lambda *a: False)
+    monkeypatch.setattr(autotune, "default_choice", lambda *a: autotune.Choice("blocked", 3, 2))
+    net, weights, inputs = _net_and_inputs()
+    want = torch_reference.forward(torch, net, weights, inputs)
+    session = Session.create(net, weights, algorithm="direct")
+    got = session.run(inputs)
+    key = next(iter(want))
+    scale = float(np.abs(want[key]).max())
+    assert float(np.abs(got[key] - want[key]).max()) / scale < 1e-5
+    backend = session._executor(1).backend
+    convs = [s for s in session.plan.steps if s.kernel == "conv"]
+    assert len(convs) == 20
+    assert all(backend.choice_of(s).startswith("own ") for s in convs)
