@@ -113,11 +113,19 @@ def blocked_conv(
     n_img, hp, wp, c_in = xp.shape
     _, ho, wo, k_out = out.shape
     n_panels = panels.shape[0]
-    ntaps = kh * kw
+    # Undilated along x, a kernel row's taps read kw * C consecutive floats, in the order of
+    # the packed weights' rows (ky, kx, c): one long run per kernel row instead of kw short
+    # ones (VGG's first layer: runs of 9 floats instead of 3).
+    row_taps = dw == 1
+    ntaps = kh if row_taps else kh * kw
+    span = kw * c_in if row_taps else c_in
     offsets = np.empty(ntaps, np.intp)
     for ky in range(kh):
-        for kx in range(kw):
-            offsets[ky * kw + kx] = ((ky * dh) * wp + kx * dw) * c_in * F4
+        if row_taps:
+            offsets[ky] = ky * dh * wp * c_in * F4
+        else:
+            for kx in range(kw):
+                offsets[ky * kw + kx] = ((ky * dh) * wp + kx * dw) * c_in * F4
     flat = sh == 1 and sw == 1
     # stride 1: one segment per image, pixels numbered over the padded width (wq = wp);
     # otherwise one segment per output row (wq = wo)
@@ -155,7 +163,7 @@ def blocked_conv(
                         q0 = seg * wo + start
                         a = base + ((n * hp + seg * sh) * wp + start * sw) * c_in * F4
                     conv_tile(
-                        ntaps, c_in, a, step, offsets.ctypes.data, wptr, tile.ctypes.data, count
+                        ntaps, span, a, step, offsets.ctypes.data, wptr, tile.ctypes.data, count
                     )
                     _store(
                         tile, count, out, n, q0, wq, flat, nk, k0, bias, res, has_res,
