@@ -163,7 +163,15 @@ def blocked_conv(
                         q0 = seg * wo + start
                         a = base + ((n * hp + seg * sh) * wp + start * sw) * c_in * F4
                     conv_tile(
-                        ntaps, span, a, step, offsets.ctypes.data, wptr, tile.ctypes.data, count
+                        ntaps,
+                        span,
+                        a,
+                        step,
+                        offsets.ctypes.data,
+                        wptr,
+                        tile.ctypes.data,
+                        NR * F4,
+                        count,
                     )
                     _store(
                         tile, count, out, n, q0, wq, flat, nk, k0, bias, res, has_res,

@@ -41,15 +41,16 @@ NR = LANES * NV
 
 
 @intrinsic
-def conv_tile(typingctx, ntaps, cin, a, step, offsets, b, c, count):
+def conv_tile(typingctx, ntaps, cin, a, step, offsets, b, c, ldc, count):
     """``c[i, j] = sum over taps t, channels k of x(i, t, k) * b[t * cin + k, j]`` for the
     tile's MR pixels and NR channels, where x(i, t, k) is the float at byte address
     ``a + min(i, count - 1) * step + offsets[t] + 4 k``. ``b`` is one packed panel
-    (ntaps * cin rows of NR floats), ``c`` an MR x NR scratch tile; all are byte addresses."""
-    sig = types.void(*([types.intp] * 8))
+    (ntaps * cin rows of NR floats); row i of the MR x NR result goes to ``c + i * ldc``.
+    Addresses and ``step``, ``ldc`` are in bytes."""
+    sig = types.void(*([types.intp] * 9))
 
     def codegen(context, builder, signature, args):
-        ntaps, cin, a, step, offsets, b, c, count = args
+        ntaps, cin, a, step, offsets, b, c, ldc, count = args
         i64, f32 = ir.IntType(64), ir.FloatType()
         vec = ir.VectorType(f32, LANES)
         fptr = f32.as_pointer()
@@ -133,10 +134,10 @@ def conv_tile(typingctx, ntaps, cin, a, step, offsets, b, c, count):
         builder.branch(t_head)
 
         builder.position_at_end(done)
-        c = builder.inttoptr(c, fptr)
         for i in range(MR):
+            row = builder.inttoptr(builder.add(c, builder.mul(const(i), ldc)), fptr)
             for v in range(NV):
-                ptr = builder.gep(c, [const(i * NR + v * LANES)])
+                ptr = builder.gep(row, [const(v * LANES)])
                 builder.store(t_acc[i * NV + v], builder.bitcast(ptr, vec.as_pointer()), align=4)
         return context.get_dummy_value()
 

@@ -21,7 +21,7 @@ from numba import njit, prange
 
 from ..codes import NONE, RELU
 from .activations import JIT, PJIT, activate
-from .blas import gemm
+from .microkernel import MR, NR, conv_tile
 
 #: Transform matrices (B^T, G, A^T) per output tile size m, in float64 for packing.
 TRANSFORMS = {
@@ -67,7 +67,8 @@ def applies(kh, kw, sh, sw, dh, dw, groups) -> bool:
 
 
 def transform_weights(wmat: np.ndarray, m: int) -> np.ndarray:
-    """``conv``'s packed weights (1, 9*C, K), rows (ky, kx, c), as (t*t, C, K) = G g G^T."""
+    """``conv``'s packed weights (1, 9*C, K), rows (ky, kx, c), as G g G^T in the
+    micro-kernel's panels: (t*t, ceil(K / NR), C, NR), zero-padded past K."""
     _, rows, k_out = wmat.shape
     c_in = rows // 9
     g = TRANSFORMS[m][1]
@@ -75,7 +76,10 @@ def transform_weights(wmat: np.ndarray, m: int) -> np.ndarray:
     # G w G^T over the two kernel axes, as two matrix products (einsum took 0.6 s on ResNet-18)
     u = np.tensordot(g, np.tensordot(g, w, axes=(1, 0)), axes=(1, 1)).transpose(1, 0, 2, 3)
     t = m + 2
-    return np.ascontiguousarray(u.reshape(t * t, c_in, k_out), np.float32)
+    panels = -(-k_out // NR)
+    padded = np.zeros((t * t, c_in, panels * NR), np.float32)
+    padded[:, :, :k_out] = u.reshape(t * t, c_in, k_out)
+    return np.ascontiguousarray(padded.reshape(t * t, c_in, panels, NR).transpose(0, 2, 1, 3))
 
 
 def matrices(m: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,12 +88,19 @@ def matrices(m: int) -> tuple[np.ndarray, np.ndarray]:
     return bt.astype(np.float32), at.astype(np.float32)
 
 
+def block_channels(k_out: int, k_blocks: int) -> int:
+    """Output channels per block: whole panels of the micro-kernel."""
+    panels = -(-k_out // NR)
+    return -(-panels // k_blocks) * NR
+
+
 def scratch_floats(m: int, tiles_per_item: int, c_in: int, k_out: int, k_blocks: int = 1) -> int:
     """Floats of scratch one thread of ``winograd_conv`` needs."""
     t = m + 2
-    kb = -(-k_out // k_blocks)
+    kb = block_channels(k_out, k_blocks)
+    rows = -(-tiles_per_item // MR) * MR
     c = max(c_in, kb)
-    return t * t * tiles_per_item * (c_in + kb) + 2 * t * t * c + m * t * kb + kb
+    return t * t * (tiles_per_item * c_in + rows * kb) + 2 * t * t * c + m * t * kb + kb
 
 
 def tile_count(n_img: int, ho: int, wo: int, m: int) -> int:
@@ -138,12 +149,11 @@ def _input_transform(x, n, iy0, ix0, t, bt, d, tmp, v, p):
 
 @njit(**JIT)
 def _output_transform(
-    mm, p, at, n, oy0, ox0, tmp, y, bias, res, has_res, out, k0, act, alpha, beta
+    mm, p, at, n, oy0, ox0, tmp, y, bias, res, has_res, out, k0, nk, act, alpha, beta
 ):
     """out[n, oy0 + r, ox0 + s, k0 + k] = act((A^T M A)[r, s, k] + bias (+ res)) for the
-    ``mm.shape[2]`` channels from ``k0``, inside the image."""
+    ``nk`` channels from ``k0``, inside the image."""
     _, ho, wo, _ = out.shape
-    nk = mm.shape[2]
     m, t = at.shape
     b = bias[k0 : k0 + nk]
     for r in range(m):
@@ -189,11 +199,14 @@ def winograd_conv(
 ):
     """Stride-1 3x3 convolution, NHWC, by Winograd F(m x m, 3 x 3) with m = ``at.shape[0]``.
 
-    ``u``: (t*t, C, K) transformed weights (``transform_weights``); ``res`` a residual added
+    ``u``: transformed weights in panels (``transform_weights``); ``res`` a residual added
     before the activation (size 0 for none); ``scratch`` one row per thread of at least
-    ``scratch_floats`` floats. Work items are (block of K / ``k_blocks`` output channels, run
+    ``scratch_floats`` floats. Work items are (block of ``k_blocks``-th of the panels, run
     of ``per_item`` tiles), block-major: a thread's consecutive items share one block of the
-    transformed weights, which matters where they are large (512 channels: 36 MB for F4)."""
+    transformed weights, which matters where they are large (512 channels: 36 MB for F4).
+    The per-position products over channels run on the micro-kernel (microkernel.py): with
+    few tiles and many channels (deep layers at batch 1) BLAS spent its time packing weights
+    used by a handful of rows (36 GEMMs of 49 x 512 x 512: 25 GFLOP/s; pre-packed panels 39)."""
     n_img, _, _, c_in = x.shape
     _, ho, wo, k_out = out.shape
     m, t = at.shape
@@ -202,14 +215,16 @@ def winograd_conv(
     tw = (wo + m - 1) // m
     total = n_img * th * tw
     runs = (total + per_item - 1) // per_item
-    kb = (k_out + k_blocks - 1) // k_blocks
+    kb = ((k_out + NR - 1) // NR + k_blocks - 1) // k_blocks * NR  # block_channels
+    rows = (per_item + MR - 1) // MR * MR
     items = runs * k_blocks
     threads = scratch.shape[0]
     has_res = res.size > 0
     c_max = max(c_in, kb)
     v_end = tt * per_item * c_in
-    m_end = v_end + tt * per_item * kb
+    m_end = v_end + tt * rows * kb
     y_start = m_end + 2 * tt * c_max
+    no_offset = np.zeros(1, np.intp)
     for thr in prange(threads):
         buf = scratch[thr]
         v = buf[:v_end].reshape(tt, per_item, c_in)
@@ -220,11 +235,13 @@ def winograd_conv(
         for item in range(thr * items // threads, (thr + 1) * items // threads):
             k0 = (item // runs) * kb
             nk = min(k_out, k0 + kb) - k0
+            if nk <= 0:
+                continue
             run = item % runs
             p0 = run * per_item
             count = min(total, p0 + per_item) - p0
-            mm = buf[v_end : v_end + tt * per_item * nk].reshape(tt, per_item, nk)
-            tmp_out = buf[y_start : y_start + m * t * nk].reshape(m, t, nk)
+            mm = buf[v_end:m_end].reshape(tt, rows, kb)
+            tmp_out = buf[y_start : y_start + m * t * kb].reshape(m, t, kb)
             if run != last_run:  # the same tiles for the next block: transformed already
                 for p in range(count):
                     tile = p0 + p
@@ -235,18 +252,19 @@ def winograd_conv(
                     _input_transform(x, n, iy0, ix0, t, bt, d, tmp_in, v, p)
                 last_run = run
             for xi in range(tt):
-                gemm(
-                    count,
-                    nk,
-                    c_in,
-                    v[xi].ctypes.data,
-                    c_in,
-                    u[xi].ctypes.data + k0 * 4,
-                    k_out,
-                    mm[xi].ctypes.data,
-                    nk,
-                    0.0,
-                )
+                for panel in range(k0 // NR, (k0 + nk + NR - 1) // NR):
+                    for r0 in range(0, count, MR):
+                        conv_tile(
+                            1,
+                            c_in,
+                            v[xi, r0:].ctypes.data,
+                            c_in * 4,
+                            no_offset.ctypes.data,
+                            u[xi, panel].ctypes.data,
+                            mm[xi, r0, panel * NR - k0 :].ctypes.data,
+                            kb * 4,
+                            min(MR, count - r0),
+                        )
             for p in range(count):
                 tile = p0 + p
                 n = tile // (th * tw)
@@ -265,6 +283,7 @@ def winograd_conv(
                     has_res,
                     out,
                     k0,
+                    nk,
                     act,
                     alpha,
                     beta,
