@@ -142,3 +142,48 @@ def conv_tile(typingctx, ntaps, cin, a, step, offsets, b, c, ldc, count):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def fma_chains(typingctx, iterations):
+    """``iterations`` rounds of MR x NV independent vector multiply-adds (the micro-kernel's
+    accumulators, with nothing to load): the FMA throughput the micro-kernel can reach.
+    Returns one lane of their sum, so that the work cannot be optimised away."""
+    sig = types.float32(types.intp)
+
+    def codegen(context, builder, signature, args):
+        (n,) = args
+        i64, f32 = ir.IntType(64), ir.FloatType()
+        vec = ir.VectorType(f32, LANES)
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{LANES}f32"
+        )
+        scale = ir.Constant(vec, [0.9999999] * LANES)
+        shift = ir.Constant(vec, [1e-7] * LANES)
+        entry = builder.block
+        head = builder.append_basic_block("chains.head")
+        body = builder.append_basic_block("chains.body")
+        done = builder.append_basic_block("chains.done")
+        builder.branch(head)
+        builder.position_at_end(head)
+        i = builder.phi(i64)
+        i.add_incoming(ir.Constant(i64, 0), entry)
+        accs = []
+        for j in range(MR * NV):
+            p = builder.phi(vec)
+            p.add_incoming(ir.Constant(vec, [j * 1e-3] * LANES), entry)
+            accs.append(p)
+        builder.cbranch(builder.icmp_signed("<", i, n), body, done)
+        builder.position_at_end(body)
+        new = [builder.call(fma, [p, scale, shift]) for p in accs]
+        i.add_incoming(builder.add(i, ir.Constant(i64, 1)), body)
+        for p, q in zip(accs, new):
+            p.add_incoming(q, body)
+        builder.branch(head)
+        builder.position_at_end(done)
+        total = accs[0]
+        for p in accs[1:]:
+            total = builder.fadd(total, p)
+        return builder.extract_element(total, ir.Constant(ir.IntType(32), 0))
+
+    return sig, codegen
