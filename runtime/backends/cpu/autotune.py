@@ -52,10 +52,19 @@ class Choice:
 
 
 def default_choice(x_shape, out_shape, geometry: dict, threads: int, algorithm: str) -> Choice:
-    """The choice without measuring: direct under tiling.py's policy, or Winograd F(4x4)
-    when forced and applicable."""
-    if algorithm == "winograd" and winograd.applies(**_wino_args(geometry)):
+    """The choice without measuring: Winograd F(4x4) when forced and applicable; under
+    ``auto``, Winograd F(2x2) for stride-1 3x3 layers of 64 channels or more (F2 adds almost
+    no error); the own micro-kernel for other ungrouped layers; direct convolution through
+    BLAS under tiling.py's policy for grouped ones. Measured on one machine (ResNet and
+    MobileNet shapes, 2 threads, docs/performance.md) the micro-kernel beat the BLAS path on
+    20 of 21 shapes: a guess that measuring (``cnnc tune``, ``--tune``) replaces."""
+    applies = winograd.applies(**_wino_args(geometry))
+    if algorithm == "winograd" and applies:
         return Choice("winograd", 4, _tiles_per_item(x_shape[0], out_shape, 4, 32, threads))
+    if algorithm == "auto" and applies and min(x_shape[3], out_shape[3]) >= 64:
+        return Choice("winograd", 2, _tiles_per_item(x_shape[0], out_shape, 2, 24, threads))
+    if algorithm != "winograd" and blocked.applies(geometry["groups"]):
+        return blocked_default(x_shape, out_shape, geometry, threads)
     rows, blocks = conv_tiling(
         x_shape,
         out_shape,
@@ -107,6 +116,18 @@ def candidates(x_shape, out_shape, geometry: dict, threads: int, algorithm: str)
                 if c not in found:
                     found.append(c)
     return found
+
+
+def blocked_default(x_shape, out_shape, geometry: dict, threads: int) -> Choice:
+    """Runs of up to 16 tiles, at least two work items per thread; where the tiles are too
+    few for that, the weight panels split across the threads as well."""
+    tiles = blocked.tile_count(x_shape, out_shape, geometry["sh"], geometry["sw"], geometry["pw"])
+    panels = -(-out_shape[3] // NR)
+    blocks = 1
+    while tiles * blocks < 2 * threads and blocks * 2 <= panels:
+        blocks *= 2
+    per_item = max(1, min(16, tiles * blocks // (2 * threads)))
+    return Choice("blocked", per_item, blocks)
 
 
 def blocked_candidates(x_shape, out_shape, geometry: dict, threads: int) -> list[Choice]:
