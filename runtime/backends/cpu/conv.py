@@ -11,9 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..codes import NONE, RELU, RELU6
 from . import autotune, winograd
-from .activations import JIT, PJIT, activate
+from .activations import JIT, PJIT, activate, activate_run
 from .blas import gemm
 from .table import KERNELS
 from .tiling import conv_scratch_floats, uses_direct_gemm, uses_shifted_gemm
@@ -37,12 +36,7 @@ def _epilogue(src, s0, sc, dst, d0, dc, bias, res, has_res, rows, nb, act, alpha
         else:
             for j in range(nb):
                 d[j] = s[j] + b[j]
-        if act == RELU:
-            for j in range(nb):
-                d[j] = d[j] if d[j] > 0.0 else np.float32(0.0)
-        elif act != NONE:
-            for j in range(nb):
-                d[j] = activate(d[j], act, alpha, beta)
+        activate_run(d, nb, act, alpha, beta)
 
 
 @njit(**JIT)
@@ -286,60 +280,6 @@ def _conv_shifted(
                     )
 
 
-@njit(inline="always", **JIT)
-def _dw_epilogue(acc, bias, res, has_res, dst, n, oy, ox, act, alpha, beta):
-    """``dst = act(acc + bias (+ res))`` with the common activations in loops of their own
-    (which vectorise) and the rest through ``activate``."""
-    c_out = acc.size
-    for c in range(c_out):
-        acc[c] += bias[c]
-    if has_res:
-        r = res[n, oy, ox]
-        for c in range(c_out):
-            acc[c] += r[c]
-    if act == NONE:
-        for c in range(c_out):
-            dst[c] = acc[c]
-    elif act == RELU:
-        for c in range(c_out):
-            dst[c] = acc[c] if acc[c] > 0.0 else np.float32(0.0)
-    elif act == RELU6:
-        for c in range(c_out):
-            dst[c] = min(max(acc[c], np.float32(0.0)), np.float32(6.0))
-    else:
-        for c in range(c_out):
-            dst[c] = activate(acc[c], act, alpha, beta)
-
-
-@njit(**PJIT)
-def dwconv(x, w, bias, res, out, kh, kw, sh, sw, ph, pw, dh, dw, mult, act, alpha, beta):
-    """Depthwise convolution, NHWC, vectorised over channels. ``w``: (kh, kw, C*mult)."""
-    n_img, h, wd, _ = x.shape
-    _, ho, wo, c_out = out.shape
-    has_res = res.size > 0
-    for t in prange(n_img * ho):
-        n = t // ho
-        oy = t % ho
-        acc = np.zeros(c_out, np.float32)
-        for ox in range(wo):
-            acc[:] = 0.0
-            for ky in range(kh):
-                iy = oy * sh - ph + ky * dh
-                if iy < 0 or iy >= h:
-                    continue
-                for kx in range(kw):
-                    ix = ox * sw - pw + kx * dw
-                    if ix < 0 or ix >= wd:
-                        continue
-                    if mult == 1:
-                        for c in range(c_out):
-                            acc[c] += x[n, iy, ix, c] * w[ky, kx, c]
-                    else:
-                        for c in range(c_out):
-                            acc[c] += x[n, iy, ix, c // mult] * w[ky, kx, c]
-            _dw_epilogue(acc, bias, res, has_res, out[n, oy, ox], n, oy, ox, act, alpha, beta)
-
-
 @njit(**PJIT)
 def convt(x, wmat, bias, res, out, cols, kh, kw, sh, sw, ph, pw, dh, dw, groups, act, alpha, beta):
     """Transposed convolution, NHWC: one GEMM per group into ``cols`` (groups, N*H*W,
@@ -525,28 +465,6 @@ def launch_conv(backend, step, arrays, ins, res, out, work):
     choice = _choose(backend, step, arrays, x, res, out)
     backend.chosen[id(step)] = choice.label()
     _run_choice(backend, choice, arrays, x, res, out, step.attrs)
-
-
-@KERNELS.register("dwconv")
-def launch_dwconv(backend, step, arrays, ins, res, out, work):
-    a = step.attrs
-    dwconv(
-        ins[0],
-        arrays["w"],
-        arrays["b"],
-        res,
-        out,
-        a["kh"],
-        a["kw"],
-        a["sh"],
-        a["sw"],
-        a["ph"],
-        a["pw"],
-        a["dh"],
-        a["dw"],
-        a["mult"],
-        *_f32(a),
-    )
 
 
 @KERNELS.register("convt")
