@@ -131,10 +131,18 @@ class _Readers:
             for vid in _reads(step):
                 self.count[vid] = self.count.get(vid, 0) + 1
         self.aliased = {v.alias for v in values.values() if v.alias is not None}
+        self.alias_children: dict[int, int] = {}
+        for v in values.values():
+            if v.alias is not None:
+                self.alias_children[v.alias] = self.alias_children.get(v.alias, 0) + 1
         self.outputs = set(outputs.values())
 
     def single_use(self, vid: int) -> bool:
         return self.count.get(vid, 0) == 1 and vid not in self.outputs and vid not in self.aliased
+
+    def only_through_alias(self, vid: int) -> bool:
+        """Read by nobody but the one identity value that aliases it."""
+        return not self.count.get(vid, 0) and self.alias_children.get(vid, 0) == 1
 
 
 def _reads(step: Step) -> tuple:
@@ -204,14 +212,16 @@ def _fold_residual_add(steps, values, outputs, inputs):
     for step in steps:
         if step.kernel == "add" and len(step.inputs) == 2 and step.attrs["act"] == 0:
             for mine, other in ((step.inputs[0], step.inputs[1]), (step.inputs[1], step.inputs[0])):
-                src = kept.producer.get(mine)
+                if mine == other:
+                    continue
+                root = _through_aliases(mine, values, readers)
+                src = kept.producer.get(root)
                 if (
                     src is None
                     or src.kernel not in ("conv", "dwconv", "fc")
                     or src.attrs["act"]
                     or src.residual is not None
-                    or not readers.single_use(mine)
-                    or mine == other
+                    or (root == mine and not readers.single_use(mine))
                 ):
                     continue
                 position = kept.position[id(src)]
@@ -227,6 +237,20 @@ def _fold_residual_add(steps, values, outputs, inputs):
             continue
         kept.append(step)
     return kept.steps
+
+
+def _through_aliases(vid: int, values, readers: _Readers) -> int:
+    """The value an identity chain (EfficientNet's ``droppath``) ending in ``vid`` aliases,
+    when that chain is all it feeds and ``vid`` is read once: the add it feeds can then fold
+    into the producer as a residual. ``vid`` itself otherwise."""
+    if values[vid].alias is None or not readers.single_use(vid):
+        return vid
+    root = vid
+    while values[root].alias is not None:
+        root = values[root].alias
+        if not readers.only_through_alias(root) or root in readers.outputs:
+            return vid
+    return root
 
 
 def _ready_before(kept: _Kept, position: int, vid: int, values) -> bool:

@@ -68,7 +68,7 @@ def _configure_cache():
 
 _configure_cache()
 
-from . import conv, elementwise, layout, norm, pool  # noqa: E402,F401 (register kernels)
+from . import conv, depthwise, elementwise, layout, norm, pool  # noqa: E402,F401 (register kernels)
 from .autotune import ALGORITHMS, TuneCache, machine_key  # noqa: E402
 from .table import KERNELS  # noqa: E402
 

@@ -17,8 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..codes import NONE, RELU
-from .activations import JIT, PJIT, activate
+from .activations import JIT, PJIT, activate_run
 from .microkernel import MR, NR, conv_tile
 
 F4 = 4
@@ -95,12 +94,7 @@ def _store(tile, count, out, n, q0, wq, flat, nk, k0, bias, res, has_res, act, a
         else:
             for j in range(nk):
                 dst[j] = src[j] + b[j]
-        if act == RELU:
-            for j in range(nk):
-                dst[j] = dst[j] if dst[j] > 0.0 else np.float32(0.0)
-        elif act != NONE:
-            for j in range(nk):
-                dst[j] = activate(dst[j], act, alpha, beta)
+        activate_run(dst, nk, act, alpha, beta)
 
 
 @njit(**PJIT)

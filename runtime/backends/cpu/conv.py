@@ -11,9 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..codes import NONE, RELU, RELU6
 from . import autotune, blocked, winograd
-from .activations import JIT, PJIT, activate
+from .activations import JIT, PJIT, activate, activate_run
 from .blas import gemm
 from .table import KERNELS
 from .tiling import conv_scratch_floats, uses_direct_gemm, uses_shifted_gemm
@@ -37,12 +36,7 @@ def _epilogue(src, s0, sc, dst, d0, dc, bias, res, has_res, rows, nb, act, alpha
         else:
             for j in range(nb):
                 d[j] = s[j] + b[j]
-        if act == RELU:
-            for j in range(nb):
-                d[j] = d[j] if d[j] > 0.0 else np.float32(0.0)
-        elif act != NONE:
-            for j in range(nb):
-                d[j] = activate(d[j], act, alpha, beta)
+        activate_run(d, nb, act, alpha, beta)
 
 
 @njit(**JIT)
@@ -284,60 +278,6 @@ def _conv_shifted(
                         alpha,
                         beta,
                     )
-
-
-@njit(inline="always", **JIT)
-def _dw_epilogue(acc, bias, res, has_res, dst, n, oy, ox, act, alpha, beta):
-    """``dst = act(acc + bias (+ res))`` with the common activations in loops of their own
-    (which vectorise) and the rest through ``activate``."""
-    c_out = acc.size
-    for c in range(c_out):
-        acc[c] += bias[c]
-    if has_res:
-        r = res[n, oy, ox]
-        for c in range(c_out):
-            acc[c] += r[c]
-    if act == NONE:
-        for c in range(c_out):
-            dst[c] = acc[c]
-    elif act == RELU:
-        for c in range(c_out):
-            dst[c] = acc[c] if acc[c] > 0.0 else np.float32(0.0)
-    elif act == RELU6:
-        for c in range(c_out):
-            dst[c] = min(max(acc[c], np.float32(0.0)), np.float32(6.0))
-    else:
-        for c in range(c_out):
-            dst[c] = activate(acc[c], act, alpha, beta)
-
-
-@njit(**PJIT)
-def dwconv(x, w, bias, res, out, kh, kw, sh, sw, ph, pw, dh, dw, mult, act, alpha, beta):
-    """Depthwise convolution, NHWC, vectorised over channels. ``w``: (kh, kw, C*mult)."""
-    n_img, h, wd, _ = x.shape
-    _, ho, wo, c_out = out.shape
-    has_res = res.size > 0
-    for t in prange(n_img * ho):
-        n = t // ho
-        oy = t % ho
-        acc = np.zeros(c_out, np.float32)
-        for ox in range(wo):
-            acc[:] = 0.0
-            for ky in range(kh):
-                iy = oy * sh - ph + ky * dh
-                if iy < 0 or iy >= h:
-                    continue
-                for kx in range(kw):
-                    ix = ox * sw - pw + kx * dw
-                    if ix < 0 or ix >= wd:
-                        continue
-                    if mult == 1:
-                        for c in range(c_out):
-                            acc[c] += x[n, iy, ix, c] * w[ky, kx, c]
-                    else:
-                        for c in range(c_out):
-                            acc[c] += x[n, iy, ix, c // mult] * w[ky, kx, c]
-            _dw_epilogue(acc, bias, res, has_res, out[n, oy, ox], n, oy, ox, act, alpha, beta)
 
 
 @njit(**PJIT)
@@ -588,34 +528,50 @@ def _choose(backend, step, arrays, x, res, out):
     return choice
 
 
+@njit(**JIT)
+def pointwise_vector(x2, w, bias, res2, out2, act, alpha, beta):
+    """A 1x1 convolution of 1x1 images, ``out (N, O) = x (N, C) @ w (C, O)``: the squeeze and
+    excite layers of SE blocks. One thread and no BLAS: these are a few thousand multiply-adds,
+    and a parallel region with tiled GEMMs cost them ten times that in overhead."""
+    n_img, c_in = x2.shape
+    c_out = out2.shape[1]
+    for n in range(n_img):
+        d = out2[n]
+        for j in range(c_out):
+            d[j] = bias[j]
+        for c in range(c_in):
+            v = x2[n, c]
+            wr = w[c]
+            for j in range(c_out):
+                d[j] += v * wr[j]
+        if res2.size > 0:
+            for j in range(c_out):
+                d[j] += res2[n, j]
+        activate_run(d, c_out, act, alpha, beta)
+
+
+def _is_pointwise_vector(x, out, a) -> bool:
+    return (
+        x.shape[1] == x.shape[2] == 1
+        and out.shape[1] == out.shape[2] == 1
+        and (a["kh"] == a["kw"] == 1 and a["groups"] == 1 and a["ph"] == a["pw"] == 0)
+    )
+
+
 @KERNELS.register("conv")
 def launch_conv(backend, step, arrays, ins, res, out, work):
-    x = ins[0]
+    x, a = ins[0], step.attrs
+    if _is_pointwise_vector(x, out, a):
+        n_img, c_out = x.shape[0], out.shape[3]
+        res2 = res.reshape(n_img, c_out) if res.size else res.reshape(0, 0)
+        w2 = arrays["w"].reshape(x.shape[3], c_out)
+        pointwise_vector(
+            x.reshape(n_img, -1), w2, arrays["b"], res2, out.reshape(n_img, c_out), *_f32(a)
+        )
+        return
     choice = _choose(backend, step, arrays, x, res, out)
     backend.chosen[id(step)] = choice.label()
-    _run_choice(backend, choice, arrays, x, res, out, step.attrs)
-
-
-@KERNELS.register("dwconv")
-def launch_dwconv(backend, step, arrays, ins, res, out, work):
-    a = step.attrs
-    dwconv(
-        ins[0],
-        arrays["w"],
-        arrays["b"],
-        res,
-        out,
-        a["kh"],
-        a["kw"],
-        a["sh"],
-        a["sw"],
-        a["ph"],
-        a["pw"],
-        a["dh"],
-        a["dw"],
-        a["mult"],
-        *_f32(a),
-    )
+    _run_choice(backend, choice, arrays, x, res, out, a)
 
 
 @KERNELS.register("convt")

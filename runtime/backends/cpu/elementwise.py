@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .activations import PJIT, activate
+from .activations import PJIT, activate, activate_run
 from .table import KERNELS
 
 
@@ -66,9 +66,16 @@ def mul_channels(x2, gate, out2, pixels, code, alpha, beta):
     shared = gate.shape[1] == 1
     for r in prange(rows):
         n = r // pixels
-        for ch in range(c):
-            g = gate[n, 0] if shared else gate[n, ch]
-            out2[r, ch] = activate(x2[r, ch] * g, code, alpha, beta)
+        d, s = out2[r], x2[r]
+        if shared:
+            g0 = gate[n, 0]
+            for ch in range(c):
+                d[ch] = s[ch] * g0
+        else:
+            g = gate[n]
+            for ch in range(c):
+                d[ch] = s[ch] * g[ch]
+        activate_run(d, c, code, alpha, beta)
 
 
 @njit(**PJIT)

@@ -62,17 +62,25 @@ def avgpool(x, out, kh, kw, sh, sw, ph, pw, count_pad):
 
 
 @njit(**PJIT)
-def gap(x, out):
+def gap(x, out, blocks):
+    """Global average pooling, parallel over (image, channel block): a batch of one still
+    uses every thread (EfficientNet's squeezes at 112x112 and 56x56)."""
     n_img, h, w, c = x.shape
-    for n in prange(n_img):
-        for ch in range(c):
-            out[n, 0, 0, ch] = 0.0
+    size = (c + blocks - 1) // blocks
+    inv = np.float32(1.0) / np.float32(h * w)
+    for t in prange(n_img * blocks):
+        n = t // blocks
+        c0 = (t % blocks) * size
+        c1 = min(c, c0 + size)
+        d = out[n, 0, 0, c0:c1]
+        d[:] = 0.0
         for iy in range(h):
             for ix in range(w):
-                for ch in range(c):
-                    out[n, 0, 0, ch] += x[n, iy, ix, ch]
-        for ch in range(c):
-            out[n, 0, 0, ch] /= h * w
+                s = x[n, iy, ix, c0:c1]
+                for ch in range(c1 - c0):
+                    d[ch] += s[ch]
+        for ch in range(c1 - c0):
+            d[ch] *= inv
 
 
 @njit(**PJIT)
@@ -130,7 +138,10 @@ def launch_avgpool(backend, step, arrays, ins, res, out, work):
 
 @KERNELS.register("gap")
 def launch_gap(backend, step, arrays, ins, res, out, work):
-    gap(ins[0], out)
+    x = ins[0]
+    # blocks of at least 16 channels, enough of them for two per thread
+    blocks = max(1, min(x.shape[3] // 16, -(-2 * backend.threads // x.shape[0])))
+    gap(x, out, blocks)
 
 
 @KERNELS.register("gmp")

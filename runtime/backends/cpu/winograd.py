@@ -19,8 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..codes import NONE, RELU
-from .activations import JIT, PJIT, activate
+from .activations import JIT, PJIT, activate_run
 from .microkernel import MR, NR, conv_tile
 
 #: Transform matrices (B^T, G, A^T) per output tile size m, in float64 for packing.
@@ -182,15 +181,9 @@ def _output_transform(
                 rr = res[n, oy0 + r, ox0 + s, k0 : k0 + nk]
                 for k in range(nk):
                     y[k] += rr[k]
-            if act == NONE:
-                for k in range(nk):
-                    dst[k] = y[k]
-            elif act == RELU:
-                for k in range(nk):
-                    dst[k] = y[k] if y[k] > 0.0 else np.float32(0.0)
-            else:
-                for k in range(nk):
-                    dst[k] = activate(y[k], act, alpha, beta)
+            activate_run(y, nk, act, alpha, beta)
+            for k in range(nk):
+                dst[k] = y[k]
 
 
 @njit(**PJIT)

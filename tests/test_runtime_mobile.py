@@ -1,0 +1,94 @@
+"""The depthwise, 1x1 and squeeze-and-excitation fast paths of MobileNet and EfficientNet
+blocks against PyTorch: the padded-row depthwise kernel (kernels 3 and 5, strides 1 and 2,
+channel counts that are not multiples of the vector width), its fused bias, activation and
+residual, the one-thread path of 1x1 convolutions on 1x1 images, the vectorised sigmoid and
+SiLU, and the residual add folded through ``droppath``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from test_runtime_ops import CASES, compare
+
+import cnnc
+from cnnc.runtime.backends.cpu.activations import JIT, exp32
+from cnnc.runtime.plan import build_plan
+
+MBCONV = """
+network t(x: {c}x{h}x{w}) {{
+    y = x | conv({e}, k=1, bias=false) | bn | {act}
+    y = y | dwconv(k={k}, s={s}, p={p}, bias=false) | bn | {act}
+    g = y | gap | conv({sq}, k=1) | {act} | conv({e}, k=1) | sigmoid
+    y = mul(y, g) | conv({c}, k=1, bias=false) | bn
+    return {ret}
+}}
+"""
+
+
+@CASES
+@given(
+    st.integers(1, 13),
+    st.integers(3, 11),
+    st.integers(3, 11),
+    st.sampled_from([3, 5]),
+    st.integers(1, 2),
+    st.integers(1, 3),
+    st.sampled_from(["silu", "relu6", "hardswish"]),
+    st.booleans(),
+    st.integers(1, 3),
+)
+def test_mbconv_blocks(torch, c, h, w, k, s, mult, act, res, batch):
+    """A whole inverted-residual block with SE; with the shortcut when the shapes allow it,
+    through ``droppath`` (folded into the projection's epilogue)."""
+    e = c * mult + 3  # expanded width: odd channel counts on purpose
+    res = res and s == 1
+    ret = "add(y | droppath(0.2), x)" if res else "y"
+    spec = MBCONV.format(
+        c=c, h=h, w=w, e=e, k=k, s=s, p=k // 2, act=act, sq=max(1, c // 4), ret=ret
+    )
+    assert compare(torch, spec, batch=batch)
+
+
+@pytest.mark.parametrize("c", [1, 7, 17, 40])
+@pytest.mark.parametrize(
+    "k,s,p,d", [(3, 1, 1, 1), (3, 2, 1, 1), (5, 1, 2, 1), (5, 2, 2, 1), (3, 1, 2, 2), (4, 3, 0, 1)]
+)
+def test_depthwise_shapes(torch, c, k, s, p, d):
+    """Every row of the padded block: image borders, strides, dilation, kernels other than 3
+    and 5 (the generic tap loop), batch 3, residual and SiLU epilogue."""
+    spec = f"""
+network t(x: {c}x13x10) {{
+    y = x | dwconv(k={k}, s={s}, p={p}, d={d}) | silu
+    z = y | dwconv(k=3, p=1) | bn
+    return add(z, y) | silu
+}}
+"""
+    assert compare(torch, spec, batch=3)
+
+
+def test_droppath_residual_is_folded():
+    net = cnnc.load(
+        MBCONV.format(
+            c=8, h=5, w=5, e=16, k=3, s=1, p=1, act="silu", sq=2, ret="add(y | droppath(0.2), x)"
+        )
+    )
+    steps = build_plan(net, None).steps
+    assert "add" not in {s.kernel for s in steps}
+    assert steps[-1].residual is not None
+
+
+def test_exp32_is_within_three_ulp():
+    from numba import njit
+
+    @njit(**JIT)
+    def exp_all(x, out):
+        for i in range(x.size):
+            out[i] = exp32(x[i])
+
+    x = np.linspace(-87, 88, 1_000_001, dtype=np.float32)
+    got = np.empty_like(x)
+    exp_all(x, got)
+    want = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(got - want) / want) < 3 * 2.0**-23
