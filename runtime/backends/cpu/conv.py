@@ -483,8 +483,9 @@ def _run_choice(backend, choice, arrays, x, res, out, a):
 
 
 def _choose(backend, step, arrays, x, res, out):
-    """This layer's algorithm and tiling: measured once per shape and machine (autotune.py)
-    unless ``direct``/``winograd`` is forced or the layer is too small to be worth it."""
+    """This layer's algorithm and tiling: the cached measurement of this shape on this machine
+    (autotune.py), measured now if the backend tunes and none is cached, else tiling.py's
+    default; ``winograd`` forced and layers too small to be worth it take the default."""
     a = step.attrs
     geometry = {name: a[name] for name in GEOMETRY}
     shape = autotune.shape_key(x.shape, out.shape, geometry, res.size > 0, backend.algorithm)
@@ -497,7 +498,9 @@ def _choose(backend, step, arrays, x, res, out):
     else:
         cache = backend.tune_cache()
         choice = None if backend.retune else cache.get(shape)
-        if choice is None:
+        if choice is None and not backend.tune:
+            choice = autotune.default_choice(*args)  # not measured, so not cached
+        elif choice is None:
             if backend.on_tune is not None:
                 backend.on_tune(step.label)
             scratch_out = np.empty_like(out)
