@@ -67,15 +67,23 @@ def applies(kh, kw, sh, sw, dh, dw, groups) -> bool:
 
 
 def transform_weights(wmat: np.ndarray, m: int) -> np.ndarray:
-    """``conv``'s packed weights (1, 9*C, K), rows (ky, kx, c), as (t*t, C, K) = G g G^T."""
+    """``conv``'s packed weights (1, 9*C, K), rows (ky, kx, c), as (t*t, C, K) = G g G^T.
+
+    Computed in float64 a block of output channels at a time: the whole layer at once held
+    float64 copies of 8x the result's size (ResNet's 512-channel layers: 300 MB for F4)."""
     _, rows, k_out = wmat.shape
     c_in = rows // 9
     g = TRANSFORMS[m][1]
-    w = wmat.reshape(3, 3, c_in, k_out).astype(np.float64)
-    # G w G^T over the two kernel axes, as two matrix products (einsum took 0.6 s on ResNet-18)
-    u = np.tensordot(g, np.tensordot(g, w, axes=(1, 0)), axes=(1, 1)).transpose(1, 0, 2, 3)
     t = m + 2
-    return np.ascontiguousarray(u.reshape(t * t, c_in, k_out), np.float32)
+    w = wmat.reshape(3, 3, c_in, k_out)
+    out = np.empty((t, t, c_in, k_out), np.float32)
+    block = max(1, (1 << 20) // (t * t * c_in))
+    for k0 in range(0, k_out, block):
+        part = w[..., k0 : k0 + block].astype(np.float64)
+        # G w G^T over the two kernel axes, as two matrix products (einsum: 0.6 s on ResNet-18)
+        u = np.tensordot(g, np.tensordot(g, part, axes=(1, 0)), axes=(1, 1))
+        out[..., k0 : k0 + block] = u.transpose(1, 0, 2, 3)
+    return out.reshape(t * t, c_in, k_out)
 
 
 def matrices(m: int) -> tuple[np.ndarray, np.ndarray]:
