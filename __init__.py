@@ -139,6 +139,7 @@ def run(
     device: str = "cpu",
     optimize: bool = True,
     algorithm: str | None = None,
+    tune: bool | None = None,
 ) -> dict:
     """Run a checked network; return ``{output name: array}`` in NCHW (or (N, C)).
 
@@ -147,8 +148,9 @@ def run(
     a batch that cannot fit in memory raises :class:`ResourceError` before allocating).
     ``weights`` is a dict or an ``.npz`` path keyed ``LAYER.weight`` etc.; without it they are
     seeded (He for conv, Xavier for fc). ``algorithm`` picks the CPU's convolutions: ``auto``
-    (measured per layer shape and cached), ``direct`` (the exact path) or ``winograd``; the
-    default is ``$CNNC_ALGORITHM`` or ``auto``.
+    (the choice cached per layer shape by ``cnnc tune``/``bench``, else the default tiling),
+    ``direct`` (the exact path) or ``winograd``; the default is ``$CNNC_ALGORITHM`` or
+    ``auto``. ``tune`` measures the layers the cache lacks (default ``$CNNC_TUNE``, off).
     """
     from cnnc.runtime import memory
     from cnnc.runtime.data import as_input, random_inputs
@@ -172,6 +174,7 @@ def run(
         optimize=optimize,
         batch=batch,
         algorithm=algorithm,
+        tune=tune,
     )
     return session.run(inputs)
 

@@ -91,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_cluster_options(p)
     _algorithm_option(p)
+    p.add_argument(
+        "--tune",
+        action="store_true",
+        default=None,
+        help="measure the fastest algorithm of each convolution that this machine has no "
+        "cached choice for (seconds, once per layer shape; also CNNC_TUNE=1). Without it a "
+        "run measures nothing: it uses the choices cached by `cnnc tune` or `cnnc bench`, "
+        "else tiling.py's default (direct convolution)",
+    )
 
     p = spec_command("bench", "time the forward pass layer by layer")
     p.add_argument("--batch", type=int, default=1, metavar="N")
@@ -145,9 +154,9 @@ def _algorithm_option(p):
         "--algorithm",
         choices=["auto", "direct", "winograd"],
         default=None,
-        help="CPU convolutions: measured per layer and cached (auto, the default unless "
-        "CNNC_ALGORITHM says otherwise), the exact path only (direct), or Winograd wherever "
-        "it applies",
+        help="CPU convolutions: the fastest per layer as measured on this machine and cached "
+        "(auto, the default unless CNNC_ALGORITHM says otherwise), the exact path only "
+        "(direct), or Winograd wherever it applies",
     )
 
 

@@ -59,7 +59,7 @@ CNNC_CHILD = (
 import numpy as np, cnnc
 from cnnc.runtime.session import Session
 net = cnnc.load({spec!r}, network={name!r})
-session = Session.create(net, seed=0, batch={batch}, algorithm={algorithm!r})
+session = Session.create(net, seed=0, batch={batch}, algorithm={algorithm!r}, tune=True)
 x = {{n: np.random.default_rng(0).standard_normal(({batch}, *l.shape)).astype(np.float32)
      for n, l in net.inputs.items()}}
 session.run(x)

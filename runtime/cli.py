@@ -84,6 +84,7 @@ def run_command(net: Network, args) -> int:
         device=args.device,
         batch=batch,
         algorithm=args.algorithm,
+        tune=args.tune,
     )
     if args.save_weights:
         weights_io.save(session.weights, Path(args.save_weights))
@@ -122,8 +123,8 @@ def run_command(net: Network, args) -> int:
 def bench_command(net: Network, args) -> int:
     if args.batch < 1 or args.repeat < 1:
         raise UsageError(error("--batch and --repeat must be at least 1"))
-    session = Session.create(
-        net, None, device=args.device, batch=args.batch, algorithm=args.algorithm
+    session = Session.create(  # timing anyway: measure what the cache lacks too
+        net, None, device=args.device, batch=args.batch, algorithm=args.algorithm, tune=True
     )
     _say_what_happens(session, args.batch)
     info = session.bench(args.batch, args.repeat)
@@ -191,7 +192,7 @@ def tune_command(net: Network, args) -> int:
 
     if args.batch < 1:
         raise DataError(error(f"--batch must be at least 1, got {args.batch}"))
-    session = Session.create(net, None, batch=args.batch)
+    session = Session.create(net, None, batch=args.batch, tune=True)
     rows = tune(session, args.batch, force=args.force)
     backend = session._executor(args.batch).backend
     print(

@@ -21,10 +21,11 @@ class Session:
     """A network compiled to a plan with its weights, ready to run on one device."""
 
     network: Network
-    weights: dict
-    plan: Plan
+    source: dict | str | int = field(repr=False)  # the caller's weights, an .npz path or a seed
+    plan: Plan = field(repr=False)
     device: str = "cpu"
     algorithm: str = "auto"  # convolution algorithms: auto, direct (exact) or winograd
+    tune: bool = False  # measure convolutions that have no cached choice (autotune.py)
     executors: dict = field(default_factory=dict, repr=False)  # by batch size; one kept
 
     @classmethod
@@ -37,18 +38,21 @@ class Session:
         optimize: bool = True,
         batch: int = 1,
         algorithm: str | None = None,
+        tune: bool | None = None,
     ) -> Session:
-        from .backends import resolve_algorithm
+        """``tune``: measure each convolution shape that the cache has no choice for (default
+        ``$CNNC_TUNE``, else off: tiling.py's default runs and nothing is timed)."""
+        from .backends import resolve_algorithm, resolve_tune
 
         check_batch(batch)
         algorithm = resolve_algorithm(algorithm)
         memory.check_fits(network, batch)
         if weights is None:
-            weights = weights_io.initialise(network, seed)
+            source, weights = seed, weights_io.initialise(network, seed)
         elif not isinstance(weights, dict):
-            weights = weights_io.load(network, weights)
+            source, weights = str(weights), weights_io.load(network, weights)
         else:
-            weights = _checked(network, weights)
+            source = weights = _checked(network, weights)
         bad = weights_io.non_finite(weights)
         if bad:
             warnings.warn(
@@ -58,7 +62,18 @@ class Session:
                 stacklevel=2,
             )
         plan = build_plan(network, weights, optimize)
-        return cls(network, weights, plan, device, algorithm)
+        return cls(network, source, plan, device, algorithm, resolve_tune(tune))
+
+    @property
+    def weights(self) -> dict:
+        """The weights in PyTorch's layouts, keyed ``LAYER.weight``. Seeded or loaded ones are
+        drawn or read again on each access rather than held: the plan holds them packed, and
+        a second copy was the largest part of a run's memory (VGG-19: 548 MiB)."""
+        if isinstance(self.source, dict):
+            return self.source
+        if isinstance(self.source, str):
+            return weights_io.load(self.network, self.source)
+        return weights_io.initialise(self.network, self.source)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = _batch_of(self.network, inputs)
@@ -72,7 +87,7 @@ class Session:
             self.executors.clear()
             memory.check_fits(self.network, batch, self.plan)
             self.executors[batch] = Executor(
-                self.plan, backend_for(self.device, self.algorithm), batch
+                self.plan, backend_for(self.device, self.algorithm, self.tune), batch
             )
         return self.executors[batch]
 

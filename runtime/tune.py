@@ -1,7 +1,8 @@
 """``cnnc tune``: measure every convolution's algorithm ahead of time, with a progress bar.
 
-The measuring itself is the CPU backend's (backends/cpu/autotune.py), which does it anyway on
-a layer's first run; tuning ahead moves that time out of the first real run.
+The measuring itself is the CPU backend's (backends/cpu/autotune.py). ``cnnc run`` measures
+nothing unless asked (``--tune``, ``CNNC_TUNE=1``): it takes the choices cached here or by
+``cnnc bench``, else tiling.py's default.
 """
 
 from __future__ import annotations
@@ -44,13 +45,12 @@ def tune(session: Session, batch: int, force: bool = False, out=sys.stderr) -> l
     convs = [s for s in session.plan.steps if s.kernel == "conv"]
     pending = backend.pending_tuning(session.plan, batch) if not force else None
     bar = ProgressBar(len(pending) if pending is not None else len(convs), out)
-    backend.retune = force
-    backend.on_tune = bar.step
+    tunes = backend.tune
+    backend.tune, backend.retune, backend.on_tune = True, force, bar.step
     try:
         executor.run(random_inputs(session.network, batch, 0))
     finally:
-        backend.retune = False
-        backend.on_tune = None
+        backend.tune, backend.retune, backend.on_tune = tunes, False, None
         bar.close()
     return [
         {

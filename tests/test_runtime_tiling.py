@@ -43,7 +43,7 @@ def run_conv(x, wt, bias, res, stride, pad, dil, groups, act, rows, blocks, thre
         rows, blocks, x_nhwc.shape, out.shape, kh, kw, stride, stride, pad, pad, dil, dil, groups
     )
     scratch = np.full((threads, floats + 1), np.nan, np.float32)
-    cpu.conv(
+    cpu.convolve(
         x_nhwc,
         np.ascontiguousarray(wmat),
         bias,

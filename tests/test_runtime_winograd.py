@@ -179,7 +179,7 @@ def test_tuning_is_measured_once_and_cached(tmp_path, monkeypatch):
     spec = tmp_path / "small.cnn"
     spec.write_text(SMALL)
     net = cnnc.load(spec)
-    session = Session.create(net, None, algorithm="auto")
+    session = Session.create(net, None, algorithm="auto", tune=True)
     pending = session._executor(1).backend.pending_tuning(session.plan, 1)
     assert len(pending) == 2  # two shapes (the first conv has the relu fused, not a residual)
     measured: list[str] = []
@@ -198,6 +198,54 @@ def test_tuning_is_measured_once_and_cached(tmp_path, monkeypatch):
     other = CpuBackend()
     other.threads += 1  # another thread count is another machine key
     assert other.pending_tuning(session.plan, 1) == pending
+
+
+def test_runs_measure_nothing_unless_asked(tmp_path, monkeypatch):
+    """On an empty tuning cache a run takes tiling.py's default and times nothing (a first run
+    on a new machine must not spend seconds measuring); ``tune=True`` or CNNC_TUNE=1 measures,
+    and a later untuned run takes the cached choices."""
+    from cnnc.runtime.session import Session
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("CNNC_TUNE", raising=False)
+    monkeypatch.setattr(autotune, "TIMED_RUNS", 1)
+    spec = tmp_path / "small.cnn"
+    spec.write_text(SMALL)
+    net = cnnc.load(spec)
+    x = {"x": np.zeros((1, 32, 56, 56), np.float32)}
+    measured: list[str] = []
+
+    def run(**kw):
+        session = Session.create(net, None, algorithm="auto", **kw)
+        backend = session._executor(1).backend
+        backend.on_tune = measured.append
+        session.run(x)
+        return backend
+
+    plain = run()
+    assert not measured and not (tmp_path / "cnnc" / "tune").exists()
+    plan = Session.create(net, None).plan
+    defaults = [  # the unmeasured default of each conv
+        autotune.default_choice(
+            (1, *plan.values[s.inputs[0]].shape),
+            (1, *plan.values[s.output].shape),
+            {k: s.attrs[k] for k in ("kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "groups")},
+            plain.threads,
+            "auto",
+        )
+        for s in plan.steps
+        if s.kernel == "conv"
+    ]
+    assert sorted(map(str, plain.choices.values())) == sorted(map(str, defaults))
+    # SMALL: 32 -> 64 channels (micro-kernel), then 64 -> 64 (Winograd F2)
+    assert [c.algorithm for c in defaults] == ["blocked", "winograd"]
+    monkeypatch.setenv("CNNC_TUNE", "1")
+    tuned = run()
+    assert len(measured) == 2
+    monkeypatch.delenv("CNNC_TUNE")
+    again = run()
+    assert len(measured) == 2 and again.choices == tuned.choices
+    assert again.choices == {k: again.tune_cache().get(k) for k in again.choices}
 
 
 def test_corrupt_cache_is_measured_again(tmp_path, monkeypatch):
@@ -235,6 +283,19 @@ def test_cli_tune_bench_and_algorithm(tmp_path):
     spec = tmp_path / "net.cnn"
     spec.write_text(SMALL)
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "CNNC_ALGORITHM": "auto"}
+    from cnnc.runtime.backends.cpu import _cache_dir
+
+    fresh = {  # an empty tuning cache, the compiled kernels of this process
+        **env,
+        "XDG_CACHE_HOME": str(tmp_path / "fresh"),
+        "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR") or str(_cache_dir()),
+    }
+    plain = _cnnc("run", str(spec), env=fresh)
+    assert plain.returncode == 0, plain.stderr
+    assert "measuring" not in plain.stderr and not (tmp_path / "fresh" / "cnnc").exists()
+    asked = _cnnc("run", str(spec), "--tune", env=fresh)
+    assert asked.returncode == 0 and "measuring" in asked.stderr
+    assert "--tune" in _cnnc("run", "--help").stdout
     tuned = _cnnc("tune", str(spec), env=env)
     assert tuned.returncode == 0, tuned.stderr
     assert "tuning [" in tuned.stderr and "2/2" in tuned.stderr

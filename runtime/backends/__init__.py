@@ -22,17 +22,25 @@ def resolve_algorithm(algorithm: str | None) -> str:
     return chosen
 
 
-def backend_for(device: str, algorithm: str | None = None):
+def resolve_tune(tune: bool | None) -> bool:
+    """Whether runs measure untuned convolutions: as asked, else ``$CNNC_TUNE`` (1/true/yes)."""
+    if tune is not None:
+        return bool(tune)
+    return os.environ.get("CNNC_TUNE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def backend_for(device: str, algorithm: str | None = None, tune: bool = False):
     """A fresh backend object for ``device``, its kernels imported (and compiled on first use).
 
-    ``algorithm`` picks the CPU's convolution algorithms: ``auto`` measures per layer shape
-    (Winograd or direct, cached per machine), ``direct`` forces the exact path, ``winograd``
-    forces Winograd wherever it applies. The CUDA backend has the direct path only."""
+    ``algorithm`` picks the CPU's convolution algorithms: ``auto`` takes the choice cached per
+    layer shape and machine (Winograd or direct; with ``tune``, measured where none is cached,
+    else tiling.py's default), ``direct`` forces the exact path, ``winograd`` forces Winograd
+    wherever it applies. The CUDA backend has the direct path only."""
     algorithm = resolve_algorithm(algorithm)
     if device == "cpu":
         from .cpu import CpuBackend
 
-        return CpuBackend(algorithm)
+        return CpuBackend(algorithm, tune)
     if device == "cuda":
         try:
             from .cuda import CudaBackend

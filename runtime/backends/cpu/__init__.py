@@ -79,14 +79,17 @@ class CpuBackend:
     name = "cpu"
     kernels = KERNELS
 
-    def __init__(self, algorithm: str = "auto"):
+    def __init__(self, algorithm: str = "auto", tune: bool = False):
         import numba
 
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}")
         self.threads = numba.get_num_threads()
-        #: "auto" (measured per layer), "direct" (exact: no Winograd), "winograd" (forced)
+        #: "auto" (the cached choice per layer), "direct" (exact: no Winograd), "winograd"
         self.algorithm = algorithm
+        #: measure layers that have no cached choice (else tiling.py's default, measuring none:
+        #: a first run on a new machine would spend seconds timing candidates)
+        self.tune = tune
         self.retune = False  # measure again even where the cache has a choice
         self.on_tune = None  # called with a layer's label before it is measured
         self.choices: dict = {}  # conv choices by layer shape (autotune.shape_key)

@@ -105,7 +105,9 @@ def conv(
     rows_per_tile,
     channel_blocks,
 ):
-    """Convolution, NHWC. ``wmat``: (groups, kh*kw*C/g, out/g), rows ordered (ky, kx, c).
+    """Convolution by im2col tiles (or the input itself for 1x1 stride-1 layers), NHWC;
+    ``convolve`` sends stride-1 layers to ``_conv_shifted`` instead. ``wmat``: (groups,
+    kh*kw*C/g, out/g), rows ordered (ky, kx, c).
 
     ``res`` is a residual added before the activation (size 0 for none). Work items are
     (image, row tile, output-channel block); each builds its im2col tile and calls GEMM.
@@ -120,28 +122,6 @@ def conv(
     og = c_out // groups
     k = kh * kw * cg
     direct = uses_direct_gemm(kh, kw, sh, sw, ph, pw)
-    if uses_shifted_gemm(kh, kw, sh, sw, cg):
-        _conv_shifted(
-            x,
-            wmat,
-            bias,
-            res,
-            out,
-            scratch,
-            kh,
-            kw,
-            ph,
-            pw,
-            dh,
-            dw,
-            groups,
-            act,
-            alpha,
-            beta,
-            rows_per_tile,
-            channel_blocks,
-        )
-        return
     has_res = res.size > 0
     tiles = (ho + rows_per_tile - 1) // rows_per_tile
     block = (og + channel_blocks - 1) // channel_blocks
@@ -235,8 +215,10 @@ def _conv_shifted(
             xp[:] = 0.0
             for r in range(in_rows):
                 iy = oy0 - ph + r
-                if 0 <= iy < h:
-                    xp[r * wp + pw : r * wp + pw + w] = x[n, iy]
+                if 0 <= iy < h:  # a loop: slice-from-array assignment compiles seconds of
+                    for ix in range(w):  # shape-error formatting into the first kernel
+                        for c in range(c_in):
+                            xp[r * wp + pw + ix, c] = x[n, iy, ix, c]
             m = rows * wp
             for gi in range(groups):
                 c0 = gi * og + b * block
@@ -278,6 +260,77 @@ def _conv_shifted(
                         alpha,
                         beta,
                     )
+
+
+def convolve(
+    x,
+    wmat,
+    bias,
+    res,
+    out,
+    scratch,
+    kh,
+    kw,
+    sh,
+    sw,
+    ph,
+    pw,
+    dh,
+    dw,
+    groups,
+    act,
+    alpha,
+    beta,
+    rows_per_tile,
+    channel_blocks,
+):
+    """Direct convolution, ``conv``'s arguments: the shifted GEMM for stride-1 layers wider
+    than 1x1 (tiling.uses_shifted_gemm), else ``conv``. Two kernels chosen here rather than
+    one calling the other: a network compiles only the paths it uses (each takes seconds)."""
+    if uses_shifted_gemm.py_func(kh, kw, sh, sw, x.shape[3] // groups):
+        _conv_shifted(
+            x,
+            wmat,
+            bias,
+            res,
+            out,
+            scratch,
+            kh,
+            kw,
+            ph,
+            pw,
+            dh,
+            dw,
+            groups,
+            act,
+            alpha,
+            beta,
+            rows_per_tile,
+            channel_blocks,
+        )
+    else:
+        conv(
+            x,
+            wmat,
+            bias,
+            res,
+            out,
+            scratch,
+            kh,
+            kw,
+            sh,
+            sw,
+            ph,
+            pw,
+            dh,
+            dw,
+            groups,
+            act,
+            alpha,
+            beta,
+            rows_per_tile,
+            channel_blocks,
+        )
 
 
 @njit(**PJIT)
@@ -333,43 +386,49 @@ def convt(x, wmat, bias, res, out, cols, kh, kw, sh, sw, ph, pw, dh, dw, groups,
                 out[n, oy, ox, co] = activate(acc, act, alpha, beta)
 
 
+@njit(**JIT)
+def _fc_rows(x, w, bias, res, out, act, alpha, beta, xt, ct, r0, r1):
+    """Output features r0..r1 of ``fc``, given ``xt`` = x.T; ``ct`` receives w[r0:r1] @ xt."""
+    n_img, n_in = x.shape
+    has_res = res.size > 0
+    gemm(
+        r1 - r0,
+        n_img,
+        n_in,
+        w.ctypes.data + r0 * n_in * F4,
+        n_in,
+        xt.ctypes.data,
+        n_img,
+        ct.ctypes.data + r0 * n_img * F4,
+        n_img,
+        0.0,
+    )
+    for o in range(r0, r1):
+        for n in range(n_img):
+            v = ct[o, n] + bias[o]
+            if has_res:
+                v += res[n, o]
+            out[n, o] = activate(v, act, alpha, beta)
+
+
 @njit(**PJIT)
-def fc(x, w, bias, res, out, act, alpha, beta, blocks):
+def fc(x, w, bias, res, out, act, alpha, beta, xt, ct, blocks):
     """Fully connected: ``out (N, O) = x (N, I) @ w.T`` with ``w`` (O, I) in PyTorch's layout.
 
     Computed as ``w @ x.T`` by blocks of rows of ``w``: each thread streams a contiguous part
     of the weights, which is what limits fc layers (VGG's fc6 holds 411 MB)."""
-    n_img, n_in = x.shape
     n_out = out.shape[1]
-    has_res = res.size > 0
-    xt = np.empty((n_in, n_img), np.float32)
-    for i in prange(n_in):
-        for n in range(n_img):
-            xt[i, n] = x[n, i]
-    ct = np.empty((n_out, n_img), np.float32)
     size = (n_out + blocks - 1) // blocks
     for b in prange(blocks):
         r0 = b * size
         r1 = min(n_out, r0 + size)
         if r1 > r0:
-            gemm(
-                r1 - r0,
-                n_img,
-                n_in,
-                w.ctypes.data + r0 * n_in * F4,
-                n_in,
-                xt.ctypes.data,
-                n_img,
-                ct.ctypes.data + r0 * n_img * F4,
-                n_img,
-                0.0,
-            )
-            for o in range(r0, r1):
-                for n in range(n_img):
-                    v = ct[o, n] + bias[o]
-                    if has_res:
-                        v += res[n, o]
-                    out[n, o] = activate(v, act, alpha, beta)
+            _fc_rows(x, w, bias, res, out, act, alpha, beta, xt, ct, r0, r1)
+
+
+#: Weights (floats) from which ``fc`` runs on all threads; smaller layers (ResNet's 2 to 8 MB)
+#: take one thread, which spares compiling a parallel kernel (2 s on a cold cache).
+FC_PARALLEL_FLOATS = 4 << 20
 
 
 #: Up to this many images, fc streams its weights once through dot products (memory-bound,
@@ -475,7 +534,7 @@ def _run_choice(backend, choice, arrays, x, res, out, a):
         return
     rows, blocks = choice.a, choice.b
     floats = conv_scratch_floats(rows, blocks, x.shape, out.shape, *geometry)
-    conv(
+    convolve(
         x,
         arrays["w"],
         arrays["b"],
@@ -490,8 +549,9 @@ def _run_choice(backend, choice, arrays, x, res, out, a):
 
 
 def _choose(backend, step, arrays, x, res, out):
-    """This layer's algorithm and tiling: measured once per shape and machine (autotune.py)
-    unless ``direct``/``winograd`` is forced or the layer is too small to be worth it."""
+    """This layer's algorithm and tiling: the cached measurement of this shape on this machine
+    (autotune.py), measured now if the backend tunes and none is cached, else tiling.py's
+    default; ``winograd`` forced and layers too small to be worth it take the default."""
     a = step.attrs
     geometry = {name: a[name] for name in GEOMETRY}
     shape = autotune.shape_key(x.shape, out.shape, geometry, res.size > 0, backend.algorithm)
@@ -504,7 +564,9 @@ def _choose(backend, step, arrays, x, res, out):
     else:
         cache = backend.tune_cache()
         choice = None if backend.retune else cache.get(shape)
-        if choice is None:
+        if choice is None and not backend.tune:
+            choice = autotune.default_choice(*args)  # not measured, so not cached
+        elif choice is None:
             if backend.on_tune is not None:
                 backend.on_tune(step.label)
             scratch_out = np.empty_like(out)
@@ -603,7 +665,15 @@ def launch_convt(backend, step, arrays, ins, res, out, work):
 
 @KERNELS.register("fc")
 def launch_fc(backend, step, arrays, ins, res, out, work):
+    x, w = ins[0], arrays["w"]
     res2 = res.reshape(-1, out.shape[1]) if res.size else res.reshape(0, 0)
+    xt = np.ascontiguousarray(x.T)
+    ct = np.empty((out.shape[1], x.shape[0]), np.float32)
+    if w.size < FC_PARALLEL_FLOATS:
+        _fc_rows(x, w, arrays["b"], res2, out, *_f32(step.attrs), xt, ct, 0, out.shape[1])
+        return
     blocks = max(1, min(8 * backend.threads, out.shape[1] // 64))
-    kernel = fc_stream if ins[0].shape[0] <= STREAM_MAX_IMAGES else fc
-    kernel(ins[0], arrays["w"], arrays["b"], res2, out, *_f32(step.attrs), blocks)
+    if x.shape[0] <= STREAM_MAX_IMAGES:
+        fc_stream(x, w, arrays["b"], res2, out, *_f32(step.attrs), blocks)
+    else:
+        fc(x, w, arrays["b"], res2, out, *_f32(step.attrs), xt, ct, blocks)

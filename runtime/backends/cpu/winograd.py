@@ -67,18 +67,24 @@ def applies(kh, kw, sh, sw, dh, dw, groups) -> bool:
 
 def transform_weights(wmat: np.ndarray, m: int) -> np.ndarray:
     """``conv``'s packed weights (1, 9*C, K), rows (ky, kx, c), as G g G^T in the
-    micro-kernel's panels: (t*t, ceil(K / NR), C, NR), zero-padded past K."""
+    micro-kernel's panels: (t*t, ceil(K / NR), C, NR), zero-padded past K.
+
+    Computed in float64 a panel at a time: the whole layer at once held float64 copies of 8x
+    the result's size (ResNet's 512-channel layers: 300 MB for F4)."""
     _, rows, k_out = wmat.shape
     c_in = rows // 9
     g = TRANSFORMS[m][1]
-    w = wmat.reshape(3, 3, c_in, k_out).astype(np.float64)
-    # G w G^T over the two kernel axes, as two matrix products (einsum took 0.6 s on ResNet-18)
-    u = np.tensordot(g, np.tensordot(g, w, axes=(1, 0)), axes=(1, 1)).transpose(1, 0, 2, 3)
     t = m + 2
+    w = wmat.reshape(3, 3, c_in, k_out)
     panels = -(-k_out // NR)
-    padded = np.zeros((t * t, c_in, panels * NR), np.float32)
-    padded[:, :, :k_out] = u.reshape(t * t, c_in, k_out)
-    return np.ascontiguousarray(padded.reshape(t * t, c_in, panels, NR).transpose(0, 2, 1, 3))
+    out = np.zeros((t * t, panels, c_in, NR), np.float32)
+    for panel in range(panels):
+        k0, k1 = panel * NR, min(k_out, panel * NR + NR)
+        part = w[..., k0:k1].astype(np.float64)
+        # G w G^T over the two kernel axes, as two matrix products (einsum: 0.6 s on ResNet-18)
+        u = np.tensordot(g, np.tensordot(g, part, axes=(1, 0)), axes=(1, 1))
+        out[:, panel, :, : k1 - k0] = u.transpose(1, 0, 2, 3).reshape(t * t, c_in, k1 - k0)
+    return out
 
 
 def matrices(m: int) -> tuple[np.ndarray, np.ndarray]:
