@@ -195,6 +195,8 @@ def _fold_affine(steps, values, outputs):
 def _scale_weights(src, scale, shift):
     """Output channel o of ``src`` times ``scale[o]``, plus ``shift[o]``."""
     w = src.raw["weight"]
+    scale = np.asarray(scale, np.float32)  # float32 products: no float64 copy of the weights
+    shift = np.asarray(shift, np.float32)
     if src.kernel == "convt":  # weight (C, out/g, kh, kw): output channels on axis 1 per group
         g = src.attrs["groups"]
         per_in = scale.reshape(g, w.shape[1])[np.arange(w.shape[0]) // (w.shape[0] // g)]

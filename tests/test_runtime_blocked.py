@@ -25,8 +25,8 @@ def run_blocked(x, wt, bias, res, stride, pad, dil, act, per_item, blocks, threa
     ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     wmat = np.ascontiguousarray(wt.transpose(2, 3, 1, 0).reshape(1, kh * kw * c_in, c_out))
-    xp = np.full((n, h + 2 * ph, w + 2 * pw, c_in), np.nan, np.float32)
-    blocked.pad_input(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), xp, ph, pw)
+    x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    xp = np.full((n, h + 2 * ph, w + 2 * pw, c_in), np.nan, np.float32) if ph or pw else x_nhwc
     out = np.full((n, ho, wo, c_out), np.nan, np.float32)
     res_nhwc = (
         np.ascontiguousarray(res.transpose(0, 2, 3, 1))
@@ -34,6 +34,7 @@ def run_blocked(x, wt, bias, res, stride, pad, dil, act, per_item, blocks, threa
         else np.empty((0, 0, 0, 0), np.float32)
     )
     blocked.blocked_conv(
+        x_nhwc,
         xp,
         blocked.pack_panels(wmat),
         bias,
@@ -44,6 +45,8 @@ def run_blocked(x, wt, bias, res, stride, pad, dil, act, per_item, blocks, threa
         kw,
         sh,
         sw,
+        ph,
+        pw,
         dh,
         dw,
         OPS[act].code if act in OPS else 0,

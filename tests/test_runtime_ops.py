@@ -315,3 +315,13 @@ network t(x: 6x5x7) {
 }
 """
     assert compare(torch, spec, batch=3)
+
+
+@pytest.mark.parametrize("shape", ["5x3x4", "40x90x90"])
+def test_global_pooling_on_one_thread_and_on_all(torch, shape):
+    """Small inputs pool on one thread, large ones (past PARALLEL_GAP_FLOATS) on all."""
+    from cnnc.runtime.backends.cpu import pool
+
+    c, h, w = map(int, shape.split("x"))
+    assert (c * h * w >= pool.PARALLEL_GAP_FLOATS) == (shape == "40x90x90")
+    assert compare(torch, net("gap | flatten", shape), batch=3)

@@ -52,18 +52,16 @@ class Choice:
 
 
 def default_choice(x_shape, out_shape, geometry: dict, threads: int, algorithm: str) -> Choice:
-    """The choice without measuring: Winograd F(4x4) when forced and applicable; under
-    ``auto``, Winograd F(2x2) for stride-1 3x3 layers of 64 channels or more (F2 adds almost
-    no error); the own micro-kernel for other ungrouped layers; direct convolution through
-    BLAS under tiling.py's policy for grouped ones. Measured on one machine (ResNet and
-    MobileNet shapes, 2 threads, docs/performance.md) the micro-kernel beat the BLAS path on
-    20 of 21 shapes: a guess that measuring (``cnnc tune``, ``--tune``) replaces."""
-    applies = winograd.applies(**_wino_args(geometry))
-    if algorithm == "winograd" and applies:
+    """The choice without measuring: Winograd F(4x4) when forced and applicable; the own
+    micro-kernel for ungrouped layers; direct convolution through BLAS under tiling.py's
+    policy for grouped ones. Measured on one machine (ResNet and MobileNet shapes, 2 threads,
+    docs/performance.md) the micro-kernel beat the BLAS path on 20 of 21 shapes, and came
+    within 10-25% of the best Winograd on stride-1 3x3 layers: a guess that measuring
+    (``cnnc tune``, ``--tune``) replaces. Winograd is not a default because its kernel takes
+    seconds to compile, which a first run on a fresh install should not pay."""
+    if algorithm == "winograd" and winograd.applies(**_wino_args(geometry)):
         return Choice("winograd", 4, _tiles_per_item(x_shape[0], out_shape, 4, 32, threads))
-    if algorithm == "auto" and applies and min(x_shape[3], out_shape[3]) >= 64:
-        return Choice("winograd", 2, _tiles_per_item(x_shape[0], out_shape, 2, 24, threads))
-    if algorithm != "winograd" and blocked.applies(geometry["groups"]):
+    if blocked.applies(geometry["groups"]):
         return blocked_default(x_shape, out_shape, geometry, threads)
     rows, blocks = conv_tiling(
         x_shape,

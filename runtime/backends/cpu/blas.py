@@ -13,36 +13,48 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import ctypes  # noqa: E402
+import importlib.util  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import llvmlite.binding as llvm  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import njit, types  # noqa: E402
-from numba.extending import get_cython_function_address  # noqa: E402
-
-llvm.add_symbol("cnnc_sgemm", get_cython_function_address("scipy.linalg.cython_blas", "sgemm"))
 
 
-def _single_threaded_blas():
-    """Make SciPy's OpenBLAS single-threaded even if it was loaded with more threads: BLAS
-    threads inside Numba's threads stall (measured: every conv took 8 ms, 4x too slow)."""
-    import ctypes
-    from pathlib import Path
-
-    import scipy
-
-    libs = Path(scipy.__file__).resolve().parent.parent / "scipy.libs"
-    for lib in libs.glob("libscipy_openblas*.so*"):
+def _openblas() -> ctypes.CDLL | None:
+    """SciPy's bundled OpenBLAS (the scipy-openblas wheels), loaded without importing
+    scipy.linalg (0.3 s of a warm start): its ``scipy_sgemm_`` is what cython_blas calls."""
+    spec = importlib.util.find_spec("scipy")
+    if spec is None or spec.origin is None:
+        return None
+    libs = Path(spec.origin).resolve().parent.parent / "scipy.libs"
+    for lib in sorted(libs.glob("libscipy_openblas*.so*")):
         try:
-            handle = ctypes.CDLL(str(lib))
+            return ctypes.CDLL(str(lib))
         except OSError:
             continue
-        for symbol in ("scipy_openblas_set_num_threads", "openblas_set_num_threads"):
-            setter = getattr(handle, symbol, None)
-            if setter is not None:
-                setter(1)
-                return
+    return None
 
 
-_single_threaded_blas()
+def _sgemm_address() -> int:
+    lib = _openblas()
+    if lib is not None:
+        for setter in ("scipy_openblas_set_num_threads", "openblas_set_num_threads"):
+            if hasattr(lib, setter):
+                # BLAS threads inside Numba's threads stall (measured: every conv took 8 ms,
+                # 4x too slow): the parallelism is prange's, BLAS runs single-threaded
+                getattr(lib, setter)(1)
+                break
+        if hasattr(lib, "scipy_sgemm_"):
+            return ctypes.cast(lib.scipy_sgemm_, ctypes.c_void_p).value
+    # another SciPy build: the address cython_blas exports (imports scipy.linalg)
+    from numba.extending import get_cython_function_address
+
+    return get_cython_function_address("scipy.linalg.cython_blas", "sgemm")
+
+
+llvm.add_symbol("cnnc_sgemm", _sgemm_address())
 
 #: OpenBLAS (0.3.x, AVX-512 cores) computes a GEMM with m*n*k up to 1e6 with its "small
 #: matrix" kernels, which skip packing: 110-117 GFLOP/s on one core here for every such shape

@@ -47,28 +47,25 @@ def tile_count(x_shape, out_shape, sh: int, sw: int, pw: int) -> int:
     return n_img * ho * -(-wo // MR)
 
 
-@njit(**PJIT)
-def pad_input(x, xp, ph, pw):
-    """``xp`` = ``x`` with ``ph`` zero rows and ``pw`` zero columns on each side."""
-    n_img, h, w, c = x.shape
-    hp, wp = xp.shape[1], xp.shape[2]
-    for item in prange(n_img * hp):
-        n = item // hp
-        y = item % hp
-        row = xp[n, y]
-        if y < ph or y >= ph + h:
-            for i in range(wp):
-                for k in range(c):
-                    row[i, k] = 0.0
-            continue
-        for i in range(pw):
+@njit(**JIT)
+def _pad_row(x, xp, ph, pw, n, y):
+    """Row y of ``xp``: row y - ph of ``x`` between ``pw`` zero columns, or zeros."""
+    _, h, w, c = x.shape
+    wp = xp.shape[2]
+    row = xp[n, y]
+    if y < ph or y >= ph + h:
+        for i in range(wp):
             for k in range(c):
                 row[i, k] = 0.0
-                row[wp - 1 - i, k] = 0.0
-        src = x[n, y - ph]
-        for i in range(w):
-            for k in range(c):
-                row[pw + i, k] = src[i, k]
+        return
+    for i in range(pw):
+        for k in range(c):
+            row[i, k] = 0.0
+            row[wp - 1 - i, k] = 0.0
+    src = x[n, y - ph]
+    for i in range(w):
+        for k in range(c):
+            row[pw + i, k] = src[i, k]
 
 
 @njit(**JIT)
@@ -99,12 +96,18 @@ def _store(tile, count, out, n, q0, wq, flat, nk, k0, bias, res, has_res, act, a
 
 @njit(**PJIT)
 def blocked_conv(
-    xp, panels, bias, res, out, scratch, kh, kw, sh, sw, dh, dw, act, alpha, beta, per_item, blocks
-):
-    """Convolution of the (already padded) NHWC input ``xp`` with ``panels``
-    (``pack_panels``). ``per_item`` tiles per work item, ``blocks`` blocks of panels;
-    ``scratch`` holds one row of at least MR * NR floats per thread."""
+    x, xp, panels, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, act, alpha, beta,
+    per_item, blocks,
+):  # fmt: skip
+    """Convolution of the NHWC input ``x`` with ``panels`` (``pack_panels``), padded first
+    into ``xp`` (N, H + 2 ph, W + 2 pw, C) where ph or pw is not 0 (``xp`` is ``x`` itself
+    otherwise). ``per_item`` tiles per work item, ``blocks`` blocks of panels; ``scratch``
+    holds one row of at least MR * NR floats per thread. One kernel for both steps: each
+    parallel kernel costs about a second to compile on a cold cache."""
     n_img, hp, wp, c_in = xp.shape
+    if ph or pw:
+        for item in prange(n_img * hp):
+            _pad_row(x, xp, ph, pw, item // hp, item % hp)
     _, ho, wo, k_out = out.shape
     n_panels = panels.shape[0]
     # Undilated along x, a kernel row's taps read kw * C consecutive floats, in the order of

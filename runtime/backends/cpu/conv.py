@@ -518,15 +518,15 @@ def _run_choice(backend, choice, arrays, x, res, out, a):
             n, h, w, c = x.shape
             xp = backend.buffer("padded", n * (h + 2 * ph) * (w + 2 * pw) * c)
             xp = xp.reshape(n, h + 2 * ph, w + 2 * pw, c)
-            blocked.pad_input(x, xp, ph, pw)
         blocked.blocked_conv(
+            x,
             xp,
             arrays["panels"],
             arrays["b"],
             res,
             out,
             backend.scratch(blocked.SCRATCH_FLOATS),
-            *(a[name] for name in ("kh", "kw", "sh", "sw", "dh", "dw")),
+            *(a[name] for name in ("kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw")),
             *_f32(a),
             choice.a,
             choice.b,

@@ -65,26 +65,39 @@ def avgpool(x, out, kh, kw, sh, sw, ph, pw, count_pad):
                 out[n, oy, ox, ch] *= scale
 
 
-@njit(**PJIT)
-def gap(x, out, blocks):
-    """Global average pooling, parallel over (image, channel block): a batch of one still
-    uses every thread (EfficientNet's squeezes at 112x112 and 56x56)."""
-    n_img, h, w, c = x.shape
-    size = (c + blocks - 1) // blocks
+@njit(**JIT)
+def _gap_block(x, out, n, c0, c1):
+    """Channels c0..c1 of image n, summed over the pixels in loops that vectorise."""
+    _, h, w, _ = x.shape
+    d = out[n, 0, 0, c0:c1]
+    d[:] = 0.0
+    for iy in range(h):
+        for ix in range(w):
+            s = x[n, iy, ix, c0:c1]
+            for ch in range(c1 - c0):
+                d[ch] += s[ch]
     inv = np.float32(1.0) / np.float32(h * w)
-    for t in prange(n_img * blocks):
-        n = t // blocks
+    for ch in range(c1 - c0):
+        d[ch] *= inv
+
+
+@njit(**JIT)
+def gap(x, out):
+    """Global average pooling on one thread: ResNet's 7x7 heads take microseconds."""
+    for n in range(x.shape[0]):
+        _gap_block(x, out, n, 0, x.shape[3])
+
+
+@njit(**PJIT)
+def gap_parallel(x, out, blocks):
+    """Global average pooling, parallel over (image, channel block): a batch of one still
+    uses every thread (EfficientNet's squeezes at 112x112 and 56x56). Its own kernel, so that
+    networks without large squeezes do not compile a parallel one (a second on a cold cache)."""
+    c = x.shape[3]
+    size = (c + blocks - 1) // blocks
+    for t in prange(x.shape[0] * blocks):
         c0 = (t % blocks) * size
-        c1 = min(c, c0 + size)
-        d = out[n, 0, 0, c0:c1]
-        d[:] = 0.0
-        for iy in range(h):
-            for ix in range(w):
-                s = x[n, iy, ix, c0:c1]
-                for ch in range(c1 - c0):
-                    d[ch] += s[ch]
-        for ch in range(c1 - c0):
-            d[ch] *= inv
+        _gap_block(x, out, t // blocks, c0, min(c, c0 + size))
 
 
 @njit(**JIT)
@@ -143,9 +156,17 @@ def launch_avgpool(backend, step, arrays, ins, res, out, work):
 @KERNELS.register("gap")
 def launch_gap(backend, step, arrays, ins, res, out, work):
     x = ins[0]
+    if x[0].size < PARALLEL_GAP_FLOATS:
+        gap(x, out)
+        return
     # blocks of at least 16 channels, enough of them for two per thread
     blocks = max(1, min(x.shape[3] // 16, -(-2 * backend.threads // x.shape[0])))
-    gap(x, out, blocks)
+    gap_parallel(x, out, blocks)
+
+
+#: Inputs (floats per image) from which global average pooling uses every thread: 56x56x96
+#: squeezes (301 K) gained from it, ResNet's 7x7x512 heads (25 K) take microseconds anyway.
+PARALLEL_GAP_FLOATS = 1 << 17
 
 
 @KERNELS.register("gmp")
