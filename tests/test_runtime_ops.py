@@ -190,10 +190,15 @@ network t(x: 4x9x9) {
     assert compare(torch, spec, batch=2)
 
 
+@pytest.mark.parametrize("parallel", [False, True])
 @pytest.mark.parametrize("batch", [1, 2, 3, 4, 5, 7, 9])
-def test_fc_streamed_and_through_gemm(torch, batch):
-    """Few images stream the weights (conv.fc_stream, groups of four and a remainder), more
-    go through sgemm: both with the residual add and activation fused."""
+def test_fc_streamed_and_through_gemm(torch, batch, parallel, monkeypatch):
+    """Few images stream the weights (groups of four and a remainder), more go through
+    sgemm; on one thread and on all: each with the residual add and activation fused."""
+    from cnnc.runtime.backends.cpu import conv
+
+    if parallel:
+        monkeypatch.setattr(conv, "FC_PARALLEL_FLOATS", 0)
     spec = """
 network t(x: 5x3x3) {
     a = x | flatten | fc(37) | relu

@@ -426,9 +426,9 @@ def fc(x, w, bias, res, out, act, alpha, beta, xt, ct, blocks):
             _fc_rows(x, w, bias, res, out, act, alpha, beta, xt, ct, r0, r1)
 
 
-#: Weights (floats) from which ``fc`` runs on all threads; smaller layers (ResNet's 2 to 8 MB)
-#: take one thread, which spares compiling a parallel kernel (2 s on a cold cache).
-FC_PARALLEL_FLOATS = 4 << 20
+#: Weights (floats) from which ``fc`` runs on all threads; smaller layers (ResNet's 2 MB) take
+#: one thread, which spares compiling a parallel kernel (1-2 s on a cold cache).
+FC_PARALLEL_FLOATS = 1 << 20
 
 
 #: Up to this many images, fc streams its weights once through dot products (memory-bound,
@@ -437,42 +437,50 @@ FC_PARALLEL_FLOATS = 4 << 20
 STREAM_MAX_IMAGES = 4
 
 
+@njit(**JIT)
+def _fc_stream_rows(x, w, bias, res, out, act, alpha, beta, r0, r1):
+    """Output features r0..r1 for a few images: each weight row is read once and dotted with
+    up to four images at a time (memory-bound; no packing, no BLAS)."""
+    n_img, n_in = x.shape
+    has_res = res.size > 0
+    for o in range(r0, r1):
+        for n0 in range(0, n_img, 4):
+            a0 = np.float32(0.0)
+            a1 = np.float32(0.0)
+            a2 = np.float32(0.0)
+            a3 = np.float32(0.0)
+            if n0 + 4 <= n_img:
+                for i in range(n_in):
+                    wv = w[o, i]
+                    a0 += wv * x[n0, i]
+                    a1 += wv * x[n0 + 1, i]
+                    a2 += wv * x[n0 + 2, i]
+                    a3 += wv * x[n0 + 3, i]
+            else:
+                for i in range(n_in):
+                    a0 += w[o, i] * x[n0, i]
+                if n0 + 1 < n_img:
+                    for i in range(n_in):
+                        a1 += w[o, i] * x[n0 + 1, i]
+                if n0 + 2 < n_img:
+                    for i in range(n_in):
+                        a2 += w[o, i] * x[n0 + 2, i]
+            for j in range(min(4, n_img - n0)):
+                v = (a0 if j == 0 else a1 if j == 1 else a2 if j == 2 else a3) + bias[o]
+                if has_res:
+                    v += res[n0 + j, o]
+                out[n0 + j, o] = activate(v, act, alpha, beta)
+
+
 @njit(**PJIT)
 def fc_stream(x, w, bias, res, out, act, alpha, beta, blocks):
-    """Fully connected for a few images: each thread streams a contiguous block of weight
-    rows once, dotting each row with up to four images at a time."""
-    n_img, n_in = x.shape
+    """Fully connected for a few images, each thread streaming a contiguous block of rows."""
     n_out = out.shape[1]
-    has_res = res.size > 0
     size = (n_out + blocks - 1) // blocks
     for b in prange(blocks):
-        for o in range(b * size, min(n_out, (b + 1) * size)):
-            for n0 in range(0, n_img, 4):
-                a0 = np.float32(0.0)
-                a1 = np.float32(0.0)
-                a2 = np.float32(0.0)
-                a3 = np.float32(0.0)
-                if n0 + 4 <= n_img:
-                    for i in range(n_in):
-                        wv = w[o, i]
-                        a0 += wv * x[n0, i]
-                        a1 += wv * x[n0 + 1, i]
-                        a2 += wv * x[n0 + 2, i]
-                        a3 += wv * x[n0 + 3, i]
-                else:
-                    for i in range(n_in):
-                        a0 += w[o, i] * x[n0, i]
-                    if n0 + 1 < n_img:
-                        for i in range(n_in):
-                            a1 += w[o, i] * x[n0 + 1, i]
-                    if n0 + 2 < n_img:
-                        for i in range(n_in):
-                            a2 += w[o, i] * x[n0 + 2, i]
-                for j in range(min(4, n_img - n0)):
-                    v = (a0 if j == 0 else a1 if j == 1 else a2 if j == 2 else a3) + bias[o]
-                    if has_res:
-                        v += res[n0 + j, o]
-                    out[n0 + j, o] = activate(v, act, alpha, beta)
+        _fc_stream_rows(
+            x, w, bias, res, out, act, alpha, beta, b * size, min(n_out, (b + 1) * size)
+        )
 
 
 def _f32(a) -> tuple:
@@ -665,15 +673,20 @@ def launch_convt(backend, step, arrays, ins, res, out, work):
 
 @KERNELS.register("fc")
 def launch_fc(backend, step, arrays, ins, res, out, work):
-    x, w = ins[0], arrays["w"]
+    x, w, b = ins[0], arrays["w"], arrays["b"]
     res2 = res.reshape(-1, out.shape[1]) if res.size else res.reshape(0, 0)
+    parallel = w.size >= FC_PARALLEL_FLOATS
+    if x.shape[0] <= STREAM_MAX_IMAGES:
+        if not parallel:
+            _fc_stream_rows(x, w, b, res2, out, *_f32(step.attrs), 0, out.shape[1])
+            return
+        blocks = max(1, min(8 * backend.threads, out.shape[1] // 64))
+        fc_stream(x, w, b, res2, out, *_f32(step.attrs), blocks)
+        return
     xt = np.ascontiguousarray(x.T)
     ct = np.empty((out.shape[1], x.shape[0]), np.float32)
-    if w.size < FC_PARALLEL_FLOATS:
-        _fc_rows(x, w, arrays["b"], res2, out, *_f32(step.attrs), xt, ct, 0, out.shape[1])
+    if not parallel:
+        _fc_rows(x, w, b, res2, out, *_f32(step.attrs), xt, ct, 0, out.shape[1])
         return
     blocks = max(1, min(8 * backend.threads, out.shape[1] // 64))
-    if x.shape[0] <= STREAM_MAX_IMAGES:
-        fc_stream(x, w, arrays["b"], res2, out, *_f32(step.attrs), blocks)
-    else:
-        fc(x, w, arrays["b"], res2, out, *_f32(step.attrs), xt, ct, blocks)
+    fc(x, w, b, res2, out, *_f32(step.attrs), xt, ct, blocks)
