@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from ..compiler import OPS
 from .onnx_graph import Node
 
-#: occurrences with more differing arguments than this are different blocks
-MAX_PARAMS = 4
+#: occurrences that differ in more arguments than this (channel counts, others) are different
+#: blocks: a person names an Inception module's six widths, not six widths and five strides
+MAX_CHANNEL_PARAMS, MAX_OTHER_PARAMS = 8, 2
 
 
 @dataclass
@@ -113,17 +114,27 @@ def find_blocks(inputs: list[Node], nodes: list[Node], outputs: list[Node]) -> l
     blocks = []
     for occurrences in groups.values():
         for part in _split(occurrences):
-            if len(part) < 2:
+            if not _worth_it(part):
                 continue
             varying = _varying(part)
             blocks.append(_block(part, varying))
-    blocks.sort(key=lambda b: nodes.index(b.nodes[0]))
+    position = {id(n): i for i, n in enumerate(nodes)}
+    blocks.sort(key=lambda b: position[id(b.nodes[0])])
     taken: dict[str, int] = {}
-    for block in blocks:  # no digit at the end: cnnc numbers repeated calls (residual1, 2)
+    # the most called gets the plain name; no digit at the end (cnnc numbers a statement's
+    # repeated calls: residual1, residual2)
+    for block in sorted(blocks, key=lambda b: -len(b.occurrences)):
         base = "residual" if any(n.op == "add" for n in block.nodes) else "unit"
         block.name = base + (f"_{_letters(taken[base])}" if base in taken else "")
         taken[base] = taken.get(base, 0) + 1
     return blocks
+
+
+def _worth_it(occurrences) -> bool:
+    """Whether calls make the spec shorter: each saves the layers of an occurrence but one,
+    and the definition costs about as many as the block has, plus its frame."""
+    size = len(occurrences[0][1])
+    return len(occurrences) >= 2 and len(occurrences) * (size - 1) > size + 2
 
 
 def _letters(k: int) -> str:
@@ -138,8 +149,11 @@ def _letters(k: int) -> str:
 def _split(occurrences):
     """One group if few arguments vary, else one per set of exact argument values."""
     varying = _varying(occurrences)
-    if varying is not None and len(set(varying.values())) <= MAX_PARAMS:
-        return [occurrences]
+    if varying is not None:
+        params = {values: arg == "out" for (_, arg), values in varying.items()}
+        channels = sum(params.values())
+        if channels <= MAX_CHANNEL_PARAMS and len(params) - channels <= MAX_OTHER_PARAMS:
+            return [occurrences]
     exact: dict = {}
     for occ in occurrences:
         key = tuple(repr(sorted(_args(n).items())) for n in occ[1])
@@ -154,9 +168,7 @@ def _block(occurrences, varying) -> Block:
     for key, values in varying.items():
         first.setdefault(values, key)
     body = occurrences[0][1]
-    bases = {
-        values: "c" if _is_channels(body[k], arg) else arg for values, (k, arg) in first.items()
-    }
+    bases = {values: "c" if arg == "out" else arg for values, (k, arg) in first.items()}
     names, count = {}, {}
     for base in bases.values():
         count[base] = count.get(base, 0) + 1
@@ -166,11 +178,6 @@ def _block(occurrences, varying) -> Block:
         names[values] = base if count[base] == 1 else f"{base}{seen[base]}"
     params = {key: names[values] for key, values in varying.items()}
     return Block("", occurrences[0][0], body, params, occurrences)
-
-
-def _is_channels(node: Node, arg: str) -> bool:
-    specs = OPS[node.op].args
-    return bool(specs) and specs[0].name == arg
 
 
 def fold(inputs: list[Node], nodes: list[Node], outputs: list[Node]):

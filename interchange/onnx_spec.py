@@ -99,8 +99,9 @@ def _telling_name(origin) -> str:
 def write_spec(inputs, outputs, nodes, net_name: str, blocks=()) -> tuple[str, list[Node]]:
     """The ``.cnn`` text (one statement per chain of layers, each block defined once before
     the network) and the layers in source order (block calls as they are)."""
-    texts = [_block_text(b) for b in blocks]
-    used: set[str] = set()
+    block_names = {b.name for b in blocks}  # a binding named like a block would hide it
+    texts = [_block_text(b, block_names) for b in blocks]
+    used = set(block_names)
     names: dict[int, str] = {}
     for name, node in inputs.items():
         names[id(node)] = _unique(used, identifier(name, "x"))
@@ -113,11 +114,11 @@ def write_spec(inputs, outputs, nodes, net_name: str, blocks=()) -> tuple[str, l
     return "\n".join(texts), order
 
 
-def _block_text(block) -> str:
+def _block_text(block, block_names: set) -> str:
     """``block NAME(x, params) { ... }`` for one folded structure, named after its template's
     layers with their common stem left out."""
     params = list(dict.fromkeys(block.params.values()))
-    used = {"x", *params}
+    used = {"x", *params, *block_names}
     names = {id(block.entry): "x"}
     index = {id(n): k for k, n in enumerate(block.nodes)}
     per_node = {
