@@ -85,10 +85,10 @@ def calibrated_weights(net, seed: int, inputs: dict) -> dict:
 
 def export_and_compare(net, opset=17, batch=2, spread=1.0, seed=0, seeded=False):
     """Export, check fully, run in ORT against cnnc.run. The weights are random and
-    non-trivial (biases, statistics) for single ops, or with ``seeded`` cnnc's seeded
-    initialisation with batch-norm statistics measured on the inputs (whole networks: random
-    statistics there grow activations to thousands, where float32 alone differs by more than
-    1e-4 between any two implementations, torch included)."""
+    non-trivial (biases, statistics): for single ops :func:`torch_reference.random_weights`;
+    with ``seeded``, for whole networks, :func:`calibrated_weights` (random statistics grow a
+    deep network's activations to thousands, where float32 alone differs by more than 1e-4
+    between any two implementations, torch included)."""
     from cnnc.interchange.onnx_export import build_model
 
     inputs = random_inputs(net, batch, seed, spread)

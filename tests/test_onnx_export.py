@@ -88,7 +88,8 @@ def _cheapest(path):
 
 
 FAMILIES = sorted(p.name for p in SPECS.glob("*.cnn"))
-#: families whose cheapest network takes 20 s or more here (2 cores): under -m slow
+#: families whose cheapest network takes 20 s or more here (2 cores): at full size under
+#: -m slow, at a small input in CI (below)
 HEAVY = {"segmentation.cnn", "multiscale_seg.cnn", "unet.cnn", "vgg.cnn"}
 
 
@@ -134,6 +135,9 @@ def _at_input_size(path, name, size):
 TOO_LARGE = {"regnet_y_128gf"}
 
 
+#: EfficientNet-B7/V2-S/V2-M and RegNetY-1.6GF were strict xfails with identity batch norm
+#: (activations to 7e8; cnnc, torch and ORT 16% to 100% apart); with calibrated_weights their
+#: outputs are ~1.7 and cnnc-ORT differ by 4e-6, 1.4e-6, 2.8e-6 and 4.5e-7 (relative)
 def _every_network():
     for family in FAMILIES:
         for net in cnnc.load_all(SPECS / family):
