@@ -206,12 +206,13 @@ def export_onnx(
     return build_model(network, weights, opset)
 
 
-def import_onnx(model, name: str | None = None):
+def import_onnx(model, name: str | None = None, blocks: bool = False):
     """Translate an ONNX model (path or ``onnx.ModelProto``) into cnnc.
 
     Returns ``(spec_text, weights, network)``: the ``.cnn`` source, its weights keyed
     ``LAYER.weight`` etc., and the checked :class:`Network`. An ONNX op with no ``.cnn``
-    equivalent raises :class:`DataError` listing every such op type at once.
+    equivalent raises :class:`DataError` listing every such op type at once. With ``blocks``,
+    structures that repeat (residual units) are written as ``block``s called once each.
     """
     from cnnc.interchange.onnx_import import import_model, read_model
 
@@ -219,4 +220,4 @@ def import_onnx(model, name: str | None = None):
         if name is None:
             name = Path(model).stem
         model = read_model(model)
-    return import_model(model, name)
+    return import_model(model, name, blocks=blocks)

@@ -146,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT.cnn", help="the spec (default: print it)")
     p.add_argument("--weights-out", metavar="W.npz", help="write the weights here")
     p.add_argument("--name", metavar="NAME", help="the network's name (default: the file's)")
+    p.add_argument(
+        "--blocks",
+        action="store_true",
+        help="write repeated structures (residual units) as blocks called once each",
+    )
     return parser
 
 

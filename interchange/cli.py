@@ -54,7 +54,9 @@ def import_command(args) -> int:
     require_onnx()
     from .onnx_import import import_file
 
-    text, weights, net = import_file(args.model, args.output, args.weights_out, args.name)
+    text, weights, net = import_file(
+        args.model, args.output, args.weights_out, args.name, args.blocks
+    )
     if args.output is None:
         print(text, end="")
         return 0

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..compiler import DataError, UsageError, error
-from . import require_onnx
+from . import onnx_blocks, require_onnx
 from .onnx_graph import Node, View
 from .onnx_handlers import HANDLERS, Context, Unavailable, Unsupported, attrs_of, fold
 from .onnx_patterns import rewrite
@@ -229,15 +229,23 @@ def read_model(path):
     return model
 
 
-def import_model(model, name: str | None = None, bind: dict | None = None):
-    """(spec text, weights {LAYER.weight: array}, checked Network) for an ONNX model proto."""
+def import_model(model, name: str | None = None, bind: dict | None = None, blocks: bool = False):
+    """(spec text, weights {LAYER.weight: array}, checked Network) for an ONNX model proto;
+    with ``blocks``, repeated structures become ``block``s (:mod:`.onnx_blocks`)."""
     from .. import load
 
     inputs, outputs, nodes = translate(model, bind)
     if not outputs:
         raise DataError(error("the model has no outputs cnnc can compute"))
     net_name = identifier(name or model.graph.name or "imported", "imported")
-    text, order = write_spec(inputs, outputs, nodes, net_name)
+    found, expansion = [], {}
+    if blocks:
+        nodes, outs, found, expansion = onnx_blocks.fold(
+            list(inputs.values()), nodes, list(outputs.values())
+        )
+        outputs = dict(zip(outputs, outs))
+    text, order = write_spec(inputs, outputs, nodes, net_name, found)
+    order = [m for n in order for m in expansion.get(id(n), [n])]
     net = load(text, filename=f"{net_name}.cnn")
     weights = {}
     for layer, node in zip(net.layers, order):
@@ -249,7 +257,7 @@ def import_model(model, name: str | None = None, bind: dict | None = None):
     return text, weights, net
 
 
-def import_file(path, out=None, weights_out=None, name=None):
+def import_file(path, out=None, weights_out=None, name=None, blocks=False):
     """Import ``path``; write the spec and weights (atomically) when given paths."""
     from ..compiler import write_atomically
     from ..runtime import weights as weight_io
@@ -258,7 +266,7 @@ def import_file(path, out=None, weights_out=None, name=None):
         if target is not None and Path(target).suffix != suffix:
             raise UsageError(error(f"'{target}' must end in {suffix}"))
     model = read_model(path)
-    text, weights, net = import_model(model, name or Path(path).stem)
+    text, weights, net = import_model(model, name or Path(path).stem, blocks=blocks)
     if out is not None:
         write_atomically(Path(out), text.encode())
     if weights_out is not None:

@@ -65,16 +65,21 @@ def _same(value, default) -> bool:
     return value == default or value == (default,) * 2
 
 
-def _call(n: Node, tensors: list[str]) -> str:
-    """``op(tensors, first required argument, key=value ...)``; bare when nothing follows."""
+def _call(n: Node, tensors: list[str], params: dict | None = None) -> str:
+    """``op(tensors, first required argument, key=value ...)``; bare when nothing follows.
+    ``params`` names the block parameters that stand for some arguments; a block's call
+    carries its own text."""
     from ..compiler.ops.base import REQUIRED
 
+    if "$call" in n.args:
+        return n.args["$call"]
+    params = params or {}
     args = list(tensors)
     for i, spec in enumerate(OPS[n.op].args):
         value = n.args.get(spec.name, spec.default)
-        if _same(value, spec.default):
+        if spec.name not in params and _same(value, spec.default):
             continue
-        value = _fmt(n.args[spec.name])
+        value = params.get(spec.name) or _fmt(n.args[spec.name])
         first_required = i == 0 and spec.default is REQUIRED
         args.append(value if first_required else f"{spec.name}={value}")
     return f"{n.op}({', '.join(args)})" if args else n.op
@@ -91,23 +96,78 @@ def _telling_name(origin) -> str:
     return ""
 
 
-def write_spec(inputs, outputs, nodes, net_name: str) -> tuple[str, list[Node]]:
-    """The ``.cnn`` text (one statement per chain of layers) and the layers in source order."""
+def write_spec(inputs, outputs, nodes, net_name: str, blocks=()) -> tuple[str, list[Node]]:
+    """The ``.cnn`` text (one statement per chain of layers, each block defined once before
+    the network) and the layers in source order (block calls as they are)."""
+    block_names = {b.name for b in blocks}  # a binding named like a block would hide it
+    texts = [_block_text(b, block_names) for b in blocks]
+    used = set(block_names)
+    names: dict[int, str] = {}
+    for name, node in inputs.items():
+        names[id(node)] = _unique(used, identifier(name, "x"))
+    lines, order = _statements(nodes, outputs, names, used)
+    sig = ", ".join(f"{names[id(n)]}: {'x'.join(map(str, n.shape))}" for n in inputs.values())
+    returns = ", ".join(names[id(n)] for n in outputs.values())
+    texts.append(
+        f"network {net_name}({sig}) {{\n" + "\n".join(lines) + f"\n    return {returns}\n}}\n"
+    )
+    return "\n".join(texts), order
+
+
+def _block_text(block, block_names: set) -> str:
+    """``block NAME(x, params) { ... }`` for one folded structure, named after its template's
+    layers with their common stem left out."""
+    params = list(dict.fromkeys(block.params.values()))
+    used = {"x", *params, *block_names}
+    names = {id(block.entry): "x"}
+    index = {id(n): k for k, n in enumerate(block.nodes)}
+    per_node = {
+        id(n): {arg: p for (k, arg), p in block.params.items() if k == index[id(n)]}
+        for n in block.nodes
+    }
+    stem = _stem(block.nodes)
+    lines, _ = _statements(block.nodes, {}, names, used, per_node, stem)
+    header = f"block {block.name}({', '.join(['x', *params])}) {{\n"
+    return header + "\n".join(lines) + f"\n    return {names[id(block.nodes[-1])]}\n}}\n"
+
+
+def _stem(nodes) -> str:
+    """The longest common prefix of the layers' telling names, cut after a separator."""
+    names = [_telling_name(n.origin) for n in nodes]
+    stem = names[0]
+    for name in names[1:]:
+        while not name.startswith(stem):
+            stem = stem[:-1]
+    cut = max(stem.rfind(c) for c in "/._")
+    return stem[: cut + 1] if cut >= 0 else ""
+
+
+def _below(name: str, stem: str) -> str:
+    """A layer's name inside its block: its ONNX name past the block's, unless only torch's
+    op type (``Add``) is left."""
+    name = name[len(stem) :] if name.startswith(stem) else name
+    return "" if re.fullmatch(r"[A-Z][A-Za-z]*(_\d+)?", name) else name
+
+
+def _scope(n: Node) -> str | None:
+    """The scope of a block call (calls of one scope are one statement); None for a layer."""
+    return n.origin[1] if n.origin[0] == "block" else None
+
+
+def _unique(used: set, base: str) -> str:
+    name, i = base, 1
+    while name in used:
+        i += 1
+        name = f"{base}_{i}"
+    used.add(name)
+    return name
+
+
+def _statements(nodes, outputs, names, used, per_node=None, stem=""):
+    """One ``binding = chain`` line per chain of single-use layers; (lines, layers in order)."""
     users = consumers(nodes)
     out_ids = {id(n): name for name, n in outputs.items()}
-    names: dict[int, str] = {}
-    used: set[str] = set()
-
-    def unique(base):
-        name, i = base, 1
-        while name in used:
-            i += 1
-            name = f"{base}_{i}"
-        used.add(name)
-        return name
-
-    for name, node in inputs.items():
-        names[id(node)] = unique(identifier(name, "x"))
+    per_node = per_node or {}
     lines, order = [], []
     chains: list[list[Node]] = []
     for n in nodes:
@@ -120,24 +180,28 @@ def write_spec(inputs, outputs, nodes, net_name: str) -> tuple[str, list[Node]]:
             and n.inputs[0] is prev
             and len(users.get(id(prev), [])) == 1
             and id(prev) not in out_ids
+            and _scope(n) == _scope(prev)
         ):
             chains[-1].append(n)
         else:
             chains.append([n])
     for chain in chains:
         last = chain[-1]
-        base = out_ids.get(id(last)) or next(
-            (t for t in (_telling_name(n.origin) for n in chain) if t),
-            chain[0].origin[1] or chain[0].origin[2],
-        )
-        binding = unique(identifier(base, chain[0].op))
+        telling = [_telling_name(n.origin) for n in chain]
+        fallback = chain[0].origin[1] or chain[0].origin[2]
+        if stem:  # in a block: the names below the block's own, else the op's
+            telling = [_below(t, stem) for t in telling]
+            fallback = f"{chain[0].op}_out"
+        base = out_ids.get(id(last)) or next((t for t in telling if t), fallback)
+        binding = _unique(used, identifier(base, chain[0].op))
         head = chain[0]
+        stages = [_call(n, [], per_node.get(id(n))) for n in chain]
         tensor_args = [names[id(i)] for i in head.inputs]
         if len(tensor_args) == 1:
-            stages = [_call(head, [])] + [_call(n, []) for n in chain[1:]]
             expr = f"{tensor_args[0]} | " + " | ".join(stages)
         else:
-            expr = " | ".join([_call(head, tensor_args)] + [_call(n, []) for n in chain[1:]])
+            first = _call(head, tensor_args, per_node.get(id(head)))
+            expr = " | ".join([first] + stages[1:])
         line = f"    {binding} = {expr}"
         if len(line) > 100:  # one stage a line, as a person would break it
             line = line.replace(" | ", "\n        | ")
@@ -145,7 +209,4 @@ def write_spec(inputs, outputs, nodes, net_name: str) -> tuple[str, list[Node]]:
         order.extend(chain)
         for n in chain:
             names[id(n)] = binding
-    sig = ", ".join(f"{names[id(n)]}: {'x'.join(map(str, n.shape))}" for n in inputs.values())
-    returns = ", ".join(names[id(n)] for n in outputs.values())
-    text = f"network {net_name}({sig}) {{\n" + "\n".join(lines) + f"\n    return {returns}\n}}\n"
-    return text, order
+    return lines, order

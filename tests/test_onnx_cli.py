@@ -118,3 +118,35 @@ def test_specs_export_from_the_command_line(tmp_path, capsys):
     assert main(["export", str(SPECS / "lenet5.cnn"), "-o", str(out), "--seed", "4"]) == 0
     model = onnx().load(str(out))
     assert [o.name for o in model.graph.output] == ["out"]
+
+
+REPEATED = """block unit(x, c) {
+    y = x | conv(c, k=3, p=1) | bn | relu | conv(c, k=3, p=1) | bn
+    return add(x, y) | relu
+}
+network twice(x: 4x8x8) {
+    a = x | unit(4) | unit(4)
+    return a | conv(6, k=1) | relu | unit(6) | gap | flatten | fc(3)
+}
+"""
+
+
+def test_import_blocks_writes_a_block_and_weights_named_after_it(tmp_path, capsys):
+    onnx()
+    spec = tmp_path / "twice.cnn"
+    spec.write_text(REPEATED)
+    model_path, back, weights_back = tmp_path / "t.onnx", tmp_path / "b.cnn", tmp_path / "b.npz"
+    assert main(["export", str(spec), "-o", str(model_path)]) == 0
+    args = ["import", str(model_path), "-o", str(back), "--weights-out", str(weights_back)]
+    assert main([*args, "--blocks"]) == 0
+    text = back.read_text()
+    assert text.startswith("block residual(x, c) {") and text.count("| residual(") == 3, text
+    keys = set(np.load(weights_back).files)
+    assert "a.residual2/y_conv1.bn2.running_var" in keys, sorted(keys)
+    x = np.random.default_rng(0).standard_normal((2, 4, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out_npy = tmp_path / "y.npy"
+    run = ["run", str(back), "--weights", str(weights_back), "--input", str(tmp_path / "x.npy")]
+    assert main([*run, "--out", str(out_npy)]) == 0
+    want = ort_run(model_path.read_bytes(), {"x": x})
+    np.testing.assert_allclose(np.load(out_npy), next(iter(want.values())), rtol=1e-4, atol=1e-5)

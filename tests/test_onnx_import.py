@@ -5,6 +5,7 @@ Runtime; unsupported graphs reported at once."""
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -137,7 +138,7 @@ TORCHVISION = [
 ]
 
 
-def torch_export(torch, torchvision, name, opset=17):
+def torch_export(torch, torchvision, name, opset=17, size=None):
     """torch 2.13's exporter: the TorchScript path (``dynamo=False``) needs nothing beyond
     torch and onnx; the dynamo path needs onnxscript, not installed here."""
     import warnings
@@ -153,7 +154,7 @@ def torch_export(torch, torchvision, name, opset=17):
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
     model.eval()
-    size = 299 if name == "inception_v3" else 224
+    size = size or (299 if name == "inception_v3" else 224)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -177,6 +178,75 @@ def test_torchvision_models_exported_by_torch_onnx(torch, torchvision, name):
     model = torch_export(torch, torchvision, name)
     text, net = compare_with_ort(model, name)
     assert "$" not in text and net.total_params > 0
+
+
+# ---- repeated structures as blocks ----------------------------------------------------------
+
+
+def import_with_blocks(model, name):
+    """Import flat and with blocks: same layers in the same order with the same weights, same
+    params, MACs and outputs, which match ONNX Runtime's; return the text with blocks."""
+    flat_text, flat_weights, flat = cnnc.import_onnx(model, name)
+    text, weights, net = cnnc.import_onnx(model, name, blocks=True)
+    assert (net.total_params, net.total_macs) == (flat.total_params, flat.total_macs)
+    assert [a.op for a in net.layers] == [b.op for b in flat.layers]
+    for a, b in zip(net.layers, flat.layers):
+        for key in (*a.weights, *a.buffers):
+            assert np.array_equal(weights[f"{a.name}.{key}"], flat_weights[f"{b.name}.{key}"])
+    assert set(weights) == {
+        f"{layer.name}.{k}" for layer in net.layers for k in (*layer.weights, *layer.buffers)
+    }
+    x = np.random.default_rng(0).standard_normal((1, *next(iter(net.input_shapes.values()))))
+    x = x.astype(np.float32)
+    got = cnnc.run(net, {next(iter(net.inputs)): x}, weights)
+    want = cnnc.run(flat, {next(iter(flat.inputs)): x}, flat_weights)
+    assert_close(dict(zip(want, got.values())), want, name, rtol=1e-6)
+    ort = ort_run(model, {data_input(model): x})
+    assert_close(dict(zip(ort, got.values())), ort, name)
+    assert len(text.splitlines()) <= len(flat_text.splitlines())
+    return text
+
+
+#: torchvision models whose import has no repeated single-entry, single-exit structure: dense
+#: blocks concatenate every earlier map, LR-ASPP's head reads an early map, VGG and AlexNet
+#: are plain chains
+NO_BLOCKS = {"densenet121", "lraspp_mobilenet_v3_large", "vgg11_bn", "alexnet"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_torchvision_models_import_with_blocks(torch, torchvision, name):
+    text = import_with_blocks(torch_export(torch, torchvision, name), name)
+    assert ("block " in text) == (name not in NO_BLOCKS), text
+
+
+def test_blocks_fold_a_torchvision_resnet(torch, torchvision):
+    text = import_with_blocks(torch_export(torch, torchvision, "resnet18", size=64), "resnet18")
+    # the basic unit, and the first of stages 2-4 (strided, with a projection shortcut)
+    assert re.findall(r"^block (\w+)\(x, c\)", text, re.M) == ["residual", "residual_b"]
+    assert "downsample" in text.split("block residual_b")[1].split("network")[0]
+    assert "    layer1 = conv1 | residual(64) | residual(64)\n" in text, text
+    assert "    layer4 = layer3 | residual_b(512) | residual(512)\n" in text, text
+    assert len(re.findall(r"\| residual", text)) == 8, text
+    assert len(text.splitlines()) == 22, text  # 23 flat, in longer statements
+
+
+def test_blocks_fold_a_torchvision_mobilenet(torch, torchvision):
+    model = torch_export(torch, torchvision, "mobilenet_v2", size=64)
+    text = import_with_blocks(model, "mobilenet_v2")
+    # the inverted residual units with a skip connection (10 of 17): one block, two channel
+    # counts; the units without one are chains, written in line
+    (block,) = re.findall(r"^block \w+\(x, c1, c2\) \{\n(.*?)^\}", text, re.M | re.S)
+    assert "dwconv" in block and "add(" in block
+    assert len(re.findall(r"\| residual\(", text)) == 10, text
+
+
+def test_blocks_fold_a_spec_exported_by_cnnc():
+    from conftest import SPECS
+
+    net = cnnc.load(SPECS / "cifar_resnet.cnn")
+    text = import_with_blocks(cnnc.export_onnx(net), "cifar_resnet")
+    assert len(re.findall(r"\| residual", text)) == 9, text
 
 
 # ---- what cannot be imported ----------------------------------------------------------------
