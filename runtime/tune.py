@@ -2,7 +2,7 @@
 
 The measuring itself is the CPU backend's (backends/cpu/autotune.py). ``cnnc run`` measures
 nothing unless asked (``--tune``, ``CNNC_TUNE=1``): it takes the choices cached here or by
-``cnnc bench``, else tiling.py's default.
+``cnnc bench``, else autotune.default_choice.
 """
 
 from __future__ import annotations
@@ -43,8 +43,7 @@ def tune(session: Session, batch: int, force: bool = False, out=sys.stderr) -> l
     if not hasattr(backend, "tune_cache"):
         return []
     convs = [s for s in session.plan.steps if s.kernel == "conv"]
-    pending = backend.pending_tuning(session.plan, batch) if not force else None
-    bar = ProgressBar(len(pending) if pending is not None else len(convs), out)
+    bar = ProgressBar(len(backend.pending_tuning(session.plan, batch, force)), out)
     tunes = backend.tune
     backend.tune, backend.retune, backend.on_tune = True, force, bar.step
     try:

@@ -299,6 +299,8 @@ def test_cli_tune_bench_and_algorithm(tmp_path):
     assert tuned.returncode == 0, tuned.stderr
     assert "tuning [" in tuned.stderr and "2/2" in tuned.stderr
     assert "choices cached in" in tuned.stdout
+    forced = _cnnc("tune", str(spec), "--force", env=env)  # the bar counts shapes, not layers
+    assert forced.returncode == 0 and "2/2" in forced.stderr and "3/" not in forced.stderr
     bench = _cnnc("bench", str(spec), "--repeat", "2", env=env)
     assert bench.returncode == 0, bench.stderr
     assert "algorithm" in bench.stdout and (

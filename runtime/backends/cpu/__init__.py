@@ -119,8 +119,9 @@ class CpuBackend:
             self._tune_cache = TuneCache(_cache_root() / "tune", key)
         return self._tune_cache
 
-    def pending_tuning(self, plan, batch: int) -> set:
-        """Shapes of the plan's convolutions that a run would measure (not cached yet)."""
+    def pending_tuning(self, plan, batch: int, force: bool = False) -> set:
+        """Shapes of the plan's convolutions that a run would measure (not cached yet, or
+        all those worth measuring where ``force``)."""
         from .autotune import shape_key, worth_tuning
         from .conv import GEOMETRY
 
@@ -134,7 +135,7 @@ class CpuBackend:
             out = (batch, *plan.values[step.output].shape)
             geometry = {name: step.attrs[name] for name in GEOMETRY}
             key = shape_key(x, out, geometry, step.residual is not None, self.algorithm)
-            if worth_tuning(x, out, geometry) and cache.get(key) is None:
+            if worth_tuning(x, out, geometry) and (force or cache.get(key) is None):
                 pending.add(key)
         return pending
 
