@@ -17,7 +17,7 @@ from cnnc.compiler.ops import OPS
 from cnnc.runtime.backends.cpu import autotune, blocked, microkernel
 
 
-def run_blocked(x, wt, bias, res, stride, pad, dil, act, per_item, blocks, threads):
+def run_blocked(x, wt, bias, res, stride, pad, dil, act, per_item, blocks, threads, outer=None):
     """The micro-kernel convolution on NCHW arrays with a torch-layout weight; NCHW out."""
     n, c_in, h, w = x.shape
     c_out, _, kh, kw = wt.shape
@@ -54,6 +54,7 @@ def run_blocked(x, wt, bias, res, stride, pad, dil, act, per_item, blocks, threa
         np.float32(0.0),
         per_item,
         blocks,
+        blocked.tiles_outer(kh * kw * c_in, c_out, blocks) if outer is None else outer,
     )
     return out.transpose(0, 3, 1, 2)
 
@@ -93,6 +94,20 @@ def test_blocked_conv_matches_torch(torch, data):
         threads=draw(st.integers(1, 3)),
     )
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+def test_both_loop_orders_agree(torch):
+    """Small weight blocks run tile by tile through their panels, large ones panel by panel:
+    the same numbers either way (both forced on one layer), and the policy picks each."""
+    assert blocked.tiles_outer(16, 96, 1) and not blocked.tiles_outer(9 * 512, 512, 1)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 20, 9, 11)).astype(np.float32)
+    wt = (rng.standard_normal((70, 20, 3, 3)) / 13).astype(np.float32)
+    bias = rng.standard_normal(70).astype(np.float32)
+    want = reference(torch, x, wt, bias, None, (1, 1), (1, 1), (1, 1), 1, "relu")
+    for outer in (False, True):
+        got = run_blocked(x, wt, bias, None, (1, 1), (1, 1), (1, 1), "relu", 3, 2, 2, outer)
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
 
 
 def test_vector_width_follows_the_target():

@@ -538,6 +538,7 @@ def _run_choice(backend, choice, arrays, x, res, out, a):
             *_f32(a),
             choice.a,
             choice.b,
+            blocked.tiles_outer(arrays["w"].shape[1], out.shape[3], choice.b),
         )
         return
     rows, blocks = choice.a, choice.b
