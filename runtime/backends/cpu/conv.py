@@ -262,75 +262,16 @@ def _conv_shifted(
                     )
 
 
-def convolve(
-    x,
-    wmat,
-    bias,
-    res,
-    out,
-    scratch,
-    kh,
-    kw,
-    sh,
-    sw,
-    ph,
-    pw,
-    dh,
-    dw,
-    groups,
-    act,
-    alpha,
-    beta,
-    rows_per_tile,
-    channel_blocks,
-):
-    """Direct convolution, ``conv``'s arguments: the shifted GEMM for stride-1 layers wider
-    than 1x1 (tiling.uses_shifted_gemm), else ``conv``. Two kernels chosen here rather than
-    one calling the other: a network compiles only the paths it uses (each takes seconds)."""
-    if uses_shifted_gemm.py_func(kh, kw, sh, sw, x.shape[3] // groups):
-        _conv_shifted(
-            x,
-            wmat,
-            bias,
-            res,
-            out,
-            scratch,
-            kh,
-            kw,
-            ph,
-            pw,
-            dh,
-            dw,
-            groups,
-            act,
-            alpha,
-            beta,
-            rows_per_tile,
-            channel_blocks,
-        )
+def convolve(x, wmat, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, *rest):
+    """Direct convolution, ``conv``'s arguments (``rest``: groups, act, alpha, beta, rows per
+    tile, channel blocks): the shifted GEMM for stride-1 layers wider than 1x1
+    (tiling.uses_shifted_gemm), else ``conv``. Two kernels chosen here rather than one calling
+    the other: a network compiles only the paths it uses (each takes seconds)."""
+    arrays = (x, wmat, bias, res, out, scratch)
+    if uses_shifted_gemm.py_func(kh, kw, sh, sw, x.shape[3] // rest[0]):
+        _conv_shifted(*arrays, kh, kw, ph, pw, dh, dw, *rest)
     else:
-        conv(
-            x,
-            wmat,
-            bias,
-            res,
-            out,
-            scratch,
-            kh,
-            kw,
-            sh,
-            sw,
-            ph,
-            pw,
-            dh,
-            dw,
-            groups,
-            act,
-            alpha,
-            beta,
-            rows_per_tile,
-            channel_blocks,
-        )
+        conv(*arrays, kh, kw, sh, sw, ph, pw, dh, dw, *rest)
 
 
 @njit(**PJIT)
