@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .activations import JIT, PJIT, activate_run
+from .activations import JIT, PJIT, epilogue_run
 from .microkernel import MR, NR, conv_tile
 
 F4 = 4
@@ -81,15 +81,8 @@ def _store(tile, count, out, n, q0, wq, flat, nk, k0, bias, res, has_res, act, a
     for i in range(count):
         if ox < wo:
             src = tile[i]
-            dst = out[n, oy, ox, k0 : k0 + nk]
-            if has_res:
-                r = res[n, oy, ox, k0 : k0 + nk]
-                for j in range(nk):
-                    dst[j] = src[j] + b[j] + r[j]
-            else:
-                for j in range(nk):
-                    dst[j] = src[j] + b[j]
-            activate_run(dst, nk, act, alpha, beta)
+            r = res[n, oy, ox, k0 : k0 + nk] if has_res else src
+            epilogue_run(out[n, oy, ox, k0 : k0 + nk], src, b, r, has_res, nk, act, alpha, beta)
         ox += 1
         if flat and ox == wq:
             ox = 0
@@ -106,7 +99,7 @@ def blocked_conv(
     otherwise). ``per_item`` tiles per work item, ``blocks`` blocks of panels; ``scratch``
     holds one row of at least MR * NR floats per thread. One kernel for both steps: each
     parallel kernel costs about a second to compile on a cold cache. ``tiles_outer``: each
-    tile runs through all panels of its block (``loop_order``), else each panel through
+    tile runs through all panels of its block (see ``tiles_outer``), else each panel through
     all tiles of its run."""
     n_img, hp, wp, c_in = xp.shape
     if ph or pw:

@@ -93,7 +93,8 @@ def matrices(m: int) -> tuple[np.ndarray, np.ndarray]:
     return bt.astype(np.float32), at.astype(np.float32)
 
 
-def block_channels(k_out: int, k_blocks: int) -> int:
+@njit(**JIT)
+def block_channels(k_out, k_blocks):
     """Output channels per block: whole panels of the micro-kernel."""
     panels = -(-k_out // NR)
     return -(-panels // k_blocks) * NR
@@ -102,7 +103,7 @@ def block_channels(k_out: int, k_blocks: int) -> int:
 def scratch_floats(m: int, tiles_per_item: int, c_in: int, k_out: int, k_blocks: int = 1) -> int:
     """Floats of scratch one thread of ``winograd_conv`` needs."""
     t = m + 2
-    kb = block_channels(k_out, k_blocks)
+    kb = block_channels.py_func(k_out, k_blocks)
     rows = -(-tiles_per_item // MR) * MR
     c = max(c_in, kb)
     return t * t * (tiles_per_item * c_in + rows * kb) + 2 * t * t * c + m * t * kb + kb
@@ -214,7 +215,7 @@ def winograd_conv(
     tw = (wo + m - 1) // m
     total = n_img * th * tw
     runs = (total + per_item - 1) // per_item
-    kb = ((k_out + NR - 1) // NR + k_blocks - 1) // k_blocks * NR  # block_channels
+    kb = block_channels(k_out, k_blocks)
     rows = (per_item + MR - 1) // MR * MR
     items = runs * k_blocks
     threads = scratch.shape[0]
