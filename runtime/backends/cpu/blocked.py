@@ -141,18 +141,17 @@ def blocked_conv(
             p1 = min(n_panels, p0 + per_block)
             t0 = (item % runs) * per_item
             t1 = min(tiles, t0 + per_item)
-            if tiles_outer:
-                for t in range(t0, t1):
-                    for panel in range(p0, p1):
-                        _tile(xp, panels, panel, t, segs, per_seg, seg_len, flat, wo, wq, hp,
-                              wp, sh, sw, c_in, ntaps, span, step, offsets, tile, out, k_out,
-                              bias, res, has_res, act, alpha, beta)  # fmt: skip
-            else:
-                for panel in range(p0, p1):
-                    for t in range(t0, t1):
-                        _tile(xp, panels, panel, t, segs, per_seg, seg_len, flat, wo, wq, hp,
-                              wp, sh, sw, c_in, ntaps, span, step, offsets, tile, out, k_out,
-                              bias, res, has_res, act, alpha, beta)  # fmt: skip
+            # one loop nest for both orders: two copies of the inlined tile cost a cold
+            # start a second of compiling
+            n_outer = t1 - t0 if tiles_outer else p1 - p0
+            n_inner = p1 - p0 if tiles_outer else t1 - t0
+            for o in range(n_outer):
+                for i in range(n_inner):
+                    t = t0 + (o if tiles_outer else i)
+                    panel = p0 + (i if tiles_outer else o)
+                    _tile(xp, panels, panel, t, segs, per_seg, seg_len, flat, wo, wq, hp, wp,
+                          sh, sw, c_in, ntaps, span, step, offsets, tile, out, k_out, bias,
+                          res, has_res, act, alpha, beta)  # fmt: skip
 
 
 #: Weight blocks up to this size run tile by tile through all their panels.
