@@ -117,14 +117,16 @@ REFERENCE = {
 }
 
 
-def forward(torch, net, weights: dict, inputs: dict, before=None) -> dict:
+def forward(torch, net, weights: dict, inputs: dict, before=None, device="cpu") -> dict:
     """Run ``net`` in PyTorch with ``weights`` on NCHW ``inputs``; return NCHW outputs.
 
     ``before(layer, xs)``, if given, is called with each layer's input tensors before the layer
     runs (it may change ``weights``: data-dependent initialisation). Tensors are dropped after
     their last use, so the largest networks fit in memory."""
     F = torch.nn.functional
-    values = {name: torch.from_numpy(np.ascontiguousarray(x)) for name, x in inputs.items()}
+    values = {
+        name: torch.from_numpy(np.ascontiguousarray(x)).to(device) for name, x in inputs.items()
+    }
     last_use = {i.name: n for n, layer in enumerate(net.layers) for i in layer.inputs}
     keep = {layer.name for layer in net.outputs.values()}
     with torch.no_grad():
@@ -132,7 +134,7 @@ def forward(torch, net, weights: dict, inputs: dict, before=None) -> dict:
 
             def w(key, layer=layer):
                 full = f"{layer.name}.{key}"
-                return torch.from_numpy(weights[full]) if full in weights else None
+                return torch.from_numpy(weights[full]).to(device) if full in weights else None
 
             xs = [values[i.name] for i in layer.inputs]
             if before is not None:
@@ -141,7 +143,7 @@ def forward(torch, net, weights: dict, inputs: dict, before=None) -> dict:
             for i in layer.inputs:
                 if last_use[i.name] == n and i.name not in keep:
                     values.pop(i.name, None)  # an input may appear twice: add(x, x)
-        return {name: values[layer.name].numpy() for name, layer in net.outputs.items()}
+        return {name: values[layer.name].cpu().numpy() for name, layer in net.outputs.items()}
 
 
 def random_weights(net, seed: int = 0) -> dict:

@@ -19,8 +19,10 @@ import cnnc  # noqa: E402
 import torch_reference  # noqa: E402
 from cnnc.compiler.ops import OPS  # noqa: E402
 
+# CNNC_CUDA_GPU=1 runs them on a real GPU instead (benchmarks/gpu_check.py).
 pytestmark = pytest.mark.skipif(
-    os.environ.get("NUMBA_ENABLE_CUDASIM") != "1", reason="run through tests/test_cuda.py"
+    os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and os.environ.get("CNNC_CUDA_GPU") != "1",
+    reason="run through tests/test_cuda.py",
 )
 
 

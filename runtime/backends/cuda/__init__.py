@@ -12,6 +12,12 @@ import numpy as np
 
 from ....compiler import ResourceError, error
 
+# numba-cuda 0.30 registers an overload of np.row_stack when it first compiles a kernel, and
+# NumPy 2.5 removed that alias of vstack: every kernel then failed with AttributeError (seen
+# on an H200 machine with numpy 2.5.2). Restore the alias, for numba-cuda only to find.
+if not hasattr(np, "row_stack"):
+    np.row_stack = np.vstack
+
 try:
     from numba import cuda
 except ImportError as exc:  # numba-cuda missing
