@@ -61,6 +61,9 @@ _LOG2E = np.float32(1.44269504088896341)
 _LN2_HI, _LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)
 _P0, _P1, _P2 = np.float32(1.98756915e-4), np.float32(1.39819995e-3), np.float32(8.33345191e-3)
 _P3, _P4, _P5 = np.float32(4.16657959e-2), np.float32(1.66666655e-1), np.float32(5.00000012e-1)
+#: ``exp32``'s constants, for the micro-kernel's vector copy of it (microkernel._exp).
+EXP32 = dict(lo=_EXP_LO, hi=_EXP_HI, log2e=_LOG2E, ln2_hi=_LN2_HI, ln2_lo=_LN2_LO,
+             poly=(_P0, _P1, _P2, _P3, _P4, _P5))  # fmt: skip
 
 
 @njit(inline="always", **JIT)

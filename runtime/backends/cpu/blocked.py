@@ -17,7 +17,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .activations import JIT, PJIT, activate_at, clamp_bounds
+from ..codes import CLAMP, HARDSIGMOID, HARDSWISH, LEAKY_RELU, NONE, RELU, RELU6, SIGMOID, SILU
+from . import microkernel as mk
+from .activations import JIT, PJIT
+from .elementwise import act as activation_pass
 from .microkernel import MR, NR, conv_tile_out
 
 F4 = 4
@@ -68,9 +71,43 @@ def _pad_row(x, xp, ph, pw, n, y):
             row[pw + i, k] = src[i, k]
 
 
-@njit(**PJIT)
+_INF = np.float32(np.inf)
+#: Activations the micro-kernel applies in registers, as (lo, hi, post) of its epilogue.
+_IN_KERNEL = {
+    NONE: (-_INF, _INF, mk.POST_NONE),
+    RELU: (np.float32(0), _INF, mk.POST_NONE),
+    RELU6: (np.float32(0), np.float32(6), mk.POST_NONE),
+    SILU: (-_INF, _INF, mk.POST_SILU),
+    SIGMOID: (-_INF, _INF, mk.POST_SIGMOID),
+    HARDSWISH: (-_INF, _INF, mk.POST_HARDSWISH),
+    HARDSIGMOID: (-_INF, _INF, mk.POST_HARDSIGMOID),
+    LEAKY_RELU: (-_INF, _INF, mk.POST_LEAKY),
+}
+
+
 def blocked_conv(
     x, xp, panels, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, act, alpha, beta,
+    per_item, blocks, tiles_outer,
+):  # fmt: skip
+    """``blocked_kernel`` with activation ``act`` (scalars ``alpha``, ``beta``): in the
+    micro-kernel's registers where it has it (``_IN_KERNEL``; clamp's bounds too), else as a
+    pass over the output after it (GELU, ELU, tanh, ... : rare after a convolution)."""
+    if act == CLAMP:
+        lo, hi, post = np.float32(alpha), np.float32(beta), mk.POST_NONE
+    else:
+        lo, hi, post = _IN_KERNEL.get(act, (-_INF, _INF, mk.POST_NONE))
+    blocked_kernel(
+        x, xp, panels, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, lo, hi, post,
+        np.float32(alpha), per_item, blocks, tiles_outer,
+    )  # fmt: skip
+    if act != CLAMP and act not in _IN_KERNEL:
+        flat = out.reshape(-1)
+        activation_pass(flat, flat, act, np.float32(alpha), np.float32(beta))
+
+
+@njit(**PJIT)
+def blocked_kernel(
+    x, xp, panels, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, lo, hi, post, slope,
     per_item, blocks, tiles_outer,
 ):  # fmt: skip
     """Convolution of the NHWC input ``x`` with ``panels`` (``pack_panels``), padded first
@@ -113,10 +150,8 @@ def blocked_conv(
     threads = scratch.shape[0]
     has_res = res.size > 0
     step = sw * c_in * F4
-    lo, hi, rest = clamp_bounds(act, alpha, beta)
-    # addresses and a flat view, made once: a view per tile or pixel would be an atomic
-    # update of the array's reference count, a cache line the threads pass back and forth
-    out_flat = out.reshape(-1)
+    # addresses, taken once: a view per tile or pixel would be an atomic update of the
+    # array's reference count, a cache line the threads pass back and forth
     x_at = xp.ctypes.data
     panels_at = panels.ctypes.data
     offsets_at = offsets.ctypes.data
@@ -144,8 +179,8 @@ def blocked_conv(
                     t = t0 + (o if tiles_outer else i)
                     panel = p0 + (i if tiles_outer else o)
                     _tile(geometry, x_at, panels_at + panel * ntaps * span * NR * F4, panel, t,
-                          offsets_at, rows, rows_at, out_at, out_flat, bias_at, res_at, lo, hi,
-                          rest, act, alpha, beta)  # fmt: skip
+                          offsets_at, rows, rows_at, out_at, bias_at, res_at, lo, hi, post,
+                          slope)  # fmt: skip
 
 
 #: Weight blocks up to this size run tile by tile through all their panels.
@@ -163,15 +198,14 @@ def tiles_outer(w_rows: int, k_out: int, blocks: int) -> bool:
 
 @njit(inline="always", **JIT)
 def _tile(
-    geometry, x_at, panel_at, panel, t, offsets_at, rows, rows_at, out_at, out, bias_at, res_at,
-    lo, hi, rest, act, alpha, beta,
+    geometry, x_at, panel_at, panel, t, offsets_at, rows, rows_at, out_at, bias_at, res_at, lo,
+    hi, post, slope,
 ):  # fmt: skip
     """Tile ``t`` of the numbering against weight panel ``panel`` (at address ``panel_at``):
-    the micro-kernel with its epilogue into ``out``, then the activation where it is not a
-    clamp. ``rows`` gets each tile row's offset in ``out``, or -1 for columns past the
-    output's width (stride 1's padding columns). The pixel's row and column advance by
-    increments: two integer divisions per row cost more than the multiply-adds of a 1x1
-    layer with 16 input channels."""
+    the micro-kernel with its epilogue and activation into ``out``. ``rows`` gets each tile
+    row's offset in ``out``, or -1 for columns past the output's width (stride 1's padding
+    columns). The pixel's row and column advance by increments: two integer divisions per
+    row cost more than the multiply-adds of a 1x1 layer with 16 input channels."""
     segs, per_seg, seg_len, flat, wo, wq, hp, wp, sh, sw, c_in, ntaps, span, step, ho, k_out = (
         geometry
     )
@@ -198,17 +232,5 @@ def _tile(
             oy += 1
     conv_tile_out(
         ntaps, span, a, step, offsets_at, panel_at, count, rows_at, out_at, res_at,
-        bias_at + k0 * F4, nk, lo, hi,
+        bias_at + k0 * F4, nk, lo, hi, post, slope,
     )  # fmt: skip
-    if rest:
-        _activate_rows(out, rows, count, nk, act, alpha, beta)
-
-
-@njit(**JIT)
-def _activate_rows(out, rows, count, nk, act, alpha, beta):
-    """The activation of a tile's stored rows, where it is not a clamp: a function of its
-    own, whose loops vectorise (inlined into the tile's driver they did not: EfficientNet-B0's
-    convolutions 14 -> 19 ms)."""
-    for i in range(count):
-        if rows[i] >= 0:
-            activate_at(out, rows[i], nk, act, alpha, beta)

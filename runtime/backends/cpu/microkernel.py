@@ -22,6 +22,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .activations import EXP32
+
 
 def _has_avx512() -> bool:
     features = os.environ.get("NUMBA_CPU_FEATURES")
@@ -157,25 +159,151 @@ def conv_tile(typingctx, ntaps, cin, a, step, offsets, b, c, ldc, count):
     return sig, codegen
 
 
+#: Activations ``conv_tile_out`` applies after the clamp (its ``post`` argument).
+POST_NONE, POST_SILU, POST_SIGMOID, POST_HARDSWISH, POST_HARDSIGMOID, POST_LEAKY = range(6)
+
+
 @intrinsic
 def conv_tile_out(typingctx, ntaps, cin, a, step, offsets, b, count, rows, out, res, bias, nk,
-                  lo, hi):  # fmt: skip
+                  lo, hi, post, slope):  # fmt: skip
     """``conv_tile``'s sums, with the epilogue done in registers: tile row i goes to the
     float at index ``rows[i]`` of ``out`` (skipped where it is negative) as
     ``min(max(sum + bias (+ res at the same index), lo), hi)``, channels 0..nk-1 only
-    (masked loads and stores where ``nk`` < NR). ``res`` is 0 for no residual; ``rows``,
-    ``out``, ``res`` and ``bias`` are addresses. Writing from registers saves the round
-    trip through a scratch tile and a loop per pixel, which cost four times the
-    multiply-adds on a 16->96 1x1 layer."""
-    sig = types.void(*([types.intp] * 12), types.float32, types.float32)
+    (masked loads and stores where ``nk`` < NR), then through activation ``post`` (POST_*;
+    ``slope`` is leaky ReLU's). ``res`` is 0 for no residual; ``rows``, ``out``, ``res`` and
+    ``bias`` are addresses. Writing from registers saves the round trip through a scratch
+    tile and a loop per pixel, which cost four times the multiply-adds on a 16->96 1x1
+    layer; the activations as vector code here spare the driver the Numba code of every
+    activation, which was 2.7 s of a cold start."""
+    sig = types.void(*([types.intp] * 12), types.float32, types.float32, types.intp,
+                     types.float32)  # fmt: skip
 
     def codegen(context, builder, signature, args):
-        ntaps, cin, a, step, offsets, b, count, rows, out, res, bias, nk, lo, hi = args
+        ntaps, cin, a, step, offsets, b, count, rows, out, res, bias, nk, lo, hi, post, slope = args
         acc = _accumulate(context, builder, ntaps, cin, a, step, offsets, b, count)
         _epilogue(builder, acc, rows, out, res, bias, nk, lo, hi)
+        _post_activation(builder, rows, out, nk, post, slope)
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def _masked_ops(builder):
+    """LLVM's masked vector load and store, declared in this module."""
+    i32 = ir.IntType(32)
+    vec = ir.VectorType(ir.FloatType(), LANES)
+    mask_t = ir.VectorType(ir.IntType(1), LANES)
+    load = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vec, [vec.as_pointer(), i32, mask_t, vec]),
+        f"llvm.masked.load.v{LANES}f32.p0",
+    )  # fmt: skip
+    store = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), i32, mask_t]),
+        f"llvm.masked.store.v{LANES}f32.p0",
+    )  # fmt: skip
+    return load, store
+
+
+def _lane_masks(builder, nk):
+    """Per vector of a panel, the lanes below channel ``nk``."""
+    lanes = ir.VectorType(ir.IntType(64), LANES)
+    nk_splat = _splat(builder, nk)
+    return [
+        builder.icmp_signed("<", ir.Constant(lanes, [v * LANES + j for j in range(LANES)]),
+                            nk_splat)
+        for v in range(NV)
+    ]  # fmt: skip
+
+
+def _vconst(value):
+    return ir.Constant(ir.VectorType(ir.FloatType(), LANES), [value] * LANES)
+
+
+def _exp(builder, v):
+    """``exp`` of a vector: activations.exp32's Cephes polynomial, lane by lane."""
+    vec = v.type
+    floor = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vec, [vec]), f"llvm.floor.v{LANES}f32"
+    )
+    k = EXP32
+
+    def c(x):
+        return _vconst(float(x))
+
+    v = builder.select(builder.fcmp_ordered("<", v, c(k["lo"])), c(k["lo"]), v)
+    v = builder.select(builder.fcmp_ordered(">", v, c(k["hi"])), c(k["hi"]), v)
+    n = builder.call(floor, [builder.fadd(builder.fmul(v, c(k["log2e"])), c(0.5))])
+    r = builder.fsub(v, builder.fmul(n, c(k["ln2_hi"])))
+    r = builder.fsub(r, builder.fmul(n, c(k["ln2_lo"])))
+    p = c(k["poly"][0])
+    for coefficient in k["poly"][1:]:
+        p = builder.fadd(builder.fmul(p, r), c(coefficient))
+    p = builder.fadd(builder.fadd(builder.fmul(builder.fmul(p, r), r), r), c(1.0))
+    ints = ir.VectorType(ir.IntType(32), LANES)
+    biased = builder.add(builder.fptosi(n, ints), ir.Constant(ints, [127] * LANES))
+    scale = builder.bitcast(builder.shl(biased, ir.Constant(ints, [23] * LANES)), vec)
+    return builder.fmul(p, scale)
+
+
+def _activation(builder, kind, v, slope):
+    """Activation ``kind`` (POST_*) of vector ``v``."""
+    one, zero = _vconst(1.0), _vconst(0.0)
+    if kind in (POST_SILU, POST_SIGMOID):
+        denominator = builder.fadd(one, _exp(builder, builder.fsub(zero, v)))
+        return builder.fdiv(v if kind == POST_SILU else one, denominator)
+    if kind in (POST_HARDSWISH, POST_HARDSIGMOID):
+        u = builder.fadd(v, _vconst(3.0))
+        u = builder.select(builder.fcmp_ordered("<", u, zero), zero, u)
+        u = builder.select(builder.fcmp_ordered(">", u, _vconst(6.0)), _vconst(6.0), u)
+        if kind == POST_HARDSWISH:
+            u = builder.fmul(v, u)
+        return builder.fdiv(u, _vconst(6.0))
+    # leaky ReLU
+    return builder.select(builder.fcmp_ordered(">", v, zero), v, builder.fmul(v, slope))
+
+
+def _post_activation(builder, rows, out, nk, post, slope):
+    """Activation ``post`` over the rows just stored (a loop over rows, one copy of each
+    activation's code; the rows are in L1)."""
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    vec = ir.VectorType(ir.FloatType(), LANES)
+    masked_load, masked_store = _masked_ops(builder)
+    masks = _lane_masks(builder, nk)
+    slope = _splat(builder, slope)
+    row_at = builder.inttoptr(rows, i64.as_pointer())
+    fn = builder.function
+    done = fn.append_basic_block("post.done")
+    cases = {kind: fn.append_basic_block("post.kind") for kind in range(1, 6)}
+    switch = builder.switch(post, done)
+    for kind, block in cases.items():
+        switch.add_case(ir.Constant(i64, kind), block)
+    for kind, block in cases.items():
+        builder.position_at_end(block)
+        head = fn.append_basic_block("post.row")
+        body = fn.append_basic_block("post.kept")
+        step = fn.append_basic_block("post.next")
+        builder.branch(head)
+        builder.position_at_end(head)
+        i = builder.phi(i64)
+        i.add_incoming(ir.Constant(i64, 0), block)
+        builder.cbranch(builder.icmp_signed("<", i, ir.Constant(i64, MR)), step, done)
+        builder.position_at_end(step)
+        offset = builder.load(builder.gep(row_at, [i]))
+        following = builder.add(i, ir.Constant(i64, 1))
+        builder.cbranch(builder.icmp_signed(">=", offset, ir.Constant(i64, 0)), body, head)
+        i.add_incoming(following, step)
+        builder.position_at_end(body)
+        for v in range(NV):
+            byte = builder.mul(builder.add(offset, ir.Constant(i64, v * LANES)),
+                               ir.Constant(i64, 4))  # fmt: skip
+            ptr = builder.inttoptr(builder.add(out, byte), vec.as_pointer())
+            value = builder.call(masked_load, [ptr, ir.Constant(i32, 4), masks[v],
+                                               _vconst(0.0)])  # fmt: skip
+            value = _activation(builder, kind, value, slope)
+            builder.call(masked_store, [value, ptr, ir.Constant(i32, 4), masks[v]])
+        i.add_incoming(following, builder.block)
+        builder.branch(head)
+    builder.position_at_end(done)
 
 
 def _epilogue(builder, acc, rows, out, res, bias, nk, lo, hi):
@@ -184,26 +312,12 @@ def _epilogue(builder, acc, rows, out, res, bias, nk, lo, hi):
     i32, i64 = ir.IntType(32), ir.IntType(64)
     vec = ir.VectorType(ir.FloatType(), LANES)
     vptr = vec.as_pointer()
-    mask_t = ir.VectorType(ir.IntType(1), LANES)
-    masked_load = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(vec, [vptr, i32, mask_t, vec]),
-        f"llvm.masked.load.v{LANES}f32.p0",
-    )  # fmt: skip
-    masked_store = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(ir.VoidType(), [vec, vptr, i32, mask_t]),
-        f"llvm.masked.store.v{LANES}f32.p0",
-    )  # fmt: skip
+    masked_load, masked_store = _masked_ops(builder)
     zeros = ir.Constant(vec, [0.0] * LANES)
     lo, hi = _splat(builder, lo), _splat(builder, hi)
     row_at = builder.inttoptr(rows, i64.as_pointer())
     offsets = [builder.load(builder.gep(row_at, [ir.Constant(i64, i)])) for i in range(MR)]
-    lanes = ir.VectorType(i64, LANES)
-    nk_splat = _splat(builder, nk)
-    masks = [
-        builder.icmp_signed("<", ir.Constant(lanes, [v * LANES + j for j in range(LANES)]),
-                            nk_splat)
-        for v in range(NV)
-    ]  # fmt: skip
+    masks = _lane_masks(builder, nk)
 
     def at(base, offset, v):
         byte = builder.add(base, builder.mul(builder.add(offset, ir.Constant(i64, v * LANES)),
