@@ -136,20 +136,18 @@ def activate(v, act, alpha, beta):
 _INF = np.float32(np.inf)
 
 
-@njit(inline="always", **JIT)
-def clamp_bounds(act, alpha, beta):
+def clamp_bounds(act: int, alpha, beta) -> tuple:
     """(lo, hi, rest): the activations that are a clamp (none, relu, relu6, clamp) as its
-    bounds, for epilogues that clamp in registers; ``rest`` where ``act`` is another one and
-    must run after them."""
-    if act == NONE:
-        return -_INF, _INF, False
+    float32 bounds, for kernels that clamp in their epilogue and leave out the code of every
+    other activation (each one compiled into a kernel costs its cold start); ``rest`` is
+    another activation's code, for a pass after the kernel (``elementwise.act``), else NONE."""
     if act == RELU:
-        return _F0, _INF, False
+        return _F0, _INF, NONE
     if act == RELU6:
-        return _F0, _F6, False
+        return _F0, _F6, NONE
     if act == CLAMP:
-        return alpha, beta, False
-    return -_INF, _INF, True
+        return np.float32(alpha), np.float32(beta), NONE
+    return -_INF, _INF, act
 
 
 @njit(inline="always", **JIT)

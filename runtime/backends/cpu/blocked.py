@@ -17,10 +17,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..codes import CLAMP, HARDSIGMOID, HARDSWISH, LEAKY_RELU, NONE, RELU, RELU6, SIGMOID, SILU
+from ..codes import HARDSIGMOID, HARDSWISH, LEAKY_RELU, SIGMOID, SILU
 from . import microkernel as mk
-from .activations import JIT, PJIT
-from .elementwise import act as activation_pass
+from .activations import JIT, PJIT, clamp_bounds
+from .elementwise import activation_pass
 from .microkernel import MR, NR, conv_tile_out
 
 F4 = 4
@@ -71,17 +71,13 @@ def _pad_row(x, xp, ph, pw, n, y):
             row[pw + i, k] = src[i, k]
 
 
-_INF = np.float32(np.inf)
-#: Activations the micro-kernel applies in registers, as (lo, hi, post) of its epilogue.
-_IN_KERNEL = {
-    NONE: (-_INF, _INF, mk.POST_NONE),
-    RELU: (np.float32(0), _INF, mk.POST_NONE),
-    RELU6: (np.float32(0), np.float32(6), mk.POST_NONE),
-    SILU: (-_INF, _INF, mk.POST_SILU),
-    SIGMOID: (-_INF, _INF, mk.POST_SIGMOID),
-    HARDSWISH: (-_INF, _INF, mk.POST_HARDSWISH),
-    HARDSIGMOID: (-_INF, _INF, mk.POST_HARDSIGMOID),
-    LEAKY_RELU: (-_INF, _INF, mk.POST_LEAKY),
+#: Activations the micro-kernel applies in its registers after the clamp.
+_POST = {
+    SILU: mk.POST_SILU,
+    SIGMOID: mk.POST_SIGMOID,
+    HARDSWISH: mk.POST_HARDSWISH,
+    HARDSIGMOID: mk.POST_HARDSIGMOID,
+    LEAKY_RELU: mk.POST_LEAKY,
 }
 
 
@@ -90,19 +86,16 @@ def blocked_conv(
     per_item, blocks, tiles_outer,
 ):  # fmt: skip
     """``blocked_kernel`` with activation ``act`` (scalars ``alpha``, ``beta``): in the
-    micro-kernel's registers where it has it (``_IN_KERNEL``; clamp's bounds too), else as a
-    pass over the output after it (GELU, ELU, tanh, ... : rare after a convolution)."""
-    if act == CLAMP:
-        lo, hi, post = np.float32(alpha), np.float32(beta), mk.POST_NONE
-    else:
-        lo, hi, post = _IN_KERNEL.get(act, (-_INF, _INF, mk.POST_NONE))
+    micro-kernel's registers where it can (a clamp, or one of ``_POST``), else as a pass over
+    the output after it (GELU, ELU, tanh, ... : rare after a convolution)."""
+    lo, hi, rest = clamp_bounds(act, alpha, beta)
+    post = _POST.get(rest, mk.POST_NONE)
     blocked_kernel(
         x, xp, panels, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, lo, hi, post,
         np.float32(alpha), per_item, blocks, tiles_outer,
     )  # fmt: skip
-    if act != CLAMP and act not in _IN_KERNEL:
-        flat = out.reshape(-1)
-        activation_pass(flat, flat, act, np.float32(alpha), np.float32(beta))
+    if rest not in _POST:
+        activation_pass(out, rest, alpha, beta)
 
 
 @njit(**PJIT)
@@ -164,23 +157,39 @@ def blocked_kernel(
                 ho, k_out)  # fmt: skip
     for thr in prange(threads):
         rows = scratch[thr, : 2 * MR].view(np.int64)
-        rows_at = rows.ctypes.data
-        for item in range(thr * items // threads, (thr + 1) * items // threads):
-            p0 = (item // runs) * per_block
-            p1 = min(n_panels, p0 + per_block)
-            t0 = (item % runs) * per_item
-            t1 = min(tiles, t0 + per_item)
-            # one loop nest for both orders: two copies of the inlined tile cost a cold
-            # start a second of compiling
-            n_outer = t1 - t0 if tiles_outer else p1 - p0
-            n_inner = p1 - p0 if tiles_outer else t1 - t0
-            for o in range(n_outer):
-                for i in range(n_inner):
-                    t = t0 + (o if tiles_outer else i)
-                    panel = p0 + (i if tiles_outer else o)
-                    _tile(geometry, x_at, panels_at + panel * ntaps * span * NR * F4, panel, t,
-                          offsets_at, rows, rows_at, out_at, bias_at, res_at, lo, hi, post,
-                          slope)  # fmt: skip
+        _items(
+            thr * items // threads, (thr + 1) * items // threads, runs, per_item, tiles,
+            per_block, n_panels, tiles_outer, geometry, x_at, panels_at, offsets_at, rows,
+            out_at, bias_at, res_at, lo, hi, post, slope,
+        )  # fmt: skip
+
+
+@njit(**JIT)
+def _items(
+    first, last, runs, per_item, tiles, per_block, n_panels, tiles_outer, geometry, x_at,
+    panels_at, offsets_at, rows, out_at, bias_at, res_at, lo, hi, post, slope,
+):  # fmt: skip
+    """One thread's work items ``first``..``last - 1`` of ``blocked_kernel``. A function of
+    its own rather than the parallel loop's body: Numba's parallel passes then leave it
+    alone, which took a second off its compile on a cold cache."""
+    rows_at = rows.ctypes.data
+    ntaps, span = geometry[11], geometry[12]
+    for item in range(first, last):
+        p0 = (item // runs) * per_block
+        p1 = min(n_panels, p0 + per_block)
+        t0 = (item % runs) * per_item
+        t1 = min(tiles, t0 + per_item)
+        # one loop nest for both orders: two copies of the inlined tile cost a cold start a
+        # second of compiling
+        n_outer = t1 - t0 if tiles_outer else p1 - p0
+        n_inner = p1 - p0 if tiles_outer else t1 - t0
+        for o in range(n_outer):
+            for i in range(n_inner):
+                t = t0 + (o if tiles_outer else i)
+                panel = p0 + (i if tiles_outer else o)
+                _tile(geometry, x_at, panels_at + panel * ntaps * span * NR * F4, panel, t,
+                      offsets_at, rows, rows_at, out_at, bias_at, res_at, lo, hi, post,
+                      slope)  # fmt: skip
 
 
 #: Weight blocks up to this size run tile by tile through all their panels.

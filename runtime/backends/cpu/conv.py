@@ -12,8 +12,9 @@ import numpy as np
 from numba import njit, prange
 
 from . import autotune, blocked, winograd
-from .activations import JIT, PJIT, activate, activate_run, epilogue_run
+from .activations import JIT, PJIT, activate, activate_run, clamp_bounds, epilogue_run
 from .blas import gemm
+from .elementwise import activation_pass
 from .table import KERNELS
 from .tiling import conv_scratch_floats, uses_direct_gemm, uses_shifted_gemm
 
@@ -320,7 +321,7 @@ def convt(x, wmat, bias, res, out, cols, kh, kw, sh, sw, ph, pw, dh, dw, groups,
 
 
 @njit(**JIT)
-def _fc_rows(x, w, bias, res, out, act, alpha, beta, xt, ct, r0, r1):
+def _fc_rows(x, w, bias, res, out, lo, hi, xt, ct, r0, r1):
     """Output features r0..r1 of ``fc``, given ``xt`` = x.T; ``ct`` receives w[r0:r1] @ xt."""
     n_img, n_in = x.shape
     has_res = res.size > 0
@@ -341,11 +342,11 @@ def _fc_rows(x, w, bias, res, out, act, alpha, beta, xt, ct, r0, r1):
             v = ct[o, n] + bias[o]
             if has_res:
                 v += res[n, o]
-            out[n, o] = activate(v, act, alpha, beta)
+            out[n, o] = min(max(v, lo), hi)
 
 
 @njit(**PJIT)
-def fc(x, w, bias, res, out, act, alpha, beta, xt, ct, blocks):
+def fc(x, w, bias, res, out, lo, hi, xt, ct, blocks):
     """Fully connected: ``out (N, O) = x (N, I) @ w.T`` with ``w`` (O, I) in PyTorch's layout.
 
     Computed as ``w @ x.T`` by blocks of rows of ``w``: each thread streams a contiguous part
@@ -356,7 +357,7 @@ def fc(x, w, bias, res, out, act, alpha, beta, xt, ct, blocks):
         r0 = b * size
         r1 = min(n_out, r0 + size)
         if r1 > r0:
-            _fc_rows(x, w, bias, res, out, act, alpha, beta, xt, ct, r0, r1)
+            _fc_rows(x, w, bias, res, out, lo, hi, xt, ct, r0, r1)
 
 
 #: Weights (floats) from which ``fc`` runs on all threads; smaller layers (ResNet's 2 MB) take
@@ -371,7 +372,7 @@ STREAM_MAX_IMAGES = 4
 
 
 @njit(**JIT)
-def _fc_stream_rows(x, w, bias, res, out, act, alpha, beta, r0, r1):
+def _fc_stream_rows(x, w, bias, res, out, lo, hi, r0, r1):
     """Output features r0..r1 for a few images: each weight row is read once and dotted with
     up to four images at a time (memory-bound; no packing, no BLAS)."""
     n_img, n_in = x.shape
@@ -402,18 +403,16 @@ def _fc_stream_rows(x, w, bias, res, out, act, alpha, beta, r0, r1):
                 v = (a0 if j == 0 else a1 if j == 1 else a2 if j == 2 else a3) + bias[o]
                 if has_res:
                     v += res[n0 + j, o]
-                out[n0 + j, o] = activate(v, act, alpha, beta)
+                out[n0 + j, o] = min(max(v, lo), hi)
 
 
 @njit(**PJIT)
-def fc_stream(x, w, bias, res, out, act, alpha, beta, blocks):
+def fc_stream(x, w, bias, res, out, lo, hi, blocks):
     """Fully connected for a few images, each thread streaming a contiguous block of rows."""
     n_out = out.shape[1]
     size = (n_out + blocks - 1) // blocks
     for b in prange(blocks):
-        _fc_stream_rows(
-            x, w, bias, res, out, act, alpha, beta, b * size, min(n_out, (b + 1) * size)
-        )
+        _fc_stream_rows(x, w, bias, res, out, lo, hi, b * size, min(n_out, (b + 1) * size))
 
 
 def _f32(a) -> tuple:
@@ -609,18 +608,20 @@ def launch_convt(backend, step, arrays, ins, res, out, work):
 def launch_fc(backend, step, arrays, ins, res, out, work):
     x, w, b = ins[0], arrays["w"], arrays["b"]
     res2 = res.reshape(-1, out.shape[1]) if res.size else res.reshape(0, 0)
+    a = step.attrs
+    lo, hi, rest = clamp_bounds(a["act"], a["alpha"], a["beta"])
     parallel = w.size >= FC_PARALLEL_FLOATS
+    blocks = max(1, min(8 * backend.threads, out.shape[1] // 64))
     if x.shape[0] <= STREAM_MAX_IMAGES:
         if not parallel:
-            _fc_stream_rows(x, w, b, res2, out, *_f32(step.attrs), 0, out.shape[1])
-            return
-        blocks = max(1, min(8 * backend.threads, out.shape[1] // 64))
-        fc_stream(x, w, b, res2, out, *_f32(step.attrs), blocks)
-        return
-    xt = np.ascontiguousarray(x.T)
-    ct = np.empty((out.shape[1], x.shape[0]), np.float32)
-    if not parallel:
-        _fc_rows(x, w, b, res2, out, *_f32(step.attrs), xt, ct, 0, out.shape[1])
-        return
-    blocks = max(1, min(8 * backend.threads, out.shape[1] // 64))
-    fc(x, w, b, res2, out, *_f32(step.attrs), xt, ct, blocks)
+            _fc_stream_rows(x, w, b, res2, out, lo, hi, 0, out.shape[1])
+        else:
+            fc_stream(x, w, b, res2, out, lo, hi, blocks)
+    else:
+        xt = np.ascontiguousarray(x.T)
+        ct = np.empty((out.shape[1], x.shape[0]), np.float32)
+        if not parallel:
+            _fc_rows(x, w, b, res2, out, lo, hi, xt, ct, 0, out.shape[1])
+        else:
+            fc(x, w, b, res2, out, lo, hi, xt, ct, blocks)
+    activation_pass(out, rest, a["alpha"], a["beta"])

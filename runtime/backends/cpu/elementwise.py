@@ -26,6 +26,14 @@ def act(x1, out1, code, alpha, beta):
         out1[i] = activate(x1[i], code, alpha, beta)
 
 
+def activation_pass(out, code: int, alpha, beta) -> None:
+    """Activation ``code`` over ``out`` in place, for kernels that do only a clamp in their
+    epilogue (``activations.clamp_bounds``); nothing for NONE."""
+    if code:
+        flat = out.reshape(-1)
+        act(flat, flat, code, np.float32(alpha), np.float32(beta))
+
+
 @njit(**PJIT)
 def add(a1, b1, out1, code, alpha, beta):
     """Elementwise ``a + b`` then activation, on flat arrays (more operands: call again)."""
