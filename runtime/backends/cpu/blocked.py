@@ -81,6 +81,14 @@ _POST = {
 }
 
 
+def post_code(act: int) -> tuple:
+    """(post, rest): ``act`` as the micro-kernels' in-register activation (microkernel.POST_*)
+    where they have it, else POST_NONE and ``act`` itself for a pass after the kernel."""
+    if act in _POST:
+        return _POST[act], 0
+    return mk.POST_NONE, act
+
+
 def blocked_conv(
     x, xp, panels, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, act, alpha, beta,
     per_item, blocks, tiles_outer,
@@ -89,13 +97,12 @@ def blocked_conv(
     micro-kernel's registers where it can (a clamp, or one of ``_POST``), else as a pass over
     the output after it (GELU, ELU, tanh, ... : rare after a convolution)."""
     lo, hi, rest = clamp_bounds(act, alpha, beta)
-    post = _POST.get(rest, mk.POST_NONE)
+    post, rest = post_code(rest)
     blocked_kernel(
         x, xp, panels, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, lo, hi, post,
         np.float32(alpha), per_item, blocks, tiles_outer,
     )  # fmt: skip
-    if rest not in _POST:
-        activation_pass(out, rest, alpha, beta)
+    activation_pass(out, rest, alpha, beta)
 
 
 @njit(**PJIT)
