@@ -19,7 +19,7 @@ from numba import njit, prange
 from .activations import JIT, PJIT, activate, clamp_bounds
 from .blocked import post_code
 from .elementwise import activation_pass
-from .microkernel import LANES, MR, dw_tile_out
+from .microkernel import DW_SMALL, LANES, MR, dw_tile_out, dw_tile_small
 from .table import KERNELS
 
 F4 = 4
@@ -78,7 +78,7 @@ def _dw_items(first, last, geometry, addresses, x_flat, rows, patch, lo, hi, pos
         while ox0 < wo:
             inside = a0 <= ox0 < a1
             end = a1 if inside else (a0 if ox0 < a0 else wo)
-            count = min(MR, end - ox0)
+            count = min(MR if inside else DW_SMALL, end - ox0)
             ix0 = ox0 * sw - pw
             span = (count - 1) * sw + (kw - 1) * dw + 1
             # every channel vector of this run before the next run: the run's output pixels
@@ -96,10 +96,16 @@ def _dw_items(first, last, geometry, addresses, x_flat, rows, patch, lo, hi, pos
                     _fill_patch(x_flat, patch, n, iy0, ix0, kh, dh, span, h, wd, c_n, c0, nk)
                     a = patch_at
                     steps = (sw * lane_bytes, dw * lane_bytes, span * lane_bytes)
-                dw_tile_out(
-                    kh, kw, a, steps[0], steps[1], steps[2], w_at + c0 * F4, pixel, count,
-                    rows_at, out_at, res_at, bias_at + c0 * F4, nk, lo, hi, post, slope,
-                )  # fmt: skip
+                if inside:
+                    dw_tile_out(
+                        kh, kw, a, steps[0], steps[1], steps[2], w_at + c0 * F4, pixel, count,
+                        rows_at, out_at, res_at, bias_at + c0 * F4, nk, lo, hi, post, slope,
+                    )  # fmt: skip
+                else:  # a border column or two (or a top or bottom row): a smaller tile
+                    dw_tile_small(
+                        kh, kw, a, steps[0], steps[1], steps[2], w_at + c0 * F4, pixel, count,
+                        rows_at, out_at, res_at, bias_at + c0 * F4, nk, lo, hi, post, slope,
+                    )  # fmt: skip
             ox0 += count
 
 
@@ -161,7 +167,7 @@ def dw_vectors_per_item(n_img: int, ho: int, c_n: int, threads: int) -> int:
 
 def dw_scratch_floats(kh: int, kw: int, sw: int, dw: int) -> int:
     """Floats per thread: a tile's output offsets (int64) and a border run's padded patch."""
-    return 2 * MR + kh * ((MR - 1) * sw + (kw - 1) * dw + 1) * LANES
+    return 2 * MR + kh * ((DW_SMALL - 1) * sw + (kw - 1) * dw + 1) * LANES
 
 
 def run_dwconv(backend, a, arrays, x, res, out):

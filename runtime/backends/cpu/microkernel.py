@@ -262,9 +262,9 @@ def _activation(builder, kind, v, slope):
     return builder.select(builder.fcmp_ordered(">", v, zero), v, builder.fmul(v, slope))
 
 
-def _post_activation(builder, n_vec, rows, out, nk, post, slope):
-    """Activation ``post`` over the MR rows of ``n_vec`` vectors just stored (a loop over
-    rows, one copy of each activation's code; the rows are in L1)."""
+def _post_activation(builder, n_vec, rows, out, nk, post, slope, n_rows=MR):
+    """Activation ``post`` over the ``n_rows`` rows of ``n_vec`` vectors just stored (a loop
+    over rows, one copy of each activation's code; the rows are in L1)."""
     i32, i64 = ir.IntType(32), ir.IntType(64)
     vec = ir.VectorType(ir.FloatType(), LANES)
     masked_load, masked_store = _masked_ops(builder)
@@ -286,7 +286,7 @@ def _post_activation(builder, n_vec, rows, out, nk, post, slope):
         builder.position_at_end(head)
         i = builder.phi(i64)
         i.add_incoming(ir.Constant(i64, 0), block)
-        builder.cbranch(builder.icmp_signed("<", i, ir.Constant(i64, MR)), step, done)
+        builder.cbranch(builder.icmp_signed("<", i, ir.Constant(i64, n_rows)), step, done)
         builder.position_at_end(step)
         offset = builder.load(builder.gep(row_at, [i]))
         following = builder.add(i, ir.Constant(i64, 1))
@@ -307,7 +307,7 @@ def _post_activation(builder, n_vec, rows, out, nk, post, slope):
 
 
 def _epilogue(builder, acc, n_vec, rows, out, res, bias, nk, lo, hi):
-    """``acc`` (MR rows of ``n_vec`` vectors) plus bias (and residual), clamped, to the rows
+    """``acc`` (rows of ``n_vec`` vectors) plus bias (and residual), clamped, to the rows
     at ``rows``. Four copies of the store, by full or partial panel and with or without a
     residual, so that no test is left inside them."""
     i32, i64 = ir.IntType(32), ir.IntType(64)
@@ -317,7 +317,8 @@ def _epilogue(builder, acc, n_vec, rows, out, res, bias, nk, lo, hi):
     zeros = ir.Constant(vec, [0.0] * LANES)
     lo, hi = _splat(builder, lo), _splat(builder, hi)
     row_at = builder.inttoptr(rows, i64.as_pointer())
-    offsets = [builder.load(builder.gep(row_at, [ir.Constant(i64, i)])) for i in range(MR)]
+    n_rows = len(acc) // n_vec
+    offsets = [builder.load(builder.gep(row_at, [ir.Constant(i64, i)])) for i in range(n_rows)]
     masks = _lane_masks(builder, nk, n_vec)
 
     def at(base, offset, v):
@@ -353,7 +354,7 @@ def _epilogue(builder, acc, n_vec, rows, out, res, bias, nk, lo, hi):
     for (masked, residual), block in variants.items():
         builder.position_at_end(block)
         biases = [load(at(bias, ir.Constant(i64, 0), v), v, masked) for v in range(n_vec)]
-        for i in range(MR):
+        for i in range(n_rows):
             keep = fn.append_basic_block("tile.row")
             after = fn.append_basic_block("tile.next_row")
             builder.cbranch(builder.icmp_signed(">=", offsets[i], ir.Constant(i64, 0)), keep,
@@ -372,90 +373,107 @@ def _epilogue(builder, acc, n_vec, rows, out, res, bias, nk, lo, hi):
     builder.position_at_end(exit_block)
 
 
-@intrinsic
-def dw_tile_out(typingctx, kh, kw, a, step, col_step, row_step, w, w_tap, count, rows, out, res,
+#: Pixels of ``dw_tile_small``: the one or two border columns of a row.
+DW_SMALL = 4
+
+
+def _dw_tile(pixels):
+    """``dw_tile_out`` for tiles of ``pixels`` output pixels."""
+
+    def dw_tile(typingctx, kh, kw, a, step, col_step, row_step, w, w_tap, count, rows, out, res,
                 bias, nk, lo, hi, post, slope):  # fmt: skip
-    """A depthwise convolution's MR output pixels x LANES channels, with ``conv_tile_out``'s
-    epilogue (``rows``, ``out``, ``res``, ``bias``, ``nk``, ``lo``, ``hi``, ``post``,
-    ``slope`` as there, one vector per row). Pixel i, tap (ky, kx) reads the LANES floats at
-    ``a + min(i, count - 1) * step + ky * row_step + kx * col_step`` and multiplies them with
-    those at ``w + (ky * kw + kx) * w_tap``: strides and dilations are the caller's, so the
-    same code reads the input in place or a zero-padded patch of it. Loads are masked to
-    ``nk`` channels. Addresses and steps in bytes."""
-    sig = types.void(*([types.intp] * 14), types.float32, types.float32, types.intp,
-                     types.float32)  # fmt: skip
-
-    def codegen(context, builder, signature, args):
-        kh, kw, a, step, col_step, row_step, w, w_tap, count, rows, out, res, bias, nk = args[:14]
-        lo, hi, post, slope = args[14:]
-        i32, i64 = ir.IntType(32), ir.IntType(64)
-        vec = ir.VectorType(ir.FloatType(), LANES)
-        fma = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{LANES}f32"
+        return _dw_signature, lambda context, builder, sig, args: _dw_codegen(
+            context, builder, args, pixels
         )
-        masked_load, _ = _masked_ops(builder)
-        (mask,) = _lane_masks(builder, nk, 1)
-        zeros = _vconst(0.0)
 
-        def load(address):
-            ptr = builder.inttoptr(address, vec.as_pointer())
-            return builder.call(masked_load, [ptr, ir.Constant(i32, 4), mask, zeros])
+    return intrinsic(dw_tile)
 
-        last = builder.sub(count, ir.Constant(i64, 1))
-        pixels = []
-        for i in range(MR):
-            clamped = builder.select(builder.icmp_signed("<", ir.Constant(i64, i), last),
-                                     ir.Constant(i64, i), last)  # fmt: skip
-            pixels.append(builder.add(a, builder.mul(clamped, step)))
-        fn = builder.function
-        entry = builder.block
-        y_head = fn.append_basic_block("dw.rows")
-        y_body = fn.append_basic_block("dw.row")
-        x_head = fn.append_basic_block("dw.taps")
-        x_body = fn.append_basic_block("dw.tap")
-        y_next = fn.append_basic_block("dw.next_row")
-        done = fn.append_basic_block("dw.done")
-        builder.branch(y_head)
-        builder.position_at_end(y_head)
-        ky = builder.phi(i64)
-        y_acc = [builder.phi(vec) for _ in range(MR)]
-        ky.add_incoming(ir.Constant(i64, 0), entry)
-        for p in y_acc:
-            p.add_incoming(zeros, entry)
-        builder.cbranch(builder.icmp_signed("<", ky, kh), y_body, done)
-        builder.position_at_end(y_body)
-        row_offset = builder.mul(ky, row_step)
-        tap_base = builder.mul(ky, kw)
-        builder.branch(x_head)
-        builder.position_at_end(x_head)
-        kx = builder.phi(i64)
-        x_acc = [builder.phi(vec) for _ in range(MR)]
-        kx.add_incoming(ir.Constant(i64, 0), y_body)
-        for p, q in zip(x_acc, y_acc):
-            p.add_incoming(q, y_body)
-        builder.cbranch(builder.icmp_signed("<", kx, kw), x_body, y_next)
-        builder.position_at_end(x_body)
-        weight = load(builder.add(w, builder.mul(builder.add(tap_base, kx), w_tap)))
-        offset = builder.add(row_offset, builder.mul(kx, col_step))
-        new = [
-            builder.call(fma, [load(builder.add(pixels[i], offset)), weight, x_acc[i]])
-            for i in range(MR)
-        ]
-        kx.add_incoming(builder.add(kx, ir.Constant(i64, 1)), builder.block)
-        for p, q in zip(x_acc, new):
-            p.add_incoming(q, builder.block)
-        builder.branch(x_head)
-        builder.position_at_end(y_next)
-        ky.add_incoming(builder.add(ky, ir.Constant(i64, 1)), y_next)
-        for p, q in zip(y_acc, x_acc):
-            p.add_incoming(q, y_next)
-        builder.branch(y_head)
-        builder.position_at_end(done)
-        _epilogue(builder, y_acc, 1, rows, out, res, bias, nk, lo, hi)
-        _post_activation(builder, 1, rows, out, nk, post, slope)
-        return context.get_dummy_value()
 
-    return sig, codegen
+_dw_signature = types.void(*([types.intp] * 14), types.float32, types.float32, types.intp,
+                           types.float32)  # fmt: skip
+
+
+def _dw_codegen(context, builder, args, pixels):
+    """A depthwise convolution's ``pixels`` output pixels x LANES channels, with
+    ``conv_tile_out``'s epilogue (``rows``, ``out``, ``res``, ``bias``, ``nk``, ``lo``,
+    ``hi``, ``post``, ``slope`` as there, one vector per row). Pixel i, tap (ky, kx) reads
+    the LANES floats at ``a + min(i, count - 1) * step + ky * row_step + kx * col_step`` and
+    multiplies them with those at ``w + (ky * kw + kx) * w_tap``: strides and dilations are
+    the caller's, so the same code reads the input in place or a zero-padded patch of it.
+    Loads are masked to ``nk`` channels. Addresses and steps in bytes."""
+    kh, kw, a, step, col_step, row_step, w, w_tap, count, rows, out, res, bias, nk = args[:14]
+    lo, hi, post, slope = args[14:]
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    vec = ir.VectorType(ir.FloatType(), LANES)
+    fma = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{LANES}f32"
+    )
+    masked_load, _ = _masked_ops(builder)
+    (mask,) = _lane_masks(builder, nk, 1)
+    zeros = _vconst(0.0)
+
+    def load(address):
+        ptr = builder.inttoptr(address, vec.as_pointer())
+        return builder.call(masked_load, [ptr, ir.Constant(i32, 4), mask, zeros])
+
+    last = builder.sub(count, ir.Constant(i64, 1))
+    pixel_at = []
+    for i in range(pixels):
+        clamped = builder.select(builder.icmp_signed("<", ir.Constant(i64, i), last),
+                                 ir.Constant(i64, i), last)  # fmt: skip
+        pixel_at.append(builder.add(a, builder.mul(clamped, step)))
+    fn = builder.function
+    entry = builder.block
+    y_head = fn.append_basic_block("dw.rows")
+    y_body = fn.append_basic_block("dw.row")
+    x_head = fn.append_basic_block("dw.taps")
+    x_body = fn.append_basic_block("dw.tap")
+    y_next = fn.append_basic_block("dw.next_row")
+    done = fn.append_basic_block("dw.done")
+    builder.branch(y_head)
+    builder.position_at_end(y_head)
+    ky = builder.phi(i64)
+    y_acc = [builder.phi(vec) for _ in range(pixels)]
+    ky.add_incoming(ir.Constant(i64, 0), entry)
+    for p in y_acc:
+        p.add_incoming(zeros, entry)
+    builder.cbranch(builder.icmp_signed("<", ky, kh), y_body, done)
+    builder.position_at_end(y_body)
+    row_offset = builder.mul(ky, row_step)
+    tap_base = builder.mul(ky, kw)
+    builder.branch(x_head)
+    builder.position_at_end(x_head)
+    kx = builder.phi(i64)
+    x_acc = [builder.phi(vec) for _ in range(pixels)]
+    kx.add_incoming(ir.Constant(i64, 0), y_body)
+    for p, q in zip(x_acc, y_acc):
+        p.add_incoming(q, y_body)
+    builder.cbranch(builder.icmp_signed("<", kx, kw), x_body, y_next)
+    builder.position_at_end(x_body)
+    weight = load(builder.add(w, builder.mul(builder.add(tap_base, kx), w_tap)))
+    offset = builder.add(row_offset, builder.mul(kx, col_step))
+    new = [
+        builder.call(fma, [load(builder.add(pixel_at[i], offset)), weight, x_acc[i]])
+        for i in range(pixels)
+    ]
+    kx.add_incoming(builder.add(kx, ir.Constant(i64, 1)), builder.block)
+    for p, q in zip(x_acc, new):
+        p.add_incoming(q, builder.block)
+    builder.branch(x_head)
+    builder.position_at_end(y_next)
+    ky.add_incoming(builder.add(ky, ir.Constant(i64, 1)), y_next)
+    for p, q in zip(y_acc, x_acc):
+        p.add_incoming(q, y_next)
+    builder.branch(y_head)
+    builder.position_at_end(done)
+    _epilogue(builder, y_acc, 1, rows, out, res, bias, nk, lo, hi)
+    _post_activation(builder, 1, rows, out, nk, post, slope, pixels)
+    return context.get_dummy_value()
+
+
+#: A depthwise tile of MR pixels (``_dw_codegen``), and a small one for border columns.
+dw_tile_out = _dw_tile(MR)
+dw_tile_small = _dw_tile(DW_SMALL)
 
 
 @intrinsic
