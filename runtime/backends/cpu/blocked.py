@@ -20,7 +20,7 @@ from numba import njit, prange
 from ..codes import HARDSIGMOID, HARDSWISH, LEAKY_RELU, SIGMOID, SILU
 from . import microkernel as mk
 from .activations import JIT, PJIT, clamp_bounds
-from .elementwise import activation_pass
+from .elementwise import run_call
 from .microkernel import MR, NR, conv_tile_out
 
 F4 = 4
@@ -89,20 +89,26 @@ def post_code(act: int) -> tuple:
     return mk.POST_NONE, act
 
 
-def blocked_conv(
+def blocked_call(
     x, xp, panels, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, act, alpha, beta,
     per_item, blocks, tiles_outer,
-):  # fmt: skip
-    """``blocked_kernel`` with activation ``act`` (scalars ``alpha``, ``beta``): in the
-    micro-kernel's registers where it can (a clamp, or one of ``_POST``), else as a pass over
-    the output after it (GELU, ELU, tanh, ... : rare after a convolution)."""
+) -> tuple:  # fmt: skip
+    """``blocked_kernel`` with activation ``act`` (scalars ``alpha``, ``beta``), as a call for
+    ``elementwise.run_call``: in the micro-kernel's registers where it can (a clamp, or one of
+    ``_POST``), else as a pass over the output after it (GELU, ELU, tanh, ... : rare after a
+    convolution)."""
     lo, hi, rest = clamp_bounds(act, alpha, beta)
     post, rest = post_code(rest)
-    blocked_kernel(
+    args = (
         x, xp, panels, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, lo, hi, post,
         np.float32(alpha), per_item, blocks, tiles_outer,
     )  # fmt: skip
-    activation_pass(out, rest, alpha, beta)
+    return blocked_kernel, args, (out, rest, alpha, beta) if rest else None
+
+
+def blocked_conv(*args) -> None:
+    """Run ``blocked_call(*args)``."""
+    run_call(blocked_call(*args))
 
 
 @njit(**PJIT)

@@ -14,7 +14,7 @@ from numba import njit, prange
 from . import autotune, blocked, winograd
 from .activations import JIT, PJIT, activate, activate_run, clamp_bounds, epilogue_run
 from .blas import gemm
-from .elementwise import activation_pass
+from .elementwise import activation_pass, run_call
 from .table import KERNELS
 from .tiling import conv_scratch_floats, uses_direct_gemm, uses_shifted_gemm
 
@@ -425,6 +425,12 @@ GEOMETRY = ("kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "groups")
 
 def _run_choice(backend, choice, arrays, x, res, out, a):
     """Run the convolution by the algorithm and tiling of ``choice`` (autotune.Choice)."""
+    run_call(_bind_choice(backend, choice, arrays, x, res, out, a))
+
+
+def _bind_choice(backend, choice, arrays, x, res, out, a) -> tuple:
+    """The call (kernel, arguments, after: elementwise.run_call) that runs the convolution by
+    the algorithm and tiling of ``choice``, its weights packed or transformed first."""
     geometry = [a[name] for name in GEOMETRY]
     if choice.algorithm == "winograd":
         m, per_item, k_blocks = choice.a, choice.b, choice.c
@@ -433,22 +439,9 @@ def _run_choice(backend, choice, arrays, x, res, out, a):
             arrays[name] = winograd.transform_weights(arrays["w"], m)
         bt, at = winograd.matrices(m)
         floats = winograd.scratch_floats(m, per_item, x.shape[3], out.shape[3], k_blocks)
-        winograd.winograd_conv(
-            x,
-            arrays[name],
-            arrays["b"],
-            res,
-            out,
-            backend.scratch(floats),
-            a["ph"],
-            a["pw"],
-            bt,
-            at,
-            *_f32(a),
-            per_item,
-            k_blocks,
-        )
-        return
+        args = (x, arrays[name], arrays["b"], res, out, backend.scratch(floats), a["ph"],
+                a["pw"], bt, at, *_f32(a), per_item, k_blocks)  # fmt: skip
+        return winograd.winograd_conv, args, None
     if choice.algorithm == "blocked":
         if "panels" not in arrays:  # packed once, on first use, for this executor
             arrays["panels"] = blocked.pack_panels(arrays["w"])
@@ -458,7 +451,7 @@ def _run_choice(backend, choice, arrays, x, res, out, a):
             n, h, w, c = x.shape
             xp = backend.buffer("padded", n * (h + 2 * ph) * (w + 2 * pw) * c)
             xp = xp.reshape(n, h + 2 * ph, w + 2 * pw, c)
-        blocked.blocked_conv(
+        return blocked.blocked_call(
             x,
             xp,
             arrays["panels"],
@@ -472,21 +465,11 @@ def _run_choice(backend, choice, arrays, x, res, out, a):
             choice.b,
             blocked.tiles_outer(arrays["w"].shape[1], out.shape[3], choice.b),
         )
-        return
     rows, blocks = choice.a, choice.b
     floats = conv_scratch_floats(rows, blocks, x.shape, out.shape, *geometry)
-    convolve(
-        x,
-        arrays["w"],
-        arrays["b"],
-        res,
-        out,
-        backend.scratch(floats),
-        *geometry,
-        *_f32(a),
-        rows,
-        blocks,
-    )
+    args = (x, arrays["w"], arrays["b"], res, out, backend.scratch(floats), *geometry,
+            *_f32(a), rows, blocks)  # fmt: skip
+    return convolve, args, None
 
 
 def _choose(backend, step, arrays, x, res, out):
@@ -563,18 +546,23 @@ def _is_pointwise_vector(x, out, a) -> bool:
 
 @KERNELS.register("conv")
 def launch_conv(backend, step, arrays, ins, res, out, work):
-    x, a = ins[0], step.attrs
+    x = ins[0]
+    key = (id(step), id(x), id(res), id(out))
+    run_call(backend.bound_call(key, lambda: _bind(backend, step, arrays, x, res, out)))
+
+
+def _bind(backend, step, arrays, x, res, out) -> tuple:
+    """``step``'s call: its algorithm chosen (and measured, if tuning), weights packed."""
+    a = step.attrs
     if _is_pointwise_vector(x, out, a):
         n_img, c_out = x.shape[0], out.shape[3]
         res2 = res.reshape(n_img, c_out) if res.size else res.reshape(0, 0)
         w2 = arrays["w"].reshape(x.shape[3], c_out)
-        pointwise_vector(
-            x.reshape(n_img, -1), w2, arrays["b"], res2, out.reshape(n_img, c_out), *_f32(a)
-        )
-        return
+        args = (x.reshape(n_img, -1), w2, arrays["b"], res2, out.reshape(n_img, c_out), *_f32(a))
+        return pointwise_vector, args, None
     choice = _choose(backend, step, arrays, x, res, out)
     backend.chosen[id(step)] = choice.label()
-    _run_choice(backend, choice, arrays, x, res, out, a)
+    return _bind_choice(backend, choice, arrays, x, res, out, a)
 
 
 @KERNELS.register("convt")

@@ -18,7 +18,7 @@ from numba import njit, prange
 
 from .activations import JIT, PJIT, activate, clamp_bounds
 from .blocked import post_code
-from .elementwise import activation_pass
+from .elementwise import run_call
 from .microkernel import DW_SMALL, LANES, MR, dw_tile_out, dw_tile_small
 from .table import KERNELS
 
@@ -170,21 +170,24 @@ def dw_scratch_floats(kh: int, kw: int, sw: int, dw: int) -> int:
     return 2 * MR + kh * ((DW_SMALL - 1) * sw + (kw - 1) * dw + 1) * LANES
 
 
-def run_dwconv(backend, a, arrays, x, res, out):
-    """Run a depthwise step (``a`` its attributes)."""
+def dwconv_call(backend, a, arrays, x, res, out) -> tuple:
+    """A depthwise step's call (``a`` its attributes; see elementwise.run_call)."""
     act, alpha, beta = a["act"], np.float32(a["alpha"]), np.float32(a["beta"])
     window = (a["kh"], a["kw"], a["sh"], a["sw"], a["ph"], a["pw"], a["dh"], a["dw"])
     if a["mult"] != 1:
-        dwconv_mult(x, arrays["w"], arrays["b"], res, out, *window, a["mult"], act, alpha, beta)
-        return
+        args = (x, arrays["w"], arrays["b"], res, out, *window, a["mult"], act, alpha, beta)
+        return dwconv_mult, args, None
     lo, hi, rest = clamp_bounds(act, alpha, beta)
     post, rest = post_code(rest)
     per = dw_vectors_per_item(x.shape[0], out.shape[1], x.shape[3], backend.threads)
     scratch = backend.scratch(dw_scratch_floats(a["kh"], a["kw"], a["sw"], a["dw"]))
-    dwconv(x, arrays["w"], arrays["b"], res, out, scratch, *window, lo, hi, post, alpha, per)
-    activation_pass(out, rest, alpha, beta)
+    args = (x, arrays["w"], arrays["b"], res, out, scratch, *window, lo, hi, post, alpha, per)
+    return dwconv, args, (out, rest, alpha, beta) if rest else None
 
 
 @KERNELS.register("dwconv")
 def launch_dwconv(backend, step, arrays, ins, res, out, work):
-    run_dwconv(backend, step.attrs, arrays, ins[0], res, out)
+    x = ins[0]
+    key = (id(step), id(x), id(res), id(out))
+    bind = lambda: dwconv_call(backend, step.attrs, arrays, x, res, out)  # noqa: E731
+    run_call(backend.bound_call(key, bind))

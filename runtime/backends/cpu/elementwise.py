@@ -26,6 +26,15 @@ def act(x1, out1, code, alpha, beta):
         out1[i] = activate(x1[i], code, alpha, beta)
 
 
+def run_call(call: tuple) -> None:
+    """Run ``(kernel, arguments, after)``: the kernel, then ``activation_pass(*after)`` where
+    ``after`` is not None (see CpuBackend.bound_call)."""
+    kernel, args, after = call
+    kernel(*args)
+    if after is not None:
+        activation_pass(*after)
+
+
 def activation_pass(out, code: int, alpha, beta) -> None:
     """Activation ``code`` over ``out`` in place, for kernels that do only a clamp in their
     epilogue (``activations.clamp_bounds``); nothing for NONE."""
