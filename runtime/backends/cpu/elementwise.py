@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .activations import PJIT, activate, activate_run
+from .activations import PJIT, activate, activate_at
 from .table import KERNELS
 
 
@@ -78,21 +78,22 @@ def mul(x1, y1, out1, code, alpha, beta):
 @njit(**PJIT)
 def mul_channels(x2, gate, out2, pixels, code, alpha, beta):
     """``x * gate`` with a per-sample gate broadcast over positions (squeeze-and-excitation):
-    ``x2`` (N*pixels, C), ``gate`` (N, C) or (N, 1)."""
+    ``x2`` (N*pixels, C), ``gate`` (N, C) or (N, 1). Flat arrays at offsets, not a view per
+    row (each view is an atomic update of a reference count the threads share)."""
     rows, c = x2.shape
-    shared = gate.shape[1] == 1
+    width = gate.shape[1]
+    xf, gf, of = x2.reshape(-1), gate.reshape(-1), out2.reshape(-1)
     for r in prange(rows):
-        n = r // pixels
-        d, s = out2[r], x2[r]
-        if shared:
-            g0 = gate[n, 0]
+        o = np.uintp(r * c)
+        g = np.uintp((r // pixels) * width)
+        if width == 1:
+            g0 = gf[g]
             for ch in range(c):
-                d[ch] = s[ch] * g0
+                of[o + ch] = xf[o + ch] * g0
         else:
-            g = gate[n]
             for ch in range(c):
-                d[ch] = s[ch] * g[ch]
-        activate_run(d, c, code, alpha, beta)
+                of[o + ch] = xf[o + ch] * gf[g + ch]
+        activate_at(of, o, c, code, alpha, beta)
 
 
 @njit(**PJIT)
