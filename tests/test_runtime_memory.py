@@ -54,6 +54,26 @@ def test_session_keeps_one_packed_copy_of_the_weights():
     assert Session.create(net, given).weights[key] is given[key]
 
 
+def test_micro_kernel_panels_replace_the_packed_weights():
+    """A layer that runs on the micro-kernel keeps only its panels, in the plan too; another
+    algorithm (here Winograd, for a second batch size) rebuilds the packed weights from them
+    and gives the same outputs."""
+    net = cnnc.load(NET)
+    session = Session.create(net, None, seed=2, algorithm="direct")
+    rng = np.random.default_rng(0)
+    x1 = {"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)}
+    first = session.run(x1)
+    (step,) = [s for s in session.plan.steps if s.kernel == "conv"]
+    assert "w" not in step.arrays and "panels" in step.arrays
+    x2 = {"x": np.concatenate([x1["x"], x1["x"][:, :, ::-1].copy()])}
+    session.algorithm = "winograd"
+    second = session.run(x2)
+    assert "w" not in step.arrays  # rebuilt in the executor's arrays, not in the plan
+    np.testing.assert_allclose(second["out"][:1], first["out"], rtol=1e-4, atol=1e-5)
+    fresh = Session.create(net, None, seed=2, algorithm="direct").run(x2)
+    np.testing.assert_allclose(second["out"], fresh["out"], rtol=1e-4, atol=1e-5)
+
+
 def test_winograd_weights_transformed_by_blocks_match_the_whole_layer():
     """Transformed a panel of output channels at a time (the last one partial), the values
     of the whole layer in one float64 product, zero past the last channel."""

@@ -37,6 +37,13 @@ def pack_panels(wmat: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(rows, panels, NR).transpose(1, 0, 2))
 
 
+def unpack_panels(panels: np.ndarray, k_out: int) -> np.ndarray:
+    """``pack_panels``'s input again, (1, rows, k_out), from its panels."""
+    n_panels, rows, _ = panels.shape
+    flat = panels.transpose(1, 0, 2).reshape(rows, n_panels * NR)[:, :k_out]
+    return np.ascontiguousarray(flat)[None]
+
+
 def applies(groups: int) -> bool:
     return groups == 1
 

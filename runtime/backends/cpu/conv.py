@@ -436,7 +436,7 @@ def _bind_choice(backend, choice, arrays, x, res, out, a) -> tuple:
         m, per_item, k_blocks = choice.a, choice.b, choice.c
         name = f"winograd{m}"
         if name not in arrays:  # transformed once, on first use, for this executor
-            arrays[name] = winograd.transform_weights(arrays["w"], m)
+            arrays[name] = winograd.transform_weights(_packed(arrays, out.shape[3]), m)
         bt, at = winograd.matrices(m)
         floats = winograd.scratch_floats(m, per_item, x.shape[3], out.shape[3], k_blocks)
         args = (x, arrays[name], arrays["b"], res, out, backend.scratch(floats), a["ph"],
@@ -444,7 +444,7 @@ def _bind_choice(backend, choice, arrays, x, res, out, a) -> tuple:
         return winograd.winograd_conv, args, None
     if choice.algorithm == "blocked":
         if "panels" not in arrays:  # packed once, on first use, for this executor
-            arrays["panels"] = blocked.pack_panels(arrays["w"])
+            arrays["panels"] = blocked.pack_panels(_packed(arrays, out.shape[3]))
         ph, pw = a["ph"], a["pw"]
         xp = x
         if ph or pw:
@@ -463,13 +463,21 @@ def _bind_choice(backend, choice, arrays, x, res, out, a) -> tuple:
             *_f32(a),
             choice.a,
             choice.b,
-            blocked.tiles_outer(arrays["w"].shape[1], out.shape[3], choice.b),
+            blocked.tiles_outer(arrays["panels"].shape[1], out.shape[3], choice.b),
         )
     rows, blocks = choice.a, choice.b
     floats = conv_scratch_floats(rows, blocks, x.shape, out.shape, *geometry)
-    args = (x, arrays["w"], arrays["b"], res, out, backend.scratch(floats), *geometry,
-            *_f32(a), rows, blocks)  # fmt: skip
+    args = (x, _packed(arrays, out.shape[3]), arrays["b"], res, out, backend.scratch(floats),
+            *geometry, *_f32(a), rows, blocks)  # fmt: skip
     return convolve, args, None
+
+
+def _packed(arrays: dict, k_out: int) -> np.ndarray:
+    """The layer's packed weights (1, kh*kw*C, K), rebuilt from the micro-kernel's panels
+    where a layer that runs on it kept only those (see ``_bind``)."""
+    if "w" not in arrays:
+        arrays["w"] = blocked.unpack_panels(arrays["panels"], k_out)
+    return arrays["w"]
 
 
 def _choose(backend, step, arrays, x, res, out):
@@ -509,6 +517,7 @@ def _choose(backend, step, arrays, x, res, out):
             if choice.algorithm != "winograd" or choice.a != m:
                 arrays.pop(f"winograd{m}", None)
         if choice.algorithm != "blocked":
+            _packed(arrays, out.shape[3])  # before its panels go, where they are the only copy
             arrays.pop("panels", None)
     backend.choices[shape] = choice
     return choice
@@ -557,12 +566,19 @@ def _bind(backend, step, arrays, x, res, out) -> tuple:
     if _is_pointwise_vector(x, out, a):
         n_img, c_out = x.shape[0], out.shape[3]
         res2 = res.reshape(n_img, c_out) if res.size else res.reshape(0, 0)
-        w2 = arrays["w"].reshape(x.shape[3], c_out)
+        w2 = _packed(arrays, c_out).reshape(x.shape[3], c_out)
         args = (x.reshape(n_img, -1), w2, arrays["b"], res2, out.reshape(n_img, c_out), *_f32(a))
         return pointwise_vector, args, None
     choice = _choose(backend, step, arrays, x, res, out)
     backend.chosen[id(step)] = choice.label()
-    return _bind_choice(backend, choice, arrays, x, res, out, a)
+    call = _bind_choice(backend, choice, arrays, x, res, out, a)
+    if choice.algorithm == "blocked":
+        # the panels replace the packed weights, in the plan too: one copy of the layer's
+        # weights in memory (a layer that needs the other form rebuilds it: ``_packed``)
+        step.arrays["panels"] = arrays["panels"]
+        step.arrays.pop("w", None)
+        arrays.pop("w", None)
+    return call
 
 
 @KERNELS.register("convt")
