@@ -1,8 +1,8 @@
 """The depthwise, 1x1 and squeeze-and-excitation fast paths of MobileNet and EfficientNet
-blocks against PyTorch: the padded-row depthwise kernel (kernels 3 and 5, strides 1 and 2,
-channel counts that are not multiples of the vector width), its fused bias, activation and
-residual, the one-thread path of 1x1 convolutions on 1x1 images, the vectorised sigmoid and
-SiLU, and the residual add folded through ``droppath``."""
+blocks against PyTorch: the depthwise tiles (kernels 3 and 5, strides 1 and 2, channel counts
+that are not multiples of the vector width, rows wider than a tile, border columns), their
+fused bias, activation and residual, the one-thread path of 1x1 convolutions on 1x1 images,
+the vectorised sigmoid and SiLU, and the residual add folded through ``droppath``."""
 
 from __future__ import annotations
 
@@ -56,11 +56,14 @@ def test_mbconv_blocks(torch, c, h, w, k, s, mult, act, res, batch):
     "k,s,p,d", [(3, 1, 1, 1), (3, 2, 1, 1), (5, 1, 2, 1), (5, 2, 2, 1), (3, 1, 2, 2), (4, 3, 0, 1)]
 )
 def test_depthwise_shapes(torch, c, k, s, p, d):
-    """Every row of the padded block: image borders, strides, dilation, kernels other than 3
-    and 5 (the generic tap loop), batch 3, residual and SiLU epilogue."""
+    """Image borders (rows 29 wide: border columns, full tiles and a partial one), strides,
+    dilation, kernels other than 3 and 5, batch 3, residual, and an activation of each kind:
+    clamped in registers (relu6), computed in registers (SiLU, hardswish) or a pass after the
+    kernel (GELU)."""
+    act = ["silu", "relu6", "gelu", "hardswish"][(c + k + s) % 4]
     spec = f"""
-network t(x: {c}x13x10) {{
-    y = x | dwconv(k={k}, s={s}, p={p}, d={d}) | silu
+network t(x: {c}x13x29) {{
+    y = x | dwconv(k={k}, s={s}, p={p}, d={d}) | {act}
     z = y | dwconv(k=3, p=1) | bn
     return add(z, y) | silu
 }}

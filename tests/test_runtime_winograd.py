@@ -320,8 +320,8 @@ AVX2 = {
 
 
 def test_kernels_under_avx2_code_generation():
-    """Machines without AVX-512 (Zen 3): the Winograd, direct and micro-kernel conv tests
-    again, with Numba generating AVX2 code only (8-lane micro-kernel; a small selection, in a
+    """Machines without AVX-512 (Zen 3): the Winograd, direct, micro-kernel and depthwise
+    tests again, with Numba generating AVX2 code only (8-lane tiles; a small selection, in a
     process of its own)."""
     tests = ROOT / "tests"
     selection = [
@@ -329,6 +329,7 @@ def test_kernels_under_avx2_code_generation():
         f"{tests / 'test_runtime_tiling.py'}::test_conv_matches_torch_under_any_tiling",
         f"{tests / 'test_runtime_blocked.py'}::test_blocked_conv_matches_torch",
         f"{tests / 'test_runtime_blocked.py'}::test_vector_width_follows_the_target",
+        f"{tests / 'test_runtime_mobile.py'}::test_depthwise_shapes",
     ]
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection],
@@ -338,4 +339,4 @@ def test_kernels_under_avx2_code_generation():
         env={**os.environ, **AVX2},
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert "4 passed" in out.stdout
+    assert "28 passed" in out.stdout
