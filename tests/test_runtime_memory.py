@@ -54,24 +54,36 @@ def test_session_keeps_one_packed_copy_of_the_weights():
     assert Session.create(net, given).weights[key] is given[key]
 
 
-def test_micro_kernel_panels_replace_the_packed_weights():
-    """A layer that runs on the micro-kernel keeps only its panels, in the plan too; another
-    algorithm (here Winograd, for a second batch size) rebuilds the packed weights from them
-    and gives the same outputs."""
+def test_a_layer_keeps_one_form_of_its_weights():
+    """A layer keeps only the form of its weights it runs on (the micro-kernel's panels,
+    Winograd's transformed weights), in the plan too; another algorithm, for another batch
+    size, rebuilds its own from it and gives the same outputs."""
     net = cnnc.load(NET)
     session = Session.create(net, None, seed=2, algorithm="direct")
     rng = np.random.default_rng(0)
     x1 = {"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)}
     first = session.run(x1)
     (step,) = [s for s in session.plan.steps if s.kernel == "conv"]
-    assert "w" not in step.arrays and "panels" in step.arrays
+    assert set(step.arrays) == {"panels", "b"}
     x2 = {"x": np.concatenate([x1["x"], x1["x"][:, :, ::-1].copy()])}
     session.algorithm = "winograd"
     second = session.run(x2)
-    assert "w" not in step.arrays  # rebuilt in the executor's arrays, not in the plan
+    assert set(step.arrays) == {"winograd4", "b"}
     np.testing.assert_allclose(second["out"][:1], first["out"], rtol=1e-4, atol=1e-5)
     fresh = Session.create(net, None, seed=2, algorithm="direct").run(x2)
     np.testing.assert_allclose(second["out"], fresh["out"], rtol=1e-4, atol=1e-5)
+    session.algorithm = "direct"  # the packed weights again, from Winograd's
+    third = session.run(x1)
+    assert set(step.arrays) == {"panels", "b"}
+    np.testing.assert_allclose(third["out"], first["out"], rtol=1e-5, atol=1e-6)
+
+
+def test_winograd_weights_come_back_through_the_pseudo_inverse():
+    rng = np.random.default_rng(1)
+    wmat = rng.standard_normal((1, 9 * 5, 37)).astype(np.float32)
+    for m in (2, 4):
+        back = winograd.untransform_weights(winograd.transform_weights(wmat, m), m, 37)
+        np.testing.assert_allclose(back, wmat, rtol=1e-5, atol=1e-5)
 
 
 def test_winograd_weights_transformed_by_blocks_match_the_whole_layer():

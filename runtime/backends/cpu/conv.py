@@ -472,12 +472,28 @@ def _bind_choice(backend, choice, arrays, x, res, out, a) -> tuple:
     return convolve, args, None
 
 
+#: The forms a convolution's weights take: packed for BLAS, the micro-kernel's panels,
+#: Winograd's transformed panels. After binding a layer keeps only the one it runs on.
+FORMS = ("w", "panels", "winograd2", "winograd4")
+
+
 def _packed(arrays: dict, k_out: int) -> np.ndarray:
-    """The layer's packed weights (1, kh*kw*C, K), rebuilt from the micro-kernel's panels
-    where a layer that runs on it kept only those (see ``_bind``)."""
+    """The layer's packed weights (1, kh*kw*C, K), rebuilt from the form it kept where it
+    kept another (see ``_bind``)."""
     if "w" not in arrays:
-        arrays["w"] = blocked.unpack_panels(arrays["panels"], k_out)
+        if "panels" in arrays:
+            arrays["w"] = blocked.unpack_panels(arrays["panels"], k_out)
+        else:
+            m = 4 if "winograd4" in arrays else 2
+            arrays["w"] = winograd.untransform_weights(arrays[f"winograd{m}"], m, k_out)
     return arrays["w"]
+
+
+def _form(choice) -> str:
+    """The weights' form that ``choice`` runs on (FORMS)."""
+    if choice.algorithm == "blocked":
+        return "panels"
+    return f"winograd{choice.a}" if choice.algorithm == "winograd" else "w"
 
 
 def _choose(backend, step, arrays, x, res, out):
@@ -513,12 +529,6 @@ def _choose(backend, step, arrays, x, res, out):
             ]
             seconds, choice = min(timed, key=lambda tc: tc[0])
             cache.put(shape, choice, seconds * 1e3)
-        for m in (2, 4):  # keep only the chosen algorithm's transformed weights
-            if choice.algorithm != "winograd" or choice.a != m:
-                arrays.pop(f"winograd{m}", None)
-        if choice.algorithm != "blocked":
-            _packed(arrays, out.shape[3])  # before its panels go, where they are the only copy
-            arrays.pop("panels", None)
     backend.choices[shape] = choice
     return choice
 
@@ -572,12 +582,14 @@ def _bind(backend, step, arrays, x, res, out) -> tuple:
     choice = _choose(backend, step, arrays, x, res, out)
     backend.chosen[id(step)] = choice.label()
     call = _bind_choice(backend, choice, arrays, x, res, out, a)
-    if choice.algorithm == "blocked":
-        # the panels replace the packed weights, in the plan too: one copy of the layer's
-        # weights in memory (a layer that needs the other form rebuilds it: ``_packed``)
-        step.arrays["panels"] = arrays["panels"]
-        step.arrays.pop("w", None)
-        arrays.pop("w", None)
+    # only the form of the weights this layer runs on stays, in the plan too: one copy of
+    # them in memory (another algorithm, for another batch size, rebuilds its own: _packed)
+    keep = _form(choice)
+    step.arrays[keep] = arrays[keep]
+    for form in FORMS:
+        if form != keep:
+            step.arrays.pop(form, None)
+            arrays.pop(form, None)
     return call
 
 

@@ -87,6 +87,22 @@ def transform_weights(wmat: np.ndarray, m: int) -> np.ndarray:
     return out
 
 
+def untransform_weights(u: np.ndarray, m: int, k_out: int) -> np.ndarray:
+    """``transform_weights``' input again, (1, 9*C, K), through G's pseudo-inverse (G has full
+    column rank, so G g G^T keeps all of g), in float64: the weights come back within float32
+    rounding. For a layer whose Winograd weights are its only copy (conv.py's ``_bind``)."""
+    tt, panels, c_in, _ = u.shape
+    t = m + 2
+    g_inv = np.linalg.pinv(TRANSFORMS[m][1])
+    w = np.empty((3, 3, c_in, k_out), np.float32)
+    for panel in range(panels):
+        k0, k1 = panel * NR, min(k_out, panel * NR + NR)
+        part = u[:, panel, :, : k1 - k0].reshape(t, t, c_in, k1 - k0).astype(np.float64)
+        back = np.tensordot(g_inv, np.tensordot(g_inv, part, axes=(1, 0)), axes=(1, 1))
+        w[..., k0:k1] = back.transpose(1, 0, 2, 3)
+    return w.reshape(1, 9 * c_in, k_out)
+
+
 def matrices(m: int) -> tuple[np.ndarray, np.ndarray]:
     """(B^T, A^T) in float32, as the kernel takes them."""
     bt, _, at = TRANSFORMS[m]
