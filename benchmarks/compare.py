@@ -7,6 +7,8 @@ Runtime runs that model exported by ``torch.onnx`` (CPU provider, all graph opti
 ``threads`` intra-op threads, one inter-op thread); cnnc runs the matching zoo spec. Rounds
 are interleaved (cnnc, PyTorch, ORT, cnnc, ...) and the best median of each is kept: the
 machines are shared and noisy. Peak RSS is each process's high-water mark after its runs.
+cnnc's layer choices are measured first, in a process of their own (what ``cnnc tune`` does);
+the timed cnnc processes then run as ``cnnc run`` does, reading the cached choices.
 
     pip install -e ".[test,bench]"
     python benchmarks/compare.py                      # the standard table
@@ -59,7 +61,7 @@ CNNC_CHILD = (
 import numpy as np, cnnc
 from cnnc.runtime.session import Session
 net = cnnc.load({spec!r}, network={name!r})
-session = Session.create(net, seed=0, batch={batch}, algorithm={algorithm!r}, tune=True)
+session = Session.create(net, seed=0, batch={batch}, algorithm={algorithm!r}, tune={tune})
 x = {{n: np.random.default_rng(0).standard_normal(({batch}, *l.shape)).astype(np.float32)
      for n, l in net.inputs.items()}}
 session.run(x)
@@ -183,8 +185,10 @@ def main():
                 algorithm=args.algorithm,
             )
             got = {"cnnc": [], "torch": [], "ort": []}
+            tuning = dict(fields, repeat=1, tune=True)  # the layer choices, measured once
+            child(CNNC_CHILD.format(**tuning), args.threads)
             for _ in range(rounds):
-                got["cnnc"].append(child(CNNC_CHILD.format(**fields), args.threads))
+                got["cnnc"].append(child(CNNC_CHILD.format(**fields, tune=False), args.threads))
                 got["torch"].append(child(TORCH_CHILD.format(**fields), args.threads))
                 got["ort"].append(child(ORT_CHILD.format(**fields), args.threads))
             best = {k: min(v, key=lambda r: r["median_ms"]) for k, v in got.items()}

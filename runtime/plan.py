@@ -84,9 +84,14 @@ def runtime_shape(shape: tuple) -> tuple:
     return (shape[1], shape[2], shape[0]) if len(shape) == 3 else shape
 
 
-def build_plan(net: Network, weights: dict[str, np.ndarray] | None, optimize: bool = True) -> Plan:
+def build_plan(
+    net: Network, weights: dict[str, np.ndarray] | None, optimize: bool = True, consume=False
+) -> Plan:
     """Compile a plan. With ``weights=None`` only its structure and memory are computed
-    (for estimates before any weight is allocated)."""
+    (for estimates before any weight is allocated). ``consume``: ``weights`` is the caller's
+    to give away; it is emptied once the steps hold their raw weights, so that each raw
+    array is freed as soon as its layer is packed instead of all of them at the end (VGG-19:
+    the conv weights' 80 MB less at the peak)."""
     values: dict[int, Value] = {}
     of_layer: dict[int, int] = {}
 
@@ -109,6 +114,8 @@ def build_plan(net: Network, weights: dict[str, np.ndarray] | None, optimize: bo
         step.output = of_layer[id(layer)] = new_value(layer.shape)
         steps.append(step)
     outputs = {name: of_layer[id(layer)] for name, layer in net.outputs.items()}
+    if consume and weights is not None:
+        weights.clear()
 
     if optimize:
         steps = _fold_affine(steps, values, outputs)

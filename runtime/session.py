@@ -61,7 +61,7 @@ class Session:
                 CnncWarning,
                 stacklevel=2,
             )
-        plan = build_plan(network, weights, optimize)
+        plan = build_plan(network, weights, optimize, consume=not isinstance(source, dict))
         return cls(network, source, plan, device, algorithm, resolve_tune(tune))
 
     @property
