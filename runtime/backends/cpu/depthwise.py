@@ -19,7 +19,7 @@ from numba import njit, prange
 from .activations import JIT, PJIT, activate, clamp_bounds
 from .blocked import post_code
 from .elementwise import run_call
-from .microkernel import DW_SMALL, LANES, MR, dw_tile_out, dw_tile_small
+from .microkernel import DW_SMALL, LANES, MR, copy_lanes, dw_tile_out, dw_tile_small
 from .table import KERNELS
 
 F4 = 4
@@ -38,22 +38,21 @@ def dwconv(x, w, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, lo, hi
     items = n_img * ho * blocks
     threads = scratch.shape[0]
     geometry = (h, wd, c_n, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, n_vec, blocks, per_item)
-    # addresses and a flat view, taken once: views inside the loops would be atomic updates
-    # of shared reference counts
+    # addresses, taken once: views inside the loops would be atomic updates of shared
+    # reference counts
     addresses = (
         x.ctypes.data, w.ctypes.data, bias.ctypes.data, out.ctypes.data,
         res.ctypes.data if res.size > 0 else np.uint64(0),
     )  # fmt: skip
-    x_flat = x.reshape(-1)
     for thr in prange(threads):
         rows = scratch[thr, : 2 * MR].view(np.int64)
         patch = scratch[thr, 2 * MR :]
         _dw_items(thr * items // threads, (thr + 1) * items // threads, geometry, addresses,
-                  x_flat, rows, patch, lo, hi, post, slope)  # fmt: skip
+                  rows, patch, lo, hi, post, slope)  # fmt: skip
 
 
 @njit(**JIT)
-def _dw_items(first, last, geometry, addresses, x_flat, rows, patch, lo, hi, post, slope):
+def _dw_items(first, last, geometry, addresses, rows, patch, lo, hi, post, slope):
     """One thread's work items ``first``..``last - 1`` of ``dwconv``."""
     h, wd, c_n, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, n_vec, blocks, per_item = geometry
     x_at, w_at, bias_at, out_at, res_at = addresses
@@ -93,7 +92,7 @@ def _dw_items(first, last, geometry, addresses, x_flat, rows, patch, lo, hi, pos
                     a = x_at + ((n * h + iy0) * wd + ix0) * pixel + c0 * F4
                     steps = (sw * pixel, dw * pixel, dh * wd * pixel)
                 else:
-                    _fill_patch(x_flat, patch, n, iy0, ix0, kh, dh, span, h, wd, c_n, c0, nk)
+                    _fill_patch(x_at, patch_at, n, iy0, ix0, kh, dh, span, h, wd, c_n, c0, nk)
                     a = patch_at
                     steps = (sw * lane_bytes, dw * lane_bytes, span * lane_bytes)
                 if inside:
@@ -110,21 +109,20 @@ def _dw_items(first, last, geometry, addresses, x_flat, rows, patch, lo, hi, pos
 
 
 @njit(inline="always", **JIT)
-def _fill_patch(x_flat, patch, n, iy0, ix0, kh, dh, span, h, wd, c_n, c0, nk):
+def _fill_patch(x_at, patch_at, n, iy0, ix0, kh, dh, span, h, wd, c_n, c0, nk):
     """Input rows iy0 + ky * dh (ky < kh), columns ix0 .. ix0 + span - 1, channels c0 ..
-    c0 + nk - 1, as (kh, span, LANES) with zeros outside the image."""
+    c0 + nk - 1, as (kh, span, LANES) at ``patch_at``, with zeros outside the image; one
+    vector copy per pixel (``copy_lanes``)."""
     for ky in range(kh):
         iy = iy0 + ky * dh
+        row_inside = 0 <= iy < h
         for j in range(span):
             ix = ix0 + j
-            dst = np.uintp((ky * span + j) * LANES)
-            if 0 <= iy < h and 0 <= ix < wd:
-                src = np.uintp(((n * h + iy) * wd + ix) * c_n + c0)
-                for k in range(nk):
-                    patch[dst + k] = x_flat[src + k]
-            else:
-                for k in range(LANES):
-                    patch[dst + k] = 0.0
+            dst = patch_at + (ky * span + j) * LANES * F4
+            src = 0
+            if row_inside and 0 <= ix < wd:
+                src = x_at + (((n * h + iy) * wd + ix) * c_n + c0) * F4
+            copy_lanes(dst, src, nk)
 
 
 @njit(**PJIT)

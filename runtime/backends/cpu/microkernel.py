@@ -477,6 +477,33 @@ dw_tile_small = _dw_tile(DW_SMALL)
 
 
 @intrinsic
+def copy_lanes(typingctx, dst, src, nk):
+    """The LANES floats at address ``dst`` = the first ``nk`` at ``src`` (a masked load:
+    nothing past them is read), zeros after them; ``src`` 0 for zeros only. One vector
+    each: the depthwise border patches, which scalar loops filled slower than their tile's
+    multiply-adds took."""
+    sig = types.void(types.intp, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        dst, src, nk = args
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        vec = ir.VectorType(ir.FloatType(), LANES)
+        masked_load, _ = _masked_ops(builder)
+        (mask,) = _lane_masks(builder, nk, 1)
+        zero = builder.icmp_signed("==", src, ir.Constant(i64, 0))
+        safe = builder.select(zero, dst, src)  # an address that can be read; masked off below
+        mask = builder.select(zero, ir.Constant(mask.type, [0] * LANES), mask)
+        value = builder.call(
+            masked_load,
+            [builder.inttoptr(safe, vec.as_pointer()), ir.Constant(i32, 4), mask, _vconst(0.0)],
+        )
+        builder.store(value, builder.inttoptr(dst, vec.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def fma_chains(typingctx, iterations):
     """``iterations`` rounds of MR x NV independent vector multiply-adds (the micro-kernel's
     accumulators, with nothing to load): the FMA throughput the micro-kernel can reach.
