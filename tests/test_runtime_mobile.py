@@ -82,6 +82,25 @@ def test_droppath_residual_is_folded():
     assert steps[-1].residual is not None
 
 
+def test_se_gate_folds_into_the_projection():
+    """The SE multiply becomes the projection's second input (test_mbconv_blocks checks the
+    numbers, batches of one to three images); a mul read twice, or followed by a 3x3
+    convolution, stays."""
+    net = cnnc.load(MBCONV.format(c=8, h=5, w=5, e=16, k=3, s=1, p=1, act="silu", sq=2, ret="y"))
+    steps = build_plan(net, None).steps
+    assert "mul" not in {s.kernel for s in steps}
+    (gated,) = [s for s in steps if s.kernel == "conv" and len(s.inputs) == 2]
+    assert "+mul" in gated.label
+    kept = cnnc.load("""
+network t(x: 8x5x5) {
+    g = x | gap | conv(8, k=1) | sigmoid
+    y = mul(x, g)
+    return y | conv(4, k=3, p=1), y | conv(4, k=1)
+}
+""")
+    assert "mul" in {s.kernel for s in build_plan(kept, None).steps}
+
+
 def test_exp32_is_within_three_ulp():
     from numba import njit
 

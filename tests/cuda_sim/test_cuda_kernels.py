@@ -106,6 +106,20 @@ network t(x: 4x6x6) {
 """)
 
 
+def test_squeeze_excitation_gate_folded_into_the_projection():
+    """plan._fold_gate: the SE multiply becomes the 1x1 projection's second input (a gate per
+    channel, and one shared by all channels), with the residual add after it."""
+    compare("""
+network t(x: 6x5x5) {
+    y = x | conv(10, k=1) | silu
+    g = y | gap | conv(3, k=1) | silu | conv(10, k=1) | sigmoid
+    z = mul(y, g) | conv(6, k=1) | bn
+    s = y | gap | conv(1, k=1) | sigmoid
+    return add(z, x), mul(y, s) | conv(4, k=1, bias=false) | relu
+}
+""")
+
+
 def test_small_lenet_like_network():
     """A LeNet-shaped network on a 10x10 input (full LeNet takes minutes in the simulator)."""
     compare(

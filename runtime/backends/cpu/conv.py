@@ -567,7 +567,61 @@ def _is_pointwise_vector(x, out, a) -> bool:
 def launch_conv(backend, step, arrays, ins, res, out, work):
     x = ins[0]
     key = (id(step), id(x), id(res), id(out))
-    run_call(backend.bound_call(key, lambda: _bind(backend, step, arrays, x, res, out)))
+    if len(ins) == 2:  # a squeeze-and-excitation gate folded in (plan._fold_gate)
+        bind = lambda: _bind_gated(backend, step, arrays, x, ins[1], res, out)  # noqa: E731
+    else:
+        bind = lambda: _bind(backend, step, arrays, x, res, out)  # noqa: E731
+    run_call(backend.bound_call(key, bind))
+
+
+def _bind_gated(backend, step, arrays, x, gate, res, out) -> tuple:
+    """A 1x1 convolution of ``x * gate`` (per image and channel) as the micro-kernel on
+    ``x`` with its weight panels scaled by the gate, one image at a time: the weights are
+    a few thousand floats, the input the block's widest activations."""
+    a = step.attrs
+    n_img = x.shape[0]
+    one = (1, *x.shape[1:]), (1, *out.shape[1:])
+    geometry = {name: a[name] for name in GEOMETRY}
+    choice = autotune.blocked_default(*one, geometry, backend.threads)
+    backend.chosen[id(step)] = choice.label() + " gated"
+    if "panels" not in arrays:
+        arrays["panels"] = blocked.pack_panels(_packed(arrays, out.shape[3]))
+        step.arrays["panels"] = arrays["panels"]
+    for form in FORMS[:1] + FORMS[2:]:
+        step.arrays.pop(form, None)
+        arrays.pop(form, None)
+    panels = arrays["panels"]
+    scaled = backend.buffer("gated", panels.size).reshape(panels.shape)
+    gate2 = gate.reshape(n_img, -1)
+    kernel, args, after = blocked.blocked_call(
+        x[:1], x[:1], scaled, arrays["b"], res[:1] if res.size else res, out[:1],
+        backend.scratch(blocked.SCRATCH_FLOATS), 1, 1, 1, 1, 0, 0, 1, 1, *_f32(a), choice.a,
+        choice.b, blocked.tiles_outer(panels.shape[1], out.shape[3], choice.b),
+    )  # fmt: skip
+    images = [
+        (x[n : n + 1], res[n : n + 1] if res.size else res, out[n : n + 1]) for n in range(n_img)
+    ]
+    after = (out, *after[1:]) if after else None  # the activation pass over every image
+    return _gated, (kernel, args, panels, scaled, gate2, images), after
+
+
+def _gated(kernel, args, panels, scaled, gate2, images):
+    """Run ``_bind_gated``'s call: per image, the panels scaled by its gate, then the
+    micro-kernel on that image (``args`` with its input, residual and output put in)."""
+    for n, (x1, res1, out1) in enumerate(images):
+        scale_rows(panels, gate2[n], scaled)
+        kernel(x1, x1, scaled, args[3], res1, out1, *args[6:])
+
+
+@njit(**JIT)
+def scale_rows(panels, gate, scaled):
+    """``scaled[p, c, :] = panels[p, c, :] * gate[c]`` (``gate`` of one value: all rows)."""
+    shared = gate.size == 1
+    for p in range(panels.shape[0]):
+        for c in range(panels.shape[1]):
+            g = gate[0] if shared else gate[c]
+            for j in range(panels.shape[2]):
+                scaled[p, c, j] = panels[p, c, j] * g
 
 
 def _bind(backend, step, arrays, x, res, out) -> tuple:

@@ -13,8 +13,9 @@ import numpy as np
 from numba import cuda, float32
 
 from .activations import activate
+from .elementwise import mul_channels
 from .indexing import nhwc
-from .launch import BK, BM, BN, KERNELS, THREADS, TILE, WORK, blocks, epilogue, flat
+from .launch import BK, BM, BN, KERNELS, THREADS, TILE, WORK, blocks, channels, epilogue, flat
 
 
 @cuda.jit(device=True, inline=True)
@@ -309,6 +310,9 @@ def dwconv(
     out[i] = activate(acc, act, alpha, beta)
 
 
+ZERO = np.float32(0.0)
+
+
 @KERNELS.register("conv")
 def launch_conv(backend, step, arrays, ins, res, out, work):
     a, x = step.attrs, ins[0]
@@ -316,9 +320,16 @@ def launch_conv(backend, step, arrays, ins, res, out, work):
     _, ho, wo, c_out = out.shape
     og = c_out // a["groups"]
     resf, has_res, act, alpha, beta = epilogue(backend, step, res)
+    source = flat(x)
+    if len(ins) == 2:  # a squeeze-and-excitation gate folded in (plan._fold_gate)
+        gate = ins[1]
+        source = work[: x.size]  # the plan's workspace holds the gated input
+        mul_channels[blocks(x.size), THREADS](
+            flat(x), flat(gate), source, x.size, c_in, h * wd, channels(gate), 0, ZERO, ZERO
+        )
     grid = ((og + BN - 1) // BN, (n * ho * wo + BM - 1) // BM, a["groups"])
     conv[grid, (TILE, TILE)](
-        flat(x),
+        source,
         arrays["w"],
         arrays["b"],
         resf,

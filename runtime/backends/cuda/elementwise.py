@@ -8,7 +8,7 @@ import math
 from numba import cuda, float32
 
 from .activations import activate
-from .launch import KERNELS, THREADS, blocks, epilogue, flat
+from .launch import KERNELS, THREADS, blocks, channels, epilogue, flat
 
 
 @cuda.jit
@@ -76,10 +76,6 @@ def prelu(x, slope, out, size, c, shared):
         out[i] = v if v > 0 else v * s
 
 
-def _channels(a) -> int:
-    return a.shape[len(a.shape) - 1]
-
-
 @KERNELS.register("affine")
 def launch_affine(backend, step, arrays, ins, res, out, work):
     _, _, act_, alpha, beta = epilogue(backend, step, res)
@@ -89,7 +85,7 @@ def launch_affine(backend, step, arrays, ins, res, out, work):
         arrays["shift"],
         flat(out),
         out.size,
-        _channels(out),
+        channels(out),
         act_,
         alpha,
         beta,
@@ -135,9 +131,9 @@ def launch_mul(backend, step, arrays, ins, res, out, work):
             flat(gate),
             o,
             out.size,
-            _channels(out),
+            channels(out),
             pixels,
-            _channels(gate),
+            channels(gate),
             code if i == len(gates) - 1 else 0,
             alpha,
             beta,
@@ -148,11 +144,11 @@ def launch_mul(backend, step, arrays, ins, res, out, work):
 @KERNELS.register("prelu")
 def launch_prelu(backend, step, arrays, ins, res, out, work):
     prelu[blocks(out.size), THREADS](
-        flat(ins[0]), arrays["w"], flat(out), out.size, _channels(out), arrays["w"].size == 1
+        flat(ins[0]), arrays["w"], flat(out), out.size, channels(out), arrays["w"].size == 1
     )
 
 
 @KERNELS.register("softmax")
 def launch_softmax(backend, step, arrays, ins, res, out, work):
-    c = _channels(out)
+    c = channels(out)
     softmax[blocks(out.size // c), THREADS](flat(ins[0]), flat(out), out.size // c, c)

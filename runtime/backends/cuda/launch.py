@@ -27,6 +27,11 @@ def blocks(total: int) -> int:
     return max(1, (total + THREADS - 1) // THREADS)
 
 
+def channels(a) -> int:
+    """The last dimension (channels of NHWC data; the simulator's arrays take no -1)."""
+    return a.shape[len(a.shape) - 1]
+
+
 def flat(a):
     """A device array as one dimension (kernels index NHWC data by hand)."""
     return a.reshape(a.size)

@@ -11,7 +11,7 @@ import math
 import numpy as np
 from numba import cuda, float32
 
-from .launch import KERNELS, THREADS, blocks, flat
+from .launch import KERNELS, THREADS, blocks, channels, flat
 
 
 @cuda.jit
@@ -82,13 +82,9 @@ def group_apply(x, stats, weight, bias, out, size, pixels, c, groups):
     out[i] = float32((x[i] - stats[2 * t]) * stats[2 * t + 1]) * weight[ch] + bias[ch]
 
 
-def _channels(a) -> int:
-    return a.shape[len(a.shape) - 1]
-
-
 @KERNELS.register("lrn")
 def launch_lrn(backend, step, arrays, ins, res, out, work):
-    a, c = step.attrs, _channels(out)
+    a, c = step.attrs, channels(out)
     lrn[blocks(out.size), THREADS](
         flat(ins[0]),
         flat(out),
@@ -103,7 +99,7 @@ def launch_lrn(backend, step, arrays, ins, res, out, work):
 
 @KERNELS.register("layernorm")
 def launch_layernorm(backend, step, arrays, ins, res, out, work):
-    c = _channels(out)
+    c = channels(out)
     layernorm[blocks(out.size // c), THREADS](
         flat(ins[0]),
         arrays["weight"],
