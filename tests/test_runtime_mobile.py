@@ -82,6 +82,19 @@ def test_droppath_residual_is_folded():
     assert steps[-1].residual is not None
 
 
+@pytest.mark.parametrize("c, hw", [(8, 16), (96, 3)])
+def test_gated_projection_scales_weights_or_image(torch, c, hw):
+    """The folded gate scales the weight panels (few channels, a large map) or the image
+    (many channels, a 3x3 map), whichever is smaller; per image of a batch of two."""
+    spec = f"""
+network t(x: {c}x{hw}x{hw}) {{
+    g = x | gap | conv(4, k=1) | silu | conv({c}, k=1) | sigmoid
+    return mul(x, g) | conv(40, k=1) | bn | relu6
+}}
+"""
+    assert compare(torch, spec, batch=2)
+
+
 def test_se_gate_folds_into_the_projection():
     """The SE multiply becomes the projection's second input (test_mbconv_blocks checks the
     numbers, batches of one to three images); a mul read twice, or followed by a 3x3

@@ -575,9 +575,10 @@ def launch_conv(backend, step, arrays, ins, res, out, work):
 
 
 def _bind_gated(backend, step, arrays, x, gate, res, out) -> tuple:
-    """A 1x1 convolution of ``x * gate`` (per image and channel) as the micro-kernel on
-    ``x`` with its weight panels scaled by the gate, one image at a time: the weights are
-    a few thousand floats, the input the block's widest activations."""
+    """A 1x1 convolution of ``x * gate`` (per image and channel) on the micro-kernel, one
+    image at a time, the gate applied to whichever is smaller: the weight panels (early
+    blocks: 16x96 weights against 112x112x16 inputs) or the image (late ones: 1152x320
+    weights against 7x7x1152 inputs)."""
     a = step.attrs
     n_img = x.shape[0]
     one = (1, *x.shape[1:]), (1, *out.shape[1:])
@@ -591,10 +592,13 @@ def _bind_gated(backend, step, arrays, x, gate, res, out) -> tuple:
         step.arrays.pop(form, None)
         arrays.pop(form, None)
     panels = arrays["panels"]
-    scaled = backend.buffer("gated", panels.size).reshape(panels.shape)
-    gate2 = gate.reshape(n_img, -1)
+    on_weights = panels.size <= x[0].size
+    if on_weights:
+        scaled = backend.buffer("gated", panels.size).reshape(panels.shape)
+    else:
+        scaled = backend.buffer("gated", x[0].size).reshape(1, -1, x.shape[3])
     kernel, args, after = blocked.blocked_call(
-        x[:1], x[:1], scaled, arrays["b"], res[:1] if res.size else res, out[:1],
+        x[:1], x[:1], panels, arrays["b"], res[:1] if res.size else res, out[:1],
         backend.scratch(blocked.SCRATCH_FLOATS), 1, 1, 1, 1, 0, 0, 1, 1, *_f32(a), choice.a,
         choice.b, blocked.tiles_outer(panels.shape[1], out.shape[3], choice.b),
     )  # fmt: skip
@@ -602,26 +606,38 @@ def _bind_gated(backend, step, arrays, x, gate, res, out) -> tuple:
         (x[n : n + 1], res[n : n + 1] if res.size else res, out[n : n + 1]) for n in range(n_img)
     ]
     after = (out, *after[1:]) if after else None  # the activation pass over every image
-    return _gated, (kernel, args, panels, scaled, gate2, images), after
+    gates = gate.reshape(n_img, -1)
+    return _gated, (kernel, args, panels, scaled, gates, images, on_weights), after
 
 
-def _gated(kernel, args, panels, scaled, gate2, images):
-    """Run ``_bind_gated``'s call: per image, the panels scaled by its gate, then the
-    micro-kernel on that image (``args`` with its input, residual and output put in)."""
+def _gated(kernel, args, panels, scaled, gates, images, on_weights):
+    """Run ``_bind_gated``'s call: per image, the panels or the image scaled by its gate
+    into ``scaled``, then the micro-kernel (``args`` with that image put in)."""
     for n, (x1, res1, out1) in enumerate(images):
-        scale_rows(panels, gate2[n], scaled)
-        kernel(x1, x1, scaled, args[3], res1, out1, *args[6:])
+        if on_weights:
+            scale_rows(panels, gates[n], scaled)
+            kernel(x1, x1, scaled, args[3], res1, out1, *args[6:])
+        else:
+            xs = scaled.reshape(x1.shape)
+            scale_rows(x1.reshape(1, -1, x1.shape[3]), gates[n], scaled, True)
+            kernel(xs, xs, panels, args[3], res1, out1, *args[6:])
 
 
 @njit(**JIT)
-def scale_rows(panels, gate, scaled):
-    """``scaled[p, c, :] = panels[p, c, :] * gate[c]`` (``gate`` of one value: all rows)."""
+def scale_rows(a, gate, scaled, by_column=False):
+    """``scaled = a * gate``, ``a`` (P, R, W): by row (``gate[r]``: weight panels, rows are
+    input channels) or by column (``gate[w]``: pixels of channels); a gate of one value
+    scales everything."""
     shared = gate.size == 1
-    for p in range(panels.shape[0]):
-        for c in range(panels.shape[1]):
-            g = gate[0] if shared else gate[c]
-            for j in range(panels.shape[2]):
-                scaled[p, c, j] = panels[p, c, j] * g
+    for p in range(a.shape[0]):
+        for r in range(a.shape[1]):
+            if by_column:
+                for j in range(a.shape[2]):
+                    scaled[p, r, j] = a[p, r, j] * (gate[0] if shared else gate[j])
+            else:
+                g = gate[0] if shared else gate[r]
+                for j in range(a.shape[2]):
+                    scaled[p, r, j] = a[p, r, j] * g
 
 
 def _bind(backend, step, arrays, x, res, out) -> tuple:
