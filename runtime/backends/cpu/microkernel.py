@@ -55,73 +55,89 @@ def _accumulate(context, builder, ntaps, cin, a, step, offsets, b, count):
     def const(v):
         return ir.Constant(i64, v)
 
-    zeros = ir.Constant(vec, [0.0] * LANES)
-    last = builder.sub(count, const(1))
-    rows = []
-    for i in range(MR):
-        clamped = builder.select(builder.icmp_signed("<", const(i), last), const(i), last)
-        rows.append(builder.add(a, builder.mul(clamped, step)))
+    rows = _pixel_addresses(builder, a, step, count, MR)
     offsets = builder.inttoptr(offsets, i64.as_pointer())
     b = builder.inttoptr(b, fptr)
 
+    def enter(t):  # one tap: its pixels' addresses, its first row of weights
+        offset = builder.load(builder.gep(offsets, [t]))
+        return [builder.add(r, offset) for r in rows], builder.mul(t, cin)
+
+    def channel(state, k, acc):  # one input channel: MR broadcasts times NV weight vectors
+        tap_rows, k_base = state
+        panel_row = builder.mul(builder.add(k_base, k), const(NR))
+        weights = []
+        for v in range(NV):
+            ptr = builder.gep(b, [builder.add(panel_row, const(v * LANES))])
+            weights.append(builder.load(builder.bitcast(ptr, vec.as_pointer()), align=4))
+        byte = builder.mul(k, const(4))
+        new = []
+        for i in range(MR):
+            value = builder.load(builder.inttoptr(builder.add(tap_rows[i], byte), fptr), align=4)
+            for v in range(NV):
+                new.append(builder.call(fma, [_splat(builder, value), weights[v], acc[i * NV + v]]))
+        return new
+
+    return _loop_nest(builder, ntaps, cin, [_vconst(0.0)] * (MR * NV), enter, channel, "tile")
+
+
+def _pixel_addresses(builder, a, step, count, pixels):
+    """``a + min(i, count - 1) * step`` for a tile's pixels i: a partial tile repeats its
+    last pixel instead of reading past the end."""
+    i64 = ir.IntType(64)
+    last = builder.sub(count, ir.Constant(i64, 1))
+    found = []
+    for i in range(pixels):
+        index = ir.Constant(i64, i)
+        clamped = builder.select(builder.icmp_signed("<", index, last), index, last)
+        found.append(builder.add(a, builder.mul(clamped, step)))
+    return found
+
+
+def _loop_nest(builder, outer, inner, accs, enter, step, name):
+    """Two counted loops, ``o < outer`` around ``i < inner``, carrying the vectors ``accs``
+    in registers (phis, never memory). ``enter(o)`` runs once per outer iteration and
+    returns what ``step(state, i, accs)`` needs, which returns the next accumulators.
+    Returns the final ones, with the builder after the loops."""
+    i64 = ir.IntType(64)
     fn = builder.function
     entry = builder.block
-    t_head = fn.append_basic_block("tile.taps")
-    t_body = fn.append_basic_block("tile.tap")
-    k_head = fn.append_basic_block("tile.channels")
-    k_body = fn.append_basic_block("tile.channel")
-    t_next = fn.append_basic_block("tile.next_tap")
-    done = fn.append_basic_block("tile.done")
-    n_acc = MR * NV
-
-    builder.branch(t_head)
-    builder.position_at_end(t_head)
-    t = builder.phi(i64)
-    t_acc = [builder.phi(vec) for _ in range(n_acc)]
-    t.add_incoming(const(0), entry)
-    for p in t_acc:
-        p.add_incoming(zeros, entry)
-    builder.cbranch(builder.icmp_signed("<", t, ntaps), t_body, done)
-
-    builder.position_at_end(t_body)
-    offset = builder.load(builder.gep(offsets, [t]))
-    tap_rows = [builder.add(r, offset) for r in rows]
-    k_base = builder.mul(t, cin)
-    builder.branch(k_head)
-
-    builder.position_at_end(k_head)
-    k = builder.phi(i64)
-    k_acc = [builder.phi(vec) for _ in range(n_acc)]
-    k.add_incoming(const(0), t_body)
-    for p, q in zip(k_acc, t_acc):
-        p.add_incoming(q, t_body)
-    builder.cbranch(builder.icmp_signed("<", k, cin), k_body, t_next)
-
-    builder.position_at_end(k_body)
-    panel_row = builder.mul(builder.add(k_base, k), const(NR))
-    weights = []
-    for v in range(NV):
-        ptr = builder.gep(b, [builder.add(panel_row, const(v * LANES))])
-        weights.append(builder.load(builder.bitcast(ptr, vec.as_pointer()), align=4))
-    byte = builder.mul(k, const(4))
-    new = []
-    for i in range(MR):
-        value = builder.load(builder.inttoptr(builder.add(tap_rows[i], byte), fptr), align=4)
-        for v in range(NV):
-            new.append(builder.call(fma, [_splat(builder, value), weights[v], k_acc[i * NV + v]]))
-    k.add_incoming(builder.add(k, const(1)), builder.block)
-    for p, q in zip(k_acc, new):
+    o_head, o_body, i_head, i_body, o_next, done = (
+        fn.append_basic_block(f"{name}.{part}")
+        for part in ("outer", "enter", "inner", "step", "next", "done")
+    )
+    builder.branch(o_head)
+    builder.position_at_end(o_head)
+    o = builder.phi(i64)
+    o_acc = [builder.phi(v.type) for v in accs]
+    o.add_incoming(ir.Constant(i64, 0), entry)
+    for p, v in zip(o_acc, accs):
+        p.add_incoming(v, entry)
+    builder.cbranch(builder.icmp_signed("<", o, outer), o_body, done)
+    builder.position_at_end(o_body)
+    state = enter(o)
+    entered = builder.block
+    builder.branch(i_head)
+    builder.position_at_end(i_head)
+    i = builder.phi(i64)
+    i_acc = [builder.phi(v.type) for v in accs]
+    i.add_incoming(ir.Constant(i64, 0), entered)
+    for p, q in zip(i_acc, o_acc):
+        p.add_incoming(q, entered)
+    builder.cbranch(builder.icmp_signed("<", i, inner), i_body, o_next)
+    builder.position_at_end(i_body)
+    new = step(state, i, i_acc)
+    i.add_incoming(builder.add(i, ir.Constant(i64, 1)), builder.block)
+    for p, q in zip(i_acc, new):
         p.add_incoming(q, builder.block)
-    builder.branch(k_head)
-
-    builder.position_at_end(t_next)
-    t.add_incoming(builder.add(t, const(1)), t_next)
-    for p, q in zip(t_acc, k_acc):
-        p.add_incoming(q, t_next)
-    builder.branch(t_head)
-
+    builder.branch(i_head)
+    builder.position_at_end(o_next)
+    o.add_incoming(builder.add(o, ir.Constant(i64, 1)), o_next)
+    for p, q in zip(o_acc, i_acc):
+        p.add_incoming(q, o_next)
+    builder.branch(o_head)
     builder.position_at_end(done)
-    return t_acc
+    return o_acc
 
 
 def _splat(builder, value):
@@ -403,7 +419,7 @@ def _dw_codegen(context, builder, args, pixels):
     Loads are masked to ``nk`` channels. Addresses and steps in bytes."""
     kh, kw, a, step, col_step, row_step, w, w_tap, count, rows, out, res, bias, nk = args[:14]
     lo, hi, post, slope = args[14:]
-    i32, i64 = ir.IntType(32), ir.IntType(64)
+    i32 = ir.IntType(32)
     vec = ir.VectorType(ir.FloatType(), LANES)
     fma = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{LANES}f32"
@@ -416,56 +432,21 @@ def _dw_codegen(context, builder, args, pixels):
         ptr = builder.inttoptr(address, vec.as_pointer())
         return builder.call(masked_load, [ptr, ir.Constant(i32, 4), mask, zeros])
 
-    last = builder.sub(count, ir.Constant(i64, 1))
-    pixel_at = []
-    for i in range(pixels):
-        clamped = builder.select(builder.icmp_signed("<", ir.Constant(i64, i), last),
-                                 ir.Constant(i64, i), last)  # fmt: skip
-        pixel_at.append(builder.add(a, builder.mul(clamped, step)))
-    fn = builder.function
-    entry = builder.block
-    y_head = fn.append_basic_block("dw.rows")
-    y_body = fn.append_basic_block("dw.row")
-    x_head = fn.append_basic_block("dw.taps")
-    x_body = fn.append_basic_block("dw.tap")
-    y_next = fn.append_basic_block("dw.next_row")
-    done = fn.append_basic_block("dw.done")
-    builder.branch(y_head)
-    builder.position_at_end(y_head)
-    ky = builder.phi(i64)
-    y_acc = [builder.phi(vec) for _ in range(pixels)]
-    ky.add_incoming(ir.Constant(i64, 0), entry)
-    for p in y_acc:
-        p.add_incoming(zeros, entry)
-    builder.cbranch(builder.icmp_signed("<", ky, kh), y_body, done)
-    builder.position_at_end(y_body)
-    row_offset = builder.mul(ky, row_step)
-    tap_base = builder.mul(ky, kw)
-    builder.branch(x_head)
-    builder.position_at_end(x_head)
-    kx = builder.phi(i64)
-    x_acc = [builder.phi(vec) for _ in range(pixels)]
-    kx.add_incoming(ir.Constant(i64, 0), y_body)
-    for p, q in zip(x_acc, y_acc):
-        p.add_incoming(q, y_body)
-    builder.cbranch(builder.icmp_signed("<", kx, kw), x_body, y_next)
-    builder.position_at_end(x_body)
-    weight = load(builder.add(w, builder.mul(builder.add(tap_base, kx), w_tap)))
-    offset = builder.add(row_offset, builder.mul(kx, col_step))
-    new = [
-        builder.call(fma, [load(builder.add(pixel_at[i], offset)), weight, x_acc[i]])
-        for i in range(pixels)
-    ]
-    kx.add_incoming(builder.add(kx, ir.Constant(i64, 1)), builder.block)
-    for p, q in zip(x_acc, new):
-        p.add_incoming(q, builder.block)
-    builder.branch(x_head)
-    builder.position_at_end(y_next)
-    ky.add_incoming(builder.add(ky, ir.Constant(i64, 1)), y_next)
-    for p, q in zip(y_acc, x_acc):
-        p.add_incoming(q, y_next)
-    builder.branch(y_head)
-    builder.position_at_end(done)
+    pixel_at = _pixel_addresses(builder, a, step, count, pixels)
+
+    def enter(ky):  # one kernel row: its input row's offset, its first tap
+        return builder.mul(ky, row_step), builder.mul(ky, kw)
+
+    def tap(state, kx, acc):  # one tap: its weights times every pixel's input
+        row_offset, tap_base = state
+        weight = load(builder.add(w, builder.mul(builder.add(tap_base, kx), w_tap)))
+        offset = builder.add(row_offset, builder.mul(kx, col_step))
+        return [
+            builder.call(fma, [load(builder.add(pixel_at[i], offset)), weight, acc[i]])
+            for i in range(pixels)
+        ]
+
+    y_acc = _loop_nest(builder, kh, kw, [zeros] * pixels, enter, tap, "dw")
     _epilogue(builder, y_acc, 1, rows, out, res, bias, nk, lo, hi)
     _post_activation(builder, 1, rows, out, nk, post, slope, pixels)
     return context.get_dummy_value()
