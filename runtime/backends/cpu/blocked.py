@@ -169,7 +169,7 @@ def blocked_kernel(
     panels_at = panels.ctypes.data
     offsets_at = offsets.ctypes.data
     out_at = out.ctypes.data
-    res_at = res.ctypes.data if has_res else 0
+    res_at = res.ctypes.data if has_res else np.uint64(0)  # one type for both (not float)
     bias_at = bias.ctypes.data
     # the tile's geometry as one argument: a call of over 30 arguments compiles to a call
     # with *args, which Numba does not inline
