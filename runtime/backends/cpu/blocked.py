@@ -126,7 +126,8 @@ def blocked_kernel(
     """Convolution of the NHWC input ``x`` with ``panels`` (``pack_panels``), padded first
     into ``xp`` (N, H + 2 ph, W + 2 pw, C) where ph or pw is not 0 (``xp`` is ``x`` itself
     otherwise). ``per_item`` tiles per work item, ``blocks`` blocks of panels; ``scratch``
-    holds one row of at least MR * NR floats per thread. One kernel for both steps: each
+    holds one row of at least SCRATCH_FLOATS per thread; ``lo``, ``hi``, ``post``, ``slope``
+    the epilogue as ``microkernel.conv_tile_out`` takes it. One kernel for both steps: each
     parallel kernel costs about a second to compile on a cold cache. ``tiles_outer``: each
     tile runs through all panels of its block (see ``tiles_outer``), else each panel through
     all tiles of its run."""

@@ -587,10 +587,7 @@ def _bind_gated(backend, step, arrays, x, gate, res, out) -> tuple:
     backend.chosen[id(step)] = choice.label() + " gated"
     if "panels" not in arrays:
         arrays["panels"] = blocked.pack_panels(_packed(arrays, out.shape[3]))
-        step.arrays["panels"] = arrays["panels"]
-    for form in FORMS[:1] + FORMS[2:]:
-        step.arrays.pop(form, None)
-        arrays.pop(form, None)
+    _keep_only(step, arrays, "panels")
     panels = arrays["panels"]
     on_weights = panels.size <= x[0].size
     if on_weights:
@@ -652,15 +649,19 @@ def _bind(backend, step, arrays, x, res, out) -> tuple:
     choice = _choose(backend, step, arrays, x, res, out)
     backend.chosen[id(step)] = choice.label()
     call = _bind_choice(backend, choice, arrays, x, res, out, a)
-    # only the form of the weights this layer runs on stays, in the plan too: one copy of
-    # them in memory (another algorithm, for another batch size, rebuilds its own: _packed)
-    keep = _form(choice)
+    _keep_only(step, arrays, _form(choice))
+    return call
+
+
+def _keep_only(step, arrays: dict, keep: str) -> None:
+    """Only the form ``keep`` of the layer's weights stays, in the executor's arrays and in
+    the plan: one copy of them in memory (another algorithm, for another batch size,
+    rebuilds its own: ``_packed``)."""
     step.arrays[keep] = arrays[keep]
     for form in FORMS:
         if form != keep:
             step.arrays.pop(form, None)
             arrays.pop(form, None)
-    return call
 
 
 @KERNELS.register("convt")
