@@ -36,6 +36,7 @@ __all__ = [
     "parse_program",
     "draw",
     "run",
+    "grad",
     "export_onnx",
     "import_onnx",
 ]
@@ -177,6 +178,56 @@ def run(
         tune=tune,
     )
     return session.run(inputs)
+
+
+def grad(
+    network: Network,
+    inputs,
+    targets,
+    weights: dict | str | Path | None = None,
+    loss: str = "cross_entropy",
+    train: bool = True,
+    seed: int = 0,
+    device: str = "cpu",
+    label_smoothing: float = 0.0,
+) -> tuple[float, dict]:
+    """The loss of one batch and its gradients: ``(loss, grads)``.
+
+    ``inputs`` maps input names to NCHW arrays (a bare array for a one-input network);
+    ``targets`` is an array (class indices ``(N,)`` or ``(N, H, W)`` for ``cross_entropy``,
+    arrays shaped like the output for ``mse`` and ``cosine``), or a dict keyed by output name
+    whose losses add up. ``loss`` is the mean over the batch; ``grads`` is keyed like the
+    weights (``LAYER.weight``, ``LAYER.bias``; no running statistics) plus one entry per
+    network input. ``train``: batch norm uses the batch's statistics and dropout drops with
+    masks drawn from ``seed``; otherwise running statistics and no dropping. Nothing given is
+    changed. A network ending in ``softmax`` is differentiated through the logits before it
+    for cross-entropy."""
+    from cnnc.runtime import weights as weight_io
+    from cnnc.runtime.backprop import gradients
+    from cnnc.runtime.data import as_input
+    from cnnc.runtime.session import Session
+
+    if not isinstance(inputs, dict):
+        if len(network.inputs) != 1:
+            raise DataError(
+                Diagnostic(
+                    "error",
+                    f"the network has {len(network.inputs)} inputs: give inputs as a dict keyed "
+                    f"by input name ({', '.join(network.inputs)})",
+                )
+            )
+        inputs = {next(iter(network.inputs)): inputs}
+    inputs = {
+        name: as_input(x, name, network.inputs[name].shape) if name in network.inputs else x
+        for name, x in inputs.items()
+    }
+    if weights is None:
+        weights = weight_io.initialise(network, seed)
+    elif not isinstance(weights, dict):
+        weights = weight_io.load(network, weights)
+    else:
+        weights = Session.checked_weights(network, weights)
+    return gradients(network, inputs, targets, weights, loss, train, seed, device, label_smoothing)
 
 
 def export_onnx(

@@ -64,6 +64,11 @@ class Session:
         plan = build_plan(network, weights, optimize, consume=not isinstance(source, dict))
         return cls(network, source, plan, device, algorithm, resolve_tune(tune))
 
+    @staticmethod
+    def checked_weights(network: Network, weights: dict) -> dict:
+        """A caller's weights dict, checked against the network and as float32 copies."""
+        return _checked(network, weights)
+
     @property
     def weights(self) -> dict:
         """The weights in PyTorch's layouts, keyed ``LAYER.weight``. Seeded or loaded ones are

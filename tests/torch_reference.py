@@ -117,6 +117,85 @@ REFERENCE = {
 }
 
 
+def _bn_train(F, xs, a, w):
+    """Batch norm in training: the batch's statistics (PyTorch updates copies of the running
+    ones, which the gradient does not see)."""
+    return F.batch_norm(
+        xs[0], w("running_mean").clone(), w("running_var").clone(), w("weight"), w("bias"),
+        True, 0.1, a["eps"],
+    )  # fmt: skip
+
+
+#: Every op's line for gradients (``torch.autograd`` through it) with ``train=True``: the
+#: forward line where training changes nothing, else its training form. Dropout and droppath
+#: drop at random, so tests of gradients through them pass cnnc's mask (``w("mask")``).
+TRAINING = {name: line for name, line in REFERENCE.items()}
+TRAINING["bn"] = _bn_train
+TRAINING["dropout"] = lambda F, xs, a, w: xs[0] if w("mask") is None else xs[0] * w("mask")
+TRAINING["droppath"] = lambda F, xs, a, w: xs[0] if w("mask") is None else xs[0] * w("mask")
+
+
+def gradients(
+    torch,
+    net,
+    weights: dict,
+    inputs: dict,
+    targets,
+    loss="cross_entropy",
+    train=True,
+    label_smoothing=0.0,
+    masks=None,
+) -> tuple[float, dict]:
+    """PyTorch's ``(loss, grads)`` for the same batch, as ``cnnc.grad`` returns them:
+    ``torch.autograd`` through the op lines, batch norm with batch statistics where
+    ``train``. ``masks`` (layer name -> NCHW array) are dropout's and droppath's."""
+    F = torch.nn.functional
+    params = {
+        k: torch.from_numpy(np.ascontiguousarray(v)).requires_grad_(
+            not k.endswith(("running_mean", "running_var"))
+        )
+        for k, v in weights.items()
+    }
+    values = {
+        name: torch.from_numpy(np.ascontiguousarray(x, np.float32)).requires_grad_(True)
+        for name, x in inputs.items()
+    }
+    leaves = dict(values)
+    table = TRAINING if train else REFERENCE
+    for layer in net.layers:
+
+        def w(key, layer=layer):
+            if key == "mask":
+                m = (masks or {}).get(layer.name)
+                return None if m is None else torch.from_numpy(m)
+            return params.get(f"{layer.name}.{key}")
+
+        xs = [values[i.name] for i in layer.inputs]
+        values[layer.name] = table[layer.op](F, xs, layer.args, w)
+    targets = targets if isinstance(targets, dict) else {next(iter(net.outputs)): targets}
+    total = 0
+    for name, layer in net.outputs.items():
+        out = values[layer.name]
+        t = torch.from_numpy(np.asarray(targets[name]))
+        if loss == "cross_entropy":
+            logits = values[layer.inputs[0].name] if layer.op == "softmax" else out
+            total = total + F.cross_entropy(logits, t.long(), label_smoothing=label_smoothing)
+        elif loss == "mse":
+            total = total + F.mse_loss(out, t.float())
+        else:
+            n = out.shape[0]
+            cos = F.cosine_similarity(out.reshape(n, -1), t.float().reshape(n, -1), dim=1)
+            total = total + (1 - cos).mean()
+    total.backward()
+    grads = {
+        k: p.grad.numpy() if p.grad is not None else np.zeros(p.shape, np.float32)
+        for k, p in params.items()
+        if p.requires_grad
+    }
+    grads.update({k: v.grad.numpy() for k, v in leaves.items()})
+    return float(total), grads
+
+
 def forward(torch, net, weights: dict, inputs: dict, before=None, device="cpu") -> dict:
     """Run ``net`` in PyTorch with ``weights`` on NCHW ``inputs``; return NCHW outputs.
 

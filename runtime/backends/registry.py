@@ -28,3 +28,40 @@ class KernelTable(dict):
             return launch
 
         return add
+
+
+class GradTable(KernelTable):
+    """``name -> backward launcher`` for one backend, keyed like the forward kernels.
+
+    A backward launcher has the signature ``grad(backend, step, arrays, saved, gy, gxs, gws)``:
+    the forward step and its packed weights, ``saved`` (a :class:`Saved`: the forward inputs
+    and output it declared it needs), the output's gradient ``gy``, and the buffers it writes:
+    ``gxs`` one per forward input (``None`` where no gradient is wanted) and ``gws`` one per
+    learned weight, in PyTorch's layout, keyed as the layer's weights (``weight``, ``bias``).
+    Buffers arrive uninitialised: a launcher writes every element of each one it is given.
+    ``needs`` says which forward tensors the backward reads (``"x"``: the inputs, ``"y"``: the
+    output), so the planner keeps only those alive until it runs."""
+
+    def __init__(self, backend: str):
+        super().__init__(backend)
+        self.needs: dict[str, tuple[str, ...]] = {}
+
+    def register(self, *names: str, needs: tuple[str, ...] = ("x",)) -> Callable:
+        add = super().register(*names)
+
+        def add_with_needs(launch: Callable) -> Callable:
+            for name in names:
+                self.needs[name] = needs
+            return add(launch)
+
+        return add_with_needs
+
+
+class Saved:
+    """What a backward launcher reads of its forward step: ``xs`` (inputs, or ``None`` each
+    where not kept) and ``y`` (the output, or ``None``), in the runtime layout."""
+
+    __slots__ = ("xs", "y")
+
+    def __init__(self, xs, y):
+        self.xs, self.y = xs, y

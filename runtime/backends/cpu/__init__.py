@@ -87,7 +87,7 @@ _configure_cache()
 
 from . import conv, depthwise, elementwise, layout, norm, pool  # noqa: E402,F401 (register kernels)
 from .autotune import ALGORITHMS, TuneCache, machine_key  # noqa: E402
-from .table import KERNELS  # noqa: E402
+from .table import GRADS, KERNELS  # noqa: E402
 
 
 class CpuBackend:
@@ -95,6 +95,7 @@ class CpuBackend:
 
     name = "cpu"
     kernels = KERNELS
+    grads = GRADS
 
     def __init__(self, algorithm: str = "auto", tune: bool = False):
         import numba
@@ -127,6 +128,10 @@ class CpuBackend:
             call = bind()
             held = self._bound[key] = (self._generation, call)
         return held[1]
+
+    def forget_bindings(self) -> None:
+        """Drop every bound call: the weights they packed have changed (training)."""
+        self._bound.clear()
 
     def scratch(self, floats: int) -> np.ndarray:
         """Per-thread scratch rows, (threads, at least ``floats``), kept and grown across

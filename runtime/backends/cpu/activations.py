@@ -209,3 +209,51 @@ def epilogue_at(d, do, s, so, b, bo, r, ro, has_res, n, act, alpha, beta):
         for j in range(n):
             d[do + j] = s[so + j] + b[bo + j]
     activate_at(d, do, n, act, alpha, beta)
+
+
+_GELU_KAPPA = np.float32(0.044715)
+_INV_SQRT_2PI = np.float32(1.0 / math.sqrt(2.0 * math.pi))
+
+
+@njit(inline="always", **JIT)
+def activate_grad(x, y, act, alpha, beta):
+    """d activate(x) / dx for activation ``act``, given its input ``x`` and output ``y``, with
+    PyTorch's choices at the kinks (relu's 0 at 0, clamp's 1 on its bounds)."""
+    if act == RELU:
+        return _F1 if x > 0.0 else _F0
+    if act == RELU6:
+        return _F1 if 0.0 < x < 6.0 else _F0
+    if act == LEAKY_RELU:
+        return _F1 if x > 0.0 else alpha
+    if act == SIGMOID:
+        return y * (_F1 - y)
+    if act == TANH:
+        return _F1 - y * y
+    if act == SILU:
+        s = sigmoid(x)
+        return s * (_F1 + x * (_F1 - s))
+    if act == HARDSWISH:
+        if x < -3.0:
+            return _F0
+        return x / _F3 + np.float32(0.5) if x <= 3.0 else _F1
+    if act == HARDSIGMOID:
+        return _F1 / _F6 if -3.0 < x < 3.0 else _F0
+    if act == GELU:
+        if alpha == 1.0:
+            t = np.tanh(_TANH_GELU * (x + _GELU_KAPPA * x * x * x))
+            dt = (_F1 - t * t) * _TANH_GELU * (_F1 + _F3 * _GELU_KAPPA * x * x)
+            return np.float32(0.5) * (_F1 + t) + np.float32(0.5) * x * dt
+        cdf = np.float32(0.5) * (_F1 + np.float32(math.erf(x * _SQRT_HALF)))
+        return cdf + x * _INV_SQRT_2PI * np.float32(math.exp(-0.5 * x * x))
+    if act == ELU:
+        return _F1 if x > 0.0 else y + alpha
+    if act == SOFTPLUS:
+        return _F1 if x > 20.0 else sigmoid(x)
+    if act == MISH:
+        t = np.tanh(_softplus(x))
+        return t + x * sigmoid(x) * (_F1 - t * t)
+    if act == CLAMP:
+        return _F1 if alpha <= x <= beta else _F0
+    if act == SELU:
+        return _SELU_SCALE if x > 0.0 else y + _SELU_SCALE * _SELU_ALPHA
+    return _F1

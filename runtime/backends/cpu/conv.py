@@ -15,7 +15,7 @@ from . import autotune, blocked, winograd
 from .activations import JIT, PJIT, activate, activate_run, clamp_bounds, epilogue_run
 from .blas import gemm
 from .elementwise import activation_pass, run_call
-from .table import KERNELS
+from .table import GRADS, KERNELS
 from .tiling import conv_scratch_floats, uses_direct_gemm, uses_shifted_gemm
 
 F4 = 4  # bytes per float32
@@ -712,3 +712,111 @@ def launch_fc(backend, step, arrays, ins, res, out, work):
         else:
             fc(x, w, b, res2, out, lo, hi, xt, ct, blocks)
     activation_pass(out, rest, a["alpha"], a["beta"])
+
+
+# ---- backward: data and weight gradients -----------------------------------------------------
+
+#: Bytes of im2col rows a convolution's backward builds at a time (a block of images).
+COLUMN_BYTES = 32 << 20
+
+
+@njit(**PJIT)
+def _im2col_images(x, n0, n1, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, c0, cg, cols):
+    """im2col rows of images ``n0 <= n < n1``, one image per thread at a time."""
+    for n in prange(n0, n1):
+        r0 = (n - n0) * ho * wo
+        _im2col(x, n, 0, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, c0, cg, cols[r0 : r0 + ho * wo])
+
+
+@njit(**PJIT)
+def _col2im_images(gcols, n0, n1, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, c0, cg, gx):
+    """The adjoint of ``_im2col_images``: each column entry added back to the input pixel
+    and channel it was copied from (``gx`` channels ``c0 .. c0+cg`` of images ``n0 .. n1``
+    must start at zero). Images run in parallel; within one, taps add in order."""
+    h, w = gx.shape[1], gx.shape[2]
+    for n in prange(n0, n1):
+        r0 = (n - n0) * ho * wo
+        for oy in range(ho):
+            for ox in range(wo):
+                row = gcols[r0 + oy * wo + ox]
+                for ky in range(kh):
+                    iy = oy * sh - ph + ky * dh
+                    if iy < 0 or iy >= h:
+                        continue
+                    for kx in range(kw):
+                        ix = ox * sw - pw + kx * dw
+                        if ix < 0 or ix >= w:
+                            continue
+                        o = (ky * kw + kx) * cg
+                        for c in range(cg):
+                            gx[n, iy, ix, c0 + c] += row[o + c]
+
+
+def _geometry(a: dict) -> tuple:
+    return a["kh"], a["kw"], a["sh"], a["sw"], a["ph"], a["pw"], a["dh"], a["dw"]
+
+
+def conv_backward(x, gy, weight, gx, gw, gb, groups: int, geometry: tuple) -> None:
+    """Gradients of a (grouped) convolution, NHWC: ``gx`` (None: not wanted) through the
+    transposed GEMM and col2im, ``gw`` (PyTorch's (out, C/g, kh, kw); None: not wanted)
+    through im2col rows times ``gy``, ``gb`` the sum of ``gy``. Images go a block at a time,
+    so the column buffer stays near COLUMN_BYTES; the GEMMs are NumPy's (threaded BLAS).
+    A 1x1, stride-1, unpadded convolution multiplies the image itself."""
+    kh, kw, sh, sw, ph, pw, dh, dw = geometry
+    n_img, h, w, c_in = x.shape
+    _, ho, wo, c_out = gy.shape
+    cg, og = c_in // groups, c_out // groups
+    k = kh * kw * cg
+    # (groups, k, og): rows (ky, kx, c), as the forward's packed weights
+    wmat = weight.reshape(groups, og, cg, kh, kw).transpose(0, 3, 4, 2, 1).reshape(groups, k, og)
+    plain = geometry == (1, 1, 1, 1, 0, 0, 1, 1) and groups == 1
+    if gb is not None:
+        gb[...] = gy.reshape(-1, c_out).sum(axis=0, dtype=np.float64)
+    if gx is not None:
+        gx[...] = 0.0
+    gwm = np.zeros((groups, k, og), np.float64) if gw is not None else None
+    block = max(1, min(n_img, COLUMN_BYTES // max(1, ho * wo * k * F4)))
+    cols = None if plain else np.empty((block * ho * wo, k), np.float32)
+    for n0 in range(0, n_img, block):
+        n1 = min(n_img, n0 + block)
+        rows = (n1 - n0) * ho * wo
+        gy2 = gy[n0:n1].reshape(rows, c_out)
+        for gi in range(groups):
+            gyg = gy2[:, gi * og : (gi + 1) * og]
+            if plain:
+                col = x[n0:n1].reshape(rows, c_in)
+            else:
+                col = cols[:rows]
+                _im2col_images(x, n0, n1, ho, wo, *geometry, gi * cg, cg, col)
+            if gwm is not None:
+                gwm[gi] += col.T @ gyg
+            if gx is None:
+                continue
+            gcol = gyg @ wmat[gi].T
+            if plain:
+                gx[n0:n1] = gcol.reshape(n1 - n0, h, w, c_in)
+            else:
+                _col2im_images(gcol, n0, n1, ho, wo, *geometry, gi * cg, cg, gx)
+    if gw is not None:
+        w_rows = gwm.reshape(groups, kh, kw, cg, og).transpose(0, 4, 3, 1, 2)
+        gw[...] = w_rows.reshape(c_out, cg, kh, kw)
+
+
+@GRADS.register("conv")
+def grad_conv(backend, step, arrays, saved, gy, gxs, gws):
+    conv_backward(
+        saved.xs[0], gy, arrays["param.weight"], gxs[0], gws.get("weight"), gws.get("bias"),
+        step.attrs["groups"], _geometry(step.attrs),
+    )  # fmt: skip
+
+
+@GRADS.register("fc")
+def grad_fc(backend, step, arrays, saved, gy, gxs, gws):
+    """``gx = gy W``, ``gW = gy^T x``, ``gb = sum(gy)`` for ``y = x W^T + b``."""
+    x, w = saved.xs[0], arrays["param.weight"]
+    if gxs[0] is not None:
+        np.matmul(gy, w, out=gxs[0])
+    if "weight" in gws:
+        np.matmul(gy.T, x, out=gws["weight"])
+    if "bias" in gws:
+        gws["bias"][...] = gy.sum(axis=0, dtype=np.float64)

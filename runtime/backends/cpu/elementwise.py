@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .activations import PJIT, activate, activate_at
-from .table import KERNELS
+from .activations import PJIT, activate, activate_at, activate_grad
+from .table import GRADS, KERNELS
 
 
 @njit(**PJIT)
@@ -169,3 +169,99 @@ def launch_prelu(backend, step, arrays, ins, res, out, work):
 @KERNELS.register("softmax")
 def launch_softmax(backend, step, arrays, ins, res, out, work):
     softmax(_rows(ins[0]), _rows(out))
+
+
+# ---- training forward steps and backward passes --------------------------------------------
+
+_Z = np.float32(0.0)
+
+
+@njit(**PJIT)
+def act_backward(x1, y1, gy1, gx1, code, alpha, beta):
+    """``gx = gy * activate'(x)`` on flat arrays."""
+    for i in prange(gx1.size):
+        gx1[i] = gy1[i] * activate_grad(x1[i], y1[i], code, alpha, beta)
+
+
+@njit(**PJIT)
+def copy(src1, dst1):
+    for i in prange(dst1.size):
+        dst1[i] = src1[i]
+
+
+@njit(**PJIT)
+def scale_samples(x2, mask, out2):
+    """``out[n] = x[n] * mask[n]``: droppath's per-sample keep-and-rescale, (N, rest)."""
+    for n in prange(x2.shape[0]):
+        for j in range(x2.shape[1]):
+            out2[n, j] = x2[n, j] * mask[n]
+
+
+@njit(**PJIT)
+def channel_products(x2, gy2, sums):
+    """``sums[ch] = sum over rows of x * gy``: a per-channel weight's gradient, (rows, C)
+    views; rows split into one block per thread, summed in float64."""
+    rows, c = x2.shape
+    blocks = sums.shape[0]
+    for t in prange(blocks):
+        acc = np.zeros(c, np.float64)
+        for r in range(rows * t // blocks, rows * (t + 1) // blocks):
+            for ch in range(c):
+                acc[ch] += x2[r, ch] * gy2[r, ch]
+        sums[t] = acc
+
+
+def channel_sums(x2, gy2, threads: int) -> np.ndarray:
+    """Per channel, the sum of ``x * gy`` over every position and sample (float64)."""
+    sums = np.empty((max(1, min(threads * 4, x2.shape[0])), x2.shape[1]), np.float64)
+    channel_products(x2, gy2, sums)
+    return sums.sum(axis=0)
+
+
+@GRADS.register("act", needs=("x", "y"))
+def grad_act(backend, step, arrays, saved, gy, gxs, gws):
+    x, y = saved.xs[0].reshape(-1), saved.y.reshape(-1)
+    act_backward(x, y, gy.reshape(-1), gxs[0].reshape(-1), *_act(step.attrs))
+
+
+@GRADS.register("add", needs=())
+def grad_add(backend, step, arrays, saved, gy, gxs, gws):
+    for gx in gxs:
+        copy(gy.reshape(-1), gx.reshape(-1))
+
+
+@KERNELS.register("dropout")
+def launch_dropout(backend, step, arrays, ins, res, out, work):
+    mul(ins[0].reshape(-1), arrays["mask"].reshape(-1), out.reshape(-1), 0, _Z, _Z)
+
+
+@GRADS.register("dropout", needs=())
+def grad_dropout(backend, step, arrays, saved, gy, gxs, gws):
+    mul(gy.reshape(-1), arrays["mask"].reshape(-1), gxs[0].reshape(-1), 0, _Z, _Z)
+
+
+@KERNELS.register("droppath")
+def launch_droppath(backend, step, arrays, ins, res, out, work):
+    scale_samples(ins[0].reshape(out.shape[0], -1), arrays["mask"], out.reshape(out.shape[0], -1))
+
+
+@GRADS.register("droppath", needs=())
+def grad_droppath(backend, step, arrays, saved, gy, gxs, gws):
+    n = gy.shape[0]
+    scale_samples(gy.reshape(n, -1), arrays["mask"], gxs[0].reshape(n, -1))
+
+
+@KERNELS.register("scale")
+def launch_scale(backend, step, arrays, ins, res, out, work):
+    """Layer scale in training: a per-channel multiplier that keeps its own weight."""
+    w = arrays["param.weight"].reshape(-1)
+    affine(_rows(ins[0]), w, np.zeros_like(w), _rows(out), 0, _Z, _Z)
+
+
+@GRADS.register("scale")
+def grad_scale(backend, step, arrays, saved, gy, gxs, gws):
+    w = arrays["param.weight"].reshape(-1)
+    x2, gy2 = _rows(saved.xs[0]), _rows(gy)
+    affine(gy2, w, np.zeros_like(w), _rows(gxs[0]), 0, _Z, _Z)
+    if "weight" in gws:
+        gws["weight"][...] = channel_sums(x2, gy2, backend.threads).reshape(gws["weight"].shape)

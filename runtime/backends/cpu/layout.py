@@ -8,7 +8,7 @@ from numba import njit, prange
 
 from ..codes import PAD_MODES
 from .activations import JIT, PJIT
-from .table import KERNELS
+from .table import GRADS, KERNELS
 
 
 @njit(**PJIT)
@@ -188,3 +188,22 @@ def launch_channels(backend, step, arrays, ins, res, out, work):
 def launch_pad(backend, step, arrays, ins, res, out, work):
     top, _, left, _ = step.attrs["p"]
     pad(ins[0], out, top, left, PAD_MODES[step.attrs["mode"]])
+
+
+# ---- backward ----------------------------------------------------------------------------
+
+
+@njit(**PJIT)
+def unflatten(g, gx):
+    """The adjoint of ``flatten``: (N, C*H*W) in C, H, W order back to NHWC."""
+    n_img, h, w, c = gx.shape
+    for n in prange(n_img):
+        for iy in range(h):
+            for ix in range(w):
+                for ch in range(c):
+                    gx[n, iy, ix, ch] = g[n, (ch * h + iy) * w + ix]
+
+
+@GRADS.register("flatten", needs=())
+def grad_flatten(backend, step, arrays, saved, gy, gxs, gws):
+    unflatten(gy, gxs[0])

@@ -1,4 +1,5 @@
-"""Normalisations on the CPU (Numba): local response, layer and group norm. NHWC float32;
+"""Normalisations on the CPU (Numba): batch norm in training, local response, layer and group
+norm, forward and backward. NHWC float32;
 statistics accumulate in float64 (PyTorch's float32 two-pass differs by about 1e-7)."""
 
 from __future__ import annotations
@@ -7,8 +8,8 @@ import numpy as np
 from numba import njit, prange
 
 from .activations import PJIT
-from .elementwise import _rows
-from .table import KERNELS
+from .elementwise import _rows, affine
+from .table import GRADS, KERNELS
 
 
 @njit(**PJIT)
@@ -96,3 +97,102 @@ def launch_layernorm(backend, step, arrays, ins, res, out, work):
 def launch_groupnorm(backend, step, arrays, ins, res, out, work):
     a = step.attrs
     groupnorm(ins[0], arrays["weight"], arrays["bias"], out, a["groups"], a["eps"])
+
+
+# ---- batch norm in training: the batch's statistics, and its backward pass ----------------
+
+_Z = np.float32(0.0)
+
+
+@njit(**PJIT)
+def _column_partials(x2, center, square, parts):
+    """``parts[t]``: per channel, the sum over row block ``t`` of ``x - center`` (squared
+    where ``square``), in float64; one block per thread and a few more."""
+    rows, c = x2.shape
+    blocks = parts.shape[0]
+    for t in prange(blocks):
+        acc = np.zeros(c, np.float64)
+        for r in range(rows * t // blocks, rows * (t + 1) // blocks):
+            for ch in range(c):
+                d = np.float64(x2[r, ch]) - center[ch]
+                acc[ch] += d * d if square else d
+        parts[t] = acc
+
+
+def _column_sum(x2, center, square, threads):
+    parts = np.empty((max(1, min(4 * threads, x2.shape[0])), x2.shape[1]), np.float64)
+    _column_partials(x2, center, square, parts)
+    return parts.sum(axis=0)
+
+
+@njit(**PJIT)
+def _bn_grad_partials(gy2, x2, mean, rstd, parts):
+    """``parts[t, 0]``: per channel, the sum of ``gy`` over row block ``t``; ``parts[t, 1]``
+    the sum of ``gy * xhat``."""
+    rows, c = x2.shape
+    blocks = parts.shape[0]
+    for t in prange(blocks):
+        s = np.zeros(c, np.float64)
+        sx = np.zeros(c, np.float64)
+        for r in range(rows * t // blocks, rows * (t + 1) // blocks):
+            for ch in range(c):
+                g = np.float64(gy2[r, ch])
+                s[ch] += g
+                sx[ch] += g * (x2[r, ch] - mean[ch]) * rstd[ch]
+        parts[t, 0] = s
+        parts[t, 1] = sx
+
+
+@njit(**PJIT)
+def _bn_grad_input(gy2, x2, mean, rstd, weight, sum_gy, sum_gy_xhat, count, gx2):
+    """Batch norm's input gradient with the batch's statistics:
+    ``gx = w * rstd * (gy - sum_gy / M - xhat * sum_gy_xhat / M)``."""
+    rows, c = x2.shape
+    for r in prange(rows):
+        for ch in range(c):
+            xhat = (x2[r, ch] - mean[ch]) * rstd[ch]
+            g = gy2[r, ch] - (sum_gy[ch] + xhat * sum_gy_xhat[ch]) / count
+            gx2[r, ch] = weight[ch] * rstd[ch] * g
+
+
+@KERNELS.register("batchnorm")
+def launch_batchnorm(backend, step, arrays, ins, res, out, work):
+    """Batch norm of a training step: normalised with the batch's mean and biased variance
+    (``train``), kept in ``arrays`` for the backward pass and the running statistics; or
+    with the running statistics (evaluation)."""
+    a, x2 = step.attrs, _rows(ins[0])
+    if a["train"]:
+        zero = np.zeros(x2.shape[1], np.float64)
+        mean = _column_sum(x2, zero, False, backend.threads) / x2.shape[0]
+        var = _column_sum(x2, mean, True, backend.threads) / x2.shape[0]
+    else:
+        mean = arrays["param.running_mean"].astype(np.float64)
+        var = arrays["param.running_var"].astype(np.float64)
+    rstd = 1.0 / np.sqrt(var + a["eps"])
+    arrays["mean"][...] = mean
+    arrays["rstd"][...] = rstd
+    scale = arrays["param.weight"] * rstd
+    shift = arrays["param.bias"] - mean * scale
+    affine(x2, scale.astype(np.float32), shift.astype(np.float32), _rows(out), 0, _Z, _Z)
+
+
+@GRADS.register("batchnorm")
+def grad_batchnorm(backend, step, arrays, saved, gy, gxs, gws):
+    x2, gy2 = _rows(saved.xs[0]), _rows(gy)
+    mean, rstd = arrays["mean"], arrays["rstd"]
+    parts = np.empty((max(1, min(4 * backend.threads, x2.shape[0])), 2, x2.shape[1]))
+    _bn_grad_partials(gy2, x2, mean, rstd, parts)
+    sum_gy, sum_gy_xhat = parts.sum(axis=0)
+    weight = arrays["param.weight"]
+    if step.attrs["train"]:
+        _bn_grad_input(
+            gy2, x2, mean, rstd, weight, sum_gy.astype(np.float32),
+            sum_gy_xhat.astype(np.float32), np.float32(x2.shape[0]), _rows(gxs[0]),
+        )  # fmt: skip
+    else:
+        zero = np.zeros_like(weight)
+        affine(gy2, (weight * rstd).astype(np.float32), zero, _rows(gxs[0]), 0, _Z, _Z)
+    if "weight" in gws:
+        gws["weight"][...] = sum_gy_xhat
+    if "bias" in gws:
+        gws["bias"][...] = sum_gy

@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit, prange
 
 from .activations import JIT, PJIT
-from .table import KERNELS
+from .table import GRADS, KERNELS
 
 
 @njit(**JIT)
@@ -177,3 +177,23 @@ def launch_gmp(backend, step, arrays, ins, res, out, work):
 @KERNELS.register("adaptive_avgpool")
 def launch_adaptive_avgpool(backend, step, arrays, ins, res, out, work):
     adaptive_avgpool(ins[0], out)
+
+
+# ---- backward ----------------------------------------------------------------------------
+
+
+@njit(**PJIT)
+def gap_backward(gy, gx):
+    """Each position receives its channel's gradient divided by the positions averaged."""
+    n_img, h, w, c = gx.shape
+    inv = np.float32(1.0 / (h * w))
+    for t in prange(n_img * h):
+        n, iy = t // h, t % h
+        for ix in range(w):
+            for ch in range(c):
+                gx[n, iy, ix, ch] = gy[n, 0, 0, ch] * inv
+
+
+@GRADS.register("gap", needs=())
+def grad_gap(backend, step, arrays, saved, gy, gxs, gws):
+    gap_backward(gy, gxs[0])

@@ -1,0 +1,325 @@
+"""Running a training plan: the forward pass in training (or evaluation) mode, the loss, and
+the backward pass, on one backend for one batch size.
+
+Device-neutral like executor.py: buffers come from the backend, forward steps run through
+its kernel table and backward steps through its ``grads`` table (the same names). Buffers are
+taken from a pool by size and given back as soon as the schedule allows (grad_plan's
+lifetimes): a forward value once its last reader, forward or backward, has run; a gradient
+once the step that produced its value has consumed it. Gradients of a value read by several
+steps (residuals, concat, squeeze-and-excitation gates) are summed as they arrive.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..compiler import DataError, error
+from .backends.registry import Saved
+from .grad_plan import STOCHASTIC, GradPlan
+from .lowering import Step, pack
+from .losses import check_targets, loss_and_grad
+
+#: The accumulation of one gradient into another, run by each backend's ``add`` kernel.
+_SUM = Step("add", [], [], -1, attrs=dict(act=0, alpha=0.0, beta=0.0))
+
+#: Batch norm's running statistics: PyTorch's momentum and unbiased variance.
+BN_MOMENTUM = 0.1
+
+
+class _Pool:
+    """Flat device buffers by size, reused across steps and across calls."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.free: dict[int, list] = {}
+
+    def take(self, size: int):
+        held = self.free.get(size)
+        return held.pop() if held else self.backend.empty(max(1, size))
+
+    def give(self, flat) -> None:
+        self.free.setdefault(flat.size, []).append(flat)
+
+
+class GradExecutor:
+    """A training plan's buffers and packed weights on one backend, for one batch size."""
+
+    def __init__(self, plan: GradPlan, backend, batch: int):
+        self.plan, self.backend, self.batch = plan, backend, batch
+        life = plan.lifetimes(backend.grads)
+        self.until, self.grad_to = life["until"], life["grad_to"]
+        self.needs = plan.needs(backend.grads)
+        n = len(plan.steps)
+        self.release_at: dict[int, list[int]] = {}  # clock -> values whose last use it is
+        keep = {plan.root(v) for v in (*plan.outputs.values(), *plan.logits.values())}
+        for vid, end in self.until.items():
+            if vid not in keep or end > n:
+                self.release_at.setdefault(end, []).append(vid)
+        self.pool = _Pool(backend)
+        self.arrays: list[dict] = [{} for _ in plan.steps]
+        self.work = backend.empty(max(1, plan.workspace_floats(batch)))
+        self.none = backend.to_device(np.empty((0, 0, 0, 0), np.float32))
+        self.values: dict[int, object] = {}  # root value -> flat buffer
+        self.grads: dict[int, object] = {}  # root value -> flat gradient buffer
+        self.frozen: set[str] = set()  # layers whose weights get no gradient
+
+    # ---- weights -----------------------------------------------------------------------
+
+    def load(self, weights: dict[str, np.ndarray]) -> None:
+        """Pack ``weights`` (PyTorch layouts, host) for the kernels; the raw forms stay in
+        each step's arrays as ``param.KEY`` for the backward kernels."""
+        b = self.backend
+        for gs, arrays in zip(self.plan.steps, self.arrays):
+            names = (*gs.params, *gs.buffers)
+            if not names:
+                continue
+            raw = {
+                k: np.ascontiguousarray(weights[f"{gs.layer.name}.{k}"], np.float32) for k in names
+            }
+            gs.step.raw, gs.step.arrays = dict(raw), {}
+            pack(gs.step)
+            arrays.clear()
+            arrays.update({k: b.to_device(v) for k, v in gs.step.arrays.items()})
+            arrays.update({f"param.{k}": b.to_device(v).reshape(v.shape) for k, v in raw.items()})
+            gs.step.arrays = {}
+        if hasattr(b, "forget_bindings"):
+            b.forget_bindings()  # bound calls hold the packed forms of the old weights
+
+    # ---- views -------------------------------------------------------------------------
+
+    def _view(self, flat, vid: int):
+        shape = self.plan.values[vid].shape
+        return flat[: self.batch * self.plan.values[vid].size].reshape((self.batch, *shape))
+
+    def view(self, vid: int):
+        return self._view(self.values[self.plan.root(vid)], vid)
+
+    def _new(self, vid: int):
+        return self.pool.take(self.batch * self.plan.values[vid].size)
+
+    # ---- forward -----------------------------------------------------------------------
+
+    def forward(self, inputs: dict[str, np.ndarray], seed: int = 0) -> None:
+        """Run the forward pass on NCHW ``inputs``, keeping what the backward will read."""
+        b, plan = self.backend, self.plan
+        self._release_all()
+        for name, vid in plan.inputs.items():
+            self.values[vid] = self._new(vid)
+            b.nchw_to_runtime(np.asarray(inputs[name], np.float32), self.view(vid))
+        for i, gs in enumerate(plan.steps):
+            step, arrays = gs.step, self.arrays[i]
+            if step.kernel in STOCHASTIC:
+                arrays["mask"] = b.to_device(self._mask(gs, i, seed))
+            if step.kernel == "batchnorm":
+                c = plan.values[step.output].shape[-1]
+                arrays.setdefault("mean", b.empty(c))
+                arrays.setdefault("rstd", b.empty(c))
+            ins = [self.view(v) for v in step.inputs]
+            out = self.values[step.output] = self._new(step.output)
+            b.run_step(step, arrays, ins, self.none, self._view(out, step.output), self.work)
+            self._release(i)
+
+    def _mask(self, gs, index: int, seed: int) -> np.ndarray:
+        """Dropout keeps each element (droppath each sample) with probability 1 - p, scaled
+        by 1 / (1 - p); drawn from ``seed`` and the step's position, so a run repeats."""
+        p = gs.step.attrs["p"]
+        rng = np.random.default_rng([seed, index])
+        shape = (self.batch, *self.plan.values[gs.step.output].shape)
+        if gs.step.kernel == "droppath":
+            shape = (self.batch,)
+        return ((rng.random(shape) >= p) / (1.0 - p)).astype(np.float32)
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        b = self.backend
+        return {
+            name: b.runtime_to_nchw(b.to_host(self.view(vid)))
+            for name, vid in self.plan.outputs.items()
+        }
+
+    def batch_statistics(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per batch-norm layer, (mean, biased variance) of its last training forward pass."""
+        stats = {}
+        for gs, arrays in zip(self.plan.steps, self.arrays):
+            if gs.kernel == "batchnorm" and gs.step.attrs["train"] and "rstd" in arrays:
+                rstd = self.backend.to_host(arrays["rstd"]).astype(np.float64)
+                var = 1.0 / (rstd * rstd) - gs.step.attrs["eps"]
+                stats[gs.layer.name] = (self.backend.to_host(arrays["mean"]), var)
+        return stats
+
+    def running_statistics(self, weights: dict) -> dict[str, np.ndarray]:
+        """The running mean and variance batch norm holds after the last training pass
+        (PyTorch's update: momentum 0.1, unbiased variance), keyed as the weights."""
+        updated = {}
+        for gs in self.plan.steps:
+            if gs.kernel != "batchnorm" or not gs.step.attrs["train"]:
+                continue
+            mean, var = self.batch_statistics()[gs.layer.name]
+            shape = self.plan.values[gs.step.inputs[0]].shape
+            count = self.batch * int(np.prod(shape[:-1]))
+            unbiased = var * count / max(1, count - 1)
+            key = gs.layer.name
+            m = BN_MOMENTUM
+            updated[f"{key}.running_mean"] = (
+                (1 - m) * weights[f"{key}.running_mean"] + m * mean
+            ).astype(np.float32)
+            updated[f"{key}.running_var"] = (
+                (1 - m) * weights[f"{key}.running_var"] + m * unbiased
+            ).astype(np.float32)
+        return updated
+
+    # ---- loss --------------------------------------------------------------------------
+
+    def loss(self, targets: dict[str, np.ndarray], loss: str, label_smoothing: float = 0.0):
+        """The summed loss of every output; seeds the gradients of the outputs (of the logits
+        before a final softmax, for cross-entropy)."""
+        b, total = self.backend, 0.0
+        for name, vid in self.plan.outputs.items():
+            vid = self.plan.logits[name] if loss == "cross_entropy" else vid
+            out = b.runtime_to_nchw(b.to_host(self.view(vid)))
+            target = check_targets(loss, out.shape, targets[name], f"targets of '{name}'")
+            value, grad = loss_and_grad(loss, out, target, label_smoothing)
+            total += value
+            flat = self._new(vid)
+            b.nchw_to_runtime(grad, self._view(flat, vid))
+            self._accumulate(vid, flat)
+        return total
+
+    # ---- backward ----------------------------------------------------------------------
+
+    def backward(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Gradients of the weights (PyTorch layouts, keyed ``LAYER.KEY``) and of the inputs
+        (NCHW, keyed by input name), after :meth:`loss`."""
+        b, plan = self.backend, self.plan
+        n = len(plan.steps)
+        weight_grads: dict[str, np.ndarray] = {}
+        for i in range(n - 1, -1, -1):
+            gs = plan.steps[i]
+            step = gs.step
+            gy = self.grads.pop(step.output, None)
+            wanted = () if gs.layer.name in self.frozen else gs.params
+            if gy is None:  # nothing the loss depends on reads this step's output
+                for k in wanted:
+                    weight_grads[f"{gs.layer.name}.{k}"] = np.zeros(gs.layer.weights[k], np.float32)
+                self._release(2 * n - i)
+                continue
+            x_needed, y_needed = self.needs[i]
+            saved = Saved(
+                [self.view(v) for v in step.inputs] if x_needed else None,
+                self.view(step.output) if y_needed else None,
+            )
+            gx_flat = [self._new(v) for v in step.inputs]
+            gxs = [self._view(f, v) for f, v in zip(gx_flat, step.inputs)]
+            gws = {k: b.empty(int(np.prod(gs.layer.weights[k]))) for k in wanted}
+            gws = {k: g.reshape(gs.layer.weights[k]) for k, g in gws.items()}
+            b.grads[step.kernel](
+                b, step, self.arrays[i], saved, self._view(gy, step.output), gxs, gws
+            )
+            self.pool.give(gy)
+            for vid, flat in zip(step.inputs, gx_flat):
+                self._accumulate(vid, flat)
+            for k, g in gws.items():
+                weight_grads[f"{gs.layer.name}.{k}"] = np.asarray(b.to_host(g)).reshape(
+                    gs.layer.weights[k]
+                )
+            self._release(2 * n - i)
+        input_grads = {}
+        for name, vid in plan.inputs.items():
+            flat = self.grads.pop(vid, None)
+            shape = (self.batch, *plan.network.inputs[name].shape)
+            if flat is None:
+                input_grads[name] = np.zeros(shape, np.float32)
+            else:
+                input_grads[name] = b.runtime_to_nchw(b.to_host(self._view(flat, vid)))
+                self.pool.give(flat)
+        for flat in self.grads.values():
+            self.pool.give(flat)
+        self.grads.clear()
+        return weight_grads, input_grads
+
+    def _accumulate(self, vid: int, flat) -> None:
+        root = self.plan.root(vid)
+        held = self.grads.get(root)
+        if held is None:
+            self.grads[root] = flat
+            return
+        size = self.batch * self.plan.values[root].size
+        b = self.backend
+        b.run_step(_SUM, {}, [held[:size], flat[:size]], self.none, held[:size], self.work)
+        self.pool.give(flat)
+
+    def _release(self, clock: int) -> None:
+        for vid in self.release_at.get(clock, ()):
+            flat = self.values.pop(vid, None)
+            if flat is not None:
+                self.pool.give(flat)
+
+    def _release_all(self) -> None:
+        for flat in self.values.values():
+            self.pool.give(flat)
+        self.values.clear()
+        for flat in self.grads.values():
+            self.pool.give(flat)
+        self.grads.clear()
+
+
+def as_targets(net, targets) -> dict[str, np.ndarray]:
+    """``targets`` as a dict keyed by output name (an array alone for one output)."""
+    if isinstance(targets, dict):
+        missing = [n for n in net.outputs if n not in targets]
+        extra = [n for n in targets if n not in net.outputs]
+        if missing or extra:
+            raise DataError(
+                error(
+                    f"targets do not match the network's outputs: missing {missing}, "
+                    f"unexpected {extra} (outputs: {', '.join(net.outputs)})"
+                )
+            )
+        return targets
+    if len(net.outputs) != 1:
+        raise DataError(
+            error(
+                f"the network has {len(net.outputs)} outputs: give targets as a dict keyed by "
+                f"output name ({', '.join(net.outputs)})"
+            )
+        )
+    return {next(iter(net.outputs)): targets}
+
+
+def gradients(
+    net,
+    inputs: dict[str, np.ndarray],
+    targets,
+    weights: dict[str, np.ndarray],
+    loss: str = "cross_entropy",
+    train: bool = True,
+    seed: int = 0,
+    device: str = "cpu",
+    label_smoothing: float = 0.0,
+):
+    """``(mean loss, gradients)`` of one batch: see ``cnnc.grad``."""
+    from .backends import backend_for
+    from .grad_plan import build_grad_plan
+    from .losses import check_loss
+
+    check_loss(loss)
+    if not 0.0 <= label_smoothing < 1.0:
+        raise DataError(error(f"label_smoothing must be in [0, 1), got {label_smoothing}"))
+    targets = as_targets(net, targets)
+    batch = _batch_of(net, inputs)
+    for name, x in inputs.items():
+        if not np.all(np.isfinite(x)):
+            raise DataError(error(f"input '{name}' holds NaN or infinite values"))
+    plan = build_grad_plan(net, train)
+    backend = backend_for(device, "direct", tune=False)
+    executor = GradExecutor(plan, backend, batch)
+    executor.load(weights)
+    executor.forward(inputs, seed)
+    value = executor.loss(targets, loss, label_smoothing)
+    weight_grads, input_grads = executor.backward()
+    return value, {**weight_grads, **input_grads}
+
+
+def _batch_of(net, inputs) -> int:
+    from .session import _batch_of as batch_of
+
+    return batch_of(net, inputs)
