@@ -16,8 +16,8 @@ import numpy as np
 from ..compiler import DataError, error
 from .backends.registry import Saved
 from .grad_plan import STOCHASTIC, GradPlan
-from .lowering import Step, pack
 from .losses import check_targets, loss_and_grad
+from .lowering import Step, pack
 
 #: The accumulation of one gradient into another, run by each backend's ``add`` kernel.
 _SUM = Step("add", [], [], -1, attrs=dict(act=0, alpha=0.0, beta=0.0))
