@@ -41,6 +41,32 @@ class _Pool:
         self.free.setdefault(flat.size, []).append(flat)
 
 
+def drop_mask(kernel: str, p: float, shape: tuple, seed: int, index: int) -> np.ndarray:
+    """Dropout keeps each element (droppath each sample) with probability 1 - p, scaled by
+    1 / (1 - p); drawn from ``seed`` and the step's position in the plan, so a run repeats.
+    ``shape`` is the step's output in the runtime layout, batch first."""
+    rng = np.random.default_rng([seed, index])
+    draw_shape = (shape[0],) if kernel == "droppath" else shape
+    return ((rng.random(draw_shape) >= p) / (1.0 - p)).astype(np.float32)
+
+
+def drop_masks(plan: GradPlan, batch: int, seed: int) -> dict[str, np.ndarray]:
+    """The masks a training pass with ``seed`` draws, per layer, NCHW (droppath: one value
+    per sample, shaped to broadcast): for tests and for explaining a run."""
+    masks = {}
+    for index, gs in enumerate(plan.steps):
+        if gs.kernel in STOCHASTIC:
+            shape = (batch, *plan.values[gs.step.output].shape)
+            m = drop_mask(gs.kernel, gs.step.attrs["p"], shape, seed, index)
+            if gs.kernel == "droppath":
+                masks[gs.layer.name] = m.reshape((batch,) + (1,) * (len(shape) - 1))
+            else:
+                masks[gs.layer.name] = np.ascontiguousarray(
+                    m.transpose(0, 3, 1, 2) if m.ndim == 4 else m
+                )
+    return masks
+
+
 class GradExecutor:
     """A training plan's buffers and packed weights on one backend, for one batch size."""
 
@@ -120,14 +146,8 @@ class GradExecutor:
             self._release(i)
 
     def _mask(self, gs, index: int, seed: int) -> np.ndarray:
-        """Dropout keeps each element (droppath each sample) with probability 1 - p, scaled
-        by 1 / (1 - p); drawn from ``seed`` and the step's position, so a run repeats."""
-        p = gs.step.attrs["p"]
-        rng = np.random.default_rng([seed, index])
         shape = (self.batch, *self.plan.values[gs.step.output].shape)
-        if gs.step.kernel == "droppath":
-            shape = (self.batch,)
-        return ((rng.random(shape) >= p) / (1.0 - p)).astype(np.float32)
+        return drop_mask(gs.step.kernel, gs.step.attrs["p"], shape, seed, index)
 
     def outputs(self) -> dict[str, np.ndarray]:
         b = self.backend

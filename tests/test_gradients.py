@@ -1,0 +1,135 @@
+"""Gradients against ``torch.autograd``: every op of the registry on its example, in training
+and evaluation mode, through the plain training plan; losses; bad targets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cnnc
+import torch_reference
+from cnnc.compiler.ops import OPS
+from cnnc.runtime.backprop import drop_masks
+from cnnc.runtime.grad_plan import build_grad_plan
+
+OP_NAMES = sorted(OPS)
+RTOL = 1e-4
+
+
+def example(op) -> str:
+    return f"network t(x: {op.example_input}) {{\n  return x | {op.example or op.name}\n}}\n"
+
+
+def assert_grads_match(ours: dict, ref: dict, rtol: float = RTOL, atol: float = 1e-6):
+    """Each tensor within ``rtol`` of the reference's largest magnitude (plus ``atol`` for
+    gradients that are zero in exact arithmetic, such as a bias before batch norm)."""
+    assert set(ours) == set(ref), (sorted(ours), sorted(ref))
+    for key, want in ref.items():
+        got = ours[key]
+        assert got.shape == want.shape, (key, got.shape, want.shape)
+        err = float(np.abs(got - want).max()) if want.size else 0.0
+        scale = float(np.abs(want).max()) if want.size else 0.0
+        assert err <= rtol * scale + atol, f"{key}: max error {err:.3g} against scale {scale:.3g}"
+
+
+def compare(torch, net, inputs, targets, loss="mse", train=True, seed=0, weights=None, **kw):
+    weights = weights if weights is not None else torch_reference.random_weights(net, 1)
+    batch = next(iter(inputs.values())).shape[0]
+    masks = drop_masks(build_grad_plan(net, train), batch, seed) if train else None
+    value, grads = cnnc.grad(net, inputs, targets, weights, loss, train, seed, **kw)
+    ref_value, ref = torch_reference.gradients(
+        torch, net, weights, inputs, targets, loss, train, kw.get("label_smoothing", 0.0), masks
+    )
+    assert abs(value - ref_value) <= RTOL * max(1.0, abs(ref_value)), (value, ref_value)
+    assert_grads_match(grads, ref)
+    return grads
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_op_gradient_matches_autograd(name, train, torch):
+    net = cnnc.load(example(OPS[name]))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, *net.inputs["x"].shape)).astype(np.float32)
+    out = next(iter(net.outputs.values())).shape
+    target = rng.standard_normal((3, *out)).astype(np.float32)
+    compare(torch, net, {"x": x}, target, "mse", train)
+
+
+LENET = """network t(x: 1x12x12) {
+  return x | conv(6, k=3) | bn | relu | maxpool(k=2) | conv(8, k=3, p=1) | relu | flatten
+    | dropout(0.3) | fc(16) | relu | fc(4)
+}"""
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse", "cosine"])
+def test_losses_match_autograd(loss, torch):
+    net = cnnc.load(LENET)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, 1, 12, 12)).astype(np.float32)
+    if loss == "cross_entropy":
+        target = rng.integers(0, 4, 5)
+    else:
+        target = rng.standard_normal((5, 4)).astype(np.float32)
+    compare(torch, net, {"x": x}, target, loss, train=True, seed=3)
+
+
+def test_label_smoothing_and_softmax_output_train_on_logits(torch):
+    net = cnnc.load(LENET.replace("fc(4)\n", "fc(4) | softmax\n"))
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 1, 12, 12)).astype(np.float32)
+    target = rng.integers(0, 4, 4)
+    compare(torch, net, {"x": x}, target, "cross_entropy", label_smoothing=0.1)
+
+
+def test_per_pixel_cross_entropy(torch):
+    net = cnnc.load(
+        "network seg(x: 3x10x10) { return x | conv(8, k=3, p=1) | relu | conv(5, k=1) }"
+    )
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 10, 10)).astype(np.float32)
+    target = rng.integers(0, 5, (2, 10, 10))
+    compare(torch, net, {"x": x}, target, "cross_entropy")
+
+
+def test_grad_changes_nothing_it_was_given():
+    net = cnnc.load(LENET)
+    weights = torch_reference.random_weights(net, 1)
+    before = {k: v.copy() for k, v in weights.items()}
+    x = np.ones((2, 1, 12, 12), np.float32)
+    cnnc.grad(net, x, np.array([0, 1]), weights)
+    for k, v in weights.items():
+        assert np.array_equal(v, before[k]), k
+
+
+@pytest.mark.parametrize(
+    "targets, words",
+    [
+        (np.array([0, 4]), "class index 4, outside 0..3"),
+        (np.array([-1, 0]), "class index -1"),
+        (np.array([0.5, 1.0]), "fractional"),
+        (np.array([0, 1, 2]), "shape (3,)"),
+        (np.array([np.nan, 1.0]), "NaN"),
+        (np.array(["a", "b"]), "not class indices"),
+    ],
+)
+def test_bad_targets_are_clear_errors(targets, words):
+    net = cnnc.load(LENET)
+    x = np.ones((2, 1, 12, 12), np.float32)
+    with pytest.raises(cnnc.DataError) as info:
+        cnnc.grad(net, x, targets)
+    assert words in str(info.value)
+
+
+def test_bad_inputs_and_losses_are_clear_errors():
+    net = cnnc.load(LENET)
+    x = np.ones((2, 1, 12, 12), np.float32)
+    with pytest.raises(cnnc.DataError, match="NaN"):
+        cnnc.grad(net, np.full((2, 1, 12, 12), np.nan, np.float32), np.array([0, 1]))
+    with pytest.raises(cnnc.DataError, match="unknown loss"):
+        cnnc.grad(net, x, np.array([0, 1]), loss="hinge")
+    with pytest.raises(cnnc.DataError, match="shape"):
+        cnnc.grad(net, x, np.zeros((2, 3), np.float32), loss="mse")
+    one = cnnc.load("network t(x: 4) { return x | fc(1) }")
+    with pytest.raises(cnnc.DataError, match="at least two classes"):
+        cnnc.grad(one, np.ones((2, 4), np.float32), np.array([0, 0]))
