@@ -1,6 +1,6 @@
-"""Every op of the registry is complete: a CPU kernel, a CUDA kernel, a PyTorch reference, a
-drawing style and a line in docs/ops.md; activations have unique codes, and each runs fused
-into a convolution's epilogue as well as on its own."""
+"""Every op of the registry is complete: CPU and CUDA kernels forward and backward, a PyTorch
+reference for outputs and for gradients, a drawing style and a line in docs/ops.md; activations
+have unique codes, and each runs fused into a convolution's epilogue as well as on its own."""
 
 from __future__ import annotations
 
@@ -43,9 +43,37 @@ def test_op_has_a_cuda_kernel(name):
     assert kernels_of(name) <= set(KERNELS), f"{name}: no CUDA kernel"
 
 
+def training_kernels_of(name: str) -> set[str]:
+    """The kernel names the training plans of an op's example use (training and evaluation)."""
+    from cnnc.runtime.grad_plan import build_grad_plan
+
+    net = cnnc.load(example(OPS[name]))
+    return {s.kernel for train in (True, False) for s in build_grad_plan(net, train).steps}
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_op_has_a_cpu_backward(name):
+    from cnnc.runtime.backends.cpu import GRADS, KERNELS
+
+    kernels = training_kernels_of(name)
+    assert kernels <= set(KERNELS), f"{name}: no CPU training forward kernel"
+    assert kernels <= set(GRADS), f"{name}: no CPU backward for {kernels - set(GRADS)}"
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_op_has_a_cuda_backward(name):
+    require("numba.cuda")
+    from cnnc.runtime.backends.cuda import GRADS, KERNELS
+
+    kernels = training_kernels_of(name)
+    assert kernels <= set(KERNELS), f"{name}: no CUDA training forward kernel"
+    assert kernels <= set(GRADS), f"{name}: no CUDA backward for {kernels - set(GRADS)}"
+
+
 @pytest.mark.parametrize("name", OP_NAMES)
 def test_op_has_a_reference_a_style_and_a_doc_entry(name):
     assert name in torch_reference.REFERENCE, f"{name}: no line in tests/torch_reference.py"
+    assert name in torch_reference.TRAINING, f"{name}: no gradient line in torch_reference.py"
     assert OPS[name].family in PALETTE, f"{name}: family {OPS[name].family!r} has no colour"
     doc = (ROOT / "docs" / "ops.md").read_text()
     assert re.search(rf"^\| `{name}` \|", doc, re.M), f"{name}: no row in docs/ops.md"
@@ -60,5 +88,5 @@ def test_kernel_tables_hold_no_stale_names():
     """Every registered CPU kernel is reachable from some op (no dead kernels)."""
     from cnnc.runtime.backends.cpu import KERNELS
 
-    used = set().union(*(kernels_of(name) for name in OP_NAMES))
+    used = set().union(*(kernels_of(n) | training_kernels_of(n) for n in OP_NAMES))
     assert set(KERNELS) <= used, set(KERNELS) - used

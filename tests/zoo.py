@@ -184,9 +184,10 @@ def state_in_forward_order(model, x) -> list[tuple[str, np.ndarray]]:
     return [(k, t.detach().numpy()) for owner in seen for k, t in keys_of[owner]]
 
 
-def map_weights(net, model, size: int) -> dict[str, np.ndarray]:
-    """torchvision's tensors onto the spec's weight keys, in order; a Linear applied per pixel
-    (ConvNeXt) fills a 1x1 conv's weight. Raises ValueError naming the first mismatch."""
+def weight_names(net, model, size: int) -> dict[str, str]:
+    """The spec's weight keys onto torchvision's tensor names, in forward order; a Linear
+    applied per pixel (ConvNeXt) fills a 1x1 conv's weight. Raises ValueError naming the
+    first mismatch."""
     import torch
 
     from cnnc.runtime.weights import expected
@@ -195,7 +196,7 @@ def map_weights(net, model, size: int) -> dict[str, np.ndarray]:
     ours = list(expected(net).items())
     if len(theirs) != len(ours):
         raise ValueError(f"{net.name}: torchvision has {len(theirs)} tensors, the spec {len(ours)}")
-    weights = {}
+    names = {}
     for (key, shape), (tkey, tensor) in zip(ours, theirs):
         if (
             tensor.size != int(np.prod(shape))
@@ -205,8 +206,20 @@ def map_weights(net, model, size: int) -> dict[str, np.ndarray]:
                 f"{net.name}: {key} {shape} does not match torchvision's {tkey} "
                 f"{tuple(tensor.shape)}"
             )
-        weights[key] = np.ascontiguousarray(tensor.reshape(shape), np.float32)
-    return weights
+        names[key] = tkey
+    return names
+
+
+def map_weights(net, model, size: int) -> dict[str, np.ndarray]:
+    """torchvision's tensors onto the spec's weight keys (``weight_names``)."""
+    from cnnc.runtime.weights import expected
+
+    state = model.state_dict()
+    shapes = expected(net)
+    return {
+        key: np.ascontiguousarray(state[tkey].detach().numpy().reshape(shapes[key]), np.float32)
+        for key, tkey in weight_names(net, model, size).items()
+    }
 
 
 def randomise(model, seed: int = 0):
@@ -248,6 +261,46 @@ def reference_outputs(name: str, batch: int = 1, seed: int = 0):
         y = model(x)
     y = y["out"] if isinstance(y, dict) else y
     return net, weights, x.numpy(), y.numpy()
+
+
+def reference_gradients(name: str, batch: int = 2, seed: int = 0, train: bool | None = None):
+    """(net, weights, input, targets, train, loss, grads32, grads64) for one zoo model with
+    random weights and a cross-entropy loss on random classes (per pixel for segmentation):
+    torchvision's autograd in float32 and in float64, gradients keyed as the spec's weights
+    plus ``x``. By default networks that drop at random (dropout, stochastic depth) are
+    differentiated in evaluation mode, the rest in training mode (batch statistics)."""
+    import torch
+
+    size = next(s for _, n, s in ZOO if n == name)
+    net = network_of(name)
+    model = randomise(torchvision_model(name), seed)
+    names = weight_names(net, model, size)
+    weights = map_weights(net, model, size)
+    if train is None:
+        train = not any(layer.op in ("dropout", "droppath") for layer in net.layers)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, size, size, generator=g)
+    results = []
+    for dtype in (torch.float32, torch.float64):
+        model = model.to(dtype).train(train)
+        xd = x.to(dtype).clone().requires_grad_(True)
+        y = model(xd)
+        y = y["out"] if isinstance(y, dict) else y
+        if dtype == torch.float32:
+            targets = torch.randint(0, y.shape[1], (batch, *y.shape[2:]), generator=g)
+        model.zero_grad()
+        loss = torch.nn.functional.cross_entropy(y, targets)
+        loss.backward()
+        params = dict(model.named_parameters())
+        grads = {
+            key: np.ascontiguousarray(params[tkey].grad.numpy().reshape(weights[key].shape))
+            for key, tkey in names.items()
+            if tkey in params
+        }
+        grads["x"] = xd.grad.numpy()
+        results.append((float(loss.detach()), grads))
+    (loss, grads32), (_, grads64) = results
+    return net, weights, x.numpy(), targets.numpy(), train, loss, grads32, grads64
 
 
 def relative_error(got, want) -> float:
