@@ -57,6 +57,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict", action="store_true", help="also reject strides that do not tile their input"
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument(
+        "--train",
+        action="store_true",
+        help="also print the memory a training step needs (activations kept for the backward "
+        "pass, gradients, optimizer state, planned peak)",
+    )
+    p.add_argument(
+        "--batch", type=int, default=None, metavar="N", help="batch size with --train (default 1)"
+    )
+    p.add_argument(
+        "--optimizer",
+        choices=["sgd", "adam", "adamw"],
+        default=None,
+        help="optimizer state with --train: sgd's momentum holds one copy of the weights, "
+        "adam's moments two (default sgd)",
+    )
 
     p = spec_command("draw", "render the network with Graphviz")
     p.add_argument(
@@ -106,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=10, metavar="R")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--train",
+        action="store_true",
+        help="time a whole training step (forward, loss, backward, SGD update) with forward "
+        "and backward time per layer; convolutions exact (direct) unless --algorithm says",
+    )
     _algorithm_option(p)
 
     p = spec_command("tune", "measure each convolution's fastest algorithm on this machine")
@@ -167,16 +189,28 @@ def _algorithm_option(p):
 
 def cmd_check(args) -> int:
     from .compiler.program import Program
-    from .compiler.report import network_table, summary_table
+    from .compiler.report import summary_table
     from .compiler.source import SourceFile
 
+    if not args.train and (args.batch is not None or args.optimizer is not None):
+        raise UsageError("--batch and --optimizer go with --train: cnnc check FILE --train ...")
     program = Program.load(SourceFile.from_path(args.file))
     result = program.check(args.network, args.strict, parse_settings(args.params))
+    training = [None] * len(result.networks)
+    if args.train:
+        from .runtime.cli import training_memory
+
+        batch = 1 if args.batch is None else args.batch
+        training = training_memory(result.networks, batch, args.optimizer or "sgd")
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+        out = result.to_json()
+        if args.train:
+            for entry, estimate in zip(out["networks"], training):
+                entry["training"] = estimate
+        print(json.dumps(out, indent=2))
     else:
         if result.networks:
-            print("\n\n".join(network_table(n) for n in result.networks))
+            print("\n\n".join(_with_training(n, t) for n, t in zip(result.networks, training)))
         if len(result.networks) > 1:
             print()
             print(summary_table(result.networks))
@@ -185,6 +219,16 @@ def cmd_check(args) -> int:
         if not result.networks and not result.diagnostics:
             print(f"{args.file}: no networks defined", file=sys.stderr)
     return 0 if result.ok else 1
+
+
+def _with_training(net, estimate) -> str:
+    from .compiler.report import network_table
+
+    if estimate is None:
+        return network_table(net)
+    from .runtime.cli import training_memory_text
+
+    return network_table(net) + "\n" + training_memory_text(estimate)
 
 
 def parse_settings(settings: list[str]) -> dict[str, str]:
@@ -227,9 +271,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .runtime.cli import bench_command
+    from .runtime.cli import bench_command, train_bench_command
 
-    return bench_command(_load(args), args)
+    return (train_bench_command if args.train else bench_command)(_load(args), args)
 
 
 def cmd_sweep(args) -> int:

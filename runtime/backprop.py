@@ -11,6 +11,8 @@ steps (residuals, concat, squeeze-and-excitation gates) are summed as they arriv
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from ..compiler import DataError, error
@@ -125,8 +127,9 @@ class GradExecutor:
 
     # ---- forward -----------------------------------------------------------------------
 
-    def forward(self, inputs: dict[str, np.ndarray], seed: int = 0) -> None:
-        """Run the forward pass on NCHW ``inputs``, keeping what the backward will read."""
+    def forward(self, inputs: dict[str, np.ndarray], seed: int = 0, timings=None) -> None:
+        """Run the forward pass on NCHW ``inputs``, keeping what the backward will read;
+        ``timings`` (a list) gets each step's seconds, as Executor.run's."""
         b, plan = self.backend, self.plan
         self._release_all()
         for name, vid in plan.inputs.items():
@@ -142,7 +145,9 @@ class GradExecutor:
                 arrays.setdefault("rstd", b.empty(c))
             ins = [self.view(v) for v in step.inputs]
             out = self.values[step.output] = self._new(step.output)
+            start = self._clock(timings)
             b.run_step(step, arrays, ins, self.none, self._view(out, step.output), self.work)
+            self._lap(timings, start)
             self._release(i)
 
     def _mask(self, gs, index: int, seed: int) -> np.ndarray:
@@ -206,13 +211,15 @@ class GradExecutor:
 
     # ---- backward ----------------------------------------------------------------------
 
-    def backward(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    def backward(self, timings=None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Gradients of the weights (PyTorch layouts, keyed ``LAYER.KEY``) and of the inputs
-        (NCHW, keyed by input name), after :meth:`loss`."""
+        (NCHW, keyed by input name), after :meth:`loss`; ``timings`` (a list) gets each
+        step's seconds in the order they run, the last step's first."""
         b, plan = self.backend, self.plan
         n = len(plan.steps)
         weight_grads: dict[str, np.ndarray] = {}
         for i in range(n - 1, -1, -1):
+            start = self._clock(timings)
             gs = plan.steps[i]
             step = gs.step
             gy = self.grads.pop(step.output, None)
@@ -221,6 +228,7 @@ class GradExecutor:
                 for k in wanted:
                     weight_grads[f"{gs.layer.name}.{k}"] = np.zeros(gs.layer.weights[k], np.float32)
                 self._release(2 * n - i)
+                self._lap(timings, start)
                 continue
             x_needed, y_needed = self.needs[i]
             saved = Saved(
@@ -242,6 +250,7 @@ class GradExecutor:
                     gs.layer.weights[k]
                 )
             self._release(2 * n - i)
+            self._lap(timings, start)
         input_grads = {}
         for name, vid in plan.inputs.items():
             flat = self.grads.pop(vid, None)
@@ -255,6 +264,17 @@ class GradExecutor:
             self.pool.give(flat)
         self.grads.clear()
         return weight_grads, input_grads
+
+    def _clock(self, timings) -> float:
+        if timings is None:
+            return 0.0
+        self.backend.synchronize()
+        return time.perf_counter()
+
+    def _lap(self, timings, start: float) -> None:
+        if timings is not None:
+            self.backend.synchronize()
+            timings.append(time.perf_counter() - start)
 
     def _accumulate(self, vid: int, flat) -> None:
         root = self.plan.root(vid)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..compiler import DataError, Network, UsageError, error, fmt_shape, table
+from ..compiler.report import nbytes
 from . import data, folder, memory
 from . import weights as weights_io
 from .session import Session
@@ -179,6 +180,107 @@ def bench_command(net: Network, args) -> int:
     print(
         f"memory      {_mib(info['peak_activation_bytes'])} of activation buffers, reused by "
         f"liveness (naive sum {_mib(info['naive_activation_bytes'])})"
+    )
+    return 0
+
+
+def training_memory(networks: list[Network], batch, optimizer: str) -> list[dict]:
+    """``cnnc check --train``: each network's training estimate (memory.training_estimate)."""
+    from .session import check_batch
+
+    check_batch(batch)
+    return [memory.training_estimate(net, batch, optimizer) for net in networks]
+
+
+_STATE = {"sgd": "sgd momentum: 1 x weights", "adam": "adam moments: 2 x weights"}
+_STATE["adamw"] = _STATE["adam"].replace("adam", "adamw", 1)
+
+
+def training_memory_text(m: dict) -> str:
+    """The lines ``cnnc check --train`` adds below a network's table."""
+    rows = [
+        ("activations kept", m["activations_kept"], "layer outputs the backward pass reads"),
+        ("activations peak", m["activations_peak"], "activations and their gradients at once"),
+        ("weights", m["weights"], "learned"),
+        ("gradients", m["gradients"], "of the learned weights"),
+        ("optimizer state", m["optimizer_state"], _STATE[m["optimizer"]]),
+        ("buffers", m["buffers"], "batch-norm running statistics"),
+        ("packed weights", m["packed_weights"], "convolution weights in the kernels' layouts"),
+        ("workspace", m["workspace"], "kernels' scratch"),
+    ]
+    width = max(len(nbytes(v)) for _, v, _ in rows + [("", m["peak"], "")])
+    lines = [
+        f"training    batch {m['batch']}, optimizer {m['optimizer']}, {m['steps']} steps (float32)"
+    ]
+    lines += [f"  {name:<18}{nbytes(v):>{width}}  {why}" for name, v, why in rows]
+    lines.append(
+        f"  {'peak':<18}{nbytes(m['peak']):>{width}}  planned for one step: the rows from "
+        "'activations peak' down"
+    )
+    return "\n".join(lines)
+
+
+def train_bench_command(net: Network, args) -> int:
+    """``cnnc bench --train``: a whole training step's time, per layer forward and backward."""
+    from .train_bench import bench_training
+
+    if args.batch < 1 or args.repeat < 1:
+        raise UsageError(error("--batch and --repeat must be at least 1"))
+    if args.device == "cpu":
+        from .backends.cpu import kernels_compiled
+
+        if not kernels_compiled():
+            print(
+                "cnnc: compiling the CPU kernels for this machine (once; later runs load them "
+                "from the cache)",
+                file=sys.stderr,
+                flush=True,
+            )
+    info = bench_training(net, args.batch, args.repeat, 0, args.device, args.algorithm)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+
+    def rate(g):
+        return "" if not g else f"{g:.1f}" if g >= 0.1 else f"{g:.2g}"
+
+    rows = [
+        (
+            x["layer"],
+            x["op"],
+            fmt_shape(x["shape"]),
+            f"{x['forward_ms']:.3f}",
+            f"{x['backward_ms']:.3f}",
+            rate(x["forward_gflops"]),
+            rate(x["backward_gflops"]),
+            x["algorithm"],
+        )
+        for x in info["layers"]
+    ]
+    threads = (
+        f" ({info['threads']} threads, {info['threading_layer']} threading layer)"
+        if "threads" in info
+        else ""
+    )
+    print(
+        f"network {net.name}, training step, batch {info['batch']}, device {info['device']}"
+        f"{threads}, loss {info['loss']} on random targets, {info['optimizer']}"
+    )
+    headers = ("layer", "op", "output", "fwd ms", "bwd ms", "fwd GFLOP/s", "bwd GFLOP/s")
+    print(table((*headers, "algorithm"), rows, right=(3, 4, 5, 6)))
+    per_layer = f"(median of {min(info['repeat'], 5)}, kernels timed one by one)"
+    print(f"forward     {info['forward_ms']:.3f} ms {per_layer}")
+    print(f"backward    {info['backward_ms']:.3f} ms")
+    print(f"update      {info['update_ms']:.3f} ms (SGD in NumPy, running statistics, repacking)")
+    print(
+        f"step        {info['median_ms']:.3f} ms median of {info['repeat']} "
+        f"(min {info['min_ms']:.3f} ms), {info['gflops']:.1f} GFLOP/s "
+        "(3 x the forward pass's FLOPs)"
+    )
+    print(f"warm-up     {info['warmup_s']:.2f} s (includes kernel compilation on a cold cache)")
+    print(
+        f"memory      {nbytes(info['memory']['peak'])} planned peak (cnnc check --train: "
+        f"activations kept {nbytes(info['memory']['activations_kept'])})"
     )
     return 0
 

@@ -60,5 +60,61 @@ def check_fits(net: Network, batch: int, plan=None):
     return need
 
 
+#: Optimizer state per learned weight, in copies of the weights: SGD's momentum buffer, Adam's
+#: first and second moments.
+OPTIMIZER_STATE = {"sgd": 1, "adam": 2, "adamw": 2}
+#: Kernels whose packed weight is a second copy (the others, and biases, read the PyTorch
+#: layout itself).
+REPACKED = ("conv", "dwconv", "convt")
+
+
+def training_estimate(net: Network, batch: int, optimizer: str = "sgd") -> dict:
+    """Bytes a training step needs (``cnnc check --train``): the activations kept for the
+    backward pass and the planned peak of activations and their gradients (grad_plan's
+    schedule, with what the CPU's backward kernels read), the learned weights, their gradients,
+    the optimizer's state, running statistics, packed copies of convolution weights and the
+    kernels' scratch; ``peak`` is their sum at the activations' peak."""
+    from math import prod
+
+    from .backends.cpu import GRADS
+    from .grad_plan import build_grad_plan
+
+    if optimizer not in OPTIMIZER_STATE:
+        raise ValueError(f"unknown optimizer {optimizer!r}")
+    plan = build_grad_plan(net, train=True)
+    planned = plan.memory(GRADS, batch)
+    buffers = sum(prod(s) for layer in net.layers for s in layer.buffers.values()) * BYTES
+    packed = BYTES * sum(
+        prod(gs.layer.weights["weight"]) for gs in plan.steps if gs.kernel in REPACKED
+    )
+    state = OPTIMIZER_STATE[optimizer] * planned["weights"]
+    workspace = plan.workspace_floats(batch) * BYTES
+    parts = dict(
+        activations_kept=planned["activations_kept"],
+        activations_peak=planned["activations_peak"],
+        weights=planned["weights"],
+        gradients=planned["gradients"],
+        optimizer_state=state,
+        buffers=buffers,
+        packed_weights=packed,
+        workspace=workspace,
+    )
+    peak = sum(v for k, v in parts.items() if k != "activations_kept")
+    return dict(batch=batch, optimizer=optimizer, steps=len(plan.steps), **parts, peak=peak)
+
+
+def check_training_fits(estimate: dict) -> None:
+    """Refuse a training step whose planned peak (``training_estimate``) cannot fit."""
+    have = available_bytes()
+    if estimate["peak"] > SAFETY * have:
+        raise ResourceError(
+            error(
+                f"a training step at batch {estimate['batch']} needs about "
+                f"{_gib(estimate['peak'])} but only {_gib(have)} of memory is available",
+                hint="use a smaller --batch",
+            )
+        )
+
+
 def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"

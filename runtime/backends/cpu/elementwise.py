@@ -265,3 +265,117 @@ def grad_scale(backend, step, arrays, saved, gy, gxs, gws):
     affine(gy2, w, np.zeros_like(w), _rows(gxs[0]), 0, _Z, _Z)
     if "weight" in gws:
         gws["weight"][...] = channel_sums(x2, gy2, backend.threads).reshape(gws["weight"].shape)
+
+
+# ---- products, prelu, softmax: backward passes ---------------------------------------------
+# (``affine`` has none: training runs batch norm as ``batchnorm`` and layer scale as ``scale``.)
+
+
+@njit(**PJIT)
+def gate_sums(gy2, other2, out, pixels):
+    """A broadcast gate's gradient: ``out[n, ch]`` the sum over sample ``n``'s ``pixels``
+    positions of ``gy * other`` (``out`` (N, 1): over the channels as well); (N*pixels, C)
+    views, float64 sums, one sample per thread."""
+    rows, c = gy2.shape
+    width = out.shape[1]
+    for n in prange(rows // pixels):
+        acc = np.zeros(c, np.float64)
+        for r in range(n * pixels, (n + 1) * pixels):
+            for ch in range(c):
+                acc[ch] += np.float64(gy2[r, ch]) * other2[r, ch]
+        if width == 1:
+            out[n, 0] = acc.sum()
+        else:
+            for ch in range(c):
+                out[n, ch] = acc[ch]
+
+
+def _product_into(dst, gy, operands, out_shape) -> None:
+    """``dst = gy * every one of operands`` (full-shape ones elementwise, broadcast gates per
+    sample and channel), ``dst`` of the output's shape."""
+    src = gy
+    pixels = out_shape[1] * out_shape[2] if len(out_shape) == 4 else 1
+    for x in operands:
+        if x.shape == tuple(out_shape):
+            mul(src.reshape(-1), x.reshape(-1), dst.reshape(-1), 0, _Z, _Z)
+        else:
+            mul_channels(_rows(src), x.reshape(x.shape[0], -1), _rows(dst), pixels, 0, _Z, _Z)
+        src = dst
+    if src is gy:
+        copy(gy.reshape(-1), dst.reshape(-1))
+
+
+@GRADS.register("mul")
+def grad_mul(backend, step, arrays, saved, gy, gxs, gws):
+    """Each operand's gradient is ``gy`` times every other operand; a broadcast gate's
+    (Cx1x1 or 1x1x1, as in squeeze-and-excitation) is that product summed over the positions
+    it was broadcast to. The training plan fuses no activation into the product."""
+    xs, shape = saved.xs, gy.shape
+    pixels = shape[1] * shape[2] if gy.ndim == 4 else 1
+    for i, gx in enumerate(gxs):
+        if gx is None:
+            continue
+        others = xs[:i] + xs[i + 1 :]
+        if gx.shape == shape:
+            _product_into(gx, gy, others, shape)
+            continue
+        # a gate: some other operand has the output's shape (else the gate would have it)
+        f = next(j for j, x in enumerate(others) if x.shape == shape)
+        rest = others[:f] + others[f + 1 :]
+        weighted = gy
+        if rest:
+            weighted = np.empty(shape, np.float32)
+            _product_into(weighted, gy, rest, shape)
+        gate_sums(_rows(weighted), _rows(others[f]), gx.reshape(gx.shape[0], -1), pixels)
+
+
+@njit(**PJIT)
+def prelu_backward(x2, slope, gy2, gx2, parts):
+    """PReLU's input gradient ``gy`` (x > 0) or ``gy * slope`` (else, PyTorch's choice at 0),
+    and in ``parts[t]`` row block ``t``'s per-channel sums of ``gy * x`` over x <= 0 (the
+    slope's gradient), in float64; (rows, C) views."""
+    rows, c = x2.shape
+    shared = slope.size == 1
+    blocks = parts.shape[0]
+    for t in prange(blocks):
+        acc = np.zeros(c, np.float64)
+        for r in range(rows * t // blocks, rows * (t + 1) // blocks):
+            for ch in range(c):
+                v, g = x2[r, ch], gy2[r, ch]
+                if v > 0.0:
+                    gx2[r, ch] = g
+                else:
+                    gx2[r, ch] = g * (slope[0] if shared else slope[ch])
+                    acc[ch] += np.float64(g) * v
+        parts[t] = acc
+
+
+@GRADS.register("prelu")
+def grad_prelu(backend, step, arrays, saved, gy, gxs, gws):
+    x2, gy2 = _rows(saved.xs[0]), _rows(gy)
+    parts = np.empty((max(1, min(4 * backend.threads, x2.shape[0])), x2.shape[1]), np.float64)
+    gx2 = _rows(gxs[0]) if gxs[0] is not None else np.empty_like(x2)
+    prelu_backward(x2, arrays["w"], gy2, gx2, parts)
+    if "weight" in gws:
+        sums = parts.sum(axis=0)
+        w = gws["weight"]
+        w[...] = sums.sum() if w.size == 1 else sums.reshape(w.shape)
+
+
+@njit(**PJIT)
+def softmax_backward(y2, gy2, gx2):
+    """Softmax's input gradient per row: ``gx = y * (gy - sum(gy * y))``."""
+    rows, c = y2.shape
+    for r in prange(rows):
+        s = 0.0
+        for ch in range(c):
+            s += np.float64(gy2[r, ch]) * y2[r, ch]
+        dot = np.float32(s)
+        for ch in range(c):
+            gx2[r, ch] = y2[r, ch] * (gy2[r, ch] - dot)
+
+
+@GRADS.register("softmax", needs=("y",))
+def grad_softmax(backend, step, arrays, saved, gy, gxs, gws):
+    if gxs[0] is not None:
+        softmax_backward(_rows(saved.y), _rows(gy), _rows(gxs[0]))

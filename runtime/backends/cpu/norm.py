@@ -196,3 +196,157 @@ def grad_batchnorm(backend, step, arrays, saved, gy, gxs, gws):
         gws["weight"][...] = sum_gy_xhat
     if "bias" in gws:
         gws["bias"][...] = sum_gy
+
+
+# ---- local response, layer and group norm: backward passes ---------------------------------
+
+
+@njit(**PJIT)
+def lrn_backward(x2, gy2, gx2, size, alpha, beta, k, blocks):
+    """Local response norm's input gradient. With ``d_c = k + alpha/size * (window sum of
+    squares around c)`` and ``y_c = x_c * d_c^-beta``:
+    ``gx_j = gy_j d_j^-beta - 2 alpha beta / size * x_j * sum over the c whose window holds j
+    of gy_c x_c d_c^(-beta-1)``. (rows, C) views; rows split into ``blocks``."""
+    rows, c = x2.shape
+    before = size // 2
+    after = (size - 1) // 2
+    coef = 2.0 * alpha * beta / size
+    for t in prange(blocks):
+        d = np.empty(c, np.float64)
+        u = np.empty(c, np.float64)
+        for r in range(rows * t // blocks, rows * (t + 1) // blocks):
+            for ch in range(c):
+                s = 0.0
+                for j in range(max(0, ch - before), min(c, ch + after + 1)):
+                    s += np.float64(x2[r, j]) * x2[r, j]
+                d[ch] = k + alpha * s / size
+                u[ch] = np.float64(gy2[r, ch]) * x2[r, ch] * d[ch] ** (-beta - 1.0)
+            for j in range(c):
+                acc = 0.0
+                for ch in range(max(0, j - after), min(c, j + before + 1)):
+                    acc += u[ch]
+                gx2[r, j] = gy2[r, j] * d[j] ** -beta - coef * x2[r, j] * acc
+
+
+@GRADS.register("lrn")
+def grad_lrn(backend, step, arrays, saved, gy, gxs, gws):
+    a, x2 = step.attrs, _rows(saved.xs[0])
+    blocks = max(1, min(4 * backend.threads, x2.shape[0]))
+    lrn_backward(
+        x2, _rows(gy), _rows(gxs[0]), a["size"], float(a["alpha"]), float(a["beta"]),
+        float(a["k"]), blocks,
+    )  # fmt: skip
+
+
+@njit(**PJIT)
+def layernorm_backward(x2, weight, gy2, gx2, eps, parts):
+    """Layer norm's input gradient per row, ``gx = rstd * (g - mean(g) - xhat * mean(g *
+    xhat))`` with ``g = gy * weight``; and in ``parts[t, 0]`` / ``parts[t, 1]`` row block
+    ``t``'s per-channel sums of ``gy * xhat`` (the weight's gradient) and ``gy`` (the
+    bias's), float64."""
+    rows, c = x2.shape
+    blocks = parts.shape[0]
+    for t in prange(blocks):
+        gw = np.zeros(c, np.float64)
+        gb = np.zeros(c, np.float64)
+        xhat = np.empty(c, np.float64)
+        for r in range(rows * t // blocks, rows * (t + 1) // blocks):
+            mean = 0.0
+            for ch in range(c):
+                mean += x2[r, ch]
+            mean /= c
+            var = 0.0
+            for ch in range(c):
+                dev = x2[r, ch] - mean
+                var += dev * dev
+            rstd = 1.0 / np.sqrt(var / c + eps)
+            s1 = 0.0
+            s2 = 0.0
+            for ch in range(c):
+                xh = (x2[r, ch] - mean) * rstd
+                xhat[ch] = xh
+                g = np.float64(gy2[r, ch])
+                s1 += g * weight[ch]
+                s2 += g * weight[ch] * xh
+                gw[ch] += g * xh
+                gb[ch] += g
+            s1 /= c
+            s2 /= c
+            for ch in range(c):
+                gx2[r, ch] = rstd * (np.float64(gy2[r, ch]) * weight[ch] - s1 - xhat[ch] * s2)
+        parts[t, 0] = gw
+        parts[t, 1] = gb
+
+
+def _weight_and_bias(parts, gws) -> None:
+    """Write the sums of ``parts`` (blocks, 2, C) into the wanted ``weight`` and ``bias``."""
+    sums = parts.sum(axis=0)
+    for key, row in (("weight", 0), ("bias", 1)):
+        if key in gws:
+            gws[key][...] = sums[row].reshape(gws[key].shape)
+
+
+@GRADS.register("layernorm")
+def grad_layernorm(backend, step, arrays, saved, gy, gxs, gws):
+    x2 = _rows(saved.xs[0])
+    parts = np.empty((max(1, min(4 * backend.threads, x2.shape[0])), 2, x2.shape[1]))
+    gx2 = _rows(gxs[0]) if gxs[0] is not None else np.empty_like(x2)
+    layernorm_backward(x2, arrays["weight"], _rows(gy), gx2, step.attrs["eps"], parts)
+    _weight_and_bias(parts, gws)
+
+
+@njit(**PJIT)
+def groupnorm_backward(x, weight, gy, gx, groups, eps, parts):
+    """Group norm's input gradient per sample and group (as layer norm's, over the group's
+    channels and every position); ``parts[n, 0]`` / ``parts[n, 1]`` sample ``n``'s
+    per-channel sums of ``gy * xhat`` and ``gy`` (each task writes its own channels)."""
+    n_img, h, w, c = x.shape
+    cg = c // groups
+    count = h * w * cg
+    for t in prange(n_img * groups):
+        n = t // groups
+        c0 = (t % groups) * cg
+        mean = 0.0
+        for iy in range(h):
+            for ix in range(w):
+                for ch in range(c0, c0 + cg):
+                    mean += x[n, iy, ix, ch]
+        mean /= count
+        var = 0.0
+        for iy in range(h):
+            for ix in range(w):
+                for ch in range(c0, c0 + cg):
+                    dev = x[n, iy, ix, ch] - mean
+                    var += dev * dev
+        rstd = 1.0 / np.sqrt(var / count + eps)
+        for ch in range(c0, c0 + cg):
+            parts[n, 0, ch] = 0.0
+            parts[n, 1, ch] = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        for iy in range(h):
+            for ix in range(w):
+                for ch in range(c0, c0 + cg):
+                    xh = (x[n, iy, ix, ch] - mean) * rstd
+                    g = np.float64(gy[n, iy, ix, ch])
+                    s1 += g * weight[ch]
+                    s2 += g * weight[ch] * xh
+                    parts[n, 0, ch] += g * xh
+                    parts[n, 1, ch] += g
+        s1 /= count
+        s2 /= count
+        for iy in range(h):
+            for ix in range(w):
+                for ch in range(c0, c0 + cg):
+                    xh = (x[n, iy, ix, ch] - mean) * rstd
+                    g = np.float64(gy[n, iy, ix, ch]) * weight[ch]
+                    gx[n, iy, ix, ch] = rstd * (g - s1 - xh * s2)
+
+
+@GRADS.register("groupnorm")
+def grad_groupnorm(backend, step, arrays, saved, gy, gxs, gws):
+    x, a = saved.xs[0], step.attrs
+    parts = np.empty((x.shape[0], 2, x.shape[-1]))
+    gx = gxs[0] if gxs[0] is not None else np.empty_like(x)
+    groupnorm_backward(x, arrays["weight"], gy, gx, a["groups"], a["eps"], parts)
+    _weight_and_bias(parts, gws)
