@@ -36,10 +36,10 @@ def nbytes(n: int) -> str:
     return f"{n} B"
 
 
-def _rf(layer) -> str:
-    if layer.rf is None:
+def _rf(rf) -> str:
+    if rf is None:
         return "-"
-    h, w = layer.rf.size
+    h, w = rf
     return f"{h}" if h == w else f"{h}x{w}"
 
 
@@ -63,19 +63,15 @@ def network_table(net: Network) -> str:
     )
     outs = ", ".join(f"{k}: {fmt_shape(v)}" for k, v in net.output_shapes.items())
     rows = [
-        (name, "input", fmt_shape(layer.shape), "0", "0", _rf(layer))
-        for name, layer in net.inputs.items()
-    ]
-    rows += [
         (
-            layer.name,
-            layer.label,
-            fmt_shape(layer.shape),
-            count(layer.params),
-            count(layer.macs),
-            _rf(layer),
+            row["name"],
+            row["op"],
+            fmt_shape(row["shape"]),
+            count(row["params"]),
+            count(row["macs"]),
+            _rf(row["rf"]),
         )
-        for layer in net.layers
+        for row in net.table()
     ]
     body = table(("layer", "op", "output", "params", "MACs", "RF"), rows, right=(3, 4, 5))
     totals = [
