@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict", action="store_true", help="also reject strides that do not tile their input"
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument(
+        "--explain",
+        metavar="LAYER",
+        help="print the arithmetic behind the rows of the layers named LAYER (a name or a glob "
+        "like 'layer1*'): output size, parameters, MACs and receptive field",
+    )
 
     p = spec_command("draw", "render the network with Graphviz")
     p.add_argument(
@@ -172,19 +178,44 @@ def cmd_check(args) -> int:
 
     program = Program.load(SourceFile.from_path(args.file))
     result = program.check(args.network, args.strict, parse_settings(args.params))
+    explained = _explained(result, args.explain)
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+        data = result.to_json()
+        if explained is not None:
+            from .compiler.explain import explain_json
+
+            by_name = {net.name: layers for net, layers in explained}
+            for net in data["networks"]:
+                net["explain"] = [explain_json(x) for x in by_name.get(net["name"], [])]
+        print(json.dumps(data, indent=2))
+    elif explained is not None:
+        from .compiler.explain import explain_text
+
+        print("\n\n".join(explain_text(net, x) for net, layers in explained for x in layers))
     else:
         if result.networks:
             print("\n\n".join(network_table(n) for n in result.networks))
         if len(result.networks) > 1:
             print()
             print(summary_table(result.networks))
+    if not args.json:
         for d in result.diagnostics:
             print(d.format(), file=sys.stderr)
         if not result.networks and not result.diagnostics:
             print(f"{args.file}: no networks defined", file=sys.stderr)
     return 0 if result.ok else 1
+
+
+def _explained(result, pattern):
+    """The layers ``--explain`` names, by network (None without the option). A spec with
+    errors may lack the layer because its network failed: then the errors say why."""
+    if pattern is None:
+        return None
+    from .compiler.explain import matching, select
+
+    if not result.ok and not any(matching(net, pattern) for net in result.networks):
+        return []
+    return select(result.networks, pattern)
 
 
 def parse_settings(settings: list[str]) -> dict[str, str]:
