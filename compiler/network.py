@@ -265,6 +265,19 @@ class Network:
         """A Keras-style table of layers with totals (what ``cnnc check`` prints)."""
         return network_table(self)
 
+    def explain(self, layer: str) -> str:
+        """The arithmetic behind the rows of the layers named ``layer`` (a name or a glob),
+        as ``cnnc check --explain`` prints it."""
+        from .explain import explain_text, select
+
+        return "\n\n".join(explain_text(self, x) for _, xs in select([self], layer) for x in xs)
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        """Jupyter's display: the drawing (SVG) above the layer table (see display.py)."""
+        from .display import mimebundle
+
+        return mimebundle(self, include, exclude)
+
     def __repr__(self) -> str:
         ins = ", ".join(f"{k}: {fmt_shape(v)}" for k, v in self.input_shapes.items())
         return (

@@ -41,7 +41,7 @@ class Formula:
         leaving out a part that only repeats the next one (and a shape's tuple)."""
         arithmetic = "" if isinstance(self.value, tuple) else self.arithmetic
         parts = [self.rule, arithmetic, show(self.value)]
-        kept = [p for i, p in enumerate(parts) if p and (i == 2 or p != parts[i + 1])]
+        kept = [p for i, p in enumerate(parts) if p and (i == 2 or not _same(p, parts[i + 1]))]
         line = f"{self.quantity} = " + " = ".join(kept)
         return line + (f"  ({self.note})" if note and self.note else "")
 
@@ -60,6 +60,11 @@ class Formula:
         if self.note:
             data["note"] = self.note
         return data
+
+
+def _same(text: str, following: str) -> bool:
+    """Whether a part only repeats the next one (1000 before 1,000)."""
+    return text.replace(",", "") == following.replace(",", "")
 
 
 def json_number(v):
