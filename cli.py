@@ -1,4 +1,4 @@
-"""The ``cnnc`` command line: check, draw, run, bench, tune, sweep, export, import.
+"""The ``cnnc`` command line: check, draw, view, run, bench, tune, sweep, export, import.
 
 Exit status: 0 success, 1 the spec or a data file has errors, 2 the command was used wrongly.
 Heavy modules (networkx, numpy, numba) are imported only by the commands that need them.
@@ -75,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--collapse", action="store_true", help="draw each top-level block instance as one node"
     )
     p.add_argument("--rankdir", choices=["TB", "LR"], default="TB", help="layout direction")
+
+    p = spec_command("view", "write one self-contained HTML page to explore the network")
+    p.add_argument("-o", "--output", metavar="OUT.html", help="the page (default: NAME.html)")
+    p.add_argument(
+        "--bench",
+        action="store_true",
+        help="also time each layer (as cnnc bench does) and show the times on the page",
+    )
+    p.add_argument("--batch", type=int, default=1, metavar="N", help="batch size with --bench")
+    p.add_argument("--repeat", type=int, default=5, metavar="R", help="timed passes with --bench")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where --bench runs")
 
     p = spec_command("run", "execute the network")
     p.add_argument(
@@ -248,6 +259,21 @@ def cmd_draw(args) -> int:
     return 0
 
 
+def cmd_view(args) -> int:
+    from .compiler.view import write
+
+    net = _load(args)
+    out = args.output or f"{net.name}.html"
+    timings = None
+    if args.bench:
+        from .runtime.cli import layer_times
+
+        timings = layer_times(net, args.batch, args.repeat, args.device)
+    write(net, out, timings)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_run(args) -> int:
     from . import network_of, parse_program
     from .runtime.cli import run_command
@@ -293,6 +319,7 @@ def cmd_import(args) -> int:
 COMMANDS = {
     "check": cmd_check,
     "draw": cmd_draw,
+    "view": cmd_view,
     "run": cmd_run,
     "bench": cmd_bench,
     "tune": cmd_tune,
