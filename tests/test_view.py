@@ -243,3 +243,29 @@ def test_large_networks_stay_responsive(browser, tmp_path, spec, network):
     )
     assert browser.run(NODE_OFF_CENTRE, last) < 2
     assert loaded["load"] < 15_000 and select_ms < 1_000 and sort_ms < 3_000
+
+
+SPEC_FILES = sorted(p.name for p in SPECS.glob("*.cnn"))
+
+
+@pytest.mark.parametrize("spec", SPEC_FILES)
+def test_every_family_shows_in_a_notebook_and_in_the_browser(browser, tmp_path, spec):
+    """The smallest network of each spec file: its notebook bundle holds the drawing the page
+    holds, and in the browser every layer has its node and its row, and selecting works."""
+    net = min(cnnc.load_all(SPECS / spec), key=lambda n: len(n.layers))
+    bundle = net._repr_mimebundle_()
+    out = tmp_path / "page.html"
+    out.write_text(page(net))
+    assert bundle["image/svg+xml"] in out.read_text()
+    browser.open(out)
+    count = len(net.inputs) + len(net.layers)
+    seen = browser.run(
+        "return [document.querySelectorAll('g.node[data-i]').length,"
+        " document.querySelectorAll('#layers tbody tr').length]"
+    )
+    assert seen == [count, count]
+    browser.run("window.cnncView.select(arguments[0], {centre: true, scroll: true})", count - 1)
+    assert browser.run(NODE_OFF_CENTRE, count - 1) < 2
+    assert net.layers[-1].name in browser.run(
+        "return document.querySelector('#details h2').textContent"
+    )
