@@ -7,6 +7,7 @@ written in the spec, and lays the formulas out as text or JSON.
 
 from __future__ import annotations
 
+import re
 from difflib import get_close_matches
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING
@@ -78,7 +79,7 @@ def source_lines(layer: Layer) -> list[dict]:
     lines = []
     if layer.location:
         loc = layer.location
-        lines.append({"file": loc.file, "line": loc.line, "text": loc.source_line.strip()})
+        lines.append({"file": loc.file, "line": loc.line, "text": _squeezed(loc.source_line)})
     for inst in reversed(layer.block_path):
         loc = inst.location
         if loc:
@@ -86,11 +87,16 @@ def source_lines(layer: Layer) -> list[dict]:
                 {
                     "file": loc.file,
                     "line": loc.line,
-                    "text": loc.source_line.strip(),
+                    "text": _squeezed(loc.source_line),
                     "block": inst.describe(),
                 }
             )
     return lines
+
+
+def _squeezed(text: str) -> str:
+    """A source line without its indentation and the runs of spaces that align columns."""
+    return re.sub(r"\s{3,}", "  ", text.strip())
 
 
 def _rf_text(layer: Layer) -> str:

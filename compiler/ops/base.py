@@ -414,14 +414,20 @@ class Windowed(Op):
             ),
             out[1:],
             1,
-            "ceil mode; a last window that would start in the right padding is dropped"
-            if ceil_mode
-            else "",
+            _ceil_note(ceil_mode, any(dropped(i) for i in (0, 1))),
         )
 
     def _explain_window_rf(self, rfs, a, rf) -> list[Formula]:
         k, d = a["k"], a.get("d", (1, 1))
         return window_rf(rfs[0], rf, "d(k-1)", [f"{d[i]}*({k[i]}-1)" for i in (0, 1)], "s", a["s"])
+
+
+def _ceil_note(ceil_mode: bool, dropped: bool) -> str:
+    if not ceil_mode:
+        return ""
+    if dropped:
+        return "ceil=true, but a last window that would start in the right padding is dropped"
+    return "ceil=true: a last window that overhangs the input still counts"
 
 
 def _pad_word(a):
