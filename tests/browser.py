@@ -3,7 +3,7 @@
 Debian's `chromium` and `chromium-driver` packages; the protocol is JSON over HTTP, so the
 standard library's urllib is the whole client (no Selenium, no websocket library).
 
-    python tests/browser.py OUT.png [SPEC NETWORK LAYER]   # the screenshot in docs/img/
+    python tests/browser.py OUT.png [PAGE.html [LAYER]]   # the screenshot in docs/img/
 """
 
 from __future__ import annotations
@@ -165,26 +165,32 @@ class Browser:
         self.close()
 
 
-def screenshot(out: str, spec: str, network: str, layer: str):
-    """The README's picture: the page of ``network`` with ``layer`` selected."""
-    import cnnc
-    from cnnc.compiler.view import write
-
-    net = cnnc.load(spec, network=network)  # a relative spec path shows as written
-    with tempfile.TemporaryDirectory() as tmp:
-        page = write(net, Path(tmp) / "view.html")
-        with Browser() as b:
-            b.open(page)
-            b.click(b.find(f'#layers tbody tr[data-i="{_index(net, layer)}"]'))
-            Path(out).write_bytes(b.screenshot())
-
-
-def _index(net, name: str) -> int:
-    return [x.name for x in (*net.inputs.values(), *net.layers)].index(name)
+def screenshot(out: str, page: Path, layer: str):
+    """The README's picture: ``page`` (written by ``cnnc view``) with ``layer`` selected by a
+    click on its row."""
+    with Browser() as b:
+        b.open(page)
+        i = b.run("return window.cnncView.layers.findIndex(x => x.name === arguments[0])", layer)
+        if i < 0:
+            raise SystemExit(f"{page} has no layer {layer}")
+        b.run(
+            "document.querySelector(`#layers tbody tr[data-i='${arguments[0]}']`)"
+            ".scrollIntoView({block: 'center'})",
+            i,
+        )
+        b.click(b.find(f'#layers tbody tr[data-i="{i}"]'))
+        Path(out).write_bytes(b.screenshot())
 
 
 if __name__ == "__main__":
     out, *rest = sys.argv[1:] or ["view.png"]
-    spec, network, layer = rest or ["specs/resnet.cnn", "resnet18", "layer2.basic_down/y.conv1"]
-    screenshot(out, spec, network, layer)
+    page, layer = (rest + ["layer2.basic_down/y.conv1"])[:2] if rest else (None, None)
+    with tempfile.TemporaryDirectory() as tmp:
+        if page is None:  # ResNet-18 (a relative spec path shows as written)
+            import cnnc
+            from cnnc.compiler.view import write
+
+            page = write(cnnc.load("specs/resnet.cnn", network="resnet18"), Path(tmp) / "v.html")
+            layer = "layer2.basic_down/y.conv1"
+        screenshot(out, Path(page), layer)
     print(f"wrote {out}")

@@ -166,7 +166,10 @@ def test_clicking_a_row_centres_its_node(browser, resnet18_page):
     browser.open(resnet18_page)
     last = browser.run("return window.cnncView.layers.length") - 1  # the fc, far below
     assert browser.run(NODE_OFF_CENTRE, last) > 200
-    browser.run(f"document.querySelector('#layers tbody tr[data-i=\"{last}\"]').scrollIntoView()")
+    browser.run(
+        f"document.querySelector('#layers tbody tr[data-i=\"{last}\"]')"
+        ".scrollIntoView({block: 'center'})"
+    )
     browser.click(browser.find(f'#layers tbody tr[data-i="{last}"]'))
     state = browser.run(STATE)
     assert state["rows"] == [last] and state["nodes"] == [last]
