@@ -381,7 +381,7 @@ class Windowed(Op):
     def _explain_size(self, shape, out, a, ceil_mode=False) -> list[Formula]:
         """H' and W' of a window sliding over the padded input (and ``p=same``'s padding)."""
         _, h, w = shape
-        k, s, p, d = a["k"], a["s"], a["p"], a.get("d")
+        k, s, p, d = a["k"], a["s"], a["p"], self._dilation(a)
         formulas = []
         if a.get("pad_word") == "same":
             formulas += per_axis(
@@ -393,15 +393,19 @@ class Windowed(Op):
                 "p=same keeps the size at stride 1",
             )
         rounding = "ceil" if ceil_mode else "floor"
-        # Without a dilation argument (avgpool) the lecture's (N + 2P - F)/S + 1.
         window = "d(k-1) - 1" if d else "k"
 
         def window_of(i):
             return f"{d[i]}*({k[i]}-1) - 1" if d else f"{k[i]}"
 
+        def span(i):
+            return (h, w)[i] + 2 * p[i] - (d[i] if d else 1) * (k[i] - 1) - 1
+
         def dropped(i):  # ceil mode: a last window starting in the right padding is dropped
-            span = (h, w)[i] + 2 * p[i] - (d[i] if d else 1) * (k[i] - 1) - 1
-            return ceil_mode and out[1 + i] < -(-span // s[i]) + 1
+            return ceil_mode and out[1 + i] < -(-span(i) // s[i]) + 1
+
+        def partial(i):
+            return span(i) % s[i] != 0
 
         return formulas + per_axis(
             "H'",
@@ -414,20 +418,29 @@ class Windowed(Op):
             ),
             out[1:],
             1,
-            _ceil_note(ceil_mode, any(dropped(i) for i in (0, 1))),
+            _ceil_note(ceil_mode, any(dropped(i) for i in (0, 1)), any(partial(i) for i in (0, 1))),
         )
 
+    def _dilation(self, a):
+        """The dilation, or None for an op without the argument (avgpool): its formulas are
+        the lecture's ``(N + 2P - F)/S + 1``."""
+        return a["d"] if any(arg.name == "d" for arg in self.args) else None
+
     def _explain_window_rf(self, rfs, a, rf) -> list[Formula]:
-        k, d = a["k"], a.get("d", (1, 1))
+        k, d = a["k"], self._dilation(a)
+        if d is None:  # the window reaches k-1 steps
+            return window_rf(rfs[0], rf, "(k-1)", [f"({k[i]}-1)" for i in (0, 1)], "s", a["s"])
         return window_rf(rfs[0], rf, "d(k-1)", [f"{d[i]}*({k[i]}-1)" for i in (0, 1)], "s", a["s"])
 
 
-def _ceil_note(ceil_mode: bool, dropped: bool) -> str:
+def _ceil_note(ceil_mode: bool, dropped: bool, partial: bool) -> str:
     if not ceil_mode:
         return ""
     if dropped:
         return "ceil=true, but a last window that would start in the right padding is dropped"
-    return "ceil=true: a last window that overhangs the input still counts"
+    if partial:
+        return "ceil=true: a last window that overhangs the input counts"
+    return "ceil=true, but the windows tile the input: floor gives the same"
 
 
 def _pad_word(a):
