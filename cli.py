@@ -1,4 +1,4 @@
-"""The ``cnnc`` command line: check, draw, run, bench, tune, sweep, export, import.
+"""The ``cnnc`` command line: check, draw, view, run, bench, tune, sweep, export, import.
 
 Exit status: 0 success, 1 the spec or a data file has errors, 2 the command was used wrongly.
 Heavy modules (networkx, numpy, numba) are imported only by the commands that need them.
@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="optimizer state with --train: sgd's momentum holds one copy of the weights, "
         "adam's moments two (default sgd)",
     )
+    p.add_argument(
+        "--explain",
+        metavar="LAYER",
+        help="print the arithmetic behind the rows of the layers named LAYER (a name or a glob "
+        "like 'layer1*'): output size, parameters, MACs and receptive field",
+    )
 
     p = spec_command("draw", "render the network with Graphviz")
     p.add_argument(
@@ -85,6 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--collapse", action="store_true", help="draw each top-level block instance as one node"
     )
     p.add_argument("--rankdir", choices=["TB", "LR"], default="TB", help="layout direction")
+
+    p = spec_command("view", "write one self-contained HTML page to explore the network")
+    p.add_argument("-o", "--output", metavar="OUT.html", help="the page (default: NAME.html)")
+    p.add_argument(
+        "--bench",
+        action="store_true",
+        help="also time each layer (as cnnc bench does) and show the times on the page",
+    )
+    p.add_argument("--batch", type=int, default=1, metavar="N", help="batch size with --bench")
+    p.add_argument("--repeat", type=int, default=5, metavar="R", help="timed passes with --bench")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where --bench runs")
 
     p = spec_command("run", "execute the network")
     p.add_argument(
@@ -202,18 +219,30 @@ def cmd_check(args) -> int:
 
         batch = 1 if args.batch is None else args.batch
         training = training_memory(result.networks, batch, args.optimizer or "sgd")
+    explained = _explained(result, args.explain)
     if args.json:
-        out = result.to_json()
+        data = result.to_json()
         if args.train:
-            for entry, estimate in zip(out["networks"], training):
+            for entry, estimate in zip(data["networks"], training):
                 entry["training"] = estimate
-        print(json.dumps(out, indent=2))
+        if explained is not None:
+            from .compiler.explain import explain_json
+
+            by_name = {net.name: layers for net, layers in explained}
+            for net in data["networks"]:
+                net["explain"] = [explain_json(x) for x in by_name.get(net["name"], [])]
+        print(json.dumps(data, indent=2))
+    elif explained is not None:
+        from .compiler.explain import explain_text
+
+        print("\n\n".join(explain_text(net, x) for net, layers in explained for x in layers))
     else:
         if result.networks:
             print("\n\n".join(_with_training(n, t) for n, t in zip(result.networks, training)))
         if len(result.networks) > 1:
             print()
             print(summary_table(result.networks))
+    if not args.json:
         for d in result.diagnostics:
             print(d.format(), file=sys.stderr)
         if not result.networks and not result.diagnostics:
@@ -229,6 +258,18 @@ def _with_training(net, estimate) -> str:
     from .runtime.cli import training_memory_text
 
     return network_table(net) + "\n" + training_memory_text(estimate)
+
+
+def _explained(result, pattern):
+    """The layers ``--explain`` names, by network (None without the option). A spec with
+    errors may lack the layer because its network failed: then the errors say why."""
+    if pattern is None:
+        return None
+    from .compiler.explain import matching, select
+
+    if not result.ok and not any(matching(net, pattern) for net in result.networks):
+        return []
+    return select(result.networks, pattern)
 
 
 def parse_settings(settings: list[str]) -> dict[str, str]:
@@ -257,6 +298,21 @@ def cmd_draw(args) -> int:
     net = _load(args)
     out = args.output or f"{net.name}.svg"
     render(net, out, collapse=args.collapse, rankdir=args.rankdir)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_view(args) -> int:
+    from .compiler.view import write
+
+    net = _load(args)
+    out = args.output or f"{net.name}.html"
+    timings = None
+    if args.bench:
+        from .runtime.cli import layer_times
+
+        timings = layer_times(net, args.batch, args.repeat, args.device)
+    write(net, out, timings)
     print(f"wrote {out}")
     return 0
 
@@ -306,6 +362,7 @@ def cmd_import(args) -> int:
 COMMANDS = {
     "check": cmd_check,
     "draw": cmd_draw,
+    "view": cmd_view,
     "run": cmd_run,
     "bench": cmd_bench,
     "tune": cmd_tune,

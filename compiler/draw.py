@@ -78,6 +78,11 @@ def _node_attrs(fam: str, label: str, shape: str = "box") -> dict:
     }
 
 
+def node_names(net: Network) -> dict[str, str]:
+    """Each layer's Graphviz node, by layer name: the ``<title>`` of its group in the SVG."""
+    return {layer.name: f"n{i}" for i, layer in enumerate((*net.inputs.values(), *net.layers))}
+
+
 def build(net: Network, collapse: bool = False, rankdir: str = "TB"):
     """Return a ``graphviz.Digraph`` of the network (nothing is rendered yet)."""
     import graphviz
@@ -106,9 +111,8 @@ def build(net: Network, collapse: bool = False, rankdir: str = "TB"):
         },
     )
 
-    ids: dict[int, str] = {}
-    for i, layer in enumerate((*net.inputs.values(), *net.layers)):
-        ids[id(layer)] = f"n{i}"
+    names = node_names(net)
+    ids = {id(layer): names[layer.name] for layer in (*net.inputs.values(), *net.layers)}
 
     # In collapsed mode every layer inside a top-level instance maps to that instance's node.
     owner: dict[int, Instance] = {}

@@ -49,6 +49,9 @@ class Instance:
         shown = ", ".join(f"{k}={_show(v)}" for k, v in self.args.items())
         return f"{self.block}({shown})"
 
+    def __repr__(self) -> str:  # one line: the generated one printed every ancestor
+        return f"<Instance {self.name or '(network)'}: {self.describe()}>"
+
 
 @dataclass(eq=False)
 class Layer:
@@ -84,6 +87,11 @@ class Layer:
     @property
     def block_path(self) -> tuple[Instance, ...]:
         return self.scope.path
+
+    def __repr__(self) -> str:
+        """One line; the generated repr printed each input's whole ancestry (880 MB for
+        ResNet-50's last layer)."""
+        return f"<Layer {self.name}: {self.label or self.op} -> {fmt_shape(self.shape)}>"
 
 
 def _show(v) -> str:
@@ -145,6 +153,28 @@ class Network:
             )
             * BYTES_PER_ELEMENT
         )
+
+    def table(self) -> list[dict]:
+        """The rows of ``cnnc check``, inputs first, one dict each (``pandas.DataFrame(rows)``):
+        ``name``, ``op`` (its label), ``shape``, ``params``, ``macs``, ``rf`` ((h, w), or None
+        where no field is defined), ``file`` and ``line`` of the source (an input's: the
+        network's signature)."""
+        rows = []
+        for layer in (*self.inputs.values(), *self.layers):
+            loc = layer.location
+            rows.append(
+                {
+                    "name": layer.name,
+                    "op": layer.label or layer.op,
+                    "shape": tuple(layer.shape),
+                    "params": layer.params,
+                    "macs": layer.macs,
+                    "rf": tuple(layer.rf.size) if layer.rf else None,
+                    "file": loc.file if loc else None,
+                    "line": loc.line if loc else None,
+                }
+            )
+        return rows
 
     def layer(self, name: str) -> Layer:
         for layer in (*self.inputs.values(), *self.layers):
@@ -234,6 +264,19 @@ class Network:
     def summary(self) -> str:
         """A Keras-style table of layers with totals (what ``cnnc check`` prints)."""
         return network_table(self)
+
+    def explain(self, layer: str) -> str:
+        """The arithmetic behind the rows of the layers named ``layer`` (a name or a glob),
+        as ``cnnc check --explain`` prints it."""
+        from .explain import explain_text, select
+
+        return "\n\n".join(explain_text(self, x) for _, xs in select([self], layer) for x in xs)
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        """Jupyter's display: the drawing (SVG) above the layer table (see display.py)."""
+        from .display import mimebundle
+
+        return mimebundle(self, include, exclude)
 
     def __repr__(self) -> str:
         ins = ", ".join(f"{k}: {fmt_shape(v)}" for k, v in self.input_shapes.items())

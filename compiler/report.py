@@ -36,13 +36,6 @@ def nbytes(n: int) -> str:
     return f"{n} B"
 
 
-def _rf(layer) -> str:
-    if layer.rf is None:
-        return "-"
-    h, w = layer.rf.size
-    return f"{h}" if h == w else f"{h}x{w}"
-
-
 def table(headers, rows, right=()) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
 
@@ -56,40 +49,53 @@ def table(headers, rows, right=()) -> str:
     return "\n".join([line(headers), rule, *(line(r) for r in rows), rule])
 
 
-def network_table(net: Network) -> str:
+def signature(net: Network) -> str:
+    """``lenet5(x: 1x32x32) -> out: 10``, with the network parameters used."""
     ins = ", ".join(
         [f"{k}: {fmt_shape(v)}" for k, v in net.input_shapes.items()]
         + [f"{k}={v}" for k, v in net.parameters.items()]
     )
     outs = ", ".join(f"{k}: {fmt_shape(v)}" for k, v in net.output_shapes.items())
-    rows = [
-        (name, "input", fmt_shape(layer.shape), "0", "0", _rf(layer))
-        for name, layer in net.inputs.items()
-    ]
-    rows += [
+    return f"{net.name}({ins}) -> {outs}"
+
+
+def totals(net: Network) -> list[tuple[str, str]]:
+    """The totals under the layer table, as (label, value) pairs."""
+    return [
+        ("layers", f"{len(net.layers):,}"),
+        ("params", f"{count(net.total_params)} ({scaled(net.total_params)})"),
+        ("MACs", f"{count(net.total_macs)} ({scaled(net.total_macs)}) per sample"),
+        ("FLOPs", f"{count(net.total_flops)} ({scaled(net.total_flops)}) = 2 x MACs"),
         (
-            layer.name,
-            layer.label,
-            fmt_shape(layer.shape),
-            count(layer.params),
-            count(layer.macs),
-            _rf(layer),
+            "activations",
+            f"{nbytes(net.activation_memory)} per sample (float32, sum of all layer outputs)",
+        ),
+        ("weights", f"{nbytes(net.weight_memory)} (float32, with batch-norm statistics)"),
+    ]
+
+
+def rf_text(rf) -> str:
+    """A receptive field (h, w) as the table prints it: 7, or 7x5."""
+    if rf is None:
+        return "-"
+    h, w = rf
+    return f"{h}" if h == w else f"{h}x{w}"
+
+
+def network_table(net: Network) -> str:
+    rows = [
+        (
+            row["name"],
+            row["op"],
+            fmt_shape(row["shape"]),
+            count(row["params"]),
+            count(row["macs"]),
+            rf_text(row["rf"]),
         )
-        for layer in net.layers
+        for row in net.table()
     ]
     body = table(("layer", "op", "output", "params", "MACs", "RF"), rows, right=(3, 4, 5))
-    totals = [
-        f"network {net.name}({ins}) -> {outs}",
-        body,
-        f"layers      {len(net.layers):,}",
-        f"params      {count(net.total_params)} ({scaled(net.total_params)})",
-        f"MACs        {count(net.total_macs)} ({scaled(net.total_macs)}) per sample",
-        f"FLOPs       {count(net.total_flops)} ({scaled(net.total_flops)}) = 2 x MACs",
-        f"activations {nbytes(net.activation_memory)} per sample (float32, sum of all "
-        "layer outputs)",
-        f"weights     {nbytes(net.weight_memory)} (float32, with batch-norm statistics)",
-    ]
-    return "\n".join(totals)
+    return "\n".join([f"network {signature(net)}", body, *(f"{k:<11} {v}" for k, v in totals(net))])
 
 
 def summary_table(nets: list[Network]) -> str:

@@ -305,3 +305,19 @@ def tune_command(net: Network, args) -> int:
     )
     print(f"{len(rows)} convolutions; choices cached in {backend.tune_cache().path}")
     return 0
+
+
+def layer_times(net: Network, batch: int, repeat: int, device: str) -> dict:
+    """``cnnc view --bench``: each layer's measured time (Session.bench), by layer name. A
+    fused step's time is its first layer's, and ``fused`` names the layers it includes."""
+    if batch < 1 or repeat < 1:
+        raise UsageError(error("--batch and --repeat must be at least 1"))
+    session = Session.create(net, None, device=device, batch=batch)
+    _say_what_happens(session, batch)
+    info = session.bench(batch, repeat)
+    layers = {}
+    for step, row in zip(session.plan.steps, info["layers"]):
+        first, *rest = step.layers
+        layers[first] = {"ms": row["ms"], "fused": rest, "algorithm": row.get("algorithm", "")}
+    keep = ("median_ms", "min_ms", "batch", "device", "repeat", "threads")
+    return {**{k: info[k] for k in keep if k in info}, "layers": layers}

@@ -38,6 +38,16 @@ def require(module_name: str, importer=None):
         pytest.skip(f"{module_name} not installed")
 
 
+def require_dot():
+    """Graphviz's `dot` binary: skip locally without it, fail in CI."""
+    import shutil
+
+    if shutil.which("dot") is None:
+        if os.environ.get("CNNC_REQUIRE_REFERENCES"):
+            pytest.fail("Graphviz 'dot' is required in CI")
+        pytest.skip("Graphviz not installed")
+
+
 @pytest.fixture(scope="session")
 def torch():
     t = require("torch")

@@ -9,18 +9,9 @@ import pytest
 
 import cnnc
 from cnnc.cli import main
-from conftest import SPECS
+from conftest import SPECS, require_dot
 
 SVG = "{http://www.w3.org/2000/svg}"
-
-
-def require_dot():
-    if shutil.which("dot") is None:
-        import os
-
-        if os.environ.get("CNNC_REQUIRE_REFERENCES"):
-            pytest.fail("Graphviz 'dot' is required in CI")
-        pytest.skip("Graphviz not installed")
 
 
 def svg_groups(path, cls):

@@ -21,3 +21,24 @@ def test_every_package_folder_is_listed_in_pyproject():
         ):
             found.add(".".join(("cnnc", *parts)))
     assert found <= listed, f"add to pyproject.toml's packages: {sorted(found - listed)}"
+
+
+def test_every_data_file_of_the_package_is_listed_in_pyproject():
+    """Files that are not Python (the grammar, cnnc view's page) are installed only when
+    package-data names them."""
+    from fnmatch import fnmatch
+
+    text = (ROOT / "pyproject.toml").read_text()
+    section = text[text.index("[tool.setuptools.package-data]") :].split("\n[", 1)[0]
+    patterns = {
+        package: re.findall(r'"([^"]+)"', globs)
+        for package, globs in re.findall(r'^"([\w.]+)" = \[(.*?)\]', section, re.M)
+    }
+    for package, folder in (("cnnc.grammar", "grammar"), ("cnnc.compiler", "compiler")):
+        for path in (ROOT / folder).rglob("*"):
+            if path.is_dir() or path.suffix in (".py", ".pyc") or "__pycache__" in path.parts:
+                continue
+            name = path.relative_to(ROOT / folder).as_posix()
+            assert any(fnmatch(name, p) for p in patterns.get(package, [])), (
+                f"add {name} to pyproject.toml's package-data for {package}"
+            )

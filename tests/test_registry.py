@@ -1,6 +1,7 @@
 """Every op of the registry is complete: CPU and CUDA kernels forward and backward, a PyTorch
-reference for outputs and for gradients, a drawing style and a line in docs/ops.md; activations
-have unique codes, and each runs fused into a convolution's epilogue as well as on its own."""
+reference for outputs and for gradients, a drawing style, a line in docs/ops.md and the
+arithmetic of each of its rules for `--explain`; activations have unique codes, and each runs
+fused into a convolution's epilogue as well as on its own."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ import cnnc
 import torch_reference
 from cnnc.compiler.draw import PALETTE
 from cnnc.compiler.ops import OPS, Activation
+from cnnc.compiler.ops.base import unexplained
+from cnnc.compiler.ops.conv import Conv
 from cnnc.runtime.plan import build_plan
 from conftest import ROOT, require
+from explain_helpers import check_explained
 
 OP_NAMES = sorted(OPS)
 
@@ -77,6 +81,29 @@ def test_op_has_a_reference_a_style_and_a_doc_entry(name):
     assert OPS[name].family in PALETTE, f"{name}: family {OPS[name].family!r} has no colour"
     doc = (ROOT / "docs" / "ops.md").read_text()
     assert re.search(rf"^\| `{name}` \|", doc, re.M), f"{name}: no row in docs/ops.md"
+
+
+@pytest.mark.parametrize("name", OP_NAMES)
+def test_op_explains_each_of_its_rules(name):
+    """`cnnc check --explain`: a class that defines check, weights, macs or rf defines
+    explain_shape, explain_params, explain_macs or explain_rf too (compiler/ops/formula.py),
+    and on the op's example each formula evaluates to the row's number."""
+    missing = unexplained(type(OPS[name]))
+    assert not missing, f"{name}: no explanation beside its rule(s) {missing}"
+    for layer in cnnc.load(example(OPS[name])).layers:
+        check_explained(layer)
+
+
+def test_a_rule_changed_without_its_explanation_is_caught():
+    class Doubled(Conv):
+        def macs(self, shapes, out, a):
+            return 2 * super().macs(shapes, out, a)
+
+    class Explained(Doubled):
+        def explain_macs(self, shapes, out, a):
+            return []
+
+    assert unexplained(Doubled) == ["macs"] and unexplained(Explained) == []
 
 
 def test_activation_codes_are_unique_and_nonzero():

@@ -3,7 +3,9 @@ base class and the registry every op module adds itself to with :func:`register`
 
 Each :class:`Op` knows its arguments (with defaults and types), how many tensors it takes, its
 output-shape rule, its weights (PyTorch layouts) and how they start, its MACs and how it
-transforms the receptive field. Shapes are tuples without the batch: ``(C, H, W)`` or ``(N,)``.
+transforms the receptive field, and writes out the arithmetic of each of those rules for
+``cnnc check --explain`` (formula.py). Shapes are tuples without the batch: ``(C, H, W)`` or
+``(N,)``.
 Nothing here imports Numba or NumPy; the runtimes register kernels under the same op names.
 """
 
@@ -12,6 +14,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from math import prod
+
+from .formula import (
+    AXES,
+    Formula,
+    not_counted,
+    per_axis,
+    same_shape,
+    unchanged_rf,
+    window_rf,
+)
 
 REQUIRED = object()
 
@@ -220,6 +232,26 @@ class RF:
 
 # ---- ops ----------------------------------------------------------------------------------
 
+#: Each rule of an op and the method that writes out its arithmetic.
+EXPLAINED = {
+    "check": "explain_shape",
+    "weights": "explain_params",
+    "macs": "explain_macs",
+    "rf": "explain_rf",
+}
+
+
+def unexplained(cls) -> list[str]:
+    """The rules that ``cls`` (an op class) defines below the class explaining them: an op
+    that changes a rule and not its explanation would print stale arithmetic."""
+
+    def owner(attr):
+        return next(k for k in cls.__mro__ if attr in vars(k))
+
+    return [
+        rule for rule, explain in EXPLAINED.items() if not issubclass(owner(explain), owner(rule))
+    ]
+
 
 class Op:
     """Base: a shape-preserving op of one tensor, no weights, no MACs."""
@@ -268,6 +300,23 @@ class Op:
 
     def label(self, a) -> str:
         return self.name
+
+    # ---- explanations: each rule above writes out its arithmetic (formula.py). A class that
+    # overrides a rule overrides its explanation too (see EXPLAINED; the registry test checks).
+
+    def explain_shape(self, shapes, out, a) -> list[Formula]:
+        return [same_shape(out)]
+
+    def explain_params(self, shapes, a) -> list[Formula]:
+        """One formula per weight (none: no learned parameters)."""
+        return []
+
+    def explain_macs(self, shapes, out, a) -> list[Formula]:
+        return not_counted()
+
+    def explain_rf(self, rfs, shapes, a, rf) -> list[Formula]:
+        """``rf`` is the output's field (what :meth:`rf` returned)."""
+        return unchanged_rf(rf)
 
     def _check_rank(self, shapes):
         for s in shapes:
@@ -328,6 +377,70 @@ class Windowed(Op):
                 )
             sizes.append(out)
         return tuple(sizes)
+
+    def _explain_size(self, shape, out, a, ceil_mode=False) -> list[Formula]:
+        """H' and W' of a window sliding over the padded input (and ``p=same``'s padding)."""
+        _, h, w = shape
+        k, s, p, d = a["k"], a["s"], a["p"], self._dilation(a)
+        formulas = []
+        if a.get("pad_word") == "same":
+            formulas += per_axis(
+                "p",
+                lambda i: "d(k-1) / 2",
+                lambda i: f"{d[i]}*({k[i]}-1) / 2",
+                p,
+                None,
+                "p=same keeps the size at stride 1",
+            )
+        rounding = "ceil" if ceil_mode else "floor"
+        window = "d(k-1) - 1" if d else "k"
+
+        def window_of(i):
+            return f"{d[i]}*({k[i]}-1) - 1" if d else f"{k[i]}"
+
+        def span(i):
+            return (h, w)[i] + 2 * p[i] - (d[i] if d else 1) * (k[i] - 1) - 1
+
+        def dropped(i):  # ceil mode: a last window starting in the right padding is dropped
+            return ceil_mode and out[1 + i] < -(-span(i) // s[i]) + 1
+
+        def partial(i):
+            return span(i) % s[i] != 0
+
+        return formulas + per_axis(
+            "H'",
+            lambda i: (
+                f"{rounding}(({AXES[i]} + 2p - {window}) / s) + 1" + (" - 1" if dropped(i) else "")
+            ),
+            lambda i: (
+                f"{rounding}(({(h, w)[i]} + 2*{p[i]} - {window_of(i)}) / {s[i]}) + 1"
+                + (" - 1" if dropped(i) else "")
+            ),
+            out[1:],
+            1,
+            _ceil_note(ceil_mode, any(dropped(i) for i in (0, 1)), any(partial(i) for i in (0, 1))),
+        )
+
+    def _dilation(self, a):
+        """The dilation, or None for an op without the argument (avgpool): its formulas are
+        the lecture's ``(N + 2P - F)/S + 1``."""
+        return a["d"] if any(arg.name == "d" for arg in self.args) else None
+
+    def _explain_window_rf(self, rfs, a, rf) -> list[Formula]:
+        k, d = a["k"], self._dilation(a)
+        if d is None:  # the window reaches k-1 steps
+            return window_rf(rfs[0], rf, "(k-1)", [f"({k[i]}-1)" for i in (0, 1)], "s", a["s"])
+        return window_rf(rfs[0], rf, "d(k-1)", [f"{d[i]}*({k[i]}-1)" for i in (0, 1)], "s", a["s"])
+
+
+def _ceil_note(ceil_mode: bool, dropped: bool, partial: bool) -> str:
+    if not ceil_mode:
+        return ""
+    if dropped:
+        return "ceil=true, but a last window that would start in the right padding is dropped"
+    if partial:
+        return "ceil=true: a last window that overhangs the input counts"
+    return "ceil=true, but the windows tile the input: floor gives the same"
 
 
 def _pad_word(a):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import (
+    AXES,
     Arg,
     ArgError,
     Op,
@@ -13,6 +14,7 @@ from .base import (
     fmt_shape,
     register,
 )
+from .formula import Formula, per_axis, per_group, product, stated, window_rf
 
 
 @register
@@ -70,6 +72,38 @@ class Conv(Windowed):
     def label(self, a):
         return f"{self.name} {_window_label(a)}, {a['out']}"
 
+    def explain_shape(self, shapes, out, a):
+        return [self._explain_channels(shapes[0], a)] + self._explain_size(shapes[0], out, a)
+
+    def _explain_channels(self, shape, a):
+        return stated("C'", "out", a["out"], (0,))
+
+    def explain_params(self, shapes, a):
+        c, (kh, kw), g = shapes[0][0], a["k"], a["g"]
+        out = self._channels(shapes[0], a)
+        weight = Formula(
+            "weight",
+            "C' * C/g * kh * kw",
+            product(out, per_group(c, g), kh, kw),
+            out * (c // g) * kh * kw,
+        )
+        return [weight, _bias(out, a)]
+
+    def explain_macs(self, shapes, out, a):
+        c, (kh, kw), g = shapes[0][0], a["k"], a["g"]
+        return [
+            Formula(
+                "MACs",
+                "C' * H' * W' * C/g * kh * kw",
+                product(*out, per_group(c, g), kh, kw),
+                out[0] * out[1] * out[2] * (c // g) * kh * kw,
+                note="one multiply-accumulate per weight per output position",
+            )
+        ]
+
+    def explain_rf(self, rfs, shapes, a, rf):
+        return self._explain_window_rf(rfs, a, rf)
+
 
 @register
 class DwConv(Conv):
@@ -90,6 +124,10 @@ class DwConv(Conv):
 
     def label(self, a):
         return f"dwconv {_window_label(dict(a, g=1))}" + (f", x{a['m']}" if a["m"] > 1 else "")
+
+    def _explain_channels(self, shape, a):
+        c = shape[0]
+        return Formula("C'", "C * m", product(c, a["m"]), a["out"], (0,), "one group per channel")
 
 
 @register
@@ -154,6 +192,45 @@ class ConvT(Windowed):
     def label(self, a):
         return f"convt {_window_label(a)}, {a['out']}"
 
+    def explain_shape(self, shapes, out, a):
+        _, h, w = shapes[0]
+        k, s, p, op, d = a["k"], a["s"], a["p"], a["op"], a["d"]
+        return [stated("C'", "out", a["out"], (0,))] + per_axis(
+            "H'",
+            lambda i: f"({AXES[i]} - 1)*s - 2p + d(k-1) + op + 1",
+            lambda i: f"({(h, w)[i]} - 1)*{s[i]} - 2*{p[i]} + {d[i]}*({k[i]}-1) + {op[i]} + 1",
+            out[1:],
+            1,
+        )
+
+    def explain_params(self, shapes, a):
+        c, (kh, kw), g, out = shapes[0][0], a["k"], a["g"], a["out"]
+        weight = Formula(
+            "weight",
+            "C * C'/g * kh * kw",
+            product(c, per_group(out, g), kh, kw),
+            c * (out // g) * kh * kw,
+        )
+        return [weight, _bias(out, a)]
+
+    def explain_macs(self, shapes, out, a):
+        c, h, w = shapes[0]
+        (kh, kw), g = a["k"], a["g"]
+        return [
+            Formula(
+                "MACs",
+                "C * H * W * C'/g * kh * kw",
+                product(c, h, w, per_group(a["out"], g), kh, kw),
+                c * h * w * (a["out"] // g) * kh * kw,
+                note="each input position scatters into a kh x kw patch of every output channel",
+            )
+        ]
+
+    def explain_rf(self, rfs, shapes, a, rf):
+        k, s, d = a["k"], a["s"], a["d"]
+        reaches = [f"floor({d[i]}*({k[i]}-1) / {s[i]})" for i in (0, 1)]
+        return window_rf(rfs[0], rf, "floor(d(k-1) / s)", reaches, "s", s, upsampling=True)
+
 
 @register
 class Fc(Op):
@@ -187,3 +264,20 @@ class Fc(Op):
 
     def label(self, a):
         return f"fc {a['out']}"
+
+    def explain_shape(self, shapes, out, a):
+        return [stated("N'", "out", a["out"], (0,))]
+
+    def explain_params(self, shapes, a):
+        n, out = shapes[0][0], a["out"]
+        return [Formula("weight", "N' * N", product(out, n), out * n), _bias(out, a)]
+
+    def explain_macs(self, shapes, out, a):
+        n = shapes[0][0]
+        return [Formula("MACs", "N * N'", product(n, a["out"]), n * a["out"])]
+
+
+def _bias(out: int, a) -> Formula:
+    if a["bias"]:
+        return stated("bias", "C'" if "k" in a else "N'", out)
+    return Formula("bias", "0", "0", 0, note="bias=false")

@@ -8,6 +8,7 @@ renumber one, append new ones.
 from __future__ import annotations
 
 from .base import Arg, ArgError, Op, register
+from .formula import stated
 
 
 class Activation(Op):
@@ -124,6 +125,11 @@ class Prelu(Op):
 
     def initial(self, name, shape, a):
         return ("const", 0.25)  # PyTorch's default
+
+    def explain_params(self, shapes, a):
+        if a["shared"]:
+            return [stated("weight", "1", 1, note="shared=true: one slope for all channels")]
+        return [stated("weight", "C", shapes[0][0], note="one slope per channel")]
 
 
 @register

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import Arg, ArgError, Op, register
+from .formula import Formula, product, same_shape, stated
 
 
 class _Normalisation(Op):
@@ -16,6 +17,13 @@ class _Normalisation(Op):
     def weights(self, shapes, a):
         c = shapes[0][0]
         return {"weight": (c,), "bias": (c,)}
+
+    def explain_params(self, shapes, a):
+        c = shapes[0][0]
+        return [
+            stated("weight", "C", c, note="a learned scale (gamma) per channel"),
+            stated("bias", "C", c, note="a learned shift (beta) per channel"),
+        ]
 
     def initial(self, name, shape, a):
         return ("const", 1.0 if name in ("weight", "running_var") else 0.0)
@@ -56,6 +64,13 @@ class GroupNorm(_Normalisation):
             )
         return shapes[0]
 
+    def explain_shape(self, shapes, out, a):
+        c, groups = shapes[0][0], a["groups"]
+        return [
+            same_shape(out),
+            Formula("channels per group", "C / groups", f"{c} / {groups}", c // groups),
+        ]
+
     def label(self, a):
         return f"groupnorm {a['groups']}"
 
@@ -73,6 +88,11 @@ class Scale(Op):
     def weights(self, shapes, a):
         c = shapes[0][0]
         return {"weight": (c, 1, 1) if len(shapes[0]) == 3 else (c,)}
+
+    def explain_params(self, shapes, a):
+        c = shapes[0][0]
+        text = product(c, 1, 1) if len(shapes[0]) == 3 else str(c)
+        return [Formula("weight", "C", text, c, note="one multiplier per channel")]
 
     def initial(self, name, shape, a):
         return ("const", a["init"])

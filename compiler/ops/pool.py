@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import Arg, ArgError, Op, Windowed, _fmt_pair, _pad_word, _window_label, register
+from .formula import per_axis, stated, window_rf
 
 
 @register
@@ -41,6 +42,12 @@ class MaxPool(Windowed):
     def label(self, a):
         return f"{self.name} {_window_label(a)}" + (" ceil" if a["ceil"] else "")
 
+    def explain_shape(self, shapes, out, a):
+        return [stated("C'", "C", out[0], (0,))] + self._explain_size(shapes[0], out, a, a["ceil"])
+
+    def explain_rf(self, rfs, shapes, a, rf):
+        return self._explain_window_rf(rfs, a, rf)
+
 
 @register
 class AvgPool(MaxPool):
@@ -66,6 +73,20 @@ class GlobalPool(Op):
     def rf(self, rfs, shapes, a):
         _, h, w = shapes[0]
         return rfs[0].window((h, w), (h, w))
+
+    def explain_shape(self, shapes, out, a):
+        return [stated("C'", "C", out[0], (0,))] + per_axis(
+            "H'", lambda i: "1", lambda i: "1", (1, 1), 1, "one value per channel"
+        )
+
+    def explain_rf(self, rfs, shapes, a, rf):
+        return global_rf(rfs[0], shapes[0], rf)
+
+
+def global_rf(rf_in, shape, rf):
+    """A window over the whole map: it reaches H-1 steps, and the next one is H away."""
+    _, h, w = shape
+    return window_rf(rf_in, rf, "({N} - 1)", [f"({h} - 1)", f"({w} - 1)"], "{N}", (h, w))
 
 
 @register
@@ -100,3 +121,25 @@ class AdaptiveAvgPool(Op):
 
     def label(self, a):
         return f"adaptive_avgpool {_fmt_pair(a['size'])}"
+
+    def explain_shape(self, shapes, out, a):
+        size = a["size"]
+        return [stated("C'", "C", out[0], (0,))] + per_axis(
+            "H'", lambda i: "size", lambda i: str(size[i]), size, 1
+        )
+
+    def explain_rf(self, rfs, shapes, a, rf):
+        """A cell spans at most ceil(H/h') input rows, one more when h' does not divide H
+        (the windows overlap); the cells start floor(H/h') rows apart."""
+        _, h, w = shapes[0]
+        size = a["size"]
+        reaches = [f"(ceil({n}/{o}) + {1 if n % o else 0} - 1)" for n, o in zip((h, w), size)]
+        strides = [f"max(1, floor({n}/{o}))" for n, o in zip((h, w), size)]
+        return window_rf(
+            rfs[0],
+            rf,
+            "(ceil({N}/{N}') + [{N}/{N}' not whole] - 1)",
+            reaches,
+            "max(1, floor({N}/{N}'))",
+            strides,
+        )

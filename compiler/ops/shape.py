@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from math import prod
 
-from .base import Arg, ArgError, Op, ShapeError, fmt_shape, register
-from .pool import GlobalPool
+from .base import AXES, Arg, ArgError, Op, ShapeError, fmt_shape, register
+from .formula import Formula, per_axis, product, same_shape, stated, unchanged_rf
+from .pool import GlobalPool, global_rf
 
 
 @register
@@ -20,6 +21,16 @@ class Flatten(Op):
         if len(shapes[0]) == 1 or rfs[0] is None:
             return rfs[0]
         return GlobalPool.rf(self, rfs, shapes, a)
+
+    def explain_shape(self, shapes, out, a):
+        if len(shapes[0]) == 1:
+            return [stated("N'", "N", out[0], (0,))]
+        return [Formula("N'", "C * H * W", product(*shapes[0]), out[0], (0,))]
+
+    def explain_rf(self, rfs, shapes, a, rf):
+        if len(shapes[0]) == 1:
+            return unchanged_rf(rf)
+        return global_rf(rfs[0], shapes[0], rf)
 
 
 @register
@@ -40,6 +51,16 @@ class Crop(Op):
             )
         return (c, hr, wr)
 
+    def explain_shape(self, shapes, out, a):
+        return [stated("C'", "C", out[0], (0,))] + per_axis(
+            "H'",
+            lambda i: f"the reference's {AXES[i]}",
+            lambda i: str(out[1 + i]),
+            out[1:],
+            1,
+            "the centre of the input",
+        )
+
 
 @register
 class Slice(Op):
@@ -59,6 +80,19 @@ class Slice(Op):
                 "stop",
             )
         return (a["stop"] - a["start"], *shapes[0][1:])
+
+    def explain_shape(self, shapes, out, a):
+        vector = len(out) == 1
+        size = Formula(
+            "N'" if vector else "C'",
+            "stop - start",
+            f"{a['stop']} - {a['start']}",
+            out[0],
+            (0,),
+        )
+        if vector:
+            return [size]
+        return [size] + per_axis("H'", lambda i: AXES[i], lambda i: str(out[1 + i]), out[1:], 1)
 
     def label(self, a):
         return f"slice [{a['start']}:{a['stop']}]"
@@ -83,6 +117,13 @@ class Shuffle(Op):
                 "g",
             )
         return shapes[0]
+
+    def explain_shape(self, shapes, out, a):
+        c, g = shapes[0][0], a["g"]
+        return [
+            same_shape(out, note="the channels are reordered, not changed"),
+            Formula("channels per group", "C / g", f"{c} / {g}", c // g),
+        ]
 
     def label(self, a):
         return f"shuffle g{a['g']}"
@@ -111,8 +152,19 @@ class Pad(Op):
             )
         return (c, h + top + bottom, w + left + right)
 
+    def explain_shape(self, shapes, out, a):
+        _, h, w = shapes[0]
+        top, bottom, left, right = a["p"]
+        return [stated("C'", "C", out[0], (0,))] + [
+            Formula("H'", "H + top + bottom", f"{h} + {top} + {bottom}", out[1], (1,)),
+            Formula("W'", "W + left + right", f"{w} + {left} + {right}", out[2], (2,)),
+        ]
+
     def rf(self, rfs, shapes, a):
         return rfs[0]
+
+    def explain_rf(self, rfs, shapes, a, rf):
+        return unchanged_rf(rf, "padding adds positions but widens no field")
 
     def label(self, a):
         t, b, left, r = a["p"]
