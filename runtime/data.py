@@ -178,7 +178,9 @@ def load_image(path: Path, name: str, shape: tuple, resize: bool = False) -> np.
 
 
 def random_inputs(net: Network, batch: int, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed + 1)
+    from .weights import check_seed
+
+    rng = np.random.default_rng(check_seed(seed) + 1)
     return {
         name: rng.standard_normal((batch, *layer.shape)).astype(np.float32)
         for name, layer in net.inputs.items()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..compiler import OPS, DataError, Network, error, write_atomically
+from ..compiler import OPS, DataError, Network, UsageError, error, write_atomically
 
 
 def expected(net: Network) -> dict[str, tuple]:
@@ -28,6 +28,7 @@ def expected(net: Network) -> dict[str, tuple]:
 def initialise(net: Network, seed: int = 0) -> dict[str, np.ndarray]:
     """Each weight as its op's registry entry says it starts (``Op.initial``): He-normal over
     the fan-in for convolutions, Xavier-uniform for fc, zero biases, batch norm the identity."""
+    check_seed(seed)
     rng = np.random.default_rng(seed)
     out = {}
     for layer in net.layers:
@@ -44,6 +45,13 @@ def initialise(net: Network, seed: int = 0) -> dict[str, np.ndarray]:
                 value = _drawn(shape, lambda n, b=limit: rng.uniform(-b, b, n))
             out[f"{layer.name}.{name}"] = value
     return out
+
+
+def check_seed(seed) -> int:
+    """NumPy's generators take non-negative integers only; say so in cnnc's words."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UsageError(error(f"the seed must be a non-negative integer, got {seed!r}"))
+    return int(seed)
 
 
 #: Values drawn per call of the generator: bounds the float64 draws that become float32.
