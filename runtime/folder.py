@@ -58,6 +58,31 @@ def find_inputs(spec: str) -> list[Path]:
     return sorted(files)
 
 
+def check_apart(spec: str, out_dir: Path, files: list[Path]):
+    """Refuse an output folder the inputs are read from: its outputs would be inputs of the
+    rerun that resumes it (and an input could be its own output, skipped as done)."""
+    out = out_dir.resolve()
+    source = _target(spec)
+    if Path(source).is_dir():
+        read = {Path(source).resolve()}
+    else:
+        read = {f.parent.resolve() for f in files}
+    inside = False
+    if "**" in source:  # a recursive glob also reads every folder below its fixed part
+        parts = Path(source).parts
+        magic = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+        fixed = Path(*parts[:magic]) if magic else Path(".")
+        inside = out.is_relative_to(fixed.resolve())
+    if out in read or inside:
+        raise UsageError(
+            error(
+                f"--out '{out_dir}' is a folder that --input '{spec}' reads; a folder run "
+                "there would read its own outputs",
+                hint="write the outputs to another folder",
+            )
+        )
+
+
 @dataclass
 class Job:
     """What every task needs, sent once per worker: how to rebuild the network there."""
@@ -90,6 +115,7 @@ def run_command(net: Network, args) -> int:
             Path(args.save_weights), "--save-weights", (".npz",), avoid=[args.weights]
         )
     files = find_inputs(args.input[0])
+    check_apart(args.input[0], out_dir, files)
     suffix = ".npy" if len(net.outputs) == 1 else ".npz"
     targets = _targets(files, out_dir, suffix)
     weights = (
