@@ -166,11 +166,16 @@ def non_finite(weights: dict[str, np.ndarray]) -> list[str]:
 
 
 def save(weights: dict[str, np.ndarray], path: str | Path):
+    write_atomically(Path(path), to_bytes(weights))
+
+
+def to_bytes(weights: dict[str, np.ndarray]) -> bytes:
+    """The ``.npz`` archive's bytes (to write with other files as one)."""
     import io
 
     buffer = io.BytesIO()
     np.savez(buffer, **weights)
-    write_atomically(Path(path), buffer.getvalue())
+    return buffer.getvalue()
 
 
 def _fmt(shape) -> str:
