@@ -84,13 +84,38 @@ def load(net: Network, path: str | Path) -> dict[str, np.ndarray]:
     try:
         with zipfile.ZipFile(path) as archive:
             members = _members(archive, path, want)
-            return {key: _read(archive, info, path) for key, info in members.items()}
+            weights = {key: _read(archive, info, path) for key, info in members.items()}
     except zipfile.BadZipFile as exc:
         raise DataError(_not_npz(path, exc)) from None
     except (OSError, ValueError, EOFError, zlib.error) as exc:
         raise DataError(
             error(f"cannot read weights '{path}': not a valid .npz file ({exc})")
         ) from None
+    check_variances(net, weights, f"{path}: ")
+    return weights
+
+
+def check_variances(net: Network, weights: dict, where: str = "") -> None:
+    """Refuse batch-norm variances that make ``sqrt(running_var + eps)`` NaN or infinite,
+    naming the key: NumPy would only warn, without it, and every output be NaN."""
+    problems = []
+    for layer in net.layers:
+        key = f"{layer.name}.running_var"
+        if "running_var" not in layer.buffers or key not in weights:
+            continue
+        var = np.asarray(weights[key], np.float32).reshape(-1)
+        bad = np.flatnonzero(var + np.float32(layer.args["eps"]) <= 0)
+        if bad.size:
+            problems.append(
+                error(
+                    f"{where}key '{key}' holds {bad.size} negative variance"
+                    f"{'s' if bad.size > 1 else ''} (first {var[bad[0]]:g}, channel {bad[0]})",
+                    hint="a variance is never negative; batch norm divides by "
+                    "sqrt(running_var + eps)",
+                )
+            )
+    if problems:
+        raise DataError(problems)
 
 
 def _not_npz(path: Path, exc) -> object:

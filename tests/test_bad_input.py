@@ -475,7 +475,7 @@ def test_7_a_sweep_without_dask_runs_in_this_process(tmp_path):
 # ---- 11. negative variances ---------------------------------------------------------------------
 
 
-BN = "network bn(x: 3x4x4) {\n    return x | conv(4, k=1) | bn | relu\n}\n"
+BN = "network norm(x: 3x4x4) {\n    return x | conv(4, k=1) | bn | relu\n}\n"
 
 
 def test_11_a_negative_running_var_is_refused_naming_its_key(tmp_path, capsys):
