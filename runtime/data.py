@@ -75,6 +75,7 @@ def load_input(
                 )
             x = (x - IMAGENET_MEAN[None, :, None, None]) / IMAGENET_STD[None, :, None, None]
         return np.ascontiguousarray(x, dtype=np.float32)
+    _check_npy_start(path)
     try:  # mapped, not read: the shape is checked before the data is touched
         data = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
@@ -96,6 +97,43 @@ def load_input(
 
 
 MAX_INPUT_SHARE = 0.5
+
+
+def _check_npy_start(path: Path):
+    """Refuse from its first bytes a file that is not a .npy array of numbers, in cnnc's words
+    (NumPy's own messages suggest ``allow_pickle=``, which cnnc does not offer)."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as fh:
+            start = fh.read(6)
+            if start.startswith(b"PK\x03\x04"):
+                raise DataError(
+                    error(f"input '{path}' is an .npz archive; give one .npy per input")
+                )
+            if start != b"\x93NUMPY":
+                raise DataError(
+                    error(
+                        f"cannot read input '{path}': not a .npy file (it does not start "
+                        "with NumPy's header)",
+                        hint="save arrays with numpy.save(path, x)",
+                    )
+                )
+            fh.seek(0)
+            read_header = {(1, 0): fmt.read_array_header_1_0}.get(
+                fmt.read_magic(fh), fmt.read_array_header_2_0
+            )
+            dtype = read_header(fh)[2]
+    except OSError as exc:
+        raise DataError(error(f"cannot read input '{path}': {exc.strerror or exc}")) from None
+    except ValueError:  # a damaged header: np.load says what is wrong with it
+        return
+    if dtype.hasobject:
+        raise DataError(
+            error(
+                f"input '{path}' holds Python objects (a pickled array), which cnnc does not load",
+                hint="save an array of numbers: numpy.save(path, x.astype(numpy.float32))",
+            )
+        )
 
 
 def check_regular_file(path: Path, what: str):

@@ -10,6 +10,7 @@ must be on storage every worker sees; the weights are sent once to each worker.
 from __future__ import annotations
 
 import glob
+import os
 import sys
 import time
 import uuid
@@ -39,6 +40,15 @@ def is_many(specs: list[str]) -> bool:
         return False
     path = _target(specs[0])
     return Path(path).is_dir() or (glob.has_magic(path) and not Path(path).exists())
+
+
+def check_folders_exist(specs: list[str]):
+    """An ``--input`` written as a folder (``DIR/``) that does not exist is named as such,
+    not taken for a missing file of a single run."""
+    for spec in specs:
+        path = _target(spec)
+        if path.endswith(("/", os.sep)) and not Path(path).is_dir():
+            raise DataError(error(f"--input '{spec}': no such folder"))
 
 
 def find_inputs(spec: str) -> list[Path]:

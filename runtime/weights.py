@@ -133,37 +133,76 @@ def _not_npz(path: Path, exc) -> object:
     return error(f"cannot read weights '{path}': not a valid .npz file ({exc})")
 
 
+#: Keys named per kind of mismatch; the rest are counted (a wrong network gives hundreds).
+MAX_LISTED = 5
+KEYS_HINT = (
+    "keys are LAYER.weight, LAYER.bias, LAYER.running_mean, LAYER.running_var; "
+    "`cnnc check --json` lists layers"
+)
+
+
 def _members(archive: zipfile.ZipFile, path: Path, want: dict) -> dict:
     """Map each needed key to its archive member, checking names and declared shapes."""
-    problems, found = [], {}
+    wrong, found, unexpected = [], {}, []
     for info in archive.infolist():
         key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
         if key not in want:
-            problems.append(
-                error(
-                    f"{path}: unexpected key '{key}'",
-                    hint="keys are LAYER.weight, LAYER.bias, LAYER.running_mean, "
-                    "LAYER.running_var; `cnnc check --json` lists layers",
-                )
-            )
+            unexpected.append(key)
             continue
         shape, dtype = _header(archive, info, path)
         if tuple(shape) != want[key]:
-            problems.append(
+            wrong.append(
                 error(f"{path}: key '{key}' has shape {_fmt(shape)}, expected {_fmt(want[key])}")
             )
         elif not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
-            problems.append(error(f"{path}: key '{key}' holds {dtype}, not real numbers"))
+            wrong.append(error(f"{path}: key '{key}' holds {dtype}, not real numbers"))
         found[key] = info
-    missing = [
-        error(f"{path}: missing key '{key}' (expected shape {_fmt(shape)})")
-        for key, shape in want.items()
-        if key not in found
-    ]
-    problems = missing + problems
+    missing = [key for key in want if key not in found]
+    problems = _key_problems(path, want, missing, unexpected)
+    problems += _listed(wrong, f"{path}: and {{}} more keys of the wrong shape or type")
     if problems:
         raise DataError(problems)
     return {key: found[key] for key in want}
+
+
+def _key_problems(path: Path, want: dict, missing: list, unexpected: list) -> list:
+    """Missing and unexpected keys: those that differ only in case as one error with a hint,
+    the others named (a few) and counted."""
+    problems = []
+    by_lower = {key.lower(): key for key in missing}
+    cased = [(key, by_lower[key.lower()]) for key in unexpected if key.lower() in by_lower]
+    if cased:
+        given, meant = cased[0]
+        problems.append(
+            error(
+                f"{path}: {len(cased)} key{'s' if len(cased) > 1 else ''} differ"
+                f"{'' if len(cased) > 1 else 's'} from the network's only in case",
+                hint=f"keys are case-sensitive: did you mean '{meant}' for '{given}'?",
+            )
+        )
+        missing = [key for key in missing if key not in {m for _, m in cased}]
+        unexpected = [key for key in unexpected if key not in {g for g, _ in cased}]
+    problems += _listed(
+        [
+            error(f"{path}: missing key '{key}' (expected shape {_fmt(want[key])})")
+            for key in missing
+        ],
+        f"{path}: and {{}} more missing keys",
+    )
+    extra = _listed(
+        [error(f"{path}: unexpected key '{key}'") for key in unexpected],
+        f"{path}: and {{}} more unexpected keys",
+    )
+    if extra:
+        extra[-1].hint = KEYS_HINT
+    return problems + extra
+
+
+def _listed(diagnostics: list, more: str) -> list:
+    """The first MAX_LISTED diagnostics, and one saying how many more there are."""
+    if len(diagnostics) <= MAX_LISTED:
+        return diagnostics
+    return diagnostics[:MAX_LISTED] + [error(more.format(len(diagnostics) - MAX_LISTED))]
 
 
 def _header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path):
