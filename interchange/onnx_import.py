@@ -238,7 +238,7 @@ def in_order(nodes, known: set) -> list:
     try:
         order = list(sorter.static_order())
     except graphlib.CycleError as exc:
-        cycle = " -> ".join(_node_name(nodes[i]) for i in exc.args[1])
+        cycle = " -> ".join(f"{nodes[i].op_type} '{_node_name(nodes[i])}'" for i in exc.args[1])
         raise DataError(error(f"the graph has a cycle: {cycle}")) from None
     seen = set(known)  # keep the file's order where it is one already (stable names)
     for node in nodes:
