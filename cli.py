@@ -116,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=None, metavar="N", help="batch size")
     p.add_argument("--weights", metavar="W.npz", help="weights keyed LAYER.weight, ...")
     p.add_argument("--save-weights", metavar="W.npz", help="save the weights used")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights and random input")
+    p.add_argument(
+        "--seed", type=_seed, default=0, help="seed for weights and random input (default 0)"
+    )
     p.add_argument("--out", metavar="PATH", help="save outputs (.npy, or .npz); a folder run: DIR")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument(
@@ -173,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = spec_command("export", "write the network as an ONNX model (needs the onnx extra)")
     p.add_argument("-o", "--output", metavar="OUT.onnx", required=True, help="the ONNX file")
     p.add_argument("--weights", metavar="W.npz", help="weights keyed LAYER.weight, ...")
-    p.add_argument("--seed", type=int, default=0, help="seed for the weights without --weights")
+    p.add_argument(
+        "--seed", type=_seed, default=0, help="seed for the weights without --weights (default 0)"
+    )
     p.add_argument("--opset", type=int, default=17, metavar="N", help="ONNX opset (17 to 21)")
 
     p = sub.add_parser(
@@ -191,6 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="write repeated structures (residual units) as blocks called once each",
     )
     return parser
+
+
+def _seed(text: str) -> int:
+    """A seed for NumPy's generator, which takes non-negative integers only."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got '{text}'")
+    return value
 
 
 def _algorithm_option(p):

@@ -15,7 +15,7 @@ from .diagnostics import (
     UsageError,
     error,
 )
-from .files import write_atomically
+from .files import write_all_atomically, write_atomically
 from .network import Instance, Layer, Network
 from .ops import OPS, Activation, fmt_shape
 from .report import table
@@ -36,5 +36,6 @@ __all__ = [
     "error",
     "fmt_shape",
     "table",
+    "write_all_atomically",
     "write_atomically",
 ]

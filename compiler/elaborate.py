@@ -7,6 +7,7 @@ independent mistakes are reported in one run without cascades.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from math import prod
@@ -190,13 +191,7 @@ class Elaborator:
                 if param.name in overrides:
                     value = _coerce(overrides[param.name], default)
                     if value is None:
-                        kind = "an integer" if isinstance(default, int) else "a number"
-                        self.fail(
-                            frame,
-                            param.pos,
-                            f"--set {param.name}={overrides[param.name]}: '{param.name}' is "
-                            f"{kind} (default {default})",
-                        )
+                        self.fail(frame, param.pos, _refused(param.name, overrides, default))
             except _Fail as f:
                 self.report(f.diagnostic)
                 value = POISON
@@ -353,6 +348,8 @@ class Elaborator:
             value = self.eval(frame, expr.head)
             for stage in expr.stages:
                 times = 1 if stage.repeat is None else self.repeat_count(frame, stage.repeat)
+                if times is POISON:
+                    return POISON
                 for _ in range(times):
                     value = self.call(frame, stage, value)
             return value
@@ -415,8 +412,8 @@ class Elaborator:
 
     def repeat_count(self, frame: _Frame, expr: ast.Expr) -> int:
         n = self.eval(frame, expr)
-        if n is POISON:
-            raise _Fail(Diagnostic("error", "bad repeat count", self.loc(frame.file, expr.pos)))
+        if n is POISON:  # its cause is reported already: a --set value, a failed binding
+            return POISON
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             self.fail(
                 frame,
@@ -647,6 +644,16 @@ class Elaborator:
                 "single-output network can be used as a block",
             )
         return returned[0][1]
+
+
+def _refused(name: str, overrides: dict, default) -> str:
+    """Why ``--set NAME=VALUE`` cannot be used: too large, or not of the default's kind."""
+    text = str(overrides[name]).strip()
+    shown = text if len(text) <= 24 else f"{text[:20]}...({len(text)} characters)"
+    if isinstance(default, int) and re.fullmatch(r"[+-]?\d+", text):
+        return f"--set {name}={shown}: too large; '{name}' is an integer up to {MAX_INT:,}"
+    kind = "an integer" if isinstance(default, int) else "a number"
+    return f"--set {name}={shown}: '{name}' is {kind} (default {default})"
 
 
 def _coerce(value, default):

@@ -27,7 +27,10 @@ def export_command(args, load) -> int:
 
     net = load(args)
     model = export(net, args.output, weights=args.weights, seed=args.seed, opset=args.opset)
-    params = sum(p.dims and _count(p.dims) for p in model.graph.initializer)
+    from ..runtime.weights import expected
+
+    # the weights file's values; the model's other initializers are shapes and clip bounds
+    params = sum(_count(shape) for shape in expected(net).values())
     print(
         f"wrote {args.output}: network {net.name}, opset {args.opset}, "
         f"{len(model.graph.node)} nodes, {params:,} weights "

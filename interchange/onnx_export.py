@@ -499,6 +499,9 @@ def build_model(network, weights: dict, opset: int = DEFAULT_OPSET):
                 hint=f"choose an opset from {OPSETS.start} to {OPSETS.stop - 1}",
             )
         )
+    from ..runtime.weights import check_variances
+
+    check_variances(network, weights, "weights: ")
     size = sum(np.asarray(v).nbytes for v in weights.values())
     if size > MAX_WEIGHT_BYTES:
         raise ResourceError(

@@ -105,11 +105,24 @@ def _feature_map(x) -> View:
     return v
 
 
+#: The least value of each window attribute (a zero stride would divide by zero).
+LEAST = {"strides": 1, "dilations": 1, "kernel_shape": 1, "output_padding": 0}
+
+
 def _pair(values, what):
     values = [int(v) for v in values]
     if len(values) != 2:
         raise Unsupported(f"{what} must be 2-D, got {values}")
+    if what in LEAST and min(values) < LEAST[what]:
+        raise Unsupported(f"{what} must be at least {LEAST[what]}, got {values}")
     return tuple(values)
+
+
+def _group(attrs) -> int:
+    g = int(attrs.get("group", 1))
+    if g < 1:
+        raise Unsupported(f"group must be at least 1, got {g}")
+    return g
 
 
 def _arg_pair(p):
@@ -174,7 +187,7 @@ def _conv(ctx, node, ins, attrs):
     k = (kh, kw)
     s = _pair(attrs.get("strides", [1, 1]), "strides")
     d = _pair(attrs.get("dilations", [1, 1]), "dilations")
-    g = int(attrs.get("group", 1))
+    g = _group(attrs)
     x, p = _symmetric_or_pad(ctx, x, _window_pads(attrs, x.shape[1:], k, s, d))
     c, h, wd = x.shape
     shape = (out, *(_conv_out(n, kk, ss, pp, dd) for n, kk, ss, pp, dd in zip((h, wd), k, s, p, d)))
@@ -202,7 +215,7 @@ def _convt(ctx, node, ins, attrs):
     bias = _const(ins[2], "ConvTranspose's bias") if len(ins) > 2 and ins[2] is not None else None
     if w.ndim != 4:
         raise Unsupported(f"only 2-D transposed convolutions, got a weight of rank {w.ndim}")
-    g = int(attrs.get("group", 1))
+    g = _group(attrs)
     c, h, wd = x.shape
     out, k = w.shape[1] * g, w.shape[2:]
     s = _pair(attrs.get("strides", [1, 1]), "strides")
@@ -811,12 +824,20 @@ def _resize(ctx, node, ins, attrs):
         if attrs.get("axes") is not None or attrs.get("antialias", 0):
             raise Unsupported("axes or antialias")
     if sizes is not None:
+        if len(sizes) != 4:
+            raise Unsupported(f"sizes {sizes}: give 4 (N, C, H, W)")
         if [int(v) for v in sizes[1:2]] != [c]:
             raise Unsupported("resizing the channels")
         oh, ow = int(sizes[2]), int(sizes[3])
+        if min(oh, ow) < 1:
+            raise Unsupported(f"sizes {sizes[2:]} must be at least 1")
     else:
+        if scales is None or len(scales) != 4:
+            raise Unsupported(f"scales {scales}: give 4 (N, C, H, W)")
         if list(scales[:2]) != [1.0, 1.0]:
             raise Unsupported("resizing the batch or channels")
+        if not all(math.isfinite(v) and v > 0 for v in scales[2:]):
+            raise Unsupported(f"scales {scales[2:]} must be positive finite numbers")
         oh, ow = int(math.floor(h * scales[2])), int(math.floor(w * scales[3]))
         if oh != h * scales[2] or ow != w * scales[3]:  # ONNX then maps with the scale itself
             raise Unsupported(f"scales {scales[2:]} that do not give whole sizes")

@@ -13,12 +13,15 @@ first node name); nothing is written then.
 
 from __future__ import annotations
 
+import graphlib
+import math
+import os
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from ..compiler import DataError, UsageError, error
+from ..compiler import DataError, error
 from . import onnx_blocks, require_onnx
 from .onnx_graph import Node, View
 from .onnx_handlers import HANDLERS, Context, Unavailable, Unsupported, attrs_of, fold
@@ -82,7 +85,14 @@ def translate(model, bind: dict | None = None):
     onnx = require_onnx()
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    if opset is None or opset < FIRST_OPSET or opset > onnx.defs.onnx_opset_version():
+    if opset is None:
+        raise DataError(
+            error(
+                "the model declares no ONNX opset (opset_import), so its ops cannot be read",
+                hint="is it an ONNX model? exporters always write one",
+            )
+        )
+    if opset < FIRST_OPSET or opset > onnx.defs.onnx_opset_version():
         raise DataError(
             error(
                 f"ONNX opset {opset} is not supported; cnnc reads opsets 7 to 22, and later "
@@ -93,7 +103,7 @@ def translate(model, bind: dict | None = None):
     ctx = Context(onnx, opset)
     values: dict = {}
     for init in graph.initializer:
-        values[init.name] = onnx.numpy_helper.to_array(init)
+        values[init.name] = initializer_array(onnx, init)
     for name, value in (bind or {}).items():
         values[name] = np.asarray(value)
     inputs = {}
@@ -107,13 +117,19 @@ def translate(model, bind: dict | None = None):
     if not inputs:
         raise DataError(error("the model has no tensor inputs"))
     problems: list[tuple[str, str, str]] = []
-    for onnx_node in graph.node:
+    for onnx_node in in_order(graph.node, set(values)):
         ctx.current = onnx_node
         ins = [values.get(i) if i else None for i in onnx_node.input]
         try:
             outs = _translate_node(ctx, onnx_node, ins)
         except Unsupported as exc:
-            problems.append((onnx_node.op_type, onnx_node.name or onnx_node.output[0], exc.reason))
+            problems.append((onnx_node.op_type, _node_name(onnx_node), exc.reason))
+            outs = [_POISON] * len(onnx_node.output)
+        except MALFORMED as exc:  # a handler meeting values no exporter writes
+            if os.environ.get("CNNC_DEBUG"):
+                raise
+            reason = f"malformed attributes or constants ({type(exc).__name__}: {exc})"
+            problems.append((onnx_node.op_type, _node_name(onnx_node), reason))
             outs = [_POISON] * len(onnx_node.output)
         for name, value in zip(onnx_node.output, outs):
             values[name] = value
@@ -159,6 +175,77 @@ def translate(model, bind: dict | None = None):
 
 
 _POISON = object()  # the value of a node that could not be translated (already reported)
+
+#: What a handler raises on attributes or constants out of their range (a missing attribute,
+#: a zero where a divisor goes): reported as that node's problem, not as a bug in cnnc.
+MALFORMED = (ValueError, TypeError, KeyError, IndexError, ArithmeticError)
+
+
+def _node_name(node) -> str:
+    return node.name or next((o for o in node.output if o), "") or node.op_type
+
+
+def initializer_array(onnx, tensor) -> np.ndarray:
+    """A tensor's values, its stored data checked against its dims before NumPy reads it."""
+    dims = tuple(int(d) for d in tensor.dims)
+    if any(d < 0 for d in dims):
+        raise DataError(error(f"initializer '{tensor.name}' has negative dims {dims}"))
+    if tensor.raw_data:
+        try:
+            itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+        except Exception:  # an element type NumPy has no dtype for: left to to_array
+            itemsize = 0
+        packed = {getattr(onnx.TensorProto, t, -1) for t in ("INT4", "UINT4", "FLOAT4E2M1")}
+        count = math.prod(dims)
+        need = (count + 1) // 2 if tensor.data_type in packed else count * itemsize
+        if itemsize and len(tensor.raw_data) != need:
+            raise DataError(
+                error(
+                    f"initializer '{tensor.name}' holds {len(tensor.raw_data)} bytes; its dims "
+                    f"{dims} need {need}"
+                )
+            )
+    try:
+        return onnx.numpy_helper.to_array(tensor)
+    except Exception as exc:  # data of another length than the dims, an unknown type
+        raise DataError(
+            error(f"cannot read initializer '{tensor.name}' ({type(exc).__name__}: {exc})")
+        ) from None
+
+
+def in_order(nodes, known: set) -> list:
+    """The nodes so that each input is computed before it is used. ONNX requires that order
+    but not every writer keeps it; a name nothing defines, or a cycle, is an error."""
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    undefined = [
+        (node, name)
+        for node in nodes
+        for name in node.input
+        if name and name not in known and name not in producer
+    ]
+    if undefined:
+        node, name = undefined[0]
+        more = f" (and {len(undefined) - 1} more)" if len(undefined) > 1 else ""
+        raise DataError(
+            error(
+                f"ONNX {node.op_type} '{_node_name(node)}' reads '{name}', which no node, "
+                f"input or initializer defines{more}"
+            )
+        )
+    sorter = graphlib.TopologicalSorter()
+    for i, node in enumerate(nodes):
+        sorter.add(i, *(producer[n] for n in node.input if n and n not in known))
+    try:
+        order = list(sorter.static_order())
+    except graphlib.CycleError as exc:
+        cycle = " -> ".join(f"{nodes[i].op_type} '{_node_name(nodes[i])}'" for i in exc.args[1])
+        raise DataError(error(f"the graph has a cycle: {cycle}")) from None
+    seen = set(known)  # keep the file's order where it is one already (stable names)
+    for node in nodes:
+        if any(n and n not in seen for n in node.input):
+            return [nodes[i] for i in order]
+        seen.update(node.output)
+    return list(nodes)
 
 
 def _translate_node(ctx, node, ins) -> list:
@@ -210,6 +297,8 @@ def read_model(path):
         raise DataError(error(f"cannot read '{path}': {exc.strerror or exc}")) from None
     if not path.is_file():
         raise DataError(error(f"cannot read '{path}': not a file"))
+    if size == 0:
+        raise DataError(error(f"'{path}' is empty (0 bytes), not an ONNX model"))
     if size > MAX_MODEL_BYTES:
         raise DataError(error(f"'{path}' is {size} bytes, above ONNX's 2 GiB limit"))
     try:
@@ -258,17 +347,21 @@ def import_model(model, name: str | None = None, bind: dict | None = None, block
 
 
 def import_file(path, out=None, weights_out=None, name=None, blocks=False):
-    """Import ``path``; write the spec and weights (atomically) when given paths."""
-    from ..compiler import write_atomically
+    """Import ``path``; write the spec and weights when given paths: both or neither (each
+    target checked before the import, both staged before either replaces a file)."""
+    from ..compiler import write_all_atomically
     from ..runtime import weights as weight_io
+    from ..runtime.data import check_output_path
 
-    for target, suffix in ((out, ".cnn"), (weights_out, ".npz")):
-        if target is not None and Path(target).suffix != suffix:
-            raise UsageError(error(f"'{target}' must end in {suffix}"))
+    for target, suffix, flag in ((out, ".cnn", "-o"), (weights_out, ".npz", "--weights-out")):
+        if target is not None:
+            check_output_path(Path(target), flag, (suffix,), avoid=[path])
     model = read_model(path)
     text, weights, net = import_model(model, name or Path(path).stem, blocks=blocks)
+    files = {}
     if out is not None:
-        write_atomically(Path(out), text.encode())
+        files[Path(out)] = text.encode()
     if weights_out is not None:
-        weight_io.save(weights, weights_out)
+        files[Path(weights_out)] = weight_io.to_bytes(weights)
+    write_all_atomically(files)
     return text, weights, net

@@ -44,9 +44,10 @@ def identifier(raw: str, fallback: str) -> str:
         name = fallback
     if name[0].isdigit():
         name = f"{fallback}_{name}"
-    if name in RESERVED or name in OPS:
+    name = name[:48].rstrip("_") or fallback
+    if name in RESERVED or name in OPS:  # a keyword would not parse, a word or op be hidden
         name += "_"
-    return name[:48].rstrip("_") or fallback
+    return name
 
 
 def _fmt(v) -> str:

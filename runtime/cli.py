@@ -46,6 +46,7 @@ def _say_what_happens(session: Session, batch: int):
 def run_command(net: Network, args) -> int:
     if args.batch is not None and args.batch < 1:
         raise UsageError(error(f"--batch must be at least 1, got {args.batch}"))
+    folder.check_folders_exist(args.input)
     if folder.is_many(args.input):
         return folder.run_command(net, args)
     if args.scheduler:
@@ -53,6 +54,8 @@ def run_command(net: Network, args) -> int:
             error("--scheduler runs a folder or glob of inputs: --input DIR --out DIR")
         )
     paths = data.parse_input_args(net, args.input)
+    for path in paths.values():  # a missing input is the first thing to say, before --out
+        data.check_regular_file(path, "input")
     reads = [args.weights, *paths.values()]
     if args.out:
         data.check_output_path(Path(args.out), "--out", avoid=reads)

@@ -6,6 +6,7 @@ import io
 import os
 import stat
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,7 @@ def load_input(
                 )
             x = (x - IMAGENET_MEAN[None, :, None, None]) / IMAGENET_STD[None, :, None, None]
         return np.ascontiguousarray(x, dtype=np.float32)
+    _check_npy_start(path)
     try:  # mapped, not read: the shape is checked before the data is touched
         data = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
@@ -95,6 +97,43 @@ def load_input(
 
 
 MAX_INPUT_SHARE = 0.5
+
+
+def _check_npy_start(path: Path):
+    """Refuse from its first bytes a file that is not a .npy array of numbers, in cnnc's words
+    (NumPy's own messages suggest ``allow_pickle=``, which cnnc does not offer)."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as fh:
+            start = fh.read(6)
+            if start.startswith(b"PK\x03\x04"):
+                raise DataError(
+                    error(f"input '{path}' is an .npz archive; give one .npy per input")
+                )
+            if start != b"\x93NUMPY":
+                raise DataError(
+                    error(
+                        f"cannot read input '{path}': not a .npy file (it does not start "
+                        "with NumPy's header)",
+                        hint="save arrays with numpy.save(path, x)",
+                    )
+                )
+            fh.seek(0)
+            read_header = {(1, 0): fmt.read_array_header_1_0}.get(
+                fmt.read_magic(fh), fmt.read_array_header_2_0
+            )
+            dtype = read_header(fh)[2]
+    except OSError as exc:
+        raise DataError(error(f"cannot read input '{path}': {exc.strerror or exc}")) from None
+    except ValueError:  # a damaged header: np.load says what is wrong with it
+        return
+    if dtype.hasobject:
+        raise DataError(
+            error(
+                f"input '{path}' holds Python objects (a pickled array), which cnnc does not load",
+                hint="save an array of numbers: numpy.save(path, x.astype(numpy.float32))",
+            )
+        )
 
 
 def check_regular_file(path: Path, what: str):
@@ -139,7 +178,23 @@ def as_input(data, name: str, shape: tuple, what: str | None = None) -> np.ndarr
     return data
 
 
+#: A folder run resizes each image to its input. Decoding is bounded by the input's size: an
+#: image over this many pixels per input pixel (and over MIN_DECODE_PIXELS) is decoded at a
+#: reduced scale where the format can (JPEG: 1/2 to 1/8), else refused, rather than decoded
+#: whole to be shrunk (a 13000x13000 PNG for a 64x64 input: gigabytes, seconds).
+DECODE_PIXELS_PER_INPUT_PIXEL = 64
+MIN_DECODE_PIXELS = 4096 * 4096
+
+
+def decode_limit(shape: tuple) -> int:
+    """The most pixels decoded for an input of ``shape`` (C, H, W)."""
+    return max(MIN_DECODE_PIXELS, DECODE_PIXELS_PER_INPUT_PIXEL * shape[1] * shape[2])
+
+
 def load_image(path: Path, name: str, shape: tuple, resize: bool = False) -> np.ndarray:
+    """An image as float32 (1, C, H, W) in [0, 1]. Its size is read from the header first
+    (``Image.open`` decodes nothing): one of the wrong size, or too large to resize, is
+    refused before any pixel is decoded."""
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
@@ -150,11 +205,17 @@ def load_image(path: Path, name: str, shape: tuple, resize: bool = False) -> np.
         raise DataError(
             error(f"an image can feed only a 1- or 3-channel input; '{name}' is {fmt_shape(shape)}")
         )
+    mode, want = ("L" if shape[0] == 1 else "RGB"), (shape[2], shape[1])
     try:
-        with Image.open(path) as img:
-            img = img.convert("L" if shape[0] == 1 else "RGB")
-            if resize and img.size != (shape[2], shape[1]):
-                img = img.resize((shape[2], shape[1]), Image.Resampling.BILINEAR)
+        with warnings.catch_warnings():  # Pillow's bomb warning: the limit below is lower
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened as img:
+            if img.size != want:
+                _check_image_size(img, path, name, shape, resize, mode)
+            img = img.convert(mode)
+            if img.size != want:
+                img = img.resize(want, Image.Resampling.BILINEAR)
             pixels = np.asarray(img, dtype=np.float32) / 255.0
     except FileNotFoundError:
         raise DataError(error(f"cannot read image '{path}': no such file")) from None
@@ -162,10 +223,24 @@ def load_image(path: Path, name: str, shape: tuple, resize: bool = False) -> np.
         raise DataError(
             error(f"cannot read image '{path}': not an image format Pillow can decode")
         ) from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(
+            error(
+                f"cannot read image '{path}': too large to decode safely ({exc})",
+                hint=f"shrink it to about {want[0]}x{want[1]} pixels first",
+            )
+        ) from None
     except (OSError, ValueError) as exc:
         raise DataError(error(f"cannot read image '{path}': {exc}")) from None
-    h, w = pixels.shape[:2]
-    if (h, w) != shape[1:]:
+    chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    return np.ascontiguousarray(chw[None], dtype=np.float32)
+
+
+def _check_image_size(img, path: Path, name: str, shape: tuple, resize: bool, mode: str):
+    """Refuse, from the header alone, an image of the wrong size (single runs) or one too
+    large to resize (folder runs); a large JPEG is decoded at a reduced scale instead."""
+    w, h = img.size
+    if not resize:
         raise DataError(
             error(
                 f"image '{path}' is {w}x{h} pixels (width x height); '{name}' expects "
@@ -173,12 +248,23 @@ def load_image(path: Path, name: str, shape: tuple, resize: bool = False) -> np.
                 hint="resize the image to the network's input size",
             )
         )
-    chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-    return np.ascontiguousarray(chw[None], dtype=np.float32)
+    limit = decode_limit(shape)
+    if w * h > limit:
+        img.draft(mode, (shape[2], shape[1]))  # JPEG: the smallest scale still as large
+        if img.size[0] * img.size[1] > limit:
+            raise DataError(
+                error(
+                    f"image '{path}' is {w}x{h} pixels, more than cnnc decodes to resize for "
+                    f"a {shape[2]}x{shape[1]} input ({limit:,} pixels)",
+                    hint=f"shrink it to about {shape[2]}x{shape[1]} pixels first",
+                )
+            )
 
 
 def random_inputs(net: Network, batch: int, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed + 1)
+    from .weights import check_seed
+
+    rng = np.random.default_rng(check_seed(seed) + 1)
     return {
         name: rng.standard_normal((batch, *layer.shape)).astype(np.float32)
         for name, layer in net.inputs.items()

@@ -10,6 +10,7 @@ must be on storage every worker sees; the weights are sent once to each worker.
 from __future__ import annotations
 
 import glob
+import os
 import sys
 import time
 import uuid
@@ -41,6 +42,15 @@ def is_many(specs: list[str]) -> bool:
     return Path(path).is_dir() or (glob.has_magic(path) and not Path(path).exists())
 
 
+def check_folders_exist(specs: list[str]):
+    """An ``--input`` written as a folder (``DIR/``) that does not exist is named as such,
+    not taken for a missing file of a single run."""
+    for spec in specs:
+        path = _target(spec)
+        if path.endswith(("/", os.sep)) and not Path(path).is_dir():
+            raise DataError(error(f"--input '{spec}': no such folder"))
+
+
 def find_inputs(spec: str) -> list[Path]:
     path = _target(spec)
     if Path(path).is_dir():
@@ -56,6 +66,31 @@ def find_inputs(spec: str) -> list[Path]:
     if not files:
         raise DataError(error(f"--input '{spec}': no {', '.join(SUFFIXES)} files found", hint=None))
     return sorted(files)
+
+
+def check_apart(spec: str, out_dir: Path, files: list[Path]):
+    """Refuse an output folder the inputs are read from: its outputs would be inputs of the
+    rerun that resumes it (and an input could be its own output, skipped as done)."""
+    out = out_dir.resolve()
+    source = _target(spec)
+    if Path(source).is_dir():
+        read = {Path(source).resolve()}
+    else:
+        read = {f.parent.resolve() for f in files}
+    inside = False
+    if "**" in source:  # a recursive glob also reads every folder below its fixed part
+        parts = Path(source).parts
+        magic = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+        fixed = Path(*parts[:magic]) if magic else Path(".")
+        inside = out.is_relative_to(fixed.resolve())
+    if out in read or inside:
+        raise UsageError(
+            error(
+                f"--out '{out_dir}' is a folder that --input '{spec}' reads; a folder run "
+                "there would read its own outputs",
+                hint="write the outputs to another folder",
+            )
+        )
 
 
 @dataclass
@@ -90,6 +125,7 @@ def run_command(net: Network, args) -> int:
             Path(args.save_weights), "--save-weights", (".npz",), avoid=[args.weights]
         )
     files = find_inputs(args.input[0])
+    check_apart(args.input[0], out_dir, files)
     suffix = ".npy" if len(net.outputs) == 1 else ".npz"
     targets = _targets(files, out_dir, suffix)
     weights = (

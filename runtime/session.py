@@ -205,4 +205,6 @@ def _checked(net: Network, weights: dict) -> dict:
     complex_keys = [k for k in want if np.iscomplexobj(weights[k])]
     if complex_keys:
         raise DataError(error(f"weights {complex_keys[:5]} hold complex numbers, not real ones"))
-    return {k: np.ascontiguousarray(weights[k], dtype=np.float32) for k in want}
+    checked = {k: np.ascontiguousarray(weights[k], dtype=np.float32) for k in want}
+    weights_io.check_variances(net, checked, "weights: ")
+    return checked

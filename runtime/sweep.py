@@ -148,10 +148,24 @@ def sweep_command(args) -> int:
 
 
 def run_variants(program, network, todo, bench, scheduler, workers) -> list[dict]:
-    from distributed import as_completed
-
+    """Each variant's row, in order: on Dask when it is installed (or a scheduler is given),
+    else one after another in this process, as folder runs do."""
     rows: list = [None] * len(todo)
     progress = Progress(len(todo), "variants")
+    if scheduler is None and not cluster.available():
+        print(
+            "cnnc: note: Dask is not installed; running in this process "
+            "(pip install 'cnnc[dask]' for a local cluster)",
+            file=sys.stderr,
+        )
+        for i, params in enumerate(todo):
+            rows[i] = evaluate(program, network, params, bench)
+            progress.update(1, 1 if rows[i]["error"] else 0)
+        progress.close()
+        return rows
+    cluster.require("cnnc sweep")
+    from distributed import as_completed
+
     with cluster.client(scheduler, workers, "cnnc sweep") as client:
         shared = client.scatter(program, broadcast=True)
         futures = {

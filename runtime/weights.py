@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..compiler import OPS, DataError, Network, error, write_atomically
+from ..compiler import OPS, DataError, Network, UsageError, error, write_atomically
 
 
 def expected(net: Network) -> dict[str, tuple]:
@@ -28,6 +28,7 @@ def expected(net: Network) -> dict[str, tuple]:
 def initialise(net: Network, seed: int = 0) -> dict[str, np.ndarray]:
     """Each weight as its op's registry entry says it starts (``Op.initial``): He-normal over
     the fan-in for convolutions, Xavier-uniform for fc, zero biases, batch norm the identity."""
+    check_seed(seed)
     rng = np.random.default_rng(seed)
     out = {}
     for layer in net.layers:
@@ -44,6 +45,13 @@ def initialise(net: Network, seed: int = 0) -> dict[str, np.ndarray]:
                 value = _drawn(shape, lambda n, b=limit: rng.uniform(-b, b, n))
             out[f"{layer.name}.{name}"] = value
     return out
+
+
+def check_seed(seed) -> int:
+    """NumPy's generators take non-negative integers only; say so in cnnc's words."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UsageError(error(f"the seed must be a non-negative integer, got {seed!r}"))
+    return int(seed)
 
 
 #: Values drawn per call of the generator: bounds the float64 draws that become float32.
@@ -76,13 +84,38 @@ def load(net: Network, path: str | Path) -> dict[str, np.ndarray]:
     try:
         with zipfile.ZipFile(path) as archive:
             members = _members(archive, path, want)
-            return {key: _read(archive, info, path) for key, info in members.items()}
+            weights = {key: _read(archive, info, path) for key, info in members.items()}
     except zipfile.BadZipFile as exc:
         raise DataError(_not_npz(path, exc)) from None
     except (OSError, ValueError, EOFError, zlib.error) as exc:
         raise DataError(
             error(f"cannot read weights '{path}': not a valid .npz file ({exc})")
         ) from None
+    check_variances(net, weights, f"{path}: ")
+    return weights
+
+
+def check_variances(net: Network, weights: dict, where: str = "") -> None:
+    """Refuse batch-norm variances that make ``sqrt(running_var + eps)`` NaN or infinite,
+    naming the key: NumPy would only warn, without it, and every output be NaN."""
+    problems = []
+    for layer in net.layers:
+        key = f"{layer.name}.running_var"
+        if "running_var" not in layer.buffers or key not in weights:
+            continue
+        var = np.asarray(weights[key], np.float32).reshape(-1)
+        bad = np.flatnonzero(var + np.float32(layer.args["eps"]) <= 0)
+        if bad.size:
+            problems.append(
+                error(
+                    f"{where}key '{key}' holds {bad.size} negative variance"
+                    f"{'s' if bad.size > 1 else ''} (first {var[bad[0]]:g}, channel {bad[0]})",
+                    hint="a variance is never negative; batch norm divides by "
+                    "sqrt(running_var + eps)",
+                )
+            )
+    if problems:
+        raise DataError(problems)
 
 
 def _not_npz(path: Path, exc) -> object:
@@ -100,37 +133,76 @@ def _not_npz(path: Path, exc) -> object:
     return error(f"cannot read weights '{path}': not a valid .npz file ({exc})")
 
 
+#: Keys named per kind of mismatch; the rest are counted (a wrong network gives hundreds).
+MAX_LISTED = 5
+KEYS_HINT = (
+    "keys are LAYER.weight, LAYER.bias, LAYER.running_mean, LAYER.running_var; "
+    "`cnnc check --json` lists layers"
+)
+
+
 def _members(archive: zipfile.ZipFile, path: Path, want: dict) -> dict:
     """Map each needed key to its archive member, checking names and declared shapes."""
-    problems, found = [], {}
+    wrong, found, unexpected = [], {}, []
     for info in archive.infolist():
         key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
         if key not in want:
-            problems.append(
-                error(
-                    f"{path}: unexpected key '{key}'",
-                    hint="keys are LAYER.weight, LAYER.bias, LAYER.running_mean, "
-                    "LAYER.running_var; `cnnc check --json` lists layers",
-                )
-            )
+            unexpected.append(key)
             continue
         shape, dtype = _header(archive, info, path)
         if tuple(shape) != want[key]:
-            problems.append(
+            wrong.append(
                 error(f"{path}: key '{key}' has shape {_fmt(shape)}, expected {_fmt(want[key])}")
             )
         elif not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
-            problems.append(error(f"{path}: key '{key}' holds {dtype}, not real numbers"))
+            wrong.append(error(f"{path}: key '{key}' holds {dtype}, not real numbers"))
         found[key] = info
-    missing = [
-        error(f"{path}: missing key '{key}' (expected shape {_fmt(shape)})")
-        for key, shape in want.items()
-        if key not in found
-    ]
-    problems = missing + problems
+    missing = [key for key in want if key not in found]
+    problems = _key_problems(path, want, missing, unexpected)
+    problems += _listed(wrong, f"{path}: and {{}} more keys of the wrong shape or type")
     if problems:
         raise DataError(problems)
     return {key: found[key] for key in want}
+
+
+def _key_problems(path: Path, want: dict, missing: list, unexpected: list) -> list:
+    """Missing and unexpected keys: those that differ only in case as one error with a hint,
+    the others named (a few) and counted."""
+    problems = []
+    by_lower = {key.lower(): key for key in missing}
+    cased = [(key, by_lower[key.lower()]) for key in unexpected if key.lower() in by_lower]
+    if cased:
+        given, meant = cased[0]
+        problems.append(
+            error(
+                f"{path}: {len(cased)} key{'s' if len(cased) > 1 else ''} differ"
+                f"{'' if len(cased) > 1 else 's'} from the network's only in case",
+                hint=f"keys are case-sensitive: did you mean '{meant}' for '{given}'?",
+            )
+        )
+        missing = [key for key in missing if key not in {m for _, m in cased}]
+        unexpected = [key for key in unexpected if key not in {g for g, _ in cased}]
+    problems += _listed(
+        [
+            error(f"{path}: missing key '{key}' (expected shape {_fmt(want[key])})")
+            for key in missing
+        ],
+        f"{path}: and {{}} more missing keys",
+    )
+    extra = _listed(
+        [error(f"{path}: unexpected key '{key}'") for key in unexpected],
+        f"{path}: and {{}} more unexpected keys",
+    )
+    if extra:
+        extra[-1].hint = KEYS_HINT
+    return problems + extra
+
+
+def _listed(diagnostics: list, more: str) -> list:
+    """The first MAX_LISTED diagnostics, and one saying how many more there are."""
+    if len(diagnostics) <= MAX_LISTED:
+        return diagnostics
+    return diagnostics[:MAX_LISTED] + [error(more.format(len(diagnostics) - MAX_LISTED))]
 
 
 def _header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path):
@@ -158,11 +230,16 @@ def non_finite(weights: dict[str, np.ndarray]) -> list[str]:
 
 
 def save(weights: dict[str, np.ndarray], path: str | Path):
+    write_atomically(Path(path), to_bytes(weights))
+
+
+def to_bytes(weights: dict[str, np.ndarray]) -> bytes:
+    """The ``.npz`` archive's bytes (to write with other files as one)."""
     import io
 
     buffer = io.BytesIO()
     np.savez(buffer, **weights)
-    write_atomically(Path(path), buffer.getvalue())
+    return buffer.getvalue()
 
 
 def _fmt(shape) -> str:

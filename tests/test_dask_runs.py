@@ -199,9 +199,7 @@ def test_folder_run_in_a_local_cluster_with_a_glob(tmp_path, capsys):
     assert "no .npy" in capsys.readouterr().err
 
 
-def test_without_dask_folder_runs_go_on_in_process_and_sweeps_say_how_to_install(
-    tmp_path, capsys, monkeypatch
-):
+def test_without_dask_folder_runs_and_sweeps_go_on_in_process(tmp_path, capsys, monkeypatch):
     from cnnc.runtime import cluster
 
     monkeypatch.setattr(cluster, "available", lambda: False)
@@ -216,7 +214,12 @@ def test_without_dask_folder_runs_go_on_in_process_and_sweeps_say_how_to_install
     assert "running in this process" in captured.err and "ran 1 of 1 inputs" in captured.out
     want = cnnc.run(cnnc.load(SPEC), {"x": x})["out"]
     np.testing.assert_allclose(np.load(tmp_path / "o" / "a.npy"), want, rtol=1e-5, atol=1e-6)
-    assert main(["sweep", str(spec), "--grid", "width=4,8"]) == 1
+    assert main(["sweep", str(spec), "--grid", "width=4,8"]) == 0
+    captured = capsys.readouterr()
+    assert "running in this process" in captured.err and "pip install 'cnnc[dask]'" in captured.err
+    assert [line.split()[0] for line in captured.out.splitlines()[2:4]] == ["4", "8"]
+    scheduler = ["--scheduler", "tcp://127.0.0.1:1"]  # asked for Dask: say how to install it
+    assert main(["sweep", str(spec), "--grid", "width=4,8", *scheduler]) == 1
     assert "pip install 'cnnc[dask]'" in capsys.readouterr().err
 
 
