@@ -49,6 +49,20 @@ def spec_path(name: str) -> Path:
     return SPECS / name
 
 
+def run_counts(stdout: str) -> dict[str, int]:
+    """The counts of a pytest run's summary line ("28 passed, 1 skipped in 3.2s"), by word:
+    a test of a test run compares the whole dict, not a substring ("28 passed" is also in
+    "128 passed")."""
+    import re
+
+    lines = [line.strip("= ") for line in stdout.splitlines() if line.strip()]
+    summary = lines[-1] if lines else ""
+    found = re.findall(r"(\d+) (passed|failed|skipped|deselected|xfailed|xpassed|errors?)", summary)
+    if not found or not re.search(r" in [\d.]+s", summary):
+        raise AssertionError(f"no pytest summary line at the end of:\n{stdout[-2000:]}")
+    return {word.rstrip("s") if word == "errors" else word: int(n) for n, word in found}
+
+
 @pytest.fixture(scope="session")
 def torchvision(torch):
     import zoo
