@@ -281,14 +281,14 @@ def _cnnc(*args, env=None):
 def test_cli_tune_bench_and_algorithm(tmp_path):
     spec = tmp_path / "net.cnn"
     spec.write_text(SMALL)
-    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "CNNC_ALGORITHM": "auto"}
-    from cnnc.runtime.backends.cpu import _cache_dir
+    from cnnc.runtime.backends.cpu.kernel_cache import kernel_cache_dir
 
-    fresh = {  # an empty tuning cache, the compiled kernels of this process
-        **env,
-        "XDG_CACHE_HOME": str(tmp_path / "fresh"),
-        "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR") or str(_cache_dir()),
+    env = {  # an empty tuning cache, the compiled kernels of this process
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "CNNC_ALGORITHM": "auto",
+        "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR") or str(kernel_cache_dir()),
     }
+    fresh = {**env, "XDG_CACHE_HOME": str(tmp_path / "fresh")}
     plain = _cnnc("run", str(spec), env=fresh)
     assert plain.returncode == 0, plain.stderr
     assert "measuring" not in plain.stderr and not (tmp_path / "fresh" / "cnnc").exists()
@@ -303,10 +303,18 @@ def test_cli_tune_bench_and_algorithm(tmp_path):
     assert forced.returncode == 0 and "2/2" in forced.stderr and "3/" not in forced.stderr
     bench = _cnnc("bench", str(spec), "--repeat", "2", env=env)
     assert bench.returncode == 0, bench.stderr
-    assert "algorithm" in bench.stdout and (
-        "winograd F" in bench.stdout or "direct" in bench.stdout or "own " in bench.stdout
+    assert "tuning" not in bench.stderr  # read from the cache: each conv row names its choice
+    (cache_file,) = (tmp_path / "cache" / "cnnc" / "tune").glob("*.json")
+    cached = json.loads(cache_file.read_text())["choices"]
+    labels = sorted(
+        autotune.Choice(e["algorithm"], e["a"], e["b"], e.get("c", 1)).label()
+        for key, e in cached.items()
+        if not key.startswith("machine:")
     )
-    assert "tuning" not in bench.stderr  # read from the cache
+    assert len(labels) == 2, cached
+    rows = [line.rstrip() for line in bench.stdout.splitlines() if " conv " in line]
+    assert "algorithm" in bench.stdout and len(rows) == 2, bench.stdout
+    assert sorted(label for row in rows for label in set(labels) if row.endswith(label)) == labels
     direct = _cnnc("bench", str(spec), "--repeat", "1", "--algorithm", "direct", env=env)
     assert direct.returncode == 0 and "winograd" not in direct.stdout
     bad = _cnnc("run", str(spec), "--algorithm", "fast", env=env)
