@@ -168,6 +168,23 @@ def test_resnet18_within_1e4_of_torch(torch, algorithm):
     assert cnnc.run(net, inputs, weights, algorithm="direct")[key].shape == want[key].shape
 
 
+def test_the_suite_runs_the_default_policy_on_an_empty_tuning_cache(own_cache):
+    """conftest: every test runs `auto`, as users do, on a tuning cache of its own (empty:
+    neither the developer's measured choices nor an earlier test's), with the developer's
+    compiled kernels; a run of a network with layers worth tuning writes nothing there."""
+    from cnnc.runtime.backends import resolve_algorithm
+    from cnnc.runtime.backends.cpu import CpuBackend
+    from cnnc.runtime.backends.cpu.kernel_cache import kernel_cache_dir
+
+    assert resolve_algorithm(None) == "auto"
+    cache = CpuBackend().tune_cache()
+    assert cache.path.is_relative_to(own_cache) and not cache.entries
+    assert kernel_cache_dir().resolve().parent == (own_cache / "cnnc" / "numba").resolve()
+    net = cnnc.load(SMALL)
+    assert cnnc.run(net, {"x": np.zeros((1, 32, 56, 56), np.float32)})
+    assert not cache.path.exists()
+
+
 def test_tuning_is_measured_once_and_cached(tmp_path, monkeypatch):
     """The first session measures each large layer and writes the cache; the next reads it
     back and measures nothing; a cache of another machine key is not used."""
