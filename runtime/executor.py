@@ -50,15 +50,16 @@ class Executor:
         b = self.backend
         for name, vid in self.plan.inputs.items():
             b.nchw_to_runtime(inputs[name], self.view(vid))
-        for step, arrays, ins, res, out in self.bound:
-            if timings is None:
-                b.run_step(step, arrays, ins, res, out, self.work)
-            else:
-                b.synchronize()
-                t0 = time.perf_counter()
-                b.run_step(step, arrays, ins, res, out, self.work)
-                b.synchronize()
-                timings.append(time.perf_counter() - t0)
+        with b.running():  # the backend's process settings, for this pass only
+            for step, arrays, ins, res, out in self.bound:
+                if timings is None:
+                    b.run_step(step, arrays, ins, res, out, self.work)
+                else:
+                    b.synchronize()
+                    t0 = time.perf_counter()
+                    b.run_step(step, arrays, ins, res, out, self.work)
+                    b.synchronize()
+                    timings.append(time.perf_counter() - t0)
         return {
             name: b.runtime_to_nchw(b.to_host(self.view(vid)))
             for name, vid in self.plan.outputs.items()

@@ -128,11 +128,17 @@ def test_both_loop_orders_agree(torch):
 
 
 def test_vector_width_follows_the_target():
-    """16 lanes where AVX-512 code may be generated, 8 under an AVX2-only target."""
-    features = os.environ.get("NUMBA_CPU_FEATURES")
-    if features:
-        assert microkernel.LANES == (16 if "+avx512f" in features.split(",") else 8)
-    assert microkernel.NR == microkernel.LANES * microkernel.NV
+    """16 lanes where AVX-512 code may be generated (the target Numba compiles for: the
+    host's features unless NUMBA_CPU_FEATURES names others), 8 under an AVX2-only target;
+    and the tile fits the register file it targets (32 vector registers with AVX-512, 16
+    with AVX2): MR x NV accumulators, NV weight vectors and one broadcast input."""
+    import llvmlite.binding as llvm
+
+    features = os.environ.get("NUMBA_CPU_FEATURES") or llvm.get_host_cpu_features().flatten()
+    avx512 = "+avx512f" in features.split(",")
+    assert microkernel.LANES == (16 if avx512 else 8)
+    registers = 32 if avx512 else 16
+    assert microkernel.MR * microkernel.NV + microkernel.NV + 1 <= registers
 
 
 def test_resnet18_on_the_micro_kernel_alone(torch, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 
@@ -13,10 +14,24 @@ from conftest import SPECS
 LENET = str(SPECS / "lenet5.cnn")
 
 
-def test_run_prints_shapes_statistics_and_top5(capsys):
-    assert main(["run", LENET, "--seed", "3"]) == 0
+def test_run_prints_shapes_statistics_and_top5(tmp_path, capsys):
+    """The printed statistics and top-5 are those of the output it saves (LeNet ends in a
+    softmax, so any output has mean 0.1: the test reads the numbers, not the words)."""
+    saved = tmp_path / "out.npy"
+    assert main(["run", LENET, "--seed", "3", "--batch", "2", "--out", str(saved)]) == 0
     out = capsys.readouterr().out
-    assert "out: shape 1x10" in out and "mean 0.1" in out and "top-5:" in out
+    y = np.load(saved)
+    assert y.shape == (2, 10)
+    np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-5)  # a softmax per sample
+    stats = re.search(r"out: shape 2x10  min (\S+)  max (\S+)  mean (\S+)  std (\S+)", out)
+    assert stats, out
+    printed = [float(v) for v in stats.groups()]
+    np.testing.assert_allclose(printed, [y.min(), y.max(), y.mean(), y.std()], rtol=1e-5)
+    for n in range(2):
+        ranked = re.search(rf"sample {n} top-5: (.*)", out).group(1)
+        shown = [(int(i), float(v)) for i, v in re.findall(r"(\d+) \((\S+)\)", ranked)]
+        assert [i for i, _ in shown] == list(np.argsort(-y[n], kind="stable")[:5])
+        np.testing.assert_allclose([v for _, v in shown], np.sort(y[n])[::-1][:5], rtol=1e-3)
 
 
 def test_run_is_deterministic_and_saves_outputs_and_weights(tmp_path, capsys):

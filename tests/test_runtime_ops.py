@@ -18,7 +18,11 @@ RTOL = ATOL = 2e-4  # float32 sums of a few hundred terms
 CASES = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 
 
-def compare(torch, spec: str, batch: int = 2, seed: int = 0, spread: float = 1.0):
+def compare(torch, spec: str, batch: int = 2, seed: int = 0, spread: float = 1.0) -> bool:
+    """Run ``spec`` optimised and plain against torch (assertions inside); False, running
+    nothing, where the checker rejects it. Callers assert the result: random configurations
+    compare it with their own reading of PyTorch's rules (``fits``), so that a checker that
+    rejected valid layers, or accepted invalid ones, fails the test."""
     result = cnnc.check(spec)
     if not result.ok:
         return False  # an invalid random configuration: the checker rejected it cleanly
@@ -48,6 +52,49 @@ def net(stage: str, shape: str) -> str:
     return f"network t(x: {shape}) {{\n  return x | {stage}\n}}\n"
 
 
+def fits(size: int, k: int, p: int = 0, d: int = 1) -> bool:
+    """PyTorch's rule for a window along one side: the dilated kernel fits the padded input."""
+    return size + 2 * p >= d * (k - 1) + 1
+
+
+def pooled(n: int, k: int, s: int, p: int, d: int, ceil: bool) -> int:
+    """PyTorch's pooled size (``pooling_output_shape``): with ``ceil``, a last partial window
+    counts if it starts inside the input or its left padding."""
+    out = (n + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil else 0)) // s + 1
+    return out - 1 if ceil and (out - 1) * s >= n + p else out
+
+
+def pair(v) -> tuple:
+    return v if isinstance(v, tuple) else (v, v)
+
+
+def compared(torch, spec: str, valid: bool, batch: int = 2) -> None:
+    """Compare a random configuration that PyTorch's rules call ``valid`` (or not): the
+    checker must agree, and only valid ones count as examples."""
+    assert compare(torch, spec, batch) == valid, (
+        f"the checker disagrees with torch's rules on\n{spec}"
+    )
+    assume(valid)
+
+
+def test_the_harness_fails_on_a_wrong_reference_or_a_wrong_rejection(torch, monkeypatch):
+    """``compare`` fails when the reference is off by a little, and ``compared`` fails when
+    the checker rejects a layer that PyTorch's rules accept (or accepts one they reject)."""
+    spec = net("conv(4, k=3, p=1) | relu", "2x5x5")
+    assert compare(torch, spec)
+    right = torch_reference.REFERENCE["conv"]
+    monkeypatch.setitem(
+        torch_reference.REFERENCE, "conv", lambda F, xs, a, w: right(F, xs, a, w) + 1e-3
+    )
+    with pytest.raises(AssertionError, match="Not equal to tolerance"):
+        compare(torch, spec)
+    monkeypatch.undo()
+    with pytest.raises(AssertionError, match="disagrees"):
+        compared(torch, net("conv(4, k=7)", "2x5x5"), valid=True)
+    with pytest.raises(AssertionError, match="disagrees"):
+        compared(torch, spec, valid=False)
+
+
 sizes = st.integers(1, 9)
 pairs = st.one_of(st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3)))
 
@@ -75,7 +122,7 @@ def test_conv(torch, cg, h, w, kh, kw, s, p, d, g, bias, tail, batch):
         f"bias={'true' if bias else 'false'}){tail}",
         f"{cg * g}x{h}x{w}",
     )
-    compare(torch, spec, batch)
+    compared(torch, spec, fits(h, kh, p, d) and fits(w, kw, p, d), batch)
 
 
 @CASES
@@ -89,9 +136,8 @@ def test_conv(torch, cg, h, w, kh, kw, s, p, d, g, bias, tail, batch):
     sizes,
 )
 def test_depthwise(torch, k, s, p, d, m, h, w):
-    assume(
-        compare(torch, net(f"dwconv(k={k}, s={s}, p={p}, d={d}, m={m}) | bn | relu", f"3x{h}x{w}"))
-    )
+    spec = net(f"dwconv(k={k}, s={s}, p={p}, d={d}, m={m}) | bn | relu", f"3x{h}x{w}")
+    compared(torch, spec, fits(h, k, p, d) and fits(w, k, p, d))
 
 
 def test_conv_same_padding_and_large_tiles(torch):
@@ -116,10 +162,11 @@ def test_conv_same_padding_and_large_tiles(torch):
 )
 def test_convt(torch, c, h, w, k, s, p, op, d, g):
     op = min(op, max(s, d) - 1)
-    compare(
-        torch,
-        net(f"convt({2 * g}, k={k}, s={s}, p={p}, op={op}, d={d}, g={g}) | bn", f"{c * g}x{h}x{w}"),
+    spec = net(
+        f"convt({2 * g}, k={k}, s={s}, p={p}, op={op}, d={d}, g={g}) | bn", f"{c * g}x{h}x{w}"
     )
+    # PyTorch's output size, (n - 1) s - 2p + d (k - 1) + op + 1, must be at least one pixel
+    compared(torch, spec, all((n - 1) * s - 2 * p + d * (k - 1) + op >= 0 for n in (h, w)))
 
 
 @CASES
@@ -136,12 +183,15 @@ def test_convt(torch, c, h, w, k, s, p, op, d, g):
 )
 def test_pooling(torch, op, h, w, k, s, p, ceil, count_pad, d):
     extra = f"d={d}" if op == "maxpool" else f"count_pad={'true' if count_pad else 'false'}"
-    compare(
-        torch,
-        net(
-            f"{op}(k={k}, s={s}, p={p}, ceil={'true' if ceil else 'false'}, {extra})", f"3x{h}x{w}"
-        ),
+    spec = net(
+        f"{op}(k={k}, s={s}, p={p}, ceil={'true' if ceil else 'false'}, {extra})", f"3x{h}x{w}"
     )
+    d = d if op == "maxpool" else 1
+    valid = all(
+        p <= kk // 2 and pooled(n, kk, ss, p, d, ceil) >= 1
+        for n, kk, ss in zip((h, w), pair(k), pair(s))
+    )
+    compared(torch, spec, valid)
 
 
 @pytest.mark.parametrize(
@@ -281,7 +331,10 @@ def test_resize(torch, h, w, ho, wo, mode, c):
     st.sampled_from(["zeros", "reflect", "replicate"]),
 )
 def test_pad(torch, h, w, p, mode):
-    compare(torch, net(f"pad({p}, mode={mode})", f"3x{h}x{w}"))
+    top, bottom, left, right = p
+    # PyTorch: reflect padding smaller than the side it mirrors
+    valid = mode != "reflect" or (max(top, bottom) < h and max(left, right) < w)
+    compared(torch, net(f"pad({p}, mode={mode})", f"3x{h}x{w}"), valid)
 
 
 @CASES

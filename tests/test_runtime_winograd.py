@@ -21,7 +21,7 @@ import cnnc
 import torch_reference
 from cnnc.compiler.ops import OPS
 from cnnc.runtime.backends.cpu import autotune, winograd
-from conftest import ROOT, SPECS
+from conftest import ROOT, SPECS, run_counts
 
 ACTS = ["none", "relu", "leaky_relu", "sigmoid"]
 
@@ -168,6 +168,23 @@ def test_resnet18_within_1e4_of_torch(torch, algorithm):
     assert cnnc.run(net, inputs, weights, algorithm="direct")[key].shape == want[key].shape
 
 
+def test_the_suite_runs_the_default_policy_on_an_empty_tuning_cache(own_cache):
+    """conftest: every test runs `auto`, as users do, on a tuning cache of its own (empty:
+    neither the developer's measured choices nor an earlier test's), with the developer's
+    compiled kernels; a run of a network with layers worth tuning writes nothing there."""
+    from cnnc.runtime.backends import resolve_algorithm
+    from cnnc.runtime.backends.cpu import CpuBackend
+    from cnnc.runtime.backends.cpu.kernel_cache import kernel_cache_dir
+
+    assert resolve_algorithm(None) == "auto"
+    cache = CpuBackend().tune_cache()
+    assert cache.path.is_relative_to(own_cache) and not cache.entries
+    assert kernel_cache_dir().resolve().parent == (own_cache / "cnnc" / "numba").resolve()
+    net = cnnc.load(SMALL)
+    assert cnnc.run(net, {"x": np.zeros((1, 32, 56, 56), np.float32)})
+    assert not cache.path.exists()
+
+
 def test_tuning_is_measured_once_and_cached(tmp_path, monkeypatch):
     """The first session measures each large layer and writes the cache; the next reads it
     back and measures nothing; a cache of another machine key is not used."""
@@ -281,14 +298,14 @@ def _cnnc(*args, env=None):
 def test_cli_tune_bench_and_algorithm(tmp_path):
     spec = tmp_path / "net.cnn"
     spec.write_text(SMALL)
-    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "CNNC_ALGORITHM": "auto"}
-    from cnnc.runtime.backends.cpu import _cache_dir
+    from cnnc.runtime.backends.cpu.kernel_cache import kernel_cache_dir
 
-    fresh = {  # an empty tuning cache, the compiled kernels of this process
-        **env,
-        "XDG_CACHE_HOME": str(tmp_path / "fresh"),
-        "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR") or str(_cache_dir()),
+    env = {  # an empty tuning cache, the compiled kernels of this process
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "CNNC_ALGORITHM": "auto",
+        "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR") or str(kernel_cache_dir()),
     }
+    fresh = {**env, "XDG_CACHE_HOME": str(tmp_path / "fresh")}
     plain = _cnnc("run", str(spec), env=fresh)
     assert plain.returncode == 0, plain.stderr
     assert "measuring" not in plain.stderr and not (tmp_path / "fresh" / "cnnc").exists()
@@ -303,10 +320,18 @@ def test_cli_tune_bench_and_algorithm(tmp_path):
     assert forced.returncode == 0 and "2/2" in forced.stderr and "3/" not in forced.stderr
     bench = _cnnc("bench", str(spec), "--repeat", "2", env=env)
     assert bench.returncode == 0, bench.stderr
-    assert "algorithm" in bench.stdout and (
-        "winograd F" in bench.stdout or "direct" in bench.stdout or "own " in bench.stdout
+    assert "tuning" not in bench.stderr  # read from the cache: each conv row names its choice
+    (cache_file,) = (tmp_path / "cache" / "cnnc" / "tune").glob("*.json")
+    cached = json.loads(cache_file.read_text())["choices"]
+    labels = sorted(
+        autotune.Choice(e["algorithm"], e["a"], e["b"], e.get("c", 1)).label()
+        for key, e in cached.items()
+        if not key.startswith("machine:")
     )
-    assert "tuning" not in bench.stderr  # read from the cache
+    assert len(labels) == 2, cached
+    rows = [line.rstrip() for line in bench.stdout.splitlines() if " conv " in line]
+    assert "algorithm" in bench.stdout and len(rows) == 2, bench.stdout
+    assert sorted(label for row in rows for label in set(labels) if row.endswith(label)) == labels
     direct = _cnnc("bench", str(spec), "--repeat", "1", "--algorithm", "direct", env=env)
     assert direct.returncode == 0 and "winograd" not in direct.stdout
     bad = _cnnc("run", str(spec), "--algorithm", "fast", env=env)
@@ -339,4 +364,4 @@ def test_kernels_under_avx2_code_generation():
         env={**os.environ, **AVX2},
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert "28 passed" in out.stdout
+    assert run_counts(out.stdout) == {"passed": 28}, out.stdout[-3000:]

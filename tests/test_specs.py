@@ -44,7 +44,11 @@ def test_every_spec_checks_cleanly(path):
     assert result.ok, "\n".join(d.format() for d in result.diagnostics)
     assert result.networks, f"{path.name} defines no network"
     for net in result.networks:
-        assert net.total_params >= 0 and net.layers
+        # every network of the library learns something, computes something, and no layer
+        # has an empty side
+        assert net.layers and net.total_params > 0 and net.total_macs > 0, net.name
+        empty = [layer.name for layer in net.layers if min(layer.shape, default=1) < 1]
+        assert not empty, f"{net.name}: layers with an empty side: {empty[:5]}"
 
 
 @pytest.mark.parametrize("key", sorted(PUBLISHED), ids=lambda k: k[1])

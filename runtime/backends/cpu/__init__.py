@@ -1,91 +1,65 @@
 """The CPU backend: Numba kernels, one thread pool, per-thread scratch kept across calls.
 
-Kernels compile on first use and are cached on disk in the user's cache directory
-(``$XDG_CACHE_HOME/cnnc/numba``, or ``NUMBA_CACHE_DIR`` when set), under a key made of cnnc's
-version and a digest of this backend's sources: Numba invalidates a cached kernel only when
-its own file changes, not when a function it calls from another file does.
+Kernels compile on first use and are cached on disk in cnnc's own cache folder
+(kernel_cache.py). Importing the backend changes nothing else in the host process: the
+OpenMP spin count and BLAS's thread count are set only around cnnc's own work (see
+``start_threads`` and ``blas.single_threaded``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
+from .kernel_cache import (
+    cache_root,
+    install_locator,
+    kernels_compiled,  # noqa: F401 (the command line asks before a first run)
+    sources_digest,
+)
 
 #: How long an idle OpenMP thread spins before it sleeps (libgomp's count, about 0.1-0.3 ms
 #: here): long enough to span the gap between one layer and the next, short enough that a
 #: process sharing the cores loses little.
 SPIN_COUNT = 10_000
 
-
-def _wait_policy() -> None:
-    """Idle OpenMP threads spin briefly, then sleep. Waking a sleeping thread costs 40-90 us
-    in these VMs: MobileNetV2 has about 55 parallel regions, and took 13-14 ms with threads
-    that sleep at once (OMP_WAIT_POLICY=PASSIVE, the setting before) against 8.5-9.8 ms
-    spinning (2 threads, quiet machine). Spinning threads take a core from a process beside
-    them, so the spin is short: with one core busy elsewhere, ResNet-18 took 46 ms passive,
-    59 spinning 10 000 times and 139 spinning 100 000 times (libgomp's own default is
-    300 000). The user's OMP_WAIT_POLICY or GOMP_SPINCOUNT wins; on a machine shared with
-    other work, OMP_WAIT_POLICY=PASSIVE is the better setting."""
-    if os.environ.get("OMP_WAIT_POLICY") or os.environ.get("GOMP_SPINCOUNT"):
-        return
-    os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
+_threads_started = False
 
 
-_wait_policy()
+def start_threads() -> int:
+    """Numba's thread pool, started with idle OpenMP threads that spin briefly, then sleep;
+    returns its thread count.
 
+    Waking a sleeping thread costs 40-90 us in these VMs: MobileNetV2 has about 55 parallel
+    regions, and took 13-14 ms with threads that sleep at once (OMP_WAIT_POLICY=PASSIVE, the
+    setting before) against 8.5-9.8 ms spinning (2 threads, quiet machine). Spinning threads
+    take a core from a process beside them, so the spin is short: with one core busy
+    elsewhere, ResNet-18 took 46 ms passive, 59 spinning 10 000 times and 139 spinning
+    100 000 times (libgomp's own default is 300 000). The user's OMP_WAIT_POLICY or
+    GOMP_SPINCOUNT wins; on a machine shared with other work, OMP_WAIT_POLICY=PASSIVE is the
+    better setting.
 
-def _sources_digest() -> str:
-    digest = hashlib.sha256()
-    for path in sorted(
-        (
-            *HERE.glob("*.py"),
-            *HERE.parent.glob("*.py"),
-            HERE.parents[2] / "compiler" / "ops" / "elementwise.py",
-        )
-    ):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnnc"
-
-
-def _cache_dir() -> Path:
-    return _cache_root() / "numba" / _sources_digest()
-
-
-def kernels_compiled() -> bool:
-    """Whether this version's kernels were compiled before (Numba's on-disk index files)."""
-    directory = Path(os.environ.get("NUMBA_CACHE_DIR") or _cache_dir())
-    try:
-        return any(directory.rglob("*.nbi"))
-    except OSError:
-        return False
-
-
-def _configure_cache():
-    """Point Numba's cache at the user's cache directory, before any kernel is defined."""
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return
+    libgomp reads GOMP_SPINCOUNT once, when it is loaded, which starting the pool does: the
+    variable is in ``os.environ`` only for that moment, so the host process and its children
+    never see it. If the process had loaded libgomp before, the setting has no effect."""
+    global _threads_started
     import numba
 
-    path = _cache_dir()
+    if _threads_started or os.environ.get("OMP_WAIT_POLICY") or os.environ.get("GOMP_SPINCOUNT"):
+        _threads_started = True
+        return numba.get_num_threads()
+    os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return  # Numba's default (beside the sources, or none) still works
-    numba.config.CACHE_DIR = str(path)
+        return numba.get_num_threads()  # loads the threading layer (and libgomp with it)
+    finally:
+        del os.environ["GOMP_SPINCOUNT"]
+        _threads_started = True
 
 
-_configure_cache()
+install_locator()  # before any kernel is defined
 
-from . import conv, depthwise, elementwise, layout, norm, pool  # noqa: E402,F401 (register kernels)
+from . import blas, conv, depthwise, elementwise, layout, norm, pool  # noqa: E402,F401 (kernels)
 from .autotune import ALGORITHMS, TuneCache, machine_key  # noqa: E402
 from .table import GRADS, KERNELS  # noqa: E402
 
@@ -98,11 +72,9 @@ class CpuBackend:
     grads = GRADS
 
     def __init__(self, algorithm: str = "auto", tune: bool = False):
-        import numba
-
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}")
-        self.threads = numba.get_num_threads()
+        self.threads = start_threads()
         #: "auto" (the cached choice per layer), "direct" (exact: no Winograd), "winograd"
         self.algorithm = algorithm
         #: measure layers that have no cached choice (else tiling.py's default, measuring none:
@@ -152,8 +124,8 @@ class CpuBackend:
 
     def tune_cache(self) -> TuneCache:
         if self._tune_cache is None:
-            key = machine_key(self.threads, _sources_digest())
-            self._tune_cache = TuneCache(_cache_root() / "tune", key)
+            key = machine_key(self.threads, sources_digest())
+            self._tune_cache = TuneCache(cache_root() / "tune", key)
         return self._tune_cache
 
     def pending_tuning(self, plan, batch: int, force: bool = False) -> set:
@@ -217,6 +189,10 @@ class CpuBackend:
         except ValueError:  # no parallel region has run yet
             layer = "not started"
         return {"threads": self.threads, "threading_layer": layer, "algorithm": self.algorithm}
+
+    def running(self):
+        """The context of a pass: cnnc's BLAS calls run on one thread (blas.single_threaded)."""
+        return blas.single_threaded()
 
     def run_step(self, step, arrays, ins, res, out, work):
         self.kernels[step.kernel](self, step, arrays, ins, res, out, work)

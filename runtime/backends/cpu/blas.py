@@ -3,23 +3,22 @@
 The symbol is registered with llvmlite and declared as a ``numba.types.ExternalFunction``, so
 kernels that call it stay cacheable (``cache=True``), unlike kernels holding a ctypes pointer.
 Explicit leading dimensions let one call write into a column block of a wider matrix, and
-``beta`` lets calls accumulate. BLAS runs single-threaded: the parallelism is Numba's ``prange``
-over tiles, one thread pool for the whole runtime (see PERFORMANCE-NOTES).
+``beta`` lets calls accumulate. BLAS runs single-threaded during cnnc's passes
+(``single_threaded``): the parallelism is Numba's ``prange`` over tiles, one thread pool for the
+whole runtime (see docs/performance.md).
 """
 
 from __future__ import annotations
 
-import os
+import ctypes
+import importlib.util
+import threading
+from contextlib import contextmanager
+from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-import ctypes  # noqa: E402
-import importlib.util  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import llvmlite.binding as llvm  # noqa: E402
-import numpy as np  # noqa: E402
-from numba import njit, types  # noqa: E402
+import llvmlite.binding as llvm
+import numpy as np
+from numba import njit, types
 
 
 def _openblas() -> ctypes.CDLL | None:
@@ -37,24 +36,58 @@ def _openblas() -> ctypes.CDLL | None:
     return None
 
 
-def _sgemm_address() -> int:
-    lib = _openblas()
-    if lib is not None:
-        for setter in ("scipy_openblas_set_num_threads", "openblas_set_num_threads"):
-            if hasattr(lib, setter):
-                # BLAS threads inside Numba's threads stall (measured: every conv took 8 ms,
-                # 4x too slow): the parallelism is prange's, BLAS runs single-threaded
-                getattr(lib, setter)(1)
-                break
-        if hasattr(lib, "scipy_sgemm_"):
-            return ctypes.cast(lib.scipy_sgemm_, ctypes.c_void_p).value
+def _thread_controls(lib: ctypes.CDLL | None) -> tuple:
+    """OpenBLAS's get and set of its thread count, or (None, None) where there are none."""
+    for prefix in ("scipy_openblas", "openblas") if lib is not None else ():
+        get, set_ = (getattr(lib, f"{prefix}_{verb}_num_threads", None) for verb in ("get", "set"))
+        if get is not None and set_ is not None:
+            return get, set_
+    return None, None
+
+
+def _sgemm_address(lib: ctypes.CDLL | None) -> int:
+    if lib is not None and hasattr(lib, "scipy_sgemm_"):
+        return ctypes.cast(lib.scipy_sgemm_, ctypes.c_void_p).value
     # another SciPy build: the address cython_blas exports (imports scipy.linalg)
     from numba.extending import get_cython_function_address
 
     return get_cython_function_address("scipy.linalg.cython_blas", "sgemm")
 
 
-llvm.add_symbol("cnnc_sgemm", _sgemm_address())
+_LIB = _openblas()
+_GET_THREADS, _SET_THREADS = _thread_controls(_LIB)
+_lock = threading.Lock()
+_depth = 0  # passes in progress (threads, nested calls)
+_saved = 1  # the host's BLAS thread count, restored when the last pass ends
+
+
+@contextmanager
+def single_threaded():
+    """Run the enclosed work with SciPy's OpenBLAS on one thread, then give the process its
+    own setting back: BLAS threads inside Numba's threads stall (measured: every conv took
+    8 ms, 4x too slow), but an application's own SciPy calls keep their threads. The count
+    is process-wide while a pass runs (OpenBLAS has no per-call setting), so a SciPy call on
+    another thread of the host during a cnnc pass runs on one thread too."""
+    global _depth, _saved
+    if _SET_THREADS is None:
+        yield
+        return
+    with _lock:
+        if _depth == 0:
+            _saved = _GET_THREADS()
+            if _saved != 1:
+                _SET_THREADS(1)
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0 and _saved != 1:
+                _SET_THREADS(_saved)
+
+
+llvm.add_symbol("cnnc_sgemm", _sgemm_address(_LIB))
 
 #: OpenBLAS (0.3.x, AVX-512 cores) computes a GEMM with m*n*k up to 1e6 with its "small
 #: matrix" kernels, which skip packing: 110-117 GFLOP/s on one core here for every such shape

@@ -8,15 +8,11 @@ Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) and compile them for sm_90 with
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from ....compiler import ResourceError, error
-
-# numba-cuda 0.30 registers an overload of np.row_stack when it first compiles a kernel, and
-# NumPy 2.5 removed that alias of vstack: every kernel then failed with AttributeError (seen
-# on an H200 machine with numpy 2.5.2). Restore the alias, for numba-cuda only to find.
-if not hasattr(np, "row_stack"):
-    np.row_stack = np.vstack
 
 try:
     from numba import cuda
@@ -24,6 +20,30 @@ except ImportError as exc:  # numba-cuda missing
     raise ResourceError(
         error(f"--device cuda needs numba-cuda ({exc})", hint="pip install 'cnnc[cuda]'")
     ) from None
+
+
+def _register_array_overloads() -> None:
+    """Load numba-cuda's NumPy array overloads now, lending NumPy 2.5's missing alias
+    ``np.row_stack`` for that moment only.
+
+    numba-cuda 0.30 registers an overload of ``np.row_stack`` when that module is imported, on
+    the first kernel compile; NumPy 2.5 removed the alias of ``vstack``, and every kernel then
+    failed with AttributeError (seen on an H200 machine with numpy 2.5.2). Once registered,
+    the overload holds ``np.vstack`` itself, so the alias is taken away again: the host's
+    NumPy stays as it was."""
+    lent = not hasattr(np, "row_stack")
+    if lent:
+        np.row_stack = np.vstack
+    try:
+        import numba.cuda.np.arrayobj  # noqa: F401
+    except ImportError:  # another numba-cuda layout: nothing of this to register
+        pass
+    finally:
+        if lent:
+            del np.row_stack
+
+
+_register_array_overloads()
 
 from . import conv, elementwise, layout, norm, pool  # noqa: E402,F401 (register kernels)
 from .launch import KERNELS  # noqa: E402
@@ -82,6 +102,10 @@ class CudaBackend:
 
     def synchronize(self):
         cuda.synchronize()
+
+    def running(self):
+        """The context of a pass: nothing of the process to set on this backend."""
+        return contextlib.nullcontext()
 
     def describe(self) -> dict:
         try:
