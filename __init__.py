@@ -148,8 +148,9 @@ def run(
     a batch that cannot fit in memory raises :class:`ResourceError` before allocating).
     ``weights`` is a dict or an ``.npz`` path keyed ``LAYER.weight`` etc.; without it they are
     seeded (He for conv, Xavier for fc). ``algorithm`` picks the CPU's convolutions: ``auto``
-    (the choice cached per layer shape by ``cnnc tune``/``bench``, else the default tiling),
-    ``direct`` (the exact path) or ``winograd``; the default is ``$CNNC_ALGORITHM`` or
+    (the choice cached per layer shape by ``cnnc tune``/``bench``, else cnnc's own
+    micro-kernel for ungrouped convolutions, tiled GEMMs through BLAS for grouped ones),
+    ``direct`` (never Winograd) or ``winograd``; the default is ``$CNNC_ALGORITHM`` or
     ``auto``. ``tune`` measures the layers the cache lacks (default ``$CNNC_TUNE``, off).
     """
     from cnnc.runtime import memory

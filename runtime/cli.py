@@ -123,11 +123,29 @@ def run_command(net: Network, args) -> int:
 def bench_command(net: Network, args) -> int:
     if args.batch < 1 or args.repeat < 1:
         raise UsageError(error("--batch and --repeat must be at least 1"))
+    if not args.time_limit > 0:  # also NaN
+        raise UsageError(error("--time-limit must be a positive number of seconds"))
     session = Session.create(  # timing anyway: measure what the cache lacks too
         net, None, device=args.device, batch=args.batch, algorithm=args.algorithm, tune=True
     )
     _say_what_happens(session, args.batch)
-    info = session.bench(args.batch, args.repeat)
+
+    def say_how_long(seconds: float):
+        if seconds > args.time_limit:
+            print(
+                f"cnnc: {args.repeat:,} passes would take about {duration(seconds)}; timing "
+                f"stops after {duration(args.time_limit)} (--time-limit)",
+                file=sys.stderr,
+                flush=True,
+            )
+        elif seconds > 5:
+            print(
+                f"cnnc: timing {args.repeat:,} passes, about {duration(seconds)}", file=sys.stderr
+            )
+
+    info = session.bench(
+        args.batch, args.repeat, budget_s=args.time_limit, on_estimate=say_how_long
+    )
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -162,6 +180,7 @@ def bench_command(net: Network, args) -> int:
     print(
         f"total       {info['median_ms']:.3f} ms median of {info['repeat']} "
         f"(min {info['min_ms']:.3f} ms), {info['gflops']:.1f} GFLOP/s"
+        + (f"; --time-limit reached before {args.repeat:,}" if info["stopped_early"] else "")
     )
     if "peak_gflops" in info:
         print(
@@ -181,6 +200,14 @@ def bench_command(net: Network, args) -> int:
         f"liveness (naive sum {_mib(info['naive_activation_bytes'])})"
     )
     return 0
+
+
+def duration(seconds: float) -> str:
+    """A wait in the unit a person reads it in: 40 s, 12 min, 5.0 h, 31 days, 32 years."""
+    for unit, size in (("years", 365 * 86400), ("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f} {unit}" if unit != "h" else f"{seconds / size:.1f} h"
+    return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
 
 
 def _mib(n: int) -> str:

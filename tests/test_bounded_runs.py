@@ -3,6 +3,7 @@ that are not regular files, and diagnostics for hostile sources (issue 21, secti
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -76,3 +77,93 @@ def test_ctrl_c_in_a_folder_run_prints_one_line(tmp_path):
     assert proc.returncode == 130, (stdout, stderr)
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines() == ["cnnc: interrupted"], stderr
+
+
+def test_bench_stops_at_its_time_limit_and_says_how_long_it_would_take(tmp_path, capsys):
+    spec = tmp_path / "p.cnn"
+    spec.write_text(SPEC)
+    argv = ["bench", str(spec), "--repeat", "1000000000", "--time-limit", "1"]
+    t0 = time.perf_counter()
+    assert main(argv) == 0
+    assert time.perf_counter() - t0 < 60
+    captured = capsys.readouterr()
+    assert "1,000,000,000 passes would take about" in captured.err
+    assert "timing stops after 1.0 s (--time-limit)" in captured.err
+    assert "--time-limit reached before 1,000,000,000" in captured.out
+    assert main([*argv, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["stopped_early"] is True and 1 <= info["repeat"] < 1_000_000_000
+    for bad in ("0", "-3", "nan"):
+        assert main(["bench", str(spec), "--time-limit", bad]) == 2
+        assert "--time-limit must be a positive number" in capsys.readouterr().err
+
+
+def test_folder_runs_name_every_entry_that_is_not_a_regular_file(tmp_path, capsys):
+    spec = tmp_path / "p.cnn"
+    spec.write_text(SPEC)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    np.save(folder / "good.npy", np.zeros((3, 16, 16), np.float32))
+    (folder / "dangling.npy").symlink_to(folder / "nowhere.npy")
+    (folder / "loop.npy").symlink_to(folder / "loop.npy")
+    os.mkfifo(folder / "fifo.npy")
+    (folder / "zero.npy").symlink_to("/dev/zero")
+    (folder / "dir.npy").mkdir()
+    (folder / "notes.txt").write_text("not an input")
+    argv = ["run", str(spec), "--input", str(folder), "--out", str(tmp_path / "out")]
+    assert main(argv) == 1  # never blocks on the FIFO nor reads /dev/zero
+    captured = capsys.readouterr()
+    assert "ran 1 of 6 inputs" in captured.out and "5 failed" in captured.out
+    for name, reason in [
+        ("dangling.npy", "a dangling symbolic link"),
+        ("loop.npy", "a symbolic link loop"),
+        ("fifo.npy", "a named pipe (FIFO)"),
+        ("zero.npy", "a device"),
+        ("dir.npy", "a directory"),
+    ]:
+        assert f"{folder / name}: not an input file: it is {reason}" in captured.err
+    assert "notes.txt" not in captured.err
+    assert (tmp_path / "out" / "good.npy").exists()
+    (folder / "good.npy").unlink()
+    assert main([*argv[:2], "--input", str(folder / "*.npy"), *argv[4:]]) == 1
+    err = capsys.readouterr().err
+    assert "no .npy" in err and "'" + str(folder / "fifo.npy") + "' is a named pipe" in err
+
+
+def test_diagnostics_escape_control_characters_in_quoted_source(tmp_path, capsys):
+    spec = tmp_path / "esc.cnn"
+    spec.write_text("network n(x: 3x8x8) {\n  return x | fc(2) # \x1b]0;title\x07 \u202eevil\n}\n")
+    assert main(["check", str(spec)]) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err
+    assert "\\x1b]0;title\\x07 \\u202eevil" in err
+    source, caret = err.splitlines()[1:3]
+    assert caret.index("^") == source.index("fc(2)")  # the caret still points at fc
+    bad = tmp_path / "bad.cnn"
+    bad.write_text("network n(x: 3x8x8) {\n  return x | \x1b[31m fc(2)\n}\n")
+    assert main(["check", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err
+    source, caret = err.splitlines()[1:3]
+    at = caret.index("^")
+    assert caret[at:].startswith("^~~~") and source[at : at + 4] == "\\x1b"
+
+
+def test_error_output_is_capped(tmp_path, capsys):
+    from cnnc.compiler.diagnostics import MAX_LINE, MAX_SHOWN
+
+    long = tmp_path / "long.cnn"
+    long.write_text("network n(x: 3x8x8) {\n  return x | " + "relu | " * 50_000 + "fc(2)\n}\n")
+    assert main(["check", str(long)]) == 1
+    err = capsys.readouterr().err
+    assert len(err) < 2_000 and max(len(line) for line in err.splitlines()) < MAX_LINE + 20
+    many = tmp_path / "many.cnn"
+    body = "".join(f"  a{i} = x | cnv(3)\n" for i in range(5_000))
+    many.write_text(f"network n(x: 3x8x8) {{\n{body}  return x\n}}\n")
+    assert main(["check", str(many)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("error: unknown op or block 'cnv'") == MAX_SHOWN
+    assert f"{5_000 - MAX_SHOWN:,} more diagnostics not shown (5,000 errors in all" in err
+    assert len(err) < 5_000
+    assert main(["check", str(many), "--json"]) == 1
+    assert len(json.loads(capsys.readouterr().out)["diagnostics"]) == 5_000

@@ -104,7 +104,7 @@ class CpuBackend:
         self.threads = numba.get_num_threads()
         #: "auto" (the cached choice per layer), "direct" (exact: no Winograd), "winograd"
         self.algorithm = algorithm
-        #: measure layers that have no cached choice (else tiling.py's default, measuring none:
+        #: measure layers that have no cached choice (else autotune.default_choice, measuring none:
         #: a first run on a new machine would spend seconds timing candidates)
         self.tune = tune
         self.retune = False  # measure again even where the cache has a choice

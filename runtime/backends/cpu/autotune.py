@@ -52,11 +52,11 @@ class Choice:
 
 
 def default_choice(x_shape, out_shape, geometry: dict, threads: int, algorithm: str) -> Choice:
-    """The choice without measuring: Winograd F(4x4) when forced and applicable; the own
-    micro-kernel for ungrouped layers; direct convolution through BLAS under tiling.py's
-    policy for grouped ones. Measured on one machine (ResNet and MobileNet shapes, 2 threads,
-    docs/performance.md) the micro-kernel beat the BLAS path on 20 of 21 shapes, and came
-    within 10-25% of the best Winograd on stride-1 3x3 layers: a guess that measuring
+    """The choice without measuring: Winograd F(4x4) when forced and applicable, else
+    cnnc's own micro-kernel for ungrouped convolutions, tiled GEMMs through BLAS for grouped
+    ones (under tiling.py's policy). Measured on one machine (ResNet and MobileNet shapes,
+    2 threads, docs/performance.md) the micro-kernel beat the BLAS path on 20 of 21 shapes,
+    and came within 10-25% of the best Winograd on stride-1 3x3 layers: a guess that measuring
     (``cnnc tune``, ``--tune``) replaces. Winograd is not a default because its kernel takes
     seconds to compile, which a first run on a fresh install should not pay."""
     if algorithm == "winograd" and winograd.applies(**_wino_args(geometry)):
