@@ -13,6 +13,7 @@ from __future__ import annotations
 
 # Absolute imports: the repository root is this package's folder, and test runners may import
 # this file directly from a checkout; `cnnc.` then resolves to the installed package.
+from collections.abc import Mapping
 from pathlib import Path
 
 from cnnc.compiler.diagnostics import CnncError, DataError, Diagnostic, ResourceError, SpecError
@@ -144,8 +145,9 @@ def run(
     """Run a checked network; return ``{output name: array}`` in NCHW (or (N, C)).
 
     ``inputs`` maps input names to float arrays (batch, C, H, W) or one sample (C, H, W);
-    without it the inputs are seeded random data of ``batch`` samples (a positive integer;
-    a batch that cannot fit in memory raises :class:`ResourceError` before allocating).
+    a network with one input also takes the array itself. Without it the inputs are seeded
+    random data of ``batch`` samples (a positive integer; a batch that cannot fit in memory
+    raises :class:`ResourceError` before allocating).
     ``weights`` is a dict or an ``.npz`` path keyed ``LAYER.weight`` etc.; without it they are
     seeded (He for conv, Xavier for fc). ``algorithm`` picks the CPU's convolutions: ``auto``
     (the choice cached per layer shape by ``cnnc tune``/``bench``, else cnnc's own
@@ -162,6 +164,7 @@ def run(
         memory.check_fits(network, batch)  # before the random inputs are drawn
         inputs = random_inputs(network, batch, seed)
     else:
+        inputs = _named_inputs(network, inputs)
         inputs = {
             name: as_input(x, name, network.inputs[name].shape) if name in network.inputs else x
             for name, x in inputs.items()
@@ -178,6 +181,24 @@ def run(
         tune=tune,
     )
     return session.run(inputs)
+
+
+def _named_inputs(network: Network, inputs) -> dict:
+    """``inputs`` as a dict by input name: a mapping as it is, a bare array for the network's
+    only input."""
+    if isinstance(inputs, Mapping):
+        return dict(inputs)
+    names = list(network.inputs)
+    if len(names) != 1:
+        raise DataError(
+            Diagnostic(
+                "error",
+                f"network '{network.name}' has {len(names)} inputs ({', '.join(names)}); "
+                "pass inputs as a dict of arrays by name",
+                hint=f"cnnc.run(net, {{{', '.join(f'{n!r}: ...' for n in names)}}})",
+            )
+        )
+    return {names[0]: inputs}
 
 
 def export_onnx(

@@ -194,8 +194,8 @@ class Elaborator:
                         self.fail(
                             frame,
                             param.pos,
-                            f"--set {param.name}={overrides[param.name]}: '{param.name}' is "
-                            f"{kind} (default {default})",
+                            f"network parameter {param.name}={overrides[param.name]}: "
+                            f"'{param.name}' is {kind} (default {default})",
                         )
             except _Fail as f:
                 self.report(f.diagnostic)

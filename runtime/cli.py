@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,32 +15,40 @@ from . import weights as weights_io
 from .session import Session
 
 
-def _say_what_happens(session: Session, batch: int):
-    """One line on stderr before a first run compiles the kernels, and before a layer's
-    algorithms are measured: both take seconds once, then come from the cache."""
-    if session.device != "cpu":
-        return
-    from .backends.cpu import kernels_compiled
+@contextmanager
+def telling_what_happens(session: Session, batch: int):
+    """Lines on stderr for the waits of a first pass: kernels compiled (once per machine and
+    cnnc version, then loaded from the cache) and convolution algorithms measured (once per
+    layer shape, with a line per layer)."""
+    from .progress import announce_compiling
+    from .tune import ProgressBar
 
-    if not kernels_compiled():
+    compiling = (
+        "cnnc: compiling the CPU kernels this network needs (first run on this machine; "
+        "later runs load them from the cache)..."
+        if session.device == "cpu"
+        else f"cnnc: compiling the {session.device.upper()} kernels this network needs..."
+    )
+    backend = session._executor(batch).backend if session.device == "cpu" else None
+    pending = backend.pending_tuning(session.plan, batch) if backend and backend.tune else ()
+    bar = None
+    if pending:
         print(
-            "cnnc: compiling the CPU kernels for this machine (once; later runs load them "
-            "from the cache)",
+            f"cnnc: measuring the fastest algorithm for {len(pending)} convolution shape"
+            f"{'s' if len(pending) != 1 else ''} on this machine (once; `cnnc tune FILE` does "
+            "it ahead of time)",
             file=sys.stderr,
             flush=True,
         )
-    backend = session._executor(batch).backend
-
-    def measuring(label: str):
-        print(
-            "cnnc: measuring which convolution algorithms are fastest on this machine (once "
-            "per layer shape; `cnnc tune FILE` does it ahead of time)",
-            file=sys.stderr,
-            flush=True,
-        )
-        backend.on_tune = None
-
-    backend.on_tune = measuring
+        bar = ProgressBar(len(pending))
+        backend.on_tune = bar.step
+    try:
+        with announce_compiling(compiling):
+            yield
+    finally:
+        if bar is not None:
+            bar.close()
+            backend.on_tune = None
 
 
 def run_command(net: Network, args) -> int:
@@ -88,8 +97,8 @@ def run_command(net: Network, args) -> int:
     )
     if args.save_weights:
         weights_io.save(session.weights, Path(args.save_weights))
-    _say_what_happens(session, batch)
-    outputs = session.run(inputs)
+    with telling_what_happens(session, batch):
+        outputs = session.run(inputs)
     plan = session.plan
     print(
         f"plan: {len(plan.steps)} steps for {len(net.layers)} layers, activation buffers "
@@ -128,7 +137,6 @@ def bench_command(net: Network, args) -> int:
     session = Session.create(  # timing anyway: measure what the cache lacks too
         net, None, device=args.device, batch=args.batch, algorithm=args.algorithm, tune=True
     )
-    _say_what_happens(session, args.batch)
 
     def say_how_long(seconds: float):
         if seconds > args.time_limit:
@@ -143,9 +151,10 @@ def bench_command(net: Network, args) -> int:
                 f"cnnc: timing {args.repeat:,} passes, about {duration(seconds)}", file=sys.stderr
             )
 
-    info = session.bench(
-        args.batch, args.repeat, budget_s=args.time_limit, on_estimate=say_how_long
-    )
+    with telling_what_happens(session, args.batch):
+        info = session.bench(
+            args.batch, args.repeat, budget_s=args.time_limit, on_estimate=say_how_long
+        )
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -219,8 +228,13 @@ def tune_command(net: Network, args) -> int:
 
     if args.batch < 1:
         raise DataError(error(f"--batch must be at least 1, got {args.batch}"))
+    from .progress import announce_compiling
+
     session = Session.create(net, None, batch=args.batch, tune=True)
-    rows = tune(session, args.batch, force=args.force)
+    with announce_compiling(
+        "cnnc: compiling the CPU kernels this network needs (first run on this machine)..."
+    ):
+        rows = tune(session, args.batch, force=args.force)
     backend = session._executor(args.batch).backend
     print(
         table(

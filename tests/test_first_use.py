@@ -5,8 +5,15 @@ obvious call."""
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import subprocess
+import sys
 
+import numpy as np
+import pytest
+
+import cnnc
 from cnnc.cli import DEFAULT_CONV, build_parser, main
 from conftest import ROOT, SPECS
 
@@ -60,3 +67,81 @@ def test_readme_help_and_code_describe_the_default_convolution_alike():
     assert DEFAULT_CONV in " ".join(autotune.default_choice.__doc__.split())
     run_help = " ".join(_subcommands(build_parser())["run"].format_help().split())
     assert DEFAULT_CONV in run_help
+
+
+def test_the_docs_cite_only_what_the_repository_holds_and_write_outside_it():
+    outside = "LANGUAGE" + ".md"  # the team's contract, not part of the repository
+    for path in [*ROOT.glob("*.md"), *ROOT.glob("docs/*.md"), *ROOT.rglob("*.py")]:
+        if "tests" not in path.relative_to(ROOT).parts:
+            assert outside not in path.read_text(), path
+    readme = (ROOT / "README.md").read_text()
+    commands = [line for line in readme.splitlines() if line.startswith("$ cnnc")]
+    writes = re.compile(r"(?:-o|--output|--out|--plot|--weights-out|--save-weights) (\S+)")
+    targets = [m for line in commands for m in writes.findall(line)]
+    assert targets and not [t for t in targets if t.startswith(("docs/", "specs/", "tests/"))]
+
+
+def test_run_takes_a_bare_array_for_a_one_input_network():
+    net = cnnc.load(SPECS / "lenet5.cnn")
+    x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(cnnc.run(net, x)["out"], cnnc.run(net, {"x": x})["out"])
+    assert cnnc.run(net, x[0])["out"].shape == (1, 10)  # one sample
+    two = cnnc.load("network n(a: 3x8x8, b: 3x8x8) {\n    return add(a, b)\n}\n")
+    with pytest.raises(cnnc.DataError, match=r"has 2 inputs \(a, b\); pass inputs as a dict"):
+        cnnc.run(two, np.zeros((3, 8, 8), np.float32))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: cnnc.load(SPECS / "lenet5.cnn", params={"width": 3}),
+        lambda: cnnc.load(PARAMS, params={"width": "abc"}),
+        lambda: cnnc.run(cnnc.load(SPECS / "unet.cnn"), batch=100_000),
+    ],
+)
+def test_api_errors_do_not_speak_in_command_line_flags(call):
+    with pytest.raises(cnnc.CnncError) as info:
+        call()
+    text = str(info.value)
+    assert not re.search(r"--[a-z]", text), text
+
+
+PARAMS = "network n(x: 3x8x8, width=8) {\n    return x | conv(width, k=3)\n}\n"
+
+
+def _cnnc(*args, env):
+    return subprocess.run(
+        [sys.executable, "-m", "cnnc", *args], capture_output=True, text=True, env=env, timeout=600
+    )
+
+
+def test_a_run_that_compiles_kernels_says_so_even_after_other_networks_compiled(tmp_path):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    first, second = tmp_path / "first.cnn", tmp_path / "second.cnn"
+    first.write_text("network a(x: 3x8x8) {\n    return x | relu\n}\n")
+    second.write_text("network b(x: 3x8x8) {\n    return x | maxpool(k=2)\n}\n")
+    assert "compiling" in _cnnc("run", str(first), env=env).stderr
+    new = _cnnc("run", str(second), env=env)  # the cache holds the first network's kernels
+    assert new.returncode == 0
+    assert "cnnc: compiling the CPU kernels this network needs" in new.stderr
+    again = _cnnc("run", str(second), env=env)
+    assert again.returncode == 0 and "compiling" not in again.stderr
+
+
+def test_measuring_algorithms_says_so_layer_by_layer(tmp_path, capsys, monkeypatch):
+    from cnnc.runtime.backends import cpu
+
+    monkeypatch.setattr(cpu, "_cache_root", lambda: tmp_path)  # an empty tuning cache
+    spec = tmp_path / "wide.cnn"
+    spec.write_text(
+        "network w(x: 64x56x56) {\n"
+        "    y = x | conv(64, k=3, p=1) | relu\n"
+        "    return y | conv(32, k=3, p=1) | gap | flatten\n}\n"
+    )
+    assert main(["run", str(spec), "--tune"]) == 0
+    err = capsys.readouterr().err
+    assert "cnnc: measuring the fastest algorithm for 2 convolution shapes" in err
+    assert re.search(r"^tuning \[#+-*\] 1/2 y\.conv", err, re.M), err
+    assert re.search(r"^tuning \[#+\] 2/2 out\.conv", err, re.M), err
+    assert main(["run", str(spec), "--tune"]) == 0  # measured once: nothing to say now
+    assert "tuning" not in capsys.readouterr().err

@@ -21,3 +21,12 @@ def test_every_package_folder_is_listed_in_pyproject():
         ):
             found.add(".".join(("cnnc", *parts)))
     assert found <= listed, f"add to pyproject.toml's packages: {sorted(found - listed)}"
+
+
+def test_the_all_extra_holds_every_cpu_extra():
+    text = (ROOT / "pyproject.toml").read_text()
+    extras = text[text.index("[project.optional-dependencies]") : text.index("[project.scripts]")]
+    defined = set(re.findall(r"^(\w+) = \[", extras, re.M))
+    (entry,) = re.findall(r'^all = \["cnnc\[([\w,]+)\]"\]$', extras, re.M)
+    assert set(entry.split(",")) == {"images", "dask", "onnx"} <= defined
+    assert "cuda" in defined  # the GPU's extra stays apart

@@ -49,8 +49,8 @@ def backend_for(device: str, algorithm: str | None = None, tune: bool = False):
                 raise
             raise ResourceError(
                 error(
-                    "--device cuda: this version of cnnc has no CUDA backend",
-                    hint="run on the CPU (--device cpu, the default)",
+                    "device 'cuda': this version of cnnc has no CUDA backend",
+                    hint="run on the CPU (device 'cpu', the default)",
                 )
             ) from None
         return CudaBackend()
