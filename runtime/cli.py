@@ -196,6 +196,15 @@ def bench_command(net: Network, args) -> int:
             f"peak        {info['peak_gflops']:.1f} GFLOP/s fp32 (FMA probe, "
             f"{info['threads']} threads): this run reached {100 * info['peak_share']:.0f}%"
         )
+        from .backends.cpu.autotune import is_busy
+
+        if is_busy(info.get("peak_measured", {})):
+            print(
+                f"cnnc: note: the FMA peak was measured on a busy machine "
+                f"({_load(info['peak_measured'])}); it is measured again once the machine is "
+                "quiet",
+                file=sys.stderr,
+            )
     print(f"warm-up     {info['warmup_s']:.2f} s (includes kernel compilation on a cold cache)")
     if info.get("threading_layer") == "workqueue":
         print(
@@ -243,4 +252,21 @@ def tune_command(net: Network, args) -> int:
         )
     )
     print(f"{len(rows)} convolutions; choices cached in {backend.tune_cache().path}")
+    cache = backend.tune_cache()
+    busy = cache.busy_shapes(backend.choices)
+    if busy:
+        print(
+            f"cnnc: note: {len(busy)} of these choices were measured on a busy machine "
+            f"({_load(cache.entries[busy[0]])}); a later `cnnc tune` or `cnnc bench` measures "
+            "them again once the machine is quiet",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _load(measured: dict) -> str:
+    """``load 9.1 on 2 cores, 2026-12-07 14:03`` from a measurement's conditions."""
+    import time
+
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(measured.get("measured_at", 0)))
+    return f"load {measured.get('load', 0):.1f} on {measured.get('cores', 1)} cores, {when}"

@@ -168,8 +168,10 @@ class Session:
             "gflops": 2 * self.network.total_macs * batch / (statistics.median(totals)) / 1e9,
         }
         info.update(executor.backend.describe() if hasattr(executor.backend, "describe") else {})
-        if hasattr(executor.backend, "peak_gflops"):
-            peak = info["peak_gflops"] = executor.backend.peak_gflops()
+        if hasattr(executor.backend, "peak_measurement"):
+            measured = executor.backend.peak_measurement()
+            peak = info["peak_gflops"] = float(measured["value"])
+            info["peak_measured"] = {k: v for k, v in measured.items() if k != "value"}
             info["peak_share"] = info["gflops"] / peak
             for layer in layers:
                 layer["peak_share"] = layer["gflops"] / peak

@@ -5,10 +5,12 @@ obvious call."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -145,3 +147,60 @@ def test_measuring_algorithms_says_so_layer_by_layer(tmp_path, capsys, monkeypat
     assert re.search(r"^tuning \[#+\] 2/2 out\.conv", err, re.M), err
     assert main(["run", str(spec), "--tune"]) == 0  # measured once: nothing to say now
     assert "tuning" not in capsys.readouterr().err
+
+
+QUIET = {"load": 0.4, "cores": 2}
+BUSY = {"load": 9.0, "cores": 2}
+
+
+def test_measurements_say_when_and_at_what_load_and_look_off_when_they_should():
+    from cnnc.runtime.backends.cpu.autotune import MAX_AGE_S, looks_off
+
+    now = int(time.time())
+    quiet_now = {"measured_at": now, **QUIET}
+    assert looks_off({"algorithm": "direct", "a": 1, "b": 1})  # an older cache: no date
+    assert not looks_off({"measured_at": now - 60, **QUIET}, quiet_now)
+    assert looks_off({"measured_at": now - MAX_AGE_S - 60, **QUIET}, quiet_now)
+    assert looks_off({"measured_at": now + 86400, **QUIET}, quiet_now)  # a wrong clock
+    assert looks_off({"measured_at": now - 60, **BUSY}, quiet_now)
+    assert not looks_off({"measured_at": now - 60, **BUSY}, {"measured_at": now, **BUSY})
+
+
+def test_choices_measured_on_a_busy_machine_are_measured_again_when_it_is_quiet(
+    tmp_path, monkeypatch
+):
+    from cnnc.runtime.backends.cpu import CpuBackend, autotune
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    load = dict(BUSY)
+    monkeypatch.setattr(autotune, "conditions", lambda: {"measured_at": int(time.time()), **load})
+    cache = CpuBackend().tune_cache()
+    cache.put("a layer", autotune.Choice("direct", 2, 1), 1.0)
+    saved = json.loads(cache.path.read_text())["choices"]["a layer"]
+    assert saved["load"] == 9.0 and saved["cores"] == 2 and saved["measured_at"] > 0
+    again = CpuBackend().tune_cache()
+    assert again.busy_shapes(["a layer", "another"]) == ["a layer"]
+    assert again.get("a layer", measuring=True) == autotune.Choice("direct", 2, 1)  # still busy
+    load.update(QUIET)
+    assert again.get("a layer", measuring=True) is None  # quiet now: measure it again
+    assert again.get("a layer") == autotune.Choice("direct", 2, 1)  # a run that measures nothing
+
+
+def test_the_fma_peak_is_measured_again_when_a_quick_recheck_beats_it(tmp_path, monkeypatch):
+    from cnnc.runtime.backends.cpu import CpuBackend, autotune, probe
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(autotune, "conditions", lambda: {"measured_at": int(time.time()), **BUSY})
+    calls, speed = [], {"now": 100.0}
+
+    def fake_probe(threads, tries=5, iterations=500_000):
+        calls.append(iterations)
+        return speed["now"]
+
+    monkeypatch.setattr(probe, "fma_peak_gflops", fake_probe)
+    first = CpuBackend().peak_measurement()
+    assert first["value"] == 100.0 and first["load"] == 9.0 and calls == [500_000]
+    assert CpuBackend().peak_gflops() == 100.0 and len(calls) == 2  # a quick recheck only
+    assert calls[-1] < 500_000
+    speed["now"] = 300.0  # the first measurement shared the cores: the recheck beats it
+    assert CpuBackend().peak_gflops() == 300.0 and len(calls) == 4
