@@ -13,6 +13,7 @@ from __future__ import annotations
 
 # Absolute imports: the repository root is this package's folder, and test runners may import
 # this file directly from a checkout; `cnnc.` then resolves to the installed package.
+from collections.abc import Mapping
 from pathlib import Path
 
 from cnnc.compiler.diagnostics import CnncError, DataError, Diagnostic, ResourceError, SpecError
@@ -145,12 +146,14 @@ def run(
     """Run a checked network; return ``{output name: array}`` in NCHW (or (N, C)).
 
     ``inputs`` maps input names to float arrays (batch, C, H, W) or one sample (C, H, W);
-    without it the inputs are seeded random data of ``batch`` samples (a positive integer;
-    a batch that cannot fit in memory raises :class:`ResourceError` before allocating).
+    a network with one input also takes the array itself. Without it the inputs are seeded
+    random data of ``batch`` samples (a positive integer; a batch that cannot fit in memory
+    raises :class:`ResourceError` before allocating).
     ``weights`` is a dict or an ``.npz`` path keyed ``LAYER.weight`` etc.; without it they are
     seeded (He for conv, Xavier for fc). ``algorithm`` picks the CPU's convolutions: ``auto``
-    (the choice cached per layer shape by ``cnnc tune``/``bench``, else the default tiling),
-    ``direct`` (the exact path) or ``winograd``; the default is ``$CNNC_ALGORITHM`` or
+    (the choice cached per layer shape by ``cnnc tune``/``bench``, else cnnc's own
+    micro-kernel for ungrouped convolutions, tiled GEMMs through BLAS for grouped ones),
+    ``direct`` (never Winograd) or ``winograd``; the default is ``$CNNC_ALGORITHM`` or
     ``auto``. ``tune`` measures the layers the cache lacks (default ``$CNNC_TUNE``, off).
     """
     from cnnc.runtime import memory
@@ -162,6 +165,7 @@ def run(
         memory.check_fits(network, batch)  # before the random inputs are drawn
         inputs = random_inputs(network, batch, seed)
     else:
+        inputs = _named_inputs(network, inputs)
         inputs = {
             name: as_input(x, name, network.inputs[name].shape) if name in network.inputs else x
             for name, x in inputs.items()
@@ -207,19 +211,9 @@ def grad(
     from cnnc.runtime.data import as_input
     from cnnc.runtime.session import Session
 
-    if not isinstance(inputs, dict):
-        if len(network.inputs) != 1:
-            raise DataError(
-                Diagnostic(
-                    "error",
-                    f"the network has {len(network.inputs)} inputs: give inputs as a dict keyed "
-                    f"by input name ({', '.join(network.inputs)})",
-                )
-            )
-        inputs = {next(iter(network.inputs)): inputs}
     inputs = {
         name: as_input(x, name, network.inputs[name].shape) if name in network.inputs else x
-        for name, x in inputs.items()
+        for name, x in _named_inputs(network, inputs).items()
     }
     if weights is None:
         weights = weight_io.initialise(network, seed)
@@ -228,6 +222,24 @@ def grad(
     else:
         weights = Session.checked_weights(network, weights)
     return gradients(network, inputs, targets, weights, loss, train, seed, device, label_smoothing)
+
+
+def _named_inputs(network: Network, inputs) -> dict:
+    """``inputs`` as a dict by input name: a mapping as it is, a bare array for the network's
+    only input."""
+    if isinstance(inputs, Mapping):
+        return dict(inputs)
+    names = list(network.inputs)
+    if len(names) != 1:
+        raise DataError(
+            Diagnostic(
+                "error",
+                f"network '{network.name}' has {len(names)} inputs ({', '.join(names)}); "
+                "pass inputs as a dict of arrays by name",
+                hint=f"cnnc.run(net, {{{', '.join(f'{n!r}: ...' for n in names)}}})",
+            )
+        )
+    return {names[0]: inputs}
 
 
 def export_onnx(

@@ -9,14 +9,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import warnings
 
 from . import __version__
-from .compiler.diagnostics import CnncError, UsageError
+from .compiler.diagnostics import CnncError, UsageError, format_diagnostics, printable
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, where it has a value worth showing."""
+
+    def _get_help_string(self, action):
+        default = action.default
+        if default is None or default is False or default == [] or default == argparse.SUPPRESS:
+            return action.help  # nothing worth showing (0 is worth showing, though 0 == False)
+        return super()._get_help_string(action)
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):
         self.print_usage(sys.stderr)
         print(f"cnnc: error: {message}", file=sys.stderr)
@@ -29,7 +44,13 @@ def add_cluster_options(p):
         metavar="ADDRESS",
         help="an existing Dask scheduler (tcp://HOST:PORT); default: a local cluster",
     )
-    p.add_argument("--workers", type=int, metavar="N", help="worker processes of the local cluster")
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes of the local cluster (default: one per core, at most 4; "
+        "never more than the cores)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the arithmetic behind the rows of the layers named LAYER (a name or a glob "
         "like 'layer1*'): output size, parameters, MACs and receptive field",
     )
+    p.add_argument(
+        "--layers",
+        action="store_true",
+        help="print every network's layer table (with several networks, the default is one "
+        "summary row each; --network NAME shows one network's layers)",
+    )
 
     p = spec_command("draw", "render the network with Graphviz")
     p.add_argument(
@@ -113,14 +140,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="input data: .npy (N,C,H,W) or (C,H,W), or .png/.jpg; NAME=PATH per input "
         "(several after one --input, or one --input each)",
     )
-    p.add_argument("--batch", type=int, default=None, metavar="N", help="batch size")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="batch size (default: the input file's, else 1; a folder run: 8)",
+    )
     p.add_argument("--weights", metavar="W.npz", help="weights keyed LAYER.weight, ...")
     p.add_argument("--save-weights", metavar="W.npz", help="save the weights used")
     p.add_argument(
         "--seed", type=_seed, default=0, help="seed for weights and random input (default 0)"
     )
     p.add_argument("--out", metavar="PATH", help="save outputs (.npy, or .npz); a folder run: DIR")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    _device_option(p)
     p.add_argument(
         "--normalize", choices=["imagenet"], help="normalise image inputs with ImageNet's mean/std"
     )
@@ -132,15 +165,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="measure the fastest algorithm of each convolution that this machine has no "
         "cached choice for (seconds, once per layer shape; also CNNC_TUNE=1). Without it a "
-        "run measures nothing: it uses the choices cached by `cnnc tune` or `cnnc bench`, "
-        "else tiling.py's default (direct convolution)",
+        f"run measures nothing: it uses the choices cached by `cnnc tune` or `cnnc bench`, "
+        f"else {DEFAULT_CONV}",
     )
 
     p = spec_command("bench", "time the forward pass layer by layer")
-    p.add_argument("--batch", type=int, default=1, metavar="N")
-    p.add_argument("--repeat", type=int, default=10, metavar="R")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--batch", type=int, default=1, metavar="N", help="samples per pass")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=10,
+        metavar="R",
+        help="timed passes after a warm-up (fewer if --time-limit runs out first)",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=BENCH_TIME_LIMIT_S,
+        metavar="S",
+        help="stop timing after S seconds and report the passes done",
+    )
+    _device_option(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument(
         "--train",
         action="store_true",
@@ -150,7 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     _algorithm_option(p)
 
     p = spec_command("tune", "measure each convolution's fastest algorithm on this machine")
-    p.add_argument("--batch", type=int, default=1, metavar="N")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        metavar="N",
+        help="batch size to measure at (choices are cached per layer shape and batch)",
+    )
     p.add_argument("--force", action="store_true", help="measure again what is cached")
 
     p = spec_command("sweep", "check (and time) every combination of network parameters, on Dask")
@@ -165,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench", action="store_true", help="also time each variant")
     p.add_argument("--batch", type=int, default=1, metavar="N", help="batch size when timing")
     p.add_argument("--repeat", type=int, default=5, metavar="R", help="timed passes per variant")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    _device_option(p, "where --bench times the variants")
     form = p.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true", help="print a JSON list of rows")
     form.add_argument("--csv", action="store_true", help="print CSV")
@@ -208,14 +260,33 @@ def _seed(text: str) -> int:
     return value
 
 
+#: What a convolution runs by when nothing is cached for its shape (autotune.default_choice);
+#: the README says the same.
+DEFAULT_CONV = (
+    "cnnc's own micro-kernel for ungrouped convolutions, tiled GEMMs through BLAS for grouped ones"
+)
+#: ``cnnc bench`` stops timing after this many seconds (``--time-limit``).
+BENCH_TIME_LIMIT_S = 60.0
+
+
+def _device_option(p, what="where to run"):
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help=f"{what}: the CPU (Numba kernels) or an NVIDIA GPU (needs the cuda extra)",
+    )
+
+
 def _algorithm_option(p):
     p.add_argument(
         "--algorithm",
         choices=["auto", "direct", "winograd"],
         default=None,
-        help="CPU convolutions: the fastest per layer as measured on this machine and cached "
-        "(auto, the default unless CNNC_ALGORITHM says otherwise), the exact path only "
-        "(direct), or Winograd wherever it applies",
+        help="CPU convolutions: auto (the default unless CNNC_ALGORITHM says otherwise) runs "
+        "each layer by the fastest choice measured on this machine and cached, else by "
+        f"{DEFAULT_CONV}; direct never uses Winograd (exact up to float rounding); winograd "
+        "uses Winograd F(4x4) wherever it applies",
     )
 
 
@@ -252,14 +323,21 @@ def cmd_check(args) -> int:
 
         print("\n\n".join(explain_text(net, x) for net, layers in explained for x in layers))
     else:
-        if result.networks:
-            print("\n\n".join(_with_training(n, t) for n, t in zip(result.networks, training)))
-        if len(result.networks) > 1:
-            print()
-            print(summary_table(result.networks))
+        nets = result.networks
+        if len(nets) == 1 or args.layers:
+            print("\n\n".join(_with_training(n, t) for n, t in zip(nets, training)))
+        if len(nets) > 1:
+            if args.layers:
+                print()
+            print(summary_table(nets))
+            if not args.layers:
+                print(
+                    f"{len(nets)} networks; one network's layers: cnnc check "
+                    f"{shlex.quote(printable(args.file))} --network NAME (all of them: --layers)"
+                )
+    if not args.json and result.diagnostics:
+        print(format_diagnostics(result.diagnostics), file=sys.stderr)
     if not args.json:
-        for d in result.diagnostics:
-            print(d.format(), file=sys.stderr)
         if not result.networks and not result.diagnostics:
             print(f"{args.file}: no networks defined", file=sys.stderr)
     return 0 if result.ok else 1

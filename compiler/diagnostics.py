@@ -7,7 +7,50 @@ them. Nothing here prints.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
+
+#: At most this many diagnostics are shown as text (all stay in ``CnncError.diagnostics`` and
+#: in ``cnnc check --json``); the rest are counted.
+MAX_SHOWN = 20
+#: A quoted source line is cut to about this many characters around the caret.
+MAX_LINE = 120
+#: A message, hint or note is cut to this many characters.
+MAX_TEXT = 500
+#: Characters never written to a terminal as they are: controls (escape sequences retitle
+#: the window or recolour it), format characters (bidirectional overrides reorder what is
+#: shown), line and paragraph separators, surrogates.
+_HIDDEN = {"Cc", "Cf", "Zl", "Zp", "Cs"}
+
+
+def printable(text: str) -> str:
+    """``text`` with every control or format character escaped (``\\x1b``, ``\\u202e``)."""
+    if text.isprintable():
+        return text
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) in _HIDDEN else ch
+        for ch in text
+    )
+
+
+def clip(text: str, limit: int = MAX_TEXT) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
+
+
+def format_diagnostics(diagnostics: list, limit: int = MAX_SHOWN) -> str:
+    """The first ``limit`` diagnostics as text, then how many more there are."""
+    shown = [d.format() for d in diagnostics[:limit]]
+    if len(diagnostics) > limit:
+        more = len(diagnostics) - limit
+        errors = sum(1 for d in diagnostics if d.severity == "error")
+        shown.append(
+            f"cnnc: {more:,} more diagnostic{'s' if more != 1 else ''} not shown "
+            f"({errors:,} errors in all; --json lists every one)"
+        )
+    return "\n".join(shown)
 
 
 @dataclass(frozen=True)
@@ -34,16 +77,13 @@ class Diagnostic:
     def format(self) -> str:
         """Render as a compiler would: header, source line, caret, hint."""
         loc = self.location
-        head = f"{loc.file}:{loc.line}:{loc.column}: " if loc else "cnnc: "
-        lines = [f"{head}{self.severity}: {self.message}"]
+        head = f"{clip(printable(loc.file))}:{loc.line}:{loc.column}: " if loc else "cnnc: "
+        lines = [f"{head}{self.severity}: {clip(printable(self.message))}"]
         if loc and loc.source_line:
-            text = loc.source_line.rstrip("\r\n").expandtabs(1)
-            lines.append(f"    {text}")
-            width = max(1, min(loc.width, len(text) - loc.column + 1))
-            lines.append("    " + " " * (loc.column - 1) + "^" + "~" * (width - 1))
-        lines.extend(f"  note: {note}" for note in self.notes)
+            lines.extend(_quote(loc.source_line, loc.column, loc.width))
+        lines.extend(f"  note: {clip(printable(note))}" for note in self.notes)
         if self.hint:
-            lines.append(f"  hint: {self.hint}")
+            lines.append(f"  hint: {clip(printable(self.hint))}")
         return "\n".join(lines)
 
     def to_json(self) -> dict:
@@ -55,6 +95,28 @@ class Diagnostic:
             "column": loc.column if loc else None,
             "message": self.message + (f" (hint: {self.hint})" if self.hint else ""),
         }
+
+
+def _quote(source_line: str, column: int, width: int) -> list[str]:
+    """The source line, escaped and cut to a window around the caret, and the caret line
+    under it: ``column`` and ``width`` count characters of the raw line."""
+    raw = source_line.rstrip("\r\n")
+    column = max(1, min(column, len(raw) + 1))
+    width = max(1, min(width, len(raw) - column + 1))
+    before = printable(raw[: column - 1].expandtabs(1))
+    marked = printable(raw[column - 1 : column - 1 + width].expandtabs(1)) or " "
+    after = printable(raw[column - 1 + width :].expandtabs(1))
+    # a window of MAX_LINE characters: up to a third before the caret, the rest after it
+    keep_before = min(len(before), max(MAX_LINE // 3, MAX_LINE - len(marked) - len(after)))
+    left = "..." if keep_before < len(before) else ""
+    before = before[len(before) - keep_before :]
+    marked_shown = marked[: max(1, MAX_LINE - keep_before)]
+    room = max(0, MAX_LINE - keep_before - len(marked_shown))
+    right = "..." if room < len(after) or len(marked_shown) < len(marked) else ""
+    after = after[:room]
+    text = f"{left}{before}{marked_shown}{after}{right}"
+    caret = " " * (len(left) + len(before)) + "^" + "~" * (len(marked_shown) - 1)
+    return [f"    {text.rstrip()}", f"    {caret}"]
 
 
 class CnncError(Exception):
@@ -72,7 +134,7 @@ class CnncError(Exception):
         super().__init__(self.format())
 
     def format(self) -> str:
-        return "\n".join(d.format() for d in self.diagnostics)
+        return format_diagnostics(self.diagnostics)
 
     @property
     def errors(self) -> list[Diagnostic]:

@@ -108,7 +108,7 @@ class Program:
                 if declared
                 else "declare one after the inputs: network net(x: 3x32x32, width=64)"
             )
-            problems.append(error(f"--set {name}: {which} has no parameter '{name}'", loc, hint))
+            problems.append(error(f"{which} has no parameter '{name}'", loc, hint))
         raise SpecError(problems)
 
 

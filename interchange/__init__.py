@@ -1,5 +1,5 @@
 """ONNX in and out: export a checked network, import an ONNX model as a ``.cnn`` spec, and run
-ONNX models through cnnc as an ``onnx.backend`` (LANGUAGE.md §6.1).
+ONNX models through cnnc as an ``onnx.backend`` (README.md, section ONNX).
 
 Everything here needs the optional ``onnx`` package (``pip install "cnnc[onnx]"``);
 :func:`require_onnx` turns its absence into a usage error that says how to install it.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -15,32 +16,40 @@ from . import weights as weights_io
 from .session import Session
 
 
-def _say_what_happens(session: Session, batch: int):
-    """One line on stderr before a first run compiles the kernels, and before a layer's
-    algorithms are measured: both take seconds once, then come from the cache."""
-    if session.device != "cpu":
-        return
-    from .backends.cpu import kernels_compiled
+@contextmanager
+def telling_what_happens(session: Session, batch: int):
+    """Lines on stderr for the waits of a first pass: kernels compiled (once per machine and
+    cnnc version, then loaded from the cache) and convolution algorithms measured (once per
+    layer shape, with a line per layer)."""
+    from .progress import announce_compiling
+    from .tune import ProgressBar
 
-    if not kernels_compiled():
+    compiling = (
+        "cnnc: compiling the CPU kernels this network needs (first run on this machine; "
+        "later runs load them from the cache)..."
+        if session.device == "cpu"
+        else f"cnnc: compiling the {session.device.upper()} kernels this network needs..."
+    )
+    backend = session._executor(batch).backend if session.device == "cpu" else None
+    pending = backend.pending_tuning(session.plan, batch) if backend and backend.tune else ()
+    bar = None
+    if pending:
         print(
-            "cnnc: compiling the CPU kernels for this machine (once; later runs load them "
-            "from the cache)",
+            f"cnnc: measuring the fastest algorithm for {len(pending)} convolution shape"
+            f"{'s' if len(pending) != 1 else ''} on this machine (once; `cnnc tune FILE` does "
+            "it ahead of time)",
             file=sys.stderr,
             flush=True,
         )
-    backend = session._executor(batch).backend
-
-    def measuring(label: str):
-        print(
-            "cnnc: measuring which convolution algorithms are fastest on this machine (once "
-            "per layer shape; `cnnc tune FILE` does it ahead of time)",
-            file=sys.stderr,
-            flush=True,
-        )
-        backend.on_tune = None
-
-    backend.on_tune = measuring
+        bar = ProgressBar(len(pending))
+        backend.on_tune = bar.step
+    try:
+        with announce_compiling(compiling):
+            yield
+    finally:
+        if bar is not None:
+            bar.close()
+            backend.on_tune = None
 
 
 def run_command(net: Network, args) -> int:
@@ -92,8 +101,8 @@ def run_command(net: Network, args) -> int:
     )
     if args.save_weights:
         weights_io.save(session.weights, Path(args.save_weights))
-    _say_what_happens(session, batch)
-    outputs = session.run(inputs)
+    with telling_what_happens(session, batch):
+        outputs = session.run(inputs)
     plan = session.plan
     print(
         f"plan: {len(plan.steps)} steps for {len(net.layers)} layers, activation buffers "
@@ -127,11 +136,29 @@ def run_command(net: Network, args) -> int:
 def bench_command(net: Network, args) -> int:
     if args.batch < 1 or args.repeat < 1:
         raise UsageError(error("--batch and --repeat must be at least 1"))
+    if not args.time_limit > 0:  # also NaN
+        raise UsageError(error("--time-limit must be a positive number of seconds"))
     session = Session.create(  # timing anyway: measure what the cache lacks too
         net, None, device=args.device, batch=args.batch, algorithm=args.algorithm, tune=True
     )
-    _say_what_happens(session, args.batch)
-    info = session.bench(args.batch, args.repeat)
+
+    def say_how_long(seconds: float):
+        if seconds > args.time_limit:
+            print(
+                f"cnnc: {args.repeat:,} passes would take about {duration(seconds)}; timing "
+                f"stops after {duration(args.time_limit)} (--time-limit)",
+                file=sys.stderr,
+                flush=True,
+            )
+        elif seconds > 5:
+            print(
+                f"cnnc: timing {args.repeat:,} passes, about {duration(seconds)}", file=sys.stderr
+            )
+
+    with telling_what_happens(session, args.batch):
+        info = session.bench(
+            args.batch, args.repeat, budget_s=args.time_limit, on_estimate=say_how_long
+        )
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -166,12 +193,22 @@ def bench_command(net: Network, args) -> int:
     print(
         f"total       {info['median_ms']:.3f} ms median of {info['repeat']} "
         f"(min {info['min_ms']:.3f} ms), {info['gflops']:.1f} GFLOP/s"
+        + (f"; --time-limit reached before {args.repeat:,}" if info["stopped_early"] else "")
     )
     if "peak_gflops" in info:
         print(
             f"peak        {info['peak_gflops']:.1f} GFLOP/s fp32 (FMA probe, "
             f"{info['threads']} threads): this run reached {100 * info['peak_share']:.0f}%"
         )
+        from .backends.cpu.autotune import is_busy
+
+        if is_busy(info.get("peak_measured", {})):
+            print(
+                f"cnnc: note: the FMA peak was measured on a busy machine "
+                f"({_load(info['peak_measured'])}); it is measured again once the machine is "
+                "quiet",
+                file=sys.stderr,
+            )
     print(f"warm-up     {info['warmup_s']:.2f} s (includes kernel compilation on a cold cache)")
     if info.get("threading_layer") == "workqueue":
         print(
@@ -288,6 +325,14 @@ def train_bench_command(net: Network, args) -> int:
     return 0
 
 
+def duration(seconds: float) -> str:
+    """A wait in the unit a person reads it in: 40 s, 12 min, 5.0 h, 31 days, 32 years."""
+    for unit, size in (("years", 365 * 86400), ("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f} {unit}" if unit != "h" else f"{seconds / size:.1f} h"
+    return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
@@ -297,8 +342,13 @@ def tune_command(net: Network, args) -> int:
 
     if args.batch < 1:
         raise DataError(error(f"--batch must be at least 1, got {args.batch}"))
+    from .progress import announce_compiling
+
     session = Session.create(net, None, batch=args.batch, tune=True)
-    rows = tune(session, args.batch, force=args.force)
+    with announce_compiling(
+        "cnnc: compiling the CPU kernels this network needs (first run on this machine)..."
+    ):
+        rows = tune(session, args.batch, force=args.force)
     backend = session._executor(args.batch).backend
     print(
         table(
@@ -307,6 +357,15 @@ def tune_command(net: Network, args) -> int:
         )
     )
     print(f"{len(rows)} convolutions; choices cached in {backend.tune_cache().path}")
+    cache = backend.tune_cache()
+    busy = cache.busy_shapes(backend.choices)
+    if busy:
+        print(
+            f"cnnc: note: {len(busy)} of these choices were measured on a busy machine "
+            f"({_load(cache.entries[busy[0]])}); a later `cnnc tune` or `cnnc bench` measures "
+            "them again once the machine is quiet",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -316,11 +375,19 @@ def layer_times(net: Network, batch: int, repeat: int, device: str) -> dict:
     if batch < 1 or repeat < 1:
         raise UsageError(error("--batch and --repeat must be at least 1"))
     session = Session.create(net, None, device=device, batch=batch)
-    _say_what_happens(session, batch)
-    info = session.bench(batch, repeat)
+    with telling_what_happens(session, batch):
+        info = session.bench(batch, repeat)
     layers = {}
     for step, row in zip(session.plan.steps, info["layers"]):
         first, *rest = step.layers
         layers[first] = {"ms": row["ms"], "fused": rest, "algorithm": row.get("algorithm", "")}
     keep = ("median_ms", "min_ms", "batch", "device", "repeat", "threads")
     return {**{k: info[k] for k in keep if k in info}, "layers": layers}
+
+
+def _load(measured: dict) -> str:
+    """``load 9.1 on 2 cores, 2026-12-07 14:03`` from a measurement's conditions."""
+    import time
+
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(measured.get("measured_at", 0)))
+    return f"load {measured.get('load', 0):.1f} on {measured.get('cores', 1)} cores, {when}"

@@ -9,8 +9,10 @@ must be on storage every worker sees; the weights are sent once to each worker.
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
+import stat
 import sys
 import time
 import uuid
@@ -51,21 +53,53 @@ def check_folders_exist(specs: list[str]):
             raise DataError(error(f"--input '{spec}': no such folder"))
 
 
-def find_inputs(spec: str) -> list[Path]:
+def find_inputs(spec: str) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The input files of a folder or glob, and the entries named like inputs that are not
+    regular files, each with the reason (a dangling link, a FIFO, a directory, ...)."""
     path = _target(spec)
     if Path(path).is_dir():
         found = (p for p in Path(path).iterdir())
     else:
         found = (Path(p) for p in glob.iglob(path, recursive=True))
-    files = []
+    files, unusable = [], []
     for p in found:
-        if p.suffix.lower() in SUFFIXES and p.is_file():
+        if p.suffix.lower() not in SUFFIXES:
+            continue
+        reason = not_a_regular_file(p)
+        if reason is None:
             files.append(p)
-            if len(files) > MAX_FILES:
-                raise DataError(error(f"--input '{spec}' matches over {MAX_FILES:,} files"))
+        else:
+            unusable.append((p, reason))
+        if len(files) + len(unusable) > MAX_FILES:
+            raise DataError(error(f"--input '{spec}' matches over {MAX_FILES:,} files"))
     if not files:
-        raise DataError(error(f"--input '{spec}': no {', '.join(SUFFIXES)} files found", hint=None))
-    return sorted(files)
+        raise DataError(
+            [error(f"--input '{spec}': no {', '.join(SUFFIXES)} files found", hint=None)]
+            + [error(f"'{p}' is {reason}") for p, reason in sorted(unusable)]
+        )
+    return sorted(files), sorted(unusable)
+
+
+def not_a_regular_file(path: Path) -> str | None:
+    """Why ``path`` cannot be read as an input file, or None for a regular file. Only stat is
+    called: a FIFO or a device found in a folder is never opened."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "a dangling symbolic link" if path.is_symlink() else "gone (deleted while listed)"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        return f"unreadable ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
 
 
 def check_apart(spec: str, out_dir: Path, files: list[Path]):
@@ -124,8 +158,8 @@ def run_command(net: Network, args) -> int:
         data.check_output_path(
             Path(args.save_weights), "--save-weights", (".npz",), avoid=[args.weights]
         )
-    files = find_inputs(args.input[0])
-    check_apart(args.input[0], out_dir, files)
+    files, unusable = find_inputs(args.input[0])
+    check_apart(args.input[0], out_dir, files + [p for p, _ in unusable])
     suffix = ".npy" if len(net.outputs) == 1 else ".npz"
     targets = _targets(files, out_dir, suffix)
     weights = (
@@ -157,18 +191,21 @@ def run_command(net: Network, args) -> int:
             progress.update(len(results), len(bad))
     progress.close()
     elapsed = time.perf_counter() - t0
+    for path, reason in unusable:  # stat only: a loop or a FIFO is never resolved or opened
+        print(f"cnnc: error: {path}: not an input file: it is {reason}", file=sys.stderr)
     for path, message in failures:
         message = message.replace(str(Path(path).resolve()), path)
         where = "" if f"'{path}'" in message else f"{path}: "
         print(f"cnnc: error: {where}{message}", file=sys.stderr)
     done = len(pending) - len(failures)
+    failed = len(failures) + len(unusable)
     print(
-        f"ran {done} of {len(files)} inputs in {elapsed:.1f} s"
+        f"ran {done} of {len(files) + len(unusable)} inputs in {elapsed:.1f} s"
         + (f", {skipped} skipped (output exists)" if skipped else "")
-        + (f", {len(failures)} failed" if failures else "")
+        + (f", {failed} failed" if failed else "")
         + f"; outputs in {out_dir}/"
     )
-    return 1 if failures else 0
+    return 1 if failed else 0
 
 
 def _targets(files: list[Path], out_dir: Path, suffix: str) -> list[Path]:

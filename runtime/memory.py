@@ -52,7 +52,7 @@ def check_fits(net: Network, batch: int, plan=None):
                 f"this run needs about {_gib(need['total'])} (weights {_gib(need['weights'])}, "
                 f"activations for batch {batch} {_gib(need['activations'])}) but only "
                 f"{_gib(have)} of memory is available",
-                hint="use a smaller --batch"
+                hint="use a smaller batch size"
                 if batch > 1
                 else "this network is too large for this machine",
             )

@@ -1,9 +1,11 @@
-"""A one-line progress display on a terminal; silent when stderr is a file or a pipe."""
+"""What the command line shows while it waits: a one-line progress display on a terminal
+(silent when stderr is a file or a pipe), and a line when kernels start compiling."""
 
 from __future__ import annotations
 
 import sys
 import time
+from contextlib import contextmanager
 
 
 class Progress:
@@ -36,3 +38,25 @@ class Progress:
         if self.enabled:
             self.stream.write("\n")
             self.stream.flush()
+
+
+@contextmanager
+def announce_compiling(message: str, stream=None):
+    """Print ``message`` once, when Numba starts compiling a kernel that its on-disk cache
+    lacks (a cached kernel loads without this event): the first run of a network on a
+    machine can spend tens of seconds compiling, and should say so."""
+    from numba.core import event
+
+    class Announcer(event.Listener):
+        said = False
+
+        def on_start(self, ev):
+            if not self.said:
+                self.said = True
+                print(message, file=stream or sys.stderr, flush=True)
+
+        def on_end(self, ev):
+            pass
+
+    with event.install_listener("numba:compile", Announcer()):
+        yield

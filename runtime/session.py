@@ -41,7 +41,7 @@ class Session:
         tune: bool | None = None,
     ) -> Session:
         """``tune``: measure each convolution shape that the cache has no choice for (default
-        ``$CNNC_TUNE``, else off: tiling.py's default runs and nothing is timed)."""
+        ``$CNNC_TUNE``, else off: autotune.default_choice runs and nothing is timed)."""
         from .backends import resolve_algorithm, resolve_tune
 
         check_batch(batch)
@@ -102,8 +102,21 @@ class Session:
         backend = executor.backend if executor else None
         return backend.describe() if hasattr(backend, "describe") else {"device": self.device}
 
-    def bench(self, batch: int = 1, repeat: int = 10, seed: int = 0) -> dict:
-        """Warm up (compiles kernels), then time whole passes and each step."""
+    def bench(
+        self,
+        batch: int = 1,
+        repeat: int = 10,
+        seed: int = 0,
+        budget_s: float | None = None,
+        on_estimate=None,
+    ) -> dict:
+        """Warm up (compiles kernels), then time whole passes and each step.
+
+        ``budget_s`` bounds the timed passes: timing stops once they have taken that long,
+        and ``repeat`` in the result says how many ran (``stopped_early`` whether fewer than
+        asked). ``on_estimate(seconds)``, if given, is called after the first timed pass with
+        the time all ``repeat`` passes would take, so that a caller can say how long to wait.
+        """
         from .data import random_inputs
 
         memory.check_fits(self.network, batch, self.plan)  # before drawing the inputs
@@ -113,12 +126,18 @@ class Session:
         executor.run(inputs)
         warmup = time.perf_counter() - t0
         totals, per_step = [], [[] for _ in self.plan.steps]
-        for _ in range(max(1, repeat)):
+        repeat = max(1, repeat)
+        start = time.perf_counter()
+        while len(totals) < repeat:
             t0 = time.perf_counter()
             executor.run(inputs)
             executor.backend.synchronize()
             totals.append(time.perf_counter() - t0)
-        for _ in range(max(1, min(repeat, 5))):
+            if len(totals) == 1 and on_estimate is not None:
+                on_estimate(totals[0] * repeat)
+            if budget_s is not None and time.perf_counter() - start >= budget_s:
+                break
+        for _ in range(max(1, min(len(totals), 5))):
             timings: list[float] = []
             executor.run(inputs, timings)
             for i, t in enumerate(timings):
@@ -148,13 +167,16 @@ class Session:
             "batch": batch,
             "device": self.device,
             "repeat": len(totals),
+            "stopped_early": len(totals) < repeat,
             "warmup_s": warmup,
             "layers": layers,
             "gflops": 2 * self.network.total_macs * batch / (statistics.median(totals)) / 1e9,
         }
         info.update(executor.backend.describe() if hasattr(executor.backend, "describe") else {})
-        if hasattr(executor.backend, "peak_gflops"):
-            peak = info["peak_gflops"] = executor.backend.peak_gflops()
+        if hasattr(executor.backend, "peak_measurement"):
+            measured = executor.backend.peak_measurement()
+            peak = info["peak_gflops"] = float(measured["value"])
+            info["peak_measured"] = {k: v for k, v in measured.items() if k != "value"}
             info["peak_share"] = info["gflops"] / peak
             for layer in layers:
                 layer["peak_share"] = layer["gflops"] / peak

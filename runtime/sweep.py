@@ -19,6 +19,8 @@ from . import cluster
 from .progress import Progress
 
 MAX_VARIANTS = 10_000
+#: Seconds of timed passes per variant with ``--bench``: a huge ``--repeat`` stops there.
+VARIANT_TIME_LIMIT_S = 60.0
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -84,7 +86,8 @@ def evaluate(program, network: str, params: dict, bench: dict | None) -> dict:
             from .session import Session
 
             session = Session.create(net, None, device=bench["device"], batch=bench["batch"])
-            row["ms"] = session.bench(bench["batch"], bench["repeat"])["median_ms"]
+            timed = session.bench(bench["batch"], bench["repeat"], budget_s=VARIANT_TIME_LIMIT_S)
+            row["ms"] = timed["median_ms"]
     except CnncError as exc:
         row["error"] = _one_line(exc)
     except Exception as exc:  # a bug in cnnc: the row says so, the sweep goes on

@@ -85,7 +85,7 @@ def test_3_weight_archives_are_checked_from_their_headers(tmp_path, capsys, monk
 
 def test_4_api_batches_and_single_samples():
     net = cnnc.load(LENET)
-    with pytest.raises(cnnc.ResourceError, match="use a smaller --batch"):
+    with pytest.raises(cnnc.ResourceError, match="use a smaller batch size"):
         cnnc.run(net, batch=10**9)
     for bad in (0, -1, 2.5, True):
         with pytest.raises(cnnc.CnncError, match="batch must be a positive integer"):

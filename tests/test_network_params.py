@@ -108,7 +108,7 @@ def test_cli_set_in_check_run_and_bench(tmp_path, capsys):
     assert "stage" not in (tmp_path / "p.dot").read_text()
     capsys.readouterr()
     assert main(["check", str(path), "--set", "widht=4"]) == 1
-    assert "p.cnn:6:1: error: --set widht" in capsys.readouterr().err
+    assert "p.cnn:6:1: error: network 'net' has no parameter 'widht'" in capsys.readouterr().err
     assert main(["check", str(path), "--set", "width"]) == 2
     assert "write NAME=VALUE" in capsys.readouterr().err
     assert main(["check", str(path), "--set", "width=2", "--set", "width=3"]) == 2

@@ -42,3 +42,12 @@ def test_every_data_file_of_the_package_is_listed_in_pyproject():
             assert any(fnmatch(name, p) for p in patterns.get(package, [])), (
                 f"add {name} to pyproject.toml's package-data for {package}"
             )
+
+
+def test_the_all_extra_holds_every_cpu_extra():
+    text = (ROOT / "pyproject.toml").read_text()
+    extras = text[text.index("[project.optional-dependencies]") : text.index("[project.scripts]")]
+    defined = set(re.findall(r"^(\w+) = \[", extras, re.M))
+    (entry,) = re.findall(r'^all = \["cnnc\[([\w,]+)\]"\]$', extras, re.M)
+    assert set(entry.split(",")) == {"images", "dask", "onnx"} <= defined
+    assert "cuda" in defined  # the GPU's extra stays apart

@@ -33,8 +33,8 @@ def backend_for(device: str, algorithm: str | None = None, tune: bool = False):
     """A fresh backend object for ``device``, its kernels imported (and compiled on first use).
 
     ``algorithm`` picks the CPU's convolution algorithms: ``auto`` takes the choice cached per
-    layer shape and machine (Winograd or direct; with ``tune``, measured where none is cached,
-    else tiling.py's default), ``direct`` forces the exact path, ``winograd`` forces Winograd
+    layer shape and machine (with ``tune``, measured where none is cached, else
+    ``autotune.default_choice``), ``direct`` never uses Winograd, ``winograd`` forces Winograd
     wherever it applies. The CUDA backend has the direct path only."""
     algorithm = resolve_algorithm(algorithm)
     if device == "cpu":
@@ -49,8 +49,8 @@ def backend_for(device: str, algorithm: str | None = None, tune: bool = False):
                 raise
             raise ResourceError(
                 error(
-                    "--device cuda: this version of cnnc has no CUDA backend",
-                    hint="run on the CPU (--device cpu, the default)",
+                    "device 'cuda': this version of cnnc has no CUDA backend",
+                    hint="run on the CPU (device 'cpu', the default)",
                 )
             ) from None
         return CudaBackend()

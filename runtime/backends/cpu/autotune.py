@@ -7,6 +7,10 @@ Winograd F(2x2) and F(4x4) with a few run lengths) are each timed once on the re
 and the fastest is kept in the user's cache directory, keyed by CPU model, thread count,
 instruction-set target, cnnc version and a digest of the kernels' sources (like cuDNN's
 benchmark mode). ``cnnc tune FILE`` fills the cache ahead of time.
+
+Each measurement is kept with when it was taken and the machine's load then: one taken on a
+busy machine (other processes competing for the cores) is taken again by the next session
+that measures on a quiet machine, and one older than MAX_AGE_S in any case.
 """
 
 from __future__ import annotations
@@ -29,6 +33,12 @@ MIN_TUNED_MACS = 20_000_000
 #: Candidates run this many times after a first (compiling, page-faulting) run, best kept;
 #: slow ones (over 20 ms) twice. The best of several resists a shared machine's noise.
 TIMED_RUNS = 5
+#: A machine is busy when its load average exceeds this many runnable tasks per usable core:
+#: measurements taken then competed with other processes for the cores.
+BUSY_LOAD_PER_CORE = 1.25
+#: Measurements older than this are taken again (a new kernel, firmware or power profile can
+#: change what is fastest).
+MAX_AGE_S = 30 * 86400
 
 
 @dataclass(frozen=True)
@@ -52,11 +62,11 @@ class Choice:
 
 
 def default_choice(x_shape, out_shape, geometry: dict, threads: int, algorithm: str) -> Choice:
-    """The choice without measuring: Winograd F(4x4) when forced and applicable; the own
-    micro-kernel for ungrouped layers; direct convolution through BLAS under tiling.py's
-    policy for grouped ones. Measured on one machine (ResNet and MobileNet shapes, 2 threads,
-    docs/performance.md) the micro-kernel beat the BLAS path on 20 of 21 shapes, and came
-    within 10-25% of the best Winograd on stride-1 3x3 layers: a guess that measuring
+    """The choice without measuring: Winograd F(4x4) when forced and applicable, else
+    cnnc's own micro-kernel for ungrouped convolutions, tiled GEMMs through BLAS for grouped
+    ones (under tiling.py's policy). Measured on one machine (ResNet and MobileNet shapes,
+    2 threads, docs/performance.md) the micro-kernel beat the BLAS path on 20 of 21 shapes,
+    and came within 10-25% of the best Winograd on stride-1 3x3 layers: a guess that measuring
     (``cnnc tune``, ``--tune``) replaces. Winograd is not a default because its kernel takes
     seconds to compile, which a first run on a fresh install should not pay."""
     if algorithm == "winograd" and winograd.applies(**_wino_args(geometry)):
@@ -213,6 +223,45 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def conditions() -> dict:
+    """When a measurement is taken and how loaded the machine is then (the 1-minute load
+    average and the cores this process may use)."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on a Unix system
+        load = 0.0
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return {"measured_at": int(time.time()), "load": round(load, 2), "cores": max(1, cores)}
+
+
+def load_per_core(entry: dict) -> float:
+    try:
+        return float(entry.get("load", 0.0)) / max(1, int(entry.get("cores", 1)))
+    except (TypeError, ValueError):
+        return math.inf
+
+
+def is_busy(entry: dict) -> bool:
+    return load_per_core(entry) > BUSY_LOAD_PER_CORE
+
+
+def looks_off(entry: dict, now: dict | None = None) -> bool:
+    """Whether a cached measurement should be taken again: it does not say when it was
+    taken (an older cache), it is older than MAX_AGE_S (or dated in the future), or it was
+    taken on a busy machine that is quiet now (at most half the load per core, and not busy)."""
+    now = now or conditions()
+    when = entry.get("measured_at")
+    if isinstance(when, bool) or not isinstance(when, (int, float)):
+        return True
+    if not 0 <= now["measured_at"] - when <= MAX_AGE_S:
+        return True
+    quieter = load_per_core(now) <= 0.5 * load_per_core(entry)
+    return is_busy(entry) and not is_busy(now) and quieter
+
+
 class TuneCache:
     """Measured choices of one machine key, in ``<cache>/cnnc/tune/<digest>.json``."""
 
@@ -230,9 +279,11 @@ class TuneCache:
         except (OSError, ValueError, AttributeError):
             pass  # none yet, or unreadable: measure again
 
-    def get(self, shape: str) -> Choice | None:
+    def get(self, shape: str, measuring: bool = False) -> Choice | None:
+        """The cached choice for ``shape``; where ``measuring`` (a session that may measure),
+        None also for a measurement that looks off, so that it is taken again."""
         entry = self.entries.get(shape)
-        if not isinstance(entry, dict):
+        if not isinstance(entry, dict) or (measuring and looks_off(entry)):
             return None
         try:
             return Choice(
@@ -241,16 +292,28 @@ class TuneCache:
         except (KeyError, TypeError, ValueError):
             return None
 
-    def put(self, shape: str, choice: Choice, ms: float):
-        self.entries[shape] = {**asdict(choice), "ms": round(ms, 4)}
+    def put(self, shape: str, choice: Choice, ms: float, taken: dict | None = None):
+        """Keep ``choice`` for ``shape`` with the conditions it was measured in (``taken``,
+        from :func:`conditions` before measuring; now where not given)."""
+        self.entries[shape] = {**asdict(choice), "ms": round(ms, 4), **(taken or conditions())}
         self.save()
 
-    def get_value(self, name: str):
-        return self.entries.get(f"machine:{name}")
+    def get_measurement(self, name: str) -> dict | None:
+        """A measured value of the machine (``value``, ``measured_at``, ``load``, ``cores``);
+        an older cache's bare number comes without its conditions."""
+        entry = self.entries.get(f"machine:{name}")
+        if isinstance(entry, (int, float)) and not isinstance(entry, bool):
+            return {"value": entry}
+        return entry if isinstance(entry, dict) and "value" in entry else None
 
-    def put_value(self, name: str, value):
-        self.entries[f"machine:{name}"] = value
+    def put_measurement(self, name: str, value, taken: dict | None = None):
+        self.entries[f"machine:{name}"] = {"value": value, **(taken or conditions())}
         self.save()
+
+    def busy_shapes(self, shapes) -> list[str]:
+        """Those of ``shapes`` whose cached choice was measured on a busy machine."""
+        entries = [(s, self.entries.get(s)) for s in shapes]
+        return [s for s, entry in entries if isinstance(entry, dict) and is_busy(entry)]
 
     def save(self):
         """Write atomically (a temporary file renamed): concurrent processes never see half a

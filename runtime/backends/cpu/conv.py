@@ -511,12 +511,13 @@ def _choose(backend, step, arrays, x, res, out):
         choice = autotune.default_choice(*args)
     else:
         cache = backend.tune_cache()
-        choice = None if backend.retune else cache.get(shape)
+        choice = None if backend.retune else cache.get(shape, measuring=backend.tune)
         if choice is None and not backend.tune:
             choice = autotune.default_choice(*args)  # not measured, so not cached
         elif choice is None:
             if backend.on_tune is not None:
                 backend.on_tune(step.label)
+            taken = autotune.conditions()
             scratch_out = np.empty_like(out)
             timed = [
                 (
@@ -528,7 +529,7 @@ def _choose(backend, step, arrays, x, res, out):
                 for c in autotune.candidates(*args)
             ]
             seconds, choice = min(timed, key=lambda tc: tc[0])
-            cache.put(shape, choice, seconds * 1e3)
+            cache.put(shape, choice, seconds * 1e3, taken)
     backend.choices[shape] = choice
     return choice
 

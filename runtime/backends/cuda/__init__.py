@@ -18,7 +18,7 @@ try:
     from numba import cuda
 except ImportError as exc:  # numba-cuda missing
     raise ResourceError(
-        error(f"--device cuda needs numba-cuda ({exc})", hint="pip install 'cnnc[cuda]'")
+        error(f"device 'cuda' needs numba-cuda ({exc})", hint="pip install 'cnnc[cuda]'")
     ) from None
 
 
@@ -59,12 +59,12 @@ class CudaBackend:
         try:
             available = cuda.is_available()
         except Exception as exc:  # a broken driver raises here
-            raise ResourceError(error(f"--device cuda: no usable CUDA driver ({exc})")) from None
+            raise ResourceError(error(f"device 'cuda': no usable CUDA driver ({exc})")) from None
         if not available:
             raise ResourceError(
                 error(
-                    "--device cuda: no usable NVIDIA GPU or driver was found",
-                    hint="run on the CPU (--device cpu), or install the NVIDIA driver",
+                    "device 'cuda': no usable NVIDIA GPU or driver was found",
+                    hint="run on the CPU (device 'cpu'), or install the NVIDIA driver",
                 )
             )
         self.dummy = cuda.to_device(np.zeros(1, np.float32))
@@ -78,9 +78,9 @@ class CudaBackend:
         if need > 0.9 * free:
             raise ResourceError(
                 error(
-                    f"--device cuda: this run needs about {need / 2**30:.2f} GiB of GPU memory but "
+                    f"device 'cuda': this run needs about {need / 2**30:.2f} GiB of GPU memory but "
                     f"{free / 2**30:.2f} GiB is free",
-                    hint="use a smaller --batch",
+                    hint="use a smaller batch size",
                 )
             )
 
