@@ -651,9 +651,11 @@ def _refused(name: str, overrides: dict, default) -> str:
     text = str(overrides[name]).strip()
     shown = text if len(text) <= 24 else f"{text[:20]}...({len(text)} characters)"
     if isinstance(default, int) and re.fullmatch(r"[+-]?\d+", text):
-        return f"--set {name}={shown}: too large; '{name}' is an integer up to {MAX_INT:,}"
+        return (
+            f"network parameter {name}={shown}: too large; '{name}' is an integer up to {MAX_INT:,}"
+        )
     kind = "an integer" if isinstance(default, int) else "a number"
-    return f"--set {name}={shown}: '{name}' is {kind} (default {default})"
+    return f"network parameter {name}={shown}: '{name}' is {kind} (default {default})"
 
 
 def _coerce(value, default):

@@ -133,7 +133,7 @@ def test_a_run_that_compiles_kernels_says_so_even_after_other_networks_compiled(
 def test_measuring_algorithms_says_so_layer_by_layer(tmp_path, capsys, monkeypatch):
     from cnnc.runtime.backends import cpu
 
-    monkeypatch.setattr(cpu, "_cache_root", lambda: tmp_path)  # an empty tuning cache
+    monkeypatch.setattr(cpu, "cache_root", lambda: tmp_path)  # an empty tuning cache
     spec = tmp_path / "wide.cnn"
     spec.write_text(
         "network w(x: 64x56x56) {\n"
