@@ -820,3 +820,50 @@ def grad_fc(backend, step, arrays, saved, gy, gxs, gws):
         np.matmul(gy.T, x, out=gws["weight"])
     if "bias" in gws:
         gws["bias"][...] = gy.sum(axis=0, dtype=np.float64)
+
+
+def convt_backward(x, gy, weight, gx, gw, gb, groups: int, geometry: tuple) -> None:
+    """Gradients of a transposed convolution ``y = convt(x, W)``, NHWC. Its input gradient is
+    the convolution of ``gy`` with the same weights and geometry (convt is that
+    convolution's transpose), evaluated at ``x``'s pixels: the im2col rows of ``gy``
+    (columns (ky, kx, co)) times ``W`` per group; its weight gradient reuses those rows,
+    ``x_g^T @ rows``. ``weight``: PyTorch's (C_in, out/g, kh, kw); ``gw`` the same layout,
+    ``gb`` the sum of ``gy`` (None: not wanted)."""
+    kh, kw = geometry[:2]
+    n_img, h, w, c_in = x.shape
+    c_out = gy.shape[3]
+    cg, og = c_in // groups, c_out // groups
+    k = kh * kw * og
+    # (groups, k, C/g): rows (ky, kx, co), a convolution's packed weights
+    wmat = weight.reshape(groups, cg, og, kh, kw).transpose(0, 3, 4, 2, 1).reshape(groups, k, cg)
+    if gb is not None:
+        gb[...] = gy.reshape(-1, c_out).sum(axis=0, dtype=np.float64)
+    gwm = np.zeros((groups, k, cg), np.float64) if gw is not None else None
+    block = max(1, min(n_img, COLUMN_BYTES // max(1, h * w * k * F4)))
+    cols = np.empty((block * h * w, k), np.float32)
+    for n0 in range(0, n_img, block):
+        n1 = min(n_img, n0 + block)
+        rows = (n1 - n0) * h * w
+        x2 = x[n0:n1].reshape(rows, c_in)
+        gx2 = gx[n0:n1].reshape(rows, c_in) if gx is not None else None
+        for gi in range(groups):
+            col = cols[:rows]
+            _im2col_images(gy, n0, n1, h, w, *geometry, gi * og, og, col)
+            if gwm is not None:
+                gwm[gi] += col.T @ x2[:, gi * cg : (gi + 1) * cg]
+            if gx2 is not None:
+                if groups == 1:
+                    np.matmul(col, wmat[0], out=gx2)
+                else:
+                    gx2[:, gi * cg : (gi + 1) * cg] = col @ wmat[gi]
+    if gw is not None:
+        w_rows = gwm.reshape(groups, kh, kw, og, cg).transpose(0, 4, 3, 1, 2)
+        gw[...] = w_rows.reshape(c_in, og, kh, kw)
+
+
+@GRADS.register("convt")
+def grad_convt(backend, step, arrays, saved, gy, gxs, gws):
+    convt_backward(
+        saved.xs[0], gy, arrays["param.weight"], gxs[0], gws.get("weight"), gws.get("bias"),
+        step.attrs["groups"], _geometry(step.attrs),
+    )  # fmt: skip
