@@ -46,8 +46,9 @@ def conv_layers(draw, max_kernel=13):
         line = f"dwconv({geometry}, m={draw(st.integers(1, 3))})"
     else:
         g = draw(st.integers(1, 3))
-        c = g * draw(st.integers(1, 3))
-        out = g * draw(st.integers(1, 3))
+        # 32 channels a group: stride-1 weight gradients take the shifted GEMMs
+        c = g * draw(st.sampled_from([1, 2, 3, 32]))
+        out = g * draw(st.sampled_from([1, 2, 3, 8]))
         extra = f", op={out_pad}" if op == "convt" else ""
         line = f"{op}({out}, {geometry}{extra}, g={g})"
     if draw(st.booleans()):
@@ -92,6 +93,9 @@ def test_conv_gradients_match_autograd_sweep(torch, threads, layer, batch):
         ("conv(8, k=13, s=4, p=13, d=3, g=2)", (4, 12, 11)),  # padding past the dilated kernel
         ("conv(6, k=(1, 13), s=(4, 1), p=(0, 6), g=3)", (6, 7, 20)),
         ("conv(4, k=1, s=3, p=1)", (3, 8, 8)),  # 1x1 strided and padded: im2col
+        ("conv(40, k=3, p=1)", (32, 7, 6)),  # shifted GEMMs, data gradient on the forward path
+        ("conv(64, k=(3, 2), p=(2, 0), d=(2, 1), g=2)", (64, 9, 8)),
+        ("conv(33, k=2, p=2)", (32, 5, 5)),  # padded past the kernel: col2im data gradient
         ("conv(5, k=1)", (3, 6, 5)),  # 1x1 stride 1: the image itself
         ("dwconv(k=5, s=2, p=2, m=3)", (4, 11, 9)),
         ("dwconv(k=(3, 7), s=(1, 3), p=(3, 0), d=(2, 1))", (16, 10, 14)),
