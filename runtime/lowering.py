@@ -102,6 +102,11 @@ def _crop(step: Step, layer: Layer, a: dict):
     step.attrs = dict(oy=(h - hr) // 2, ox=(w - wr) // 2)
 
 
+def _concat(step: Step, layer: Layer, a: dict):
+    """Each input's channels (features), for the backward's split of the gradient."""
+    step.attrs = dict(a, widths=tuple(i.shape[0] for i in layer.inputs))
+
+
 def _first_input_only(step: Step, layer: Layer, a: dict):
     """A reference tensor that contributes only its shape (resize's ``ref``)."""
     step.inputs = step.inputs[:1]
@@ -132,6 +137,7 @@ LOWERINGS: dict[str, Callable] = {
     "bn": _affine(_bn_scale),
     "scale": _affine(_layer_scale),
     "crop": _crop,
+    "concat": _concat,
     "resize": _first_input_only,
     "slice": _channels(lambda c, a: np.arange(a["start"], a["stop"])),
     "shuffle": _channels(_shuffle_index),

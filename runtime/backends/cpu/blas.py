@@ -132,3 +132,39 @@ def gemm(m, n, k, a, lda, b, ldb, c, ldc, beta):
         c,
         base + 20,
     )
+
+
+@njit(cache=True, nogil=True)
+def gemm_tn(m, n, k, a, lda, b, ldb, c, ldc, beta):
+    """Row-major ``C[m, n] = A[k, m]^T @ B[k, n] + beta * C`` (addresses in bytes): the
+    weight gradients' ``columns^T @ gy``. Column-major that is ``C^T = B^T A``, so B goes
+    first untransposed and A second transposed."""
+    ints = np.empty(6, np.int32)
+    ints[0] = n
+    ints[1] = m
+    ints[2] = k
+    ints[3] = ldb
+    ints[4] = lda
+    ints[5] = ldc
+    scalars = np.empty(2, np.float32)
+    scalars[0] = 1.0
+    scalars[1] = beta
+    trans = np.empty(2, np.uint8)
+    trans[0] = 78  # 'N'
+    trans[1] = 84  # 'T'
+    base = ints.ctypes.data
+    _sgemm(
+        trans.ctypes.data,
+        trans.ctypes.data + 1,
+        base,
+        base + 4,
+        base + 8,
+        scalars.ctypes.data,
+        b,
+        base + 12,
+        a,
+        base + 16,
+        scalars.ctypes.data + 4,
+        c,
+        base + 20,
+    )

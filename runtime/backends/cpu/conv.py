@@ -13,10 +13,10 @@ from numba import njit, prange
 
 from . import autotune, blocked, winograd
 from .activations import JIT, PJIT, activate, activate_run, clamp_bounds, epilogue_run
-from .blas import gemm
+from .blas import SMALL_MNK, gemm, gemm_tn
 from .elementwise import activation_pass, run_call
 from .table import GRADS, KERNELS
-from .tiling import conv_scratch_floats, uses_direct_gemm, uses_shifted_gemm
+from .tiling import TILE_FLOATS, conv_scratch_floats, uses_direct_gemm, uses_shifted_gemm
 
 F4 = 4  # bytes per float32
 
@@ -757,57 +757,243 @@ def _geometry(a: dict) -> tuple:
     return a["kh"], a["kw"], a["sh"], a["sw"], a["ph"], a["pw"], a["dh"], a["dw"]
 
 
-def conv_backward(x, gy, weight, gx, gw, gb, groups: int, geometry: tuple) -> None:
-    """Gradients of a (grouped) convolution, NHWC: ``gx`` (None: not wanted) through the
-    transposed GEMM and col2im, ``gw`` (PyTorch's (out, C/g, kh, kw); None: not wanted)
-    through im2col rows times ``gy``, ``gb`` the sum of ``gy``. Images go a block at a time,
-    so the column buffer stays near COLUMN_BYTES; the GEMMs are NumPy's (threaded BLAS).
-    A 1x1, stride-1, unpadded convolution multiplies the image itself."""
+def conv_backward(
+    x, gy, weight, gx, gw, gb, groups: int, geometry: tuple, backend=None, cache=None
+) -> None:
+    """Gradients of a (grouped) convolution, NHWC; ``weight`` PyTorch's (out, C/g, kh, kw).
+    ``gw`` (same layout) by ``conv_weight_grad``, ``gb`` the sum of ``gy``, ``gx`` by
+    ``conv_data_grad`` (each None: not wanted). ``backend`` and ``cache`` (a dict the
+    caller keeps while the weights stay, the step's arrays) let a stride-1 data gradient run
+    as a forward convolution on that backend."""
+    if gb is not None:
+        gb[...] = gy.reshape(-1, gy.shape[3]).sum(axis=0, dtype=np.float64)
+    if gw is not None:
+        conv_weight_grad(x, gy, gw, groups, geometry)
+    if gx is not None:
+        conv_data_grad(gy, weight, gx, groups, geometry, backend, cache)
+
+
+def conv_data_grad(gy, weight, gx, groups: int, geometry: tuple, backend=None, cache=None):
+    """Input gradient of a convolution. With stride 1 it is itself a convolution: of ``gy``,
+    padded by ``d (k - 1) - p``, with the weights flipped and in- and output channels
+    swapped; that runs on the forward path (its algorithm chosen as for any layer). Other
+    geometries (strided, or padded by more than the dilated kernel) take the transposed
+    GEMM and col2im (``_data_grad_columns``)."""
+    kh, kw, sh, sw, ph, pw, dh, dw = geometry
+    flip_ph, flip_pw = dh * (kh - 1) - ph, dw * (kw - 1) - pw
+    if backend is None or sh != 1 or sw != 1 or flip_ph < 0 or flip_pw < 0:
+        _data_grad_columns(gy, weight, gx, groups, geometry)
+        return
+    cache = {} if cache is None else cache
+    held = cache.get("grad.data")
+    if held is None:
+        held = cache["grad.data"] = _flipped_conv(weight, groups, geometry)
+    step, arrays = held
+    run_call(_bind(backend, step, arrays, gy, _NO_RESIDUAL, gx))
+
+
+_NO_RESIDUAL = np.empty((0, 0, 0, 0), np.float32)
+
+
+def _flipped_conv(weight, groups: int, geometry: tuple):
+    """The forward step (and its packed weights) whose output is a stride-1 convolution's
+    input gradient: weights (C, out/g, kh, kw) = the layer's with each group's channels
+    transposed and taps reversed."""
+    from ...lowering import EPILOGUE, PACKERS, Step
+
+    kh, kw, _, _, ph, pw, dh, dw = geometry
+    c_out, cg = weight.shape[:2]
+    og = c_out // groups
+    flipped = weight.reshape(groups, og, cg, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+    flipped = flipped.reshape(groups * cg, og, kh, kw)
+    attrs = dict(
+        kh=kh, kw=kw, sh=1, sw=1, ph=dh * (kh - 1) - ph, pw=dw * (kw - 1) - pw, dh=dh, dw=dw,
+        groups=groups, mult=1, **EPILOGUE,
+    )  # fmt: skip
+    raw = {"weight": flipped, "bias": np.zeros(groups * cg, np.float32)}
+    packed = PACKERS["conv"](raw, attrs)
+    arrays = {k: np.ascontiguousarray(v, np.float32) for k, v in packed.items()}
+    return Step("conv", ["gradient"], [], -1, attrs=attrs), arrays
+
+
+def _data_grad_columns(gy, weight, gx, groups: int, geometry: tuple) -> None:
+    """Input gradient through the transposed GEMM (``gy @ W^T``, NumPy's) and col2im, a
+    block of images at a time so the column buffer stays near COLUMN_BYTES."""
+    kh, kw, sh, sw, ph, pw, dh, dw = geometry
+    n_img, h, w, c_in = gx.shape
+    _, ho, wo, c_out = gy.shape
+    cg, og = c_in // groups, c_out // groups
+    k = kh * kw * cg
+    # (groups, og, k): columns (ky, kx, c)
+    wmat = weight.reshape(groups, og, cg, kh, kw).transpose(0, 1, 3, 4, 2).reshape(groups, og, k)
+    gx[...] = 0.0
+    block = max(1, min(n_img, COLUMN_BYTES // max(1, ho * wo * k * F4)))
+    for n0 in range(0, n_img, block):
+        n1 = min(n_img, n0 + block)
+        gy2 = gy[n0:n1].reshape(-1, c_out)
+        for gi in range(groups):
+            gcol = gy2[:, gi * og : (gi + 1) * og] @ wmat[gi]
+            _col2im_images(gcol, n0, n1, ho, wo, *geometry, gi * cg, cg, gx)
+
+
+def conv_weight_grad(x, gy, gw, groups: int, geometry: tuple) -> None:
+    """Weight gradient of a convolution into ``gw`` (out, C/g, kh, kw): per-thread sums over
+    tiles of output rows (``_weight_parts``), added in float64. Stride-1 layers with 32 or
+    more channels per group take one GEMM per tap on the tile's padded input rows (as the
+    forward's shifted GEMM), the rest im2col tiles."""
+    import numba
+
     kh, kw, sh, sw, ph, pw, dh, dw = geometry
     n_img, h, w, c_in = x.shape
     _, ho, wo, c_out = gy.shape
     cg, og = c_in // groups, c_out // groups
     k = kh * kw * cg
-    # (groups, k, og): rows (ky, kx, c), as the forward's packed weights
-    wmat = weight.reshape(groups, og, cg, kh, kw).transpose(0, 3, 4, 2, 1).reshape(groups, k, og)
-    plain = geometry == (1, 1, 1, 1, 0, 0, 1, 1) and groups == 1
-    if gb is not None:
-        gb[...] = gy.reshape(-1, c_out).sum(axis=0, dtype=np.float64)
-    if gx is not None:
-        gx[...] = 0.0
-    gwm = np.zeros((groups, k, og), np.float64) if gw is not None else None
-    block = max(1, min(n_img, COLUMN_BYTES // max(1, ho * wo * k * F4)))
-    cols = None if plain else np.empty((block * ho * wo, k), np.float32)
-    for n0 in range(0, n_img, block):
-        n1 = min(n_img, n0 + block)
-        rows = (n1 - n0) * ho * wo
-        gy2 = gy[n0:n1].reshape(rows, c_out)
+    threads = numba.get_num_threads()
+    shifted = uses_shifted_gemm.py_func(kh, kw, sh, sw, cg)
+    wp = w + 2 * pw
+    if shifted:  # each tap's GEMM within BLAS's small-matrix kernels
+        rows = max(1, min(ho, SMALL_MNK // (wp * cg * og)))
+    else:  # an im2col tile near the L2 cache
+        rows = max(1, min(ho, TILE_FLOATS // max(1, wo * k)))
+    while rows > 1 and n_img * -(-ho // rows) < 2 * threads:
+        rows = (rows + 1) // 2
+    if shifted:
+        padded = ((rows + dh * (kh - 1)) * wp + dw * (kw - 1) + 1) * c_in + rows * wp * c_out
+    else:
+        padded = 0 if uses_direct_gemm.py_func(kh, kw, sh, sw, ph, pw) else rows * wo * k
+    scratch = np.empty((threads, padded + k * og), np.float32)
+    parts = np.empty((threads, groups, k, og), np.float64)
+    _weight_parts(x, gy, parts, scratch, *geometry, groups, rows, shifted)
+    total = parts.sum(axis=0)
+    w_rows = total.reshape(groups, kh, kw, cg, og).transpose(0, 4, 3, 1, 2)
+    gw[...] = w_rows.reshape(c_out, cg, kh, kw)
+
+
+@njit(**PJIT)
+def _weight_parts(x, gy, parts, scratch, kh, kw, sh, sw, ph, pw, dh, dw, groups, rows_per_tile,
+                  shifted):  # fmt: skip
+    """``parts[t]``: thread t's sum of the weight gradient (groups, kh*kw*C/g, out/g), rows
+    (ky, kx, c), over a contiguous run of (image, row tile) items."""
+    n_img, ho = gy.shape[0], gy.shape[1]
+    items = n_img * ((ho + rows_per_tile - 1) // rows_per_tile)
+    threads = parts.shape[0]
+    for t in prange(threads):
+        first, last = t * items // threads, (t + 1) * items // threads
+        if shifted:
+            _weight_items_shifted(x, gy, parts[t], scratch[t], first, last, kh, kw, ph, pw,
+                                  dh, dw, groups, rows_per_tile)  # fmt: skip
+        else:
+            _weight_items(x, gy, parts[t], scratch[t], first, last, kh, kw, sh, sw, ph, pw,
+                          dh, dw, groups, rows_per_tile)  # fmt: skip
+
+
+@njit(**JIT)
+def _weight_items_shifted(x, gy, part, scratch, first, last, kh, kw, ph, pw, dh, dw, groups,
+                          rows_per_tile):  # fmt: skip
+    """Items ``first .. last`` of a stride-1 layer's weight gradient into ``part``: the
+    tile's input rows copied once, zero-padded to width ``wp``, and its ``gy`` rows widened
+    to ``wp`` with zeros; then each tap's block of the gradient is the padded rows shifted
+    by the tap, transposed, times the widened ``gy`` (the zeros drop the extra columns)."""
+    n_img, h, w, c_in = x.shape
+    _, ho, wo, c_out = gy.shape
+    cg, og = c_in // groups, c_out // groups
+    k = kh * kw * cg
+    wp = w + 2 * pw
+    tiles = (ho + rows_per_tile - 1) // rows_per_tile
+    xp_rows = (rows_per_tile + dh * (kh - 1)) * wp + dw * (kw - 1) + 1
+    xp = scratch[: xp_rows * c_in].reshape(xp_rows, c_in)
+    gw_at = xp_rows * c_in
+    gyw = scratch[gw_at : gw_at + rows_per_tile * wp * c_out].reshape(-1, c_out)
+    t_at = gw_at + rows_per_tile * wp * c_out
+    tile = scratch[t_at : t_at + k * og].reshape(k, og)
+    part[:] = 0.0
+    for item in range(first, last):
+        n = item // tiles
+        oy0 = (item % tiles) * rows_per_tile
+        rows = min(ho, oy0 + rows_per_tile) - oy0
+        in_rows = rows + dh * (kh - 1)
+        xp[:] = 0.0
+        for r in range(in_rows):
+            iy = oy0 - ph + r
+            if 0 <= iy < h:
+                for ix in range(w):
+                    for c in range(c_in):
+                        xp[r * wp + pw + ix, c] = x[n, iy, ix, c]
+        for r in range(rows):
+            for ox in range(wp):
+                if ox < wo:
+                    for c in range(c_out):
+                        gyw[r * wp + ox, c] = gy[n, oy0 + r, ox, c]
+                else:
+                    for c in range(c_out):
+                        gyw[r * wp + ox, c] = 0.0
+        m = rows * wp
         for gi in range(groups):
-            gyg = gy2[:, gi * og : (gi + 1) * og]
-            if plain:
-                col = x[n0:n1].reshape(rows, c_in)
+            for ky in range(kh):
+                for kx in range(kw):
+                    shift = ky * dh * wp + kx * dw
+                    tap = (ky * kw + kx) * cg
+                    gemm_tn(
+                        cg,
+                        og,
+                        m,
+                        xp.ctypes.data + (shift * c_in + gi * cg) * F4,
+                        c_in,
+                        gyw.ctypes.data + gi * og * F4,
+                        c_out,
+                        tile.ctypes.data + tap * og * F4,
+                        og,
+                        0.0,
+                    )
+            dst = part[gi]
+            for r in range(k):
+                for j in range(og):
+                    dst[r, j] += tile[r, j]
+
+
+@njit(**JIT)
+def _weight_items(x, gy, part, scratch, first, last, kh, kw, sh, sw, ph, pw, dh, dw, groups,
+                  rows_per_tile):  # fmt: skip
+    """Items ``first .. last`` of ``_weight_parts`` into ``part``: per item and group, the
+    im2col tile (or, for 1x1 stride-1 unpadded layers, the input rows themselves) transposed
+    times the tile's ``gy`` (one BLAS call, float32), then added into ``part`` in float64."""
+    c_in = x.shape[3]
+    _, ho, wo, c_out = gy.shape
+    cg, og = c_in // groups, c_out // groups
+    k = kh * kw * cg
+    direct = uses_direct_gemm(kh, kw, sh, sw, ph, pw)
+    tiles = (ho + rows_per_tile - 1) // rows_per_tile
+    cols = 0 if direct else rows_per_tile * wo * k
+    tile = scratch[cols : cols + k * og].reshape(k, og)
+    part[:] = 0.0
+    for item in range(first, last):
+        n = item // tiles
+        oy0 = (item % tiles) * rows_per_tile
+        oy1 = min(ho, oy0 + rows_per_tile)
+        m = (oy1 - oy0) * wo
+        r0 = (n * ho + oy0) * wo
+        for gi in range(groups):
+            if direct:
+                a_addr = x.ctypes.data + (r0 * c_in + gi * cg) * F4
+                lda = c_in
             else:
-                col = cols[:rows]
-                _im2col_images(x, n0, n1, ho, wo, *geometry, gi * cg, cg, col)
-            if gwm is not None:
-                gwm[gi] += col.T @ gyg
-            if gx is None:
-                continue
-            gcol = gyg @ wmat[gi].T
-            if plain:
-                gx[n0:n1] = gcol.reshape(n1 - n0, h, w, c_in)
-            else:
-                _col2im_images(gcol, n0, n1, ho, wo, *geometry, gi * cg, cg, gx)
-    if gw is not None:
-        w_rows = gwm.reshape(groups, kh, kw, cg, og).transpose(0, 4, 3, 1, 2)
-        gw[...] = w_rows.reshape(c_out, cg, kh, kw)
+                col = scratch[: m * k].reshape(m, k)
+                _im2col(x, n, oy0, oy1, wo, kh, kw, sh, sw, ph, pw, dh, dw, gi * cg, cg, col)
+                a_addr = col.ctypes.data
+                lda = k
+            b_addr = gy.ctypes.data + (r0 * c_out + gi * og) * F4
+            gemm_tn(k, og, m, a_addr, lda, b_addr, c_out, tile.ctypes.data, og, 0.0)
+            dst = part[gi]
+            for r in range(k):
+                for j in range(og):
+                    dst[r, j] += tile[r, j]
 
 
 @GRADS.register("conv")
 def grad_conv(backend, step, arrays, saved, gy, gxs, gws):
     conv_backward(
         saved.xs[0], gy, arrays["param.weight"], gxs[0], gws.get("weight"), gws.get("bias"),
-        step.attrs["groups"], _geometry(step.attrs),
+        step.attrs["groups"], _geometry(step.attrs), backend, arrays,
     )  # fmt: skip
 
 
@@ -821,3 +1007,50 @@ def grad_fc(backend, step, arrays, saved, gy, gxs, gws):
         np.matmul(gy.T, x, out=gws["weight"])
     if "bias" in gws:
         gws["bias"][...] = gy.sum(axis=0, dtype=np.float64)
+
+
+def convt_backward(x, gy, weight, gx, gw, gb, groups: int, geometry: tuple) -> None:
+    """Gradients of a transposed convolution ``y = convt(x, W)``, NHWC. Its input gradient is
+    the convolution of ``gy`` with the same weights and geometry (convt is that
+    convolution's transpose), evaluated at ``x``'s pixels: the im2col rows of ``gy``
+    (columns (ky, kx, co)) times ``W`` per group; its weight gradient reuses those rows,
+    ``x_g^T @ rows``. ``weight``: PyTorch's (C_in, out/g, kh, kw); ``gw`` the same layout,
+    ``gb`` the sum of ``gy`` (None: not wanted)."""
+    kh, kw = geometry[:2]
+    n_img, h, w, c_in = x.shape
+    c_out = gy.shape[3]
+    cg, og = c_in // groups, c_out // groups
+    k = kh * kw * og
+    # (groups, k, C/g): rows (ky, kx, co), a convolution's packed weights
+    wmat = weight.reshape(groups, cg, og, kh, kw).transpose(0, 3, 4, 2, 1).reshape(groups, k, cg)
+    if gb is not None:
+        gb[...] = gy.reshape(-1, c_out).sum(axis=0, dtype=np.float64)
+    gwm = np.zeros((groups, k, cg), np.float64) if gw is not None else None
+    block = max(1, min(n_img, COLUMN_BYTES // max(1, h * w * k * F4)))
+    cols = np.empty((block * h * w, k), np.float32)
+    for n0 in range(0, n_img, block):
+        n1 = min(n_img, n0 + block)
+        rows = (n1 - n0) * h * w
+        x2 = x[n0:n1].reshape(rows, c_in)
+        gx2 = gx[n0:n1].reshape(rows, c_in) if gx is not None else None
+        for gi in range(groups):
+            col = cols[:rows]
+            _im2col_images(gy, n0, n1, h, w, *geometry, gi * og, og, col)
+            if gwm is not None:
+                gwm[gi] += col.T @ x2[:, gi * cg : (gi + 1) * cg]
+            if gx2 is not None:
+                if groups == 1:
+                    np.matmul(col, wmat[0], out=gx2)
+                else:
+                    gx2[:, gi * cg : (gi + 1) * cg] = col @ wmat[gi]
+    if gw is not None:
+        w_rows = gwm.reshape(groups, kh, kw, og, cg).transpose(0, 4, 3, 1, 2)
+        gw[...] = w_rows.reshape(c_in, og, kh, kw)
+
+
+@GRADS.register("convt")
+def grad_convt(backend, step, arrays, saved, gy, gxs, gws):
+    convt_backward(
+        saved.xs[0], gy, arrays["param.weight"], gxs[0], gws.get("weight"), gws.get("bias"),
+        step.attrs["groups"], _geometry(step.attrs),
+    )  # fmt: skip

@@ -20,7 +20,7 @@ from .activations import JIT, PJIT, activate, clamp_bounds
 from .blocked import post_code
 from .elementwise import run_call
 from .microkernel import DW_SMALL, LANES, MR, copy_lanes, dw_tile_out, dw_tile_small
-from .table import KERNELS
+from .table import GRADS, KERNELS
 
 F4 = 4
 
@@ -189,3 +189,131 @@ def launch_dwconv(backend, step, arrays, ins, res, out, work):
     key = (id(step), id(x), id(res), id(out))
     bind = lambda: dwconv_call(backend, step.attrs, arrays, x, res, out)  # noqa: E731
     run_call(backend.bound_call(key, bind))
+
+
+# ---- backward ----------------------------------------------------------------------------
+
+
+@njit(inline="always", **JIT)
+def _columns(kx, dw, pw, sw, wd, wo):
+    """Output columns ``ox`` whose tap ``kx`` reads an input column inside the image, as a
+    range, and that column's offset: ``ix = ox * sw + off``."""
+    off = kx * dw - pw
+    ox0 = max(0, (-off + sw - 1) // sw)
+    ox1 = min(wo, (wd - off + sw - 1) // sw)
+    return ox0, max(ox0, ox1), off
+
+
+@njit(**JIT)
+def _dw_data_row(gy, w, gx, n, iy, kh, kw, sh, sw, ph, pw, dh, dw, mult):
+    """Row ``iy`` of image ``n`` of ``gx``: every (output row, tap row) that reads it adds
+    its taps' products with ``gy`` along the row, one channel vector at a time."""
+    _, ho, wo, _ = gy.shape
+    wd, c = gx.shape[2], gx.shape[3]
+    row = gx[n, iy]
+    for ix in range(wd):
+        for ch in range(c):
+            row[ix, ch] = 0.0
+    for ky in range(kh):
+        ty = iy + ph - ky * dh
+        if ty < 0 or ty % sh != 0 or ty // sh >= ho:
+            continue
+        g = gy[n, ty // sh]
+        for kx in range(kw):
+            ox0, ox1, off = _columns(kx, dw, pw, sw, wd, wo)
+            tap = w[ky, kx]
+            for ox in range(ox0, ox1):
+                ix = ox * sw + off
+                if mult == 1:
+                    for ch in range(c):
+                        row[ix, ch] += g[ox, ch] * tap[ch]
+                else:
+                    for ch in range(c):
+                        acc = np.float32(0.0)
+                        for j in range(mult):
+                            acc += g[ox, ch * mult + j] * tap[ch * mult + j]
+                        row[ix, ch] += acc
+
+
+@njit(**PJIT)
+def dwconv_backward_data(gy, w, gx, kh, kw, sh, sw, ph, pw, dh, dw, mult):
+    """Input gradient of a depthwise convolution (``w`` packed (kh, kw, C*mult)): parallel
+    over the rows of ``gx``, each written whole by one thread."""
+    n_img, h = gx.shape[0], gx.shape[1]
+    for t in prange(n_img * h):
+        _dw_data_row(gy, w, gx, t // h, t % h, kh, kw, sh, sw, ph, pw, dh, dw, mult)
+
+
+@njit(**JIT)
+def _dw_weight_rows(x, gy, part, acc, r0, r1, kh, kw, sh, sw, ph, pw, dh, dw, mult):
+    """Output rows ``r0 .. r1`` (over images) of the weight gradient into ``part`` (kh, kw,
+    C*mult), float64: each row sums in float32 into ``acc`` (a row is short), then is added
+    into ``part``."""
+    _, h, wd, _ = x.shape
+    _, ho, wo, c_out = gy.shape
+    for ky in range(kh):
+        for kx in range(kw):
+            for co in range(c_out):
+                part[ky, kx, co] = 0.0
+    for r in range(r0, r1):
+        n, oy = r // ho, r % ho
+        g = gy[n, oy]
+        for ky in range(kh):
+            iy = oy * sh - ph + ky * dh
+            if iy < 0 or iy >= h:
+                continue
+            xr = x[n, iy]
+            for kx in range(kw):
+                ox0, ox1, off = _columns(kx, dw, pw, sw, wd, wo)
+                a = acc[ky, kx]
+                for co in range(c_out):
+                    a[co] = 0.0
+                for ox in range(ox0, ox1):
+                    ix = ox * sw + off
+                    if mult == 1:
+                        for co in range(c_out):
+                            a[co] += g[ox, co] * xr[ix, co]
+                    else:
+                        for co in range(c_out):
+                            a[co] += g[ox, co] * xr[ix, co // mult]
+                p = part[ky, kx]
+                for co in range(c_out):
+                    p[co] += a[co]
+
+
+@njit(**PJIT)
+def dwconv_backward_weight(x, gy, parts, kh, kw, sh, sw, ph, pw, dh, dw, mult):
+    """Weight gradient of a depthwise convolution, (kh, kw, C*mult) float64: the output rows
+    (over images) split into ``parts.shape[0]`` contiguous ranges, each summed into its own
+    partial by one thread, then the partials added in order (deterministic, no races)."""
+    items = parts.shape[0]
+    rows = gy.shape[0] * gy.shape[1]
+    for t in prange(items):
+        acc = np.empty((kh, kw, gy.shape[3]), np.float32)
+        r0, r1 = t * rows // items, (t + 1) * rows // items
+        _dw_weight_rows(x, gy, parts[t], acc, r0, r1, kh, kw, sh, sw, ph, pw, dh, dw, mult)
+    for t in range(1, items):
+        parts[0] += parts[t]
+
+
+#: Partial sums of a depthwise weight gradient: a fixed count (not one per thread), so the
+#: result does not depend on the number of threads; more threads than this idle.
+DW_WEIGHT_PARTS = 32
+
+
+@GRADS.register("dwconv")
+def grad_dwconv(backend, step, arrays, saved, gy, gxs, gws):
+    """Depthwise convolution's gradients: ``gx`` and the weight (PyTorch's (C*m, 1, kh, kw))
+    by direct loops over channel vectors, the bias as the sum of ``gy``."""
+    a = step.attrs
+    x, gx = saved.xs[0], gxs[0]
+    window = (a["kh"], a["kw"], a["sh"], a["sw"], a["ph"], a["pw"], a["dh"], a["dw"])
+    if gx is not None:
+        dwconv_backward_data(gy, arrays["w"], gx, *window, a["mult"])
+    if "weight" in gws:
+        items = max(1, min(gy.shape[0] * gy.shape[1], DW_WEIGHT_PARTS))
+        parts = np.empty((items, a["kh"], a["kw"], gy.shape[3]), np.float64)
+        dwconv_backward_weight(x, gy, parts, *window, a["mult"])
+        gws["weight"][...] = parts[0].transpose(2, 0, 1)[:, None]
+    if "bias" in gws:
+        gws["bias"][...] = gy.reshape(-1, gy.shape[3]).sum(axis=0, dtype=np.float64)

@@ -207,3 +207,194 @@ def unflatten(g, gx):
 @GRADS.register("flatten", needs=())
 def grad_flatten(backend, step, arrays, saved, gy, gxs, gws):
     unflatten(gy, gxs[0])
+
+
+def _blocks(gx, backend) -> int:
+    from .pool import channel_blocks
+
+    return channel_blocks(gx.shape[0], gx.shape[3], backend.threads)
+
+
+@njit(inline="always", **JIT)
+def _block(t, blocks, c):
+    """Work item ``t`` of (image, channel block) -> (image, first channel, end channel)."""
+    size = (c + blocks - 1) // blocks
+    c0 = (t % blocks) * size
+    return t // blocks, c0, min(c, c0 + size)
+
+
+@njit(**JIT)
+def _zero_block(gx, n, c0, c1):
+    _, h, w, _ = gx.shape
+    for iy in range(h):
+        for ix in range(w):
+            for ch in range(c0, c1):
+                gx[n, iy, ix, ch] = 0.0
+
+
+@njit(**PJIT)
+def _resize_nearest_backward(gy, gx, sy, sx, blocks):
+    """Each output pixel's gradient added to the input pixel it copied; items (image,
+    channel block) own their part of ``gx``."""
+    n_img, h, w, c = gx.shape
+    _, ho, wo, _ = gy.shape
+    for t in prange(n_img * blocks):
+        n, c0, c1 = _block(t, blocks, c)
+        _zero_block(gx, n, c0, c1)
+        for oy in range(ho):
+            iy = min(int(np.floor(np.float32(oy) * sy)), h - 1)
+            for ox in range(wo):
+                ix = min(int(np.floor(np.float32(ox) * sx)), w - 1)
+                for ch in range(c0, c1):
+                    gx[n, iy, ix, ch] += gy[n, oy, ox, ch]
+
+
+@njit(**PJIT)
+def _resize_bilinear_backward(gy, gx, sy, sx, blocks):
+    n_img, c = gx.shape[0], gx.shape[3]
+    for t in prange(n_img * blocks):
+        n, c0, c1 = _block(t, blocks, c)
+        _bilinear_back_block(gy, gx, n, c0, c1, sy, sx)
+
+
+@njit(**JIT)
+def _bilinear_back_block(gy, gx, n, c0, c1, sy, sx):
+    """Each output pixel's gradient shared among its four sources with the forward's
+    weights (``_source``), channels c0..c1 of image n."""
+    _, h, w, _ = gx.shape
+    _, ho, wo, _ = gy.shape
+    _zero_block(gx, n, c0, c1)
+    for oy in range(ho):
+        y0, y1, ly = _source(oy, sy, h)
+        for ox in range(wo):
+            x0, x1, lx = _source(ox, sx, w)
+            w00 = (1 - ly) * (1 - lx)
+            w01 = (1 - ly) * lx
+            w10 = ly * (1 - lx)
+            w11 = ly * lx
+            for ch in range(c0, c1):
+                g = gy[n, oy, ox, ch]
+                gx[n, y0, x0, ch] += g * w00
+                gx[n, y0, x1, ch] += g * w01
+                gx[n, y1, x0, ch] += g * w10
+                gx[n, y1, x1, ch] += g * w11
+
+
+def resize_backward(gy, gx, scale_y, scale_x, bilinear, blocks):
+    """The adjoint of ``resize`` (same scales)."""
+    sy, sx = np.float32(scale_y), np.float32(scale_x)
+    (_resize_bilinear_backward if bilinear else _resize_nearest_backward)(gy, gx, sy, sx, blocks)
+
+
+@njit(**PJIT)
+def concat_backward(gy, gx, c0):
+    """``gx`` = channels [c0, c0 + Cx) of ``gy``: the adjoint of ``concat``."""
+    n_img, h, w, c = gx.shape
+    for t in prange(n_img * h):
+        n = t // h
+        iy = t % h
+        for ix in range(w):
+            for ch in range(c):
+                gx[n, iy, ix, ch] = gy[n, iy, ix, c0 + ch]
+
+
+@njit(**PJIT)
+def crop_backward(gy, gx, oy, ox):
+    """``gy`` put back at (oy, ox) of a zeroed ``gx``; each thread writes whole rows."""
+    n_img, h, w, c = gx.shape
+    _, ho, wo, _ = gy.shape
+    for t in prange(n_img * h):
+        n = t // h
+        iy = t % h
+        inside = oy <= iy < oy + ho
+        for ix in range(w):
+            if inside and ox <= ix < ox + wo:
+                for ch in range(c):
+                    gx[n, iy, ix, ch] = gy[n, iy - oy, ix - ox, ch]
+            else:
+                for ch in range(c):
+                    gx[n, iy, ix, ch] = 0.0
+
+
+@njit(**PJIT)
+def scatter_channels(g2, index, gx2):
+    """The adjoint of ``gather_channels``: ``gx[:, index[j]] += g[:, j]``, unread channels
+    zero; each thread owns whole rows."""
+    rows, c = g2.shape
+    for r in prange(rows):
+        d = gx2[r]
+        d[:] = 0.0
+        for j in range(c):
+            d[index[j]] += g2[r, j]
+
+
+@njit(**PJIT)
+def pad_backward(gy, gx, top, left, mode, blocks):
+    """The adjoint of ``pad``: each padded pixel's gradient added to the pixel it copied
+    (reflect and replicate add the border's several copies into one), padding's zeros
+    dropped. Items (image, channel block) own their part of ``gx``."""
+    n_img, h, w, c = gx.shape
+    _, ho, wo, _ = gy.shape
+    for t in prange(n_img * blocks):
+        n, c0, c1 = _block(t, blocks, c)
+        _zero_block(gx, n, c0, c1)
+        for oy in range(ho):
+            iy = _pad_source(oy - top, h, mode)
+            if iy < 0:
+                continue
+            for ox in range(wo):
+                ix = _pad_source(ox - left, w, mode)
+                if ix >= 0:
+                    for ch in range(c0, c1):
+                        gx[n, iy, ix, ch] += gy[n, oy, ox, ch]
+
+
+@GRADS.register("upsample", needs=())
+def grad_upsample(backend, step, arrays, saved, gy, gxs, gws):
+    a, gx = step.attrs, gxs[0]
+    if gx is not None:
+        bilinear = a["mode"] == "bilinear"
+        scales = 1.0 / a["scale"][0], 1.0 / a["scale"][1]
+        resize_backward(gy, gx, *scales, bilinear, _blocks(gx, backend))
+
+
+@GRADS.register("resize", needs=())
+def grad_resize(backend, step, arrays, saved, gy, gxs, gws):
+    gx = gxs[0]
+    if gx is not None:
+        scales = gx.shape[1] / gy.shape[1], gx.shape[2] / gy.shape[2]
+        bilinear = step.attrs["mode"] == "bilinear"
+        resize_backward(gy, gx, *scales, bilinear, _blocks(gx, backend))
+
+
+@GRADS.register("concat", needs=())
+def grad_concat(backend, step, arrays, saved, gy, gxs, gws):
+    c0 = 0
+    g4 = gy if gy.ndim == 4 else gy.reshape(gy.shape[0], 1, 1, gy.shape[1])
+    for gx, c in zip(gxs, step.attrs["widths"]):
+        if gx is not None:
+            concat_backward(g4, gx if gx.ndim == 4 else gx.reshape(gx.shape[0], 1, 1, c), c0)
+        c0 += c
+
+
+@GRADS.register("crop", needs=())
+def grad_crop(backend, step, arrays, saved, gy, gxs, gws):
+    if gxs[0] is not None:
+        crop_backward(gy, gxs[0], step.attrs["oy"], step.attrs["ox"])
+
+
+@GRADS.register("channels", needs=())
+def grad_channels(backend, step, arrays, saved, gy, gxs, gws):
+    gx = gxs[0]
+    if gx is not None:
+        g2 = gy.reshape(-1, gy.shape[-1])
+        scatter_channels(g2, arrays["index"], gx.reshape(-1, gx.shape[-1]))
+
+
+@GRADS.register("pad", needs=())
+def grad_pad(backend, step, arrays, saved, gy, gxs, gws):
+    gx = gxs[0]
+    if gx is not None:
+        top, _, left, _ = step.attrs["p"]
+        mode = PAD_MODES[step.attrs["mode"]]
+        pad_backward(gy, gx, top, left, mode, _blocks(gx, backend))

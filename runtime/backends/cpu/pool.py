@@ -197,3 +197,190 @@ def gap_backward(gy, gx):
 @GRADS.register("gap", needs=())
 def grad_gap(backend, step, arrays, saved, gy, gxs, gws):
     gap_backward(gy, gxs[0])
+
+
+def channel_blocks(n_img: int, c: int, threads: int) -> int:
+    """Channel blocks of a backward pass parallel over (image, channel block): enough items
+    for two per thread when the batch is small, blocks of at least 16 channels."""
+    return max(1, min(c // 16, -(-2 * threads // n_img)))
+
+
+@njit(inline="always", **JIT)
+def _block(t, blocks, c):
+    """Work item ``t`` of (image, channel block) -> (image, first channel, end channel)."""
+    size = (c + blocks - 1) // blocks
+    c0 = (t % blocks) * size
+    return t // blocks, c0, min(c, c0 + size)
+
+
+@njit(**JIT)
+def _zero_block(gx, n, c0, c1):
+    _, h, w, _ = gx.shape
+    for iy in range(h):
+        for ix in range(w):
+            for ch in range(c0, c1):
+                gx[n, iy, ix, ch] = 0.0
+
+
+@njit(**JIT)
+def _maxpool_back_block(x, gy, gx, n, c0, c1, kh, kw, sh, sw, ph, pw, dh, dw):
+    """Channels c0..c1 of image n: each window's gradient to its maximum, found as PyTorch's
+    CPU kernel finds it (rows then columns, a strictly greater value or a NaN replaces the
+    held one, starting from the window's first pixel inside the image at -inf)."""
+    _, h, w, _ = x.shape
+    _, ho, wo, _ = gy.shape
+    _zero_block(gx, n, c0, c1)
+    nb = c1 - c0
+    best = np.empty(nb, np.float32)
+    arg = np.empty(nb, np.int64)
+    for oy in range(ho):
+        y0 = oy * sh - ph
+        y1 = min(y0 + (kh - 1) * dh + 1, h)
+        while y0 < 0:
+            y0 += dh
+        for ox in range(wo):
+            x0 = ox * sw - pw
+            x1 = min(x0 + (kw - 1) * dw + 1, w)
+            while x0 < 0:
+                x0 += dw
+            if y0 >= h or x0 >= w:
+                continue  # a window wholly in the padding (PyTorch's shapes never make one)
+            for j in range(nb):
+                best[j] = -np.inf
+                arg[j] = y0 * w + x0
+            for iy in range(y0, y1, dh):
+                for ix in range(x0, x1, dw):
+                    src = x[n, iy, ix, c0:c1]
+                    for j in range(nb):
+                        v = src[j]
+                        if v > best[j] or v != v:
+                            best[j] = v
+                            arg[j] = iy * w + ix
+            for j in range(nb):
+                gx[n, arg[j] // w, arg[j] % w, c0 + j] += gy[n, oy, ox, c0 + j]
+
+
+@njit(**PJIT)
+def maxpool_backward(x, gy, gx, kh, kw, sh, sw, ph, pw, dh, dw, blocks):
+    """Gradient of ``maxpool``, parallel over (image, channel block): each item owns its
+    part of ``gx`` and scatters into it in window order (no races, deterministic)."""
+    n_img, c = x.shape[0], x.shape[3]
+    for t in prange(n_img * blocks):
+        n, c0, c1 = _block(t, blocks, c)
+        _maxpool_back_block(x, gy, gx, n, c0, c1, kh, kw, sh, sw, ph, pw, dh, dw)
+
+
+@njit(**JIT)
+def _avgpool_back_block(gy, gx, n, c0, c1, kh, kw, sh, sw, ph, pw, count_pad):
+    """Channels c0..c1 of image n: each window's gradient over its divisor, spread evenly
+    over its pixels inside the image (the divisors of ``avgpool``)."""
+    _, h, w, _ = gx.shape
+    _, ho, wo, _ = gy.shape
+    _zero_block(gx, n, c0, c1)
+    for oy in range(ho):
+        y0 = oy * sh - ph
+        y1 = min(y0 + kh, h + ph)
+        for ox in range(wo):
+            x0 = ox * sw - pw
+            x1 = min(x0 + kw, w + pw)
+            pool = (y1 - y0) * (x1 - x0)
+            ya, yb, xa, xb = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
+            div = pool if count_pad else (yb - ya) * (xb - xa)
+            scale = np.float32(1.0) / np.float32(max(div, 1))
+            g = gy[n, oy, ox, c0:c1]
+            for iy in range(ya, yb):
+                for ix in range(xa, xb):
+                    d = gx[n, iy, ix, c0:c1]
+                    for j in range(c1 - c0):
+                        d[j] += g[j] * scale
+
+
+@njit(**PJIT)
+def avgpool_backward(gy, gx, kh, kw, sh, sw, ph, pw, count_pad, blocks):
+    n_img, c = gx.shape[0], gx.shape[3]
+    for t in prange(n_img * blocks):
+        n, c0, c1 = _block(t, blocks, c)
+        _avgpool_back_block(gy, gx, n, c0, c1, kh, kw, sh, sw, ph, pw, count_pad)
+
+
+@njit(**JIT)
+def _adaptive_back_block(gy, gx, n, c0, c1):
+    _, h, w, _ = gx.shape
+    _, ho, wo, _ = gy.shape
+    _zero_block(gx, n, c0, c1)
+    for oy in range(ho):
+        y0 = (oy * h) // ho
+        y1 = -((-(oy + 1) * h) // ho)
+        for ox in range(wo):
+            x0 = (ox * w) // wo
+            x1 = -((-(ox + 1) * w) // wo)
+            scale = np.float32(1.0) / np.float32((y1 - y0) * (x1 - x0))
+            g = gy[n, oy, ox, c0:c1]
+            for iy in range(y0, y1):
+                for ix in range(x0, x1):
+                    d = gx[n, iy, ix, c0:c1]
+                    for j in range(c1 - c0):
+                        d[j] += g[j] * scale
+
+
+@njit(**PJIT)
+def adaptive_avgpool_backward(gy, gx, blocks):
+    """Each output cell's gradient spread evenly over the cell's input window (PyTorch's
+    start ``floor(i*H/h)`` and end ``ceil((i+1)*H/h)``); cells may overlap."""
+    n_img, c = gx.shape[0], gx.shape[3]
+    for t in prange(n_img * blocks):
+        n, c0, c1 = _block(t, blocks, c)
+        _adaptive_back_block(gy, gx, n, c0, c1)
+
+
+@njit(**JIT)
+def gmp_backward(x, y, gy, gx):
+    """Gradient of global max pooling as ``torch.amax``'s: shared evenly by every position
+    equal to the maximum (a tie splits; max pooling's windows instead pick one)."""
+    n_img, h, w, c = x.shape
+    count = np.zeros(c, np.int64)
+    for n in range(n_img):
+        m = y[n, 0, 0]
+        count[:] = 0
+        for iy in range(h):
+            for ix in range(w):
+                s = x[n, iy, ix]
+                for ch in range(c):
+                    if s[ch] == m[ch]:
+                        count[ch] += 1
+        for iy in range(h):
+            for ix in range(w):
+                s = x[n, iy, ix]
+                d = gx[n, iy, ix]
+                for ch in range(c):
+                    hit = s[ch] == m[ch]
+                    d[ch] = gy[n, 0, 0, ch] / np.float32(count[ch]) if hit else np.float32(0.0)
+
+
+@GRADS.register("maxpool", needs=("x",))
+def grad_maxpool(backend, step, arrays, saved, gy, gxs, gws):
+    x, a = saved.xs[0], step.attrs
+    if gxs[0] is not None:
+        blocks = channel_blocks(x.shape[0], x.shape[3], backend.threads)
+        maxpool_backward(x, gy, gxs[0], *_window(a), a["dh"], a["dw"], blocks)
+
+
+@GRADS.register("avgpool", needs=())
+def grad_avgpool(backend, step, arrays, saved, gy, gxs, gws):
+    gx = gxs[0]
+    if gx is not None:
+        blocks = channel_blocks(gx.shape[0], gx.shape[3], backend.threads)
+        avgpool_backward(gy, gx, *_window(step.attrs), step.attrs["count_pad"], blocks)
+
+
+@GRADS.register("adaptive_avgpool", needs=())
+def grad_adaptive_avgpool(backend, step, arrays, saved, gy, gxs, gws):
+    gx = gxs[0]
+    if gx is not None:
+        adaptive_avgpool_backward(gy, gx, channel_blocks(gx.shape[0], gx.shape[3], backend.threads))
+
+
+@GRADS.register("gmp", needs=("x", "y"))
+def grad_gmp(backend, step, arrays, saved, gy, gxs, gws):
+    if gxs[0] is not None:
+        gmp_backward(saved.xs[0], saved.y, gy, gxs[0])
