@@ -136,6 +136,8 @@ class GradExecutor:
         ``timings`` (a list) gets each step's seconds, as Executor.run's."""
         b, plan = self.backend, self.plan
         self._release_all()
+        if hasattr(b, "forget_bindings"):  # they hold the last pass's views: a fresh set each
+            b.forget_bindings()
         for name, vid in plan.inputs.items():
             self.values[vid] = self._new(vid)
             b.nchw_to_runtime(np.asarray(inputs[name], np.float32), self.view(vid))
