@@ -84,7 +84,11 @@ class GradExecutor:
             if vid not in keep or end > n:
                 self.release_at.setdefault(end, []).append(vid)
         self.pool = _Pool(backend)
-        self.arrays: list[dict] = [{} for _ in plan.steps]
+        # arrays the lowering left on weightless steps (a channel gather's index); weighted
+        # steps get theirs from ``load``
+        self.arrays: list[dict] = [
+            {k: backend.to_device(v) for k, v in gs.step.arrays.items()} for gs in plan.steps
+        ]
         self.work = backend.empty(max(1, plan.workspace_floats(batch)))
         self.none = backend.to_device(np.empty((0, 0, 0, 0), np.float32))
         self.values: dict[int, object] = {}  # root value -> flat buffer
