@@ -15,7 +15,8 @@ from conftest import require
 HERE = Path(__file__).resolve().parent
 
 
-def test_cuda_kernels_match_cpu_under_the_simulator():
+def test_cuda_kernels_match_cpu_and_autograd_under_the_simulator():
+    """tests/cuda_sim: forward kernels against the CPU's, backward kernels against autograd."""
     require("numba.cuda")
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", CNNC_CUDA_TILE="4")
     result = subprocess.run(
@@ -44,9 +45,28 @@ ARRAYS = {
     "gate",
     "slope",
     "weight",
+    # backward kernels
+    "y",
+    "gy",
+    "gx",
+    "gw",
+    "src",
+    "dst",
+    "mask",
+    "other",
+    "center",
+    "mean_in",
+    "var",
+    "mean",
+    "rstd",
+    "sum_gy",
+    "sum_gy_xhat",
+    "xhat",
+    "raw",
+    "packed",
 }
-FLOAT32 = {"alpha", "beta", "sy", "sx"}
-FLAGS = {"has_res", "has_bias", "bilinear", "count_pad", "is_max", "shared"}
+FLOAT32 = {"alpha", "beta", "sy", "sx", "count"}
+FLAGS = {"has_res", "has_bias", "bilinear", "count_pad", "is_max", "shared", "train"}
 
 
 def _signature(kernel_name, fn):
@@ -55,10 +75,12 @@ def _signature(kernel_name, fn):
 
     special = {
         "stats": types.Array(types.float64, 1, "C"),
+        "sums": types.Array(types.float64, 1, "C"),
         "index": types.Array(types.int32, 1, "C"),
         "eps": types.float64,
+        "factor": types.float64,
     }
-    if kernel_name == "lrn":
+    if kernel_name in ("lrn", "lrn_grad"):
         special["k"] = types.float32
     if kernel_name == "gemm":
         special["c"] = types.Array(types.float32, 1, "C")
@@ -80,7 +102,7 @@ def _signature(kernel_name, fn):
 def _kernels():
     """Every @cuda.jit kernel of the CUDA backend, as 'module.name'."""
     found = []
-    for module in ("conv", "pool", "elementwise", "norm", "layout"):  # indexing: device only
+    for module in ("conv", "pool", "elementwise", "norm", "layout", "reduce"):  # indexing: device
         source = (HERE.parent / "runtime" / "backends" / "cuda" / f"{module}.py").read_text()
         found += [
             f"{module}.{name}" for name in re.findall(r"^@cuda\.jit\ndef (\w+)", source, re.M)

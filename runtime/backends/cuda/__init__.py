@@ -26,7 +26,7 @@ except ImportError as exc:  # numba-cuda missing
     ) from None
 
 from . import conv, elementwise, layout, norm, pool  # noqa: E402,F401 (register kernels)
-from .launch import KERNELS  # noqa: E402
+from .launch import GRADS, KERNELS  # noqa: E402
 
 
 class CudaBackend:
@@ -34,6 +34,7 @@ class CudaBackend:
 
     name = "cuda"
     kernels = KERNELS
+    grads = GRADS
 
     def __init__(self):
         try:
