@@ -31,6 +31,17 @@ def test_cuda_kernels_match_cpu_and_autograd_under_the_simulator():
     assert " passed" in result.stdout and "skipped" not in result.stdout.splitlines()[-1], tail
 
 
+def test_backward_kernels_read_what_the_cpus_read():
+    """A backward kernel's ``needs`` decide what the training plan keeps: the same on both
+    backends, so that the plan's memory does not depend on the device."""
+    require("numba.cuda")
+    from cnnc.runtime.backends.cpu import GRADS as CPU
+    from cnnc.runtime.backends.cuda import GRADS
+
+    for name in set(CPU) & set(GRADS):
+        assert GRADS.needs[name] == CPU.needs[name], name
+
+
 ARRAYS = {
     "x",
     "w",
