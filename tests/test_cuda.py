@@ -17,6 +17,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def test_cuda_kernels_match_torch_under_the_simulator():
+    """tests/cuda_sim: forward kernels against PyTorch's outputs, backward kernels against
+    torch.autograd."""
     require("numba.cuda")
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", CNNC_CUDA_TILE="4")
     result = subprocess.run(
@@ -30,6 +32,17 @@ def test_cuda_kernels_match_torch_under_the_simulator():
     assert result.returncode == 0, tail
     counts = run_counts(result.stdout)
     assert set(counts) == {"passed"} and counts["passed"] >= len(OPS), tail  # none skipped
+
+
+def test_backward_kernels_read_what_the_cpus_read():
+    """A backward kernel's ``needs`` decide what the training plan keeps: the same on both
+    backends, so that the plan's memory does not depend on the device."""
+    require("numba.cuda")
+    from cnnc.runtime.backends.cpu import GRADS as CPU
+    from cnnc.runtime.backends.cuda import GRADS
+
+    for name in set(CPU) & set(GRADS):
+        assert GRADS.needs[name] == CPU.needs[name], name
 
 
 ARRAYS = {
@@ -46,9 +59,28 @@ ARRAYS = {
     "gate",
     "slope",
     "weight",
+    # backward kernels
+    "y",
+    "gy",
+    "gx",
+    "gw",
+    "src",
+    "dst",
+    "mask",
+    "other",
+    "center",
+    "mean_in",
+    "var",
+    "mean",
+    "rstd",
+    "sum_gy",
+    "sum_gy_xhat",
+    "xhat",
+    "raw",
+    "packed",
 }
-FLOAT32 = {"alpha", "beta", "sy", "sx"}
-FLAGS = {"has_res", "has_bias", "bilinear", "count_pad", "is_max", "shared"}
+FLOAT32 = {"alpha", "beta", "sy", "sx", "count"}
+FLAGS = {"has_res", "has_bias", "bilinear", "count_pad", "is_max", "shared", "train"}
 
 
 def _signature(kernel_name, fn):
@@ -57,10 +89,12 @@ def _signature(kernel_name, fn):
 
     special = {
         "stats": types.Array(types.float64, 1, "C"),
+        "sums": types.Array(types.float64, 1, "C"),
         "index": types.Array(types.int32, 1, "C"),
         "eps": types.float64,
+        "factor": types.float64,
     }
-    if kernel_name == "lrn":
+    if kernel_name in ("lrn", "lrn_grad"):
         special["k"] = types.float32
     if kernel_name == "gemm":
         special["c"] = types.Array(types.float32, 1, "C")
@@ -82,7 +116,7 @@ def _signature(kernel_name, fn):
 def _kernels():
     """Every @cuda.jit kernel of the CUDA backend, as 'module.name'."""
     found = []
-    for module in ("conv", "pool", "elementwise", "norm", "layout"):  # indexing: device only
+    for module in ("conv", "pool", "elementwise", "norm", "layout", "reduce"):  # indexing: device
         source = (HERE.parent / "runtime" / "backends" / "cuda" / f"{module}.py").read_text()
         found += [
             f"{module}.{name}" for name in re.findall(r"^@cuda\.jit\ndef (\w+)", source, re.M)

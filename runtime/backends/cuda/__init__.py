@@ -46,7 +46,7 @@ def _register_array_overloads() -> None:
 _register_array_overloads()
 
 from . import conv, elementwise, layout, norm, pool  # noqa: E402,F401 (register kernels)
-from .launch import KERNELS  # noqa: E402
+from .launch import GRADS, KERNELS  # noqa: E402
 
 
 class CudaBackend:
@@ -54,6 +54,7 @@ class CudaBackend:
 
     name = "cuda"
     kernels = KERNELS
+    grads = GRADS
 
     def __init__(self):
         try:

@@ -1,4 +1,4 @@
-"""Launch geometry and the kernel table of the CUDA backend.
+"""Launch geometry and the kernel tables (forward and backward) of the CUDA backend.
 
 GEMM-like kernels use TILE x TILE thread blocks, each thread a WORK x WORK register tile; other
 kernels one thread per output in blocks of THREADS. Tests shrink TILE through CNNC_CUDA_TILE so
@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from ..registry import KernelTable
+from ..registry import GradTable, KernelTable
 
 TILE = int(os.environ.get("CNNC_CUDA_TILE", 16))  # threads per block side
 WORK = 2  # outputs per thread per side
@@ -20,6 +20,8 @@ BK = TILE
 THREADS = TILE * TILE  # threads per block of 1-D kernels
 
 KERNELS = KernelTable("cuda")
+#: Backward kernels, under the forward kernels' names (see registry.GradTable).
+GRADS = GradTable("cuda backward")
 
 
 def blocks(total: int) -> int:
