@@ -234,7 +234,7 @@ def cmd_bench(args) -> int:
 
 def cmd_sweep(args) -> int:
     from . import parse_program
-    from .runtime.sweep import sweep_command
+    from .jobs.sweep import sweep_command
 
     args.program = parse_program(args.file)
     args.params_used = parse_settings(args.params)

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from ..compiler import DataError, Network, UsageError, error, fmt_shape, table
-from . import data, folder, memory
+from ..jobs import folder
+from . import data, memory
 from . import weights as weights_io
 from .session import Session
 

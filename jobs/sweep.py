@@ -73,7 +73,7 @@ def evaluate(program, network: str, params: dict, bench: dict | None) -> dict:
         if not result.ok:
             raise SpecError(result.diagnostics)
         net = result.networks[0]
-        from . import memory
+        from ..runtime import memory
 
         row["parameters"] = dict(net.parameters)
         row["params"] = net.total_params
@@ -81,7 +81,7 @@ def evaluate(program, network: str, params: dict, bench: dict | None) -> dict:
         row["activation_peak_bytes"] = memory.estimate(net, 1)["activations"]
         row["outputs"] = {k: list(v) for k, v in net.output_shapes.items()}
         if bench is not None:
-            from .session import Session
+            from ..runtime.session import Session
 
             session = Session.create(net, None, device=bench["device"], batch=bench["batch"])
             row["ms"] = session.bench(bench["batch"], bench["repeat"])["median_ms"]
@@ -116,7 +116,7 @@ def sweep_command(args) -> int:
     if args.batch < 1 or args.repeat < 1:
         raise UsageError(error("--batch and --repeat must be at least 1"))
     if args.plot:
-        from . import data
+        from ..runtime import data
 
         data.check_output_path(Path(args.plot), "--plot", (".svg",))
     program = args.program  # parsed by the command line, with its --set values
