@@ -219,11 +219,17 @@ def cmd_draw(args) -> int:
 
 def cmd_run(args) -> int:
     from . import network_of, parse_program
+    from .jobs import folder
     from .runtime.cli import run_command
 
     args.program = parse_program(args.file)
     args.params_used = parse_settings(args.params)
-    return run_command(network_of(args.program, args.network, params=args.params_used), args)
+    net = network_of(args.program, args.network, params=args.params_used)
+    if args.batch is not None and args.batch < 1:
+        raise UsageError(f"--batch must be at least 1, got {args.batch}")
+    if folder.is_many(args.input):
+        return folder.run_command(net, args)
+    return run_command(net, args)
 
 
 def cmd_bench(args) -> int:

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 
 from ..compiler import DataError, Network, UsageError, error, fmt_shape, table
-from ..jobs import folder
 from . import data, memory
 from . import weights as weights_io
 from .session import Session
@@ -44,10 +43,7 @@ def _say_what_happens(session: Session, batch: int):
 
 
 def run_command(net: Network, args) -> int:
-    if args.batch is not None and args.batch < 1:
-        raise UsageError(error(f"--batch must be at least 1, got {args.batch}"))
-    if folder.is_many(args.input):
-        return folder.run_command(net, args)
+    """One run of the inputs named (a folder or glob goes to jobs.folder first)."""
     if args.scheduler:
         raise UsageError(
             error("--scheduler runs a folder or glob of inputs: --input DIR --out DIR")
