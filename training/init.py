@@ -49,7 +49,7 @@ def load_partial(net, path, fresh: dict) -> tuple[dict, str]:
     note = f"loaded {len(used)} of {len(want)} weights from {path}"
     if left:
         note += "; left freshly initialised: " + "; ".join(
-            f"{layer} ({', '.join(why)})" for layer, why in left.items()
+            f"{layer} ({'; '.join(why)})" for layer, why in left.items()
         )
     if unused:
         note += f"; not used from the file: {', '.join(unused[:8])}" + (
