@@ -122,13 +122,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="values of a network parameter: --grid width=16,32,64 depth=1,2",
     )
     p.add_argument("--bench", action="store_true", help="also time each variant")
-    p.add_argument("--batch", type=int, default=1, metavar="N", help="batch size when timing")
+    p.add_argument(
+        "--batch", type=int, metavar="N", help="batch size when timing (1) or training (32)"
+    )
     p.add_argument("--repeat", type=int, default=5, metavar="R", help="timed passes per variant")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     form = p.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true", help="print a JSON list of rows")
     form.add_argument("--csv", action="store_true", help="print CSV")
-    p.add_argument("--plot", metavar="FILE.svg", help="plot MACs against params (and ms)")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.svg",
+        help="plot MACs against params (and ms); with --train, accuracy against MACs",
+    )
+    p.add_argument(
+        "--train",
+        action="store_true",
+        help="also train each variant (with the flags of cnnc train) and report its accuracy",
+    )
+    p.add_argument("--data", metavar="TRAIN", help="with --train: the training data")
+    add_train_options(p, batch=False)
     add_cluster_options(p)
 
     p = spec_command("train", "train the network on data (an .npz, an image folder, digits)")
@@ -196,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 LOSSES = ("cross_entropy", "mse", "cosine")
 
 
-def add_train_options(p):
+def add_train_options(p, batch: bool = True):
     """The settings of a training run (``cnnc train``, ``cnnc sweep --train``). Defaults are
     None here: a resumed run keeps its checkpoint's settings unless a flag is given."""
     p.add_argument("--val", metavar="VAL", help="validation data (as --data)")
@@ -204,7 +217,8 @@ def add_train_options(p):
         "--val-split", type=float, metavar="F", help="validate on a seeded share F of --data"
     )
     p.add_argument("--epochs", type=int, metavar="E", help="epochs in all (default 10)")
-    p.add_argument("--batch", type=int, metavar="N", help="batch size (default 32)")
+    if batch:
+        p.add_argument("--batch", type=int, metavar="N", help="batch size (default 32)")
     p.add_argument("--loss", choices=LOSSES, help="default cross_entropy")
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="default sgd")
     p.add_argument(

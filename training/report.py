@@ -123,6 +123,8 @@ def check_plot_path(path: str | Path) -> Path:
 def plot_history(history: list[dict], path: Path, title: str) -> None:
     """Loss and accuracy per epoch, training and validation, written atomically."""
     plt = require_matplotlib()
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [h["epoch"] for h in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
     for ax, key, label in ((left, "loss", "loss"), (right, "accuracy", "accuracy")):
@@ -136,6 +138,7 @@ def plot_history(history: list[dict], path: Path, title: str) -> None:
                     ms=3,
                     label=("validation " if prefix else "training ") + label,
                 )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
