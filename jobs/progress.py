@@ -1,4 +1,6 @@
-"""A one-line progress display on a terminal; silent when stderr is a file or a pipe."""
+"""Progress of a job on a terminal: tqdm's bar (count, rate, ETA) where tqdm is installed
+(the ``train`` extra), else a plain line redrawn in place; silent when stderr is a file or a
+pipe. The plain line stays so that folder runs and sweeps need nothing beyond Dask."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import time
 
 
 class Progress:
-    """``[#####.....]  12/40 inputs  3 failed  4.1/s``, redrawn in place on a terminal."""
+    """``update(done, failed)`` per finished item; ``close()`` at the end."""
 
     def __init__(self, total: int, noun: str, stream=None, width: int = 24):
         self.total, self.noun, self.width = total, noun, width
@@ -15,6 +17,14 @@ class Progress:
         self.enabled = self.stream.isatty() and total > 0
         self.done = self.failed = 0
         self.start = time.perf_counter()
+        self.bar = None
+        if self.enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                pass
+            else:
+                self.bar = tqdm(total=total, unit=noun.rstrip("s"), file=self.stream, leave=True)
 
     def line(self) -> str:
         filled = self.width * self.done // max(self.total, 1)
@@ -28,11 +38,17 @@ class Progress:
     def update(self, done: int = 1, failed: int = 0):
         self.done += done
         self.failed += failed
-        if self.enabled:
+        if self.bar is not None:
+            if failed:
+                self.bar.set_postfix(failed=self.failed, refresh=False)
+            self.bar.update(done)
+        elif self.enabled:
             self.stream.write("\r" + self.line())
             self.stream.flush()
 
     def close(self):
-        if self.enabled:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled:
             self.stream.write("\n")
             self.stream.flush()
