@@ -21,6 +21,7 @@ from cnnc.cli import main
 from cnnc.runtime.weights import expected, initialise
 from cnnc.training import checkpoint as ckpt
 from cnnc.training.loader import epoch_order
+from conftest import SPECS, require
 
 TINY = """network tiny(x: 1x6x6) {
     a = x | conv(4, k=3, p=1) | bn | relu
@@ -313,7 +314,7 @@ def test_partial_weights_load_what_matches_and_list_the_rest(files, tmp_path, ca
 
 
 def test_plot_draws_the_curves(files, tmp_path, capsys):
-    pytest.importorskip("matplotlib")
+    require("matplotlib")
     plot = tmp_path / "curves.svg"
     assert main([*train_args(files), "--epochs", "2", "--val-split", "0.25",
                  "--plot", str(plot), "--out", str(tmp_path / "w.npz")]) == 0  # fmt: skip
@@ -434,3 +435,18 @@ def test_usage_errors(files, tmp_path, capsys):
         (["--val", "x.npz", "--val-split", "0.2"], "not both"),
     ]:
         refused([*train_args(files), *extra], capsys, tmp_path, 2, phrase)
+
+
+@pytest.mark.slow
+def test_digits_recipe_reaches_97_percent_validation_accuracy():
+    """The README's run: specs/digits.cnn on scikit-learn's digits, 15 epochs of SGD."""
+    require("sklearn")
+
+    net = cnnc.load(SPECS / "digits.cnn")
+    history, weights = cnnc.train(
+        net, "digits", epochs=15, batch=32, lr=0.05, momentum=0.9, schedule="cosine"
+    )
+    assert history[-1]["val_accuracy"] >= 0.97
+    metrics = cnnc.evaluate(net, weights, "digits")
+    assert metrics["accuracy"] == history[-1]["val_accuracy"]
+    assert metrics["samples"] == 360 and metrics["top5"] >= metrics["accuracy"]

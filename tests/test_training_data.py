@@ -12,6 +12,7 @@ from cnnc.compiler import DataError, UsageError
 from cnnc.training.data import ArrayData, check_against, digits, npz_data, split
 from cnnc.training.loader import Augment, batches, epoch_order
 from cnnc.training.npz import NpzArrays
+from conftest import require
 
 
 def test_stored_npz_members_are_memory_mapped_and_read_correctly(tmp_path):
@@ -68,7 +69,7 @@ def test_float_targets_are_checked_against_the_output_shape():
 
 
 def test_digits_is_the_bundled_set_split_80_20_with_a_fixed_seed():
-    pytest.importorskip("sklearn")
+    require("sklearn")
     train, val = digits("train"), digits("val")
     assert (len(train), len(val)) == (1437, 360)
     assert train.sample_shape == (1, 8, 8) and train.classes == 10

@@ -69,7 +69,7 @@ def train_command(net, args) -> int:
         return 130
     weights_io.save(weights, out)
     if plot is not None:
-        plot_history(history, plot, f"{net.name} on {run.train_data.name}")
+        plot_history(history, plot, f"{net.name} trained on {run.train_data.name}")
     if args.json:
         print(json.dumps({"history": history, "weights": str(out)}, indent=2))
     else:

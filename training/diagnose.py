@@ -64,6 +64,11 @@ class _WatchedGrads:
 
 def first_non_finite(engine, weights: dict, x, y, loss: str, seed: int) -> str:
     """Describe the first weight, layer output, loss or gradient that is NaN or infinite."""
+    with np.errstate(all="ignore"):
+        return _first_non_finite(engine, weights, x, y, loss, seed)
+
+
+def _first_non_finite(engine, weights: dict, x, y, loss: str, seed: int) -> str:
     bad = [k for k, w in weights.items() if not np.isfinite(w).all()]
     if bad:
         return f"the weights '{bad[0]}'" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")

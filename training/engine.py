@@ -133,12 +133,14 @@ class Engine:
         the gradients are None when the loss is not finite. The executor keeps the batch
         norms' statistics of this pass (``running_statistics``)."""
         ex = self._loaded(len(x), True, weights)
-        ex.forward({self.input: x}, seed)
-        value = ex.loss({self.output: y}, loss)
+        with np.errstate(over="ignore", invalid="ignore"):  # non-finite values are checked
+            ex.forward({self.input: x}, seed)
+            value = ex.loss({self.output: y}, loss)
         logits = self.logits(ex)
         if not np.isfinite(value):
             return value, None, logits
-        grads, _ = ex.backward()
+        with np.errstate(over="ignore", invalid="ignore"):
+            grads, _ = ex.backward()
         return value, grads, logits
 
     def running_statistics(self, batch: int, weights: dict) -> dict:
@@ -147,5 +149,6 @@ class Engine:
     def predict(self, weights: dict, x: np.ndarray):
         """Evaluation-mode forward pass; returns the executor holding its values."""
         ex = self._loaded(len(x), False, weights)
-        ex.forward({self.input: x}, 0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            ex.forward({self.input: x}, 0)
         return ex

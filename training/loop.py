@@ -216,8 +216,9 @@ class Run:
                     value, grads, logits = engine.step(self.weights, x, y, s.loss, seed)
                     if grads is None or not all(np.isfinite(g).all() for g in grads.values()):
                         raise self._non_finite(epoch, step, steps, value, x, y, seed, lr)
-                    self.weights.update(engine.running_statistics(len(x), self.weights))
-                    self.optimizer.step(self.weights, grads, lr)
+                    with np.errstate(over="ignore", invalid="ignore"):  # caught next step
+                        self.weights.update(engine.running_statistics(len(x), self.weights))
+                        self.optimizer.step(self.weights, grads, lr)
                     engine.changed()
                     tally.add(value, len(x), logits, y)
                     if bar is not None:
@@ -274,6 +275,7 @@ class Run:
 
         where = first_non_finite(self.engine, self.weights, x, y, self.settings.loss, seed)
         what = f"the loss is {value}" if not np.isfinite(value) else "a gradient is not finite"
+        base = self.settings.learning_rate
         kept = (
             f"; the last good checkpoint (epoch {epoch}) stays in {self.checkpoint}"
             if self.checkpoint is not None and epoch > 0 and self._saved()
@@ -283,7 +285,7 @@ class Run:
             error(
                 f"training stopped in epoch {epoch + 1}, step {step + 1} of {steps}: {what}; "
                 f"the first value that was not finite: {where}{kept}",
-                hint=f"lower the learning rate (this epoch ran at {lr:g}; try --lr {lr / 10:g})",
+                hint=f"lower the learning rate (this epoch ran at {lr:g}; try --lr {base / 10:g})",
             )
         )
 
