@@ -171,7 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--json", action="store_true", help="print the history as JSON at the end (lines: stderr)"
     )
-    add_cluster_options(p)
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="train on a worker of this Dask cluster (tcp://HOST:PORT); default: in this process",
+    )
+    p.set_defaults(workers=None)
 
     p = spec_command("eval", "loss, accuracy and confusion matrix of trained weights on data")
     p.add_argument("--weights", metavar="W.npz", required=True, help="the trained weights")

@@ -51,6 +51,13 @@ class Engine:
             layer.name for layer in net.layers if layer.name in self.frozen and layer.op == "bn"
         }
         self.backend = backend_for(device, "direct", tune=False)
+        if not hasattr(self.backend, "grads"):
+            raise ResourceError(
+                error(
+                    f"--device {device} has no backward kernels in this version of cnnc",
+                    hint="train on the CPU (--device cpu, the default)",
+                )
+            )
         self.plans = {
             True: build_grad_plan(net, True, eval_layers=frozen_norms),
             False: build_grad_plan(net, False),

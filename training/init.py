@@ -45,7 +45,7 @@ def load_partial(net, path, fresh: dict) -> tuple[dict, str]:
     bad = [k for k in used if not np.isfinite(weights[k]).all()]
     if bad:
         raise DataError(error(f"--weights '{path}': '{bad[0]}' holds NaN or infinite values"))
-    unused = sorted(set(arrays.members) - used)
+    unused = sorted(set(arrays.members) - set(want))  # mismatched shapes are listed above
     note = f"loaded {len(used)} of {len(want)} weights from {path}"
     if left:
         note += "; left freshly initialised: " + "; ".join(

@@ -355,10 +355,10 @@ def evaluate(net, weights, data, loss="cross_entropy", batch=32, device="cpu") -
     shape = next(iter(net.inputs.values())).shape
     dataset = open_data(data if not isinstance(data, Path) else str(data), shape, "val")
     check_against(dataset, net, loss)
+    if not len(dataset):
+        raise DataError(error(f"{dataset.name} holds no samples"))
     engine = Engine(net, device, training=False)
     result = evaluate_data(engine, weights, dataset, loss, batch, detail=True)
     result["classes"] = next(iter(net.outputs.values())).shape[0]
     result["data"] = dataset.name
-    if not len(dataset):
-        raise DataError(error(f"{dataset.name} holds no samples"))
     return result
