@@ -100,6 +100,7 @@ def require_matplotlib(option: str = "--plot"):
         import matplotlib
 
         matplotlib.use("Agg")
+        matplotlib.rcParams["svg.fonttype"] = "none"  # text as text: small, searchable SVGs
         import matplotlib.pyplot as plt
     except ImportError:
         raise ResourceError(
