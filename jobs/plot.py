@@ -145,11 +145,15 @@ def accuracy_plot(rows: list[dict], path: Path, title: str):
         ax.step(fx, fy, where="post", color="#cc0000", alpha=0.6, zorder=1)
         ax.scatter(fx, fy, s=90, facecolors="none", edgecolors="#cc0000", zorder=3,
                    label="Pareto front")  # fmt: skip
+        varied = [
+            k for k in ok[0]["parameters"] if len({str(r["parameters"].get(k)) for r in ok}) > 1
+        ]
         for (x, y), r in zip(points, ok):
-            label = " ".join(f"{k}={v}" for k, v in r["parameters"].items())
+            label = " ".join(f"{k}={r['parameters'][k]}" for k in varied)
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
         if min(xs) > 0 and max(xs) / min(xs) > 20:
             ax.set_xscale("log")
+        ax.margins(x=0.12, y=0.12)
         ax.legend(loc="lower right")
     else:
         ax.text(0.5, 0.5, "no variant trained", ha="center", transform=ax.transAxes)
