@@ -130,6 +130,11 @@ class Run:
                 f"resuming from {resume} after epoch {self.start} of {self.settings.epochs}"
                 + (f"; changed: {', '.join(changed)}" if changed else "")
             )
+            if self.start >= self.settings.epochs:
+                self.notes.append(
+                    f"nothing to train: the checkpoint has finished {self.start} epochs "
+                    f"(give --epochs above {self.start} to train on)"
+                )
             if weights is not None:
                 self.notes.append("--weights is ignored on --resume (the checkpoint's are used)")
             if checkpoint is None:
