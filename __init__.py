@@ -38,6 +38,8 @@ __all__ = [
     "draw",
     "run",
     "grad",
+    "train",
+    "evaluate",
     "export_onnx",
     "import_onnx",
 ]
@@ -240,6 +242,43 @@ def _named_inputs(network: Network, inputs) -> dict:
             )
         )
     return {names[0]: inputs}
+
+
+def train(network: Network, data=None, val=None, val_split: float | None = None, **options):
+    """Train a checked network; return ``(history, weights)``.
+
+    ``data`` (and ``val``) is an ``.npz`` path (``x``: N x C x H x W float or uint8, ``y``:
+    class indices or float targets), a folder of class folders of images, ``"digits"``, or an
+    ``(x, y)`` pair of arrays; ``val_split`` holds out a seeded share instead of ``val``.
+    ``options`` are the flags of ``cnnc train`` by their Python names: ``epochs``, ``batch``,
+    ``loss``, ``optimizer`` (sgd, adam, adamw), ``lr``, ``momentum``, ``nesterov``,
+    ``weight_decay``, ``schedule`` (constant, step:E:G, cosine), ``warmup``, ``augment``
+    ("flip,crop=4"), ``freeze`` (globs), ``seed``, ``weights`` (dict or ``.npz`` path) with
+    ``partial``, ``checkpoint`` and ``resume`` (folders), ``device``, and ``on_epoch`` (called
+    with each epoch's history entry). ``history`` is a list of per-epoch dicts (``epoch``,
+    ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``, ``lr``, ``seconds``); ``weights``
+    is keyed like ``cnnc run``'s. A ``KeyboardInterrupt`` stops it (the last checkpoint
+    stays); a loss that is not finite raises :class:`CnncError` naming the layer."""
+    from cnnc.training.loop import train as run_training
+
+    return run_training(network, data, val, val_split, **options)
+
+
+def evaluate(
+    network: Network,
+    weights,
+    data,
+    loss: str = "cross_entropy",
+    batch: int = 32,
+    device: str = "cpu",
+) -> dict:
+    """Evaluate trained ``weights`` (dict or ``.npz`` path) on ``data`` (as for :func:`train`;
+    ``"digits"`` is its validation part): ``{"loss", "accuracy", "samples", "classes"}``, plus
+    ``"top5"`` with more than five classes and ``"confusion"`` (rows: true class, columns:
+    predicted) up to 20 classes. Accuracy is None for the ``mse`` and ``cosine`` losses."""
+    from cnnc.training.loop import evaluate as run_evaluation
+
+    return run_evaluation(network, weights, data, loss, batch, device)
 
 
 def export_onnx(

@@ -1,4 +1,5 @@
-"""The ``cnnc`` command line: check, draw, view, run, bench, tune, sweep, export, import.
+"""The ``cnnc`` command line: check, draw, view, run, bench, tune, sweep, train, eval, export,
+import.
 
 Exit status: 0 success, 1 the spec or a data file has errors, 2 the command was used wrongly.
 Heavy modules (networkx, numpy, numba) are imported only by the commands that need them.
@@ -215,14 +216,71 @@ def build_parser() -> argparse.ArgumentParser:
         help="values of a network parameter: --grid width=16,32,64 depth=1,2",
     )
     p.add_argument("--bench", action="store_true", help="also time each variant")
-    p.add_argument("--batch", type=int, default=1, metavar="N", help="batch size when timing")
+    p.add_argument(
+        "--batch", type=int, metavar="N", help="batch size when timing (1) or training (32)"
+    )
     p.add_argument("--repeat", type=int, default=5, metavar="R", help="timed passes per variant")
     _device_option(p, "where --bench times the variants")
     form = p.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true", help="print a JSON list of rows")
     form.add_argument("--csv", action="store_true", help="print CSV")
-    p.add_argument("--plot", metavar="FILE.svg", help="plot MACs against params (and ms)")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.svg",
+        help="plot MACs against params (and ms); with --train, accuracy against MACs",
+    )
+    p.add_argument(
+        "--train",
+        action="store_true",
+        help="also train each variant (with the flags of cnnc train) and report its accuracy",
+    )
+    p.add_argument("--data", metavar="TRAIN", help="with --train: the training data")
+    add_train_options(p, batch=False)
     add_cluster_options(p)
+
+    p = spec_command("train", "train the network on data (an .npz, an image folder, digits)")
+    p.add_argument(
+        "--data",
+        metavar="TRAIN",
+        help="training data: an .npz with x and y, a folder of class folders of images, or "
+        "digits (scikit-learn's 8x8 digits)",
+    )
+    add_train_options(p)
+    p.add_argument("--weights", metavar="INIT.npz", help="start from these weights")
+    p.add_argument(
+        "--partial",
+        action="store_true",
+        help="with --weights: load the keys whose name and shape match, initialise the rest",
+    )
+    p.add_argument("--out", metavar="W.npz", help="the trained weights (default: NETWORK.npz)")
+    p.add_argument(
+        "--checkpoint", metavar="DIR", help="save a checkpoint after every epoch into DIR"
+    )
+    p.add_argument(
+        "--resume", metavar="DIR", help="continue from the checkpoint in DIR (flags override)"
+    )
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--log", metavar="F.csv", help="append one CSV row per epoch")
+    p.add_argument("--plot", metavar="F.svg", help="draw loss and accuracy curves (.svg, .png)")
+    p.add_argument(
+        "--json", action="store_true", help="print the history as JSON at the end (lines: stderr)"
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="train on a worker of this Dask cluster (tcp://HOST:PORT); default: in this process",
+    )
+    p.set_defaults(workers=None)
+
+    p = spec_command("eval", "loss, accuracy and confusion matrix of trained weights on data")
+    p.add_argument("--weights", metavar="W.npz", required=True, help="the trained weights")
+    p.add_argument(
+        "--data", metavar="DATA", required=True, help="an .npz, an image folder, or digits"
+    )
+    p.add_argument("--loss", choices=LOSSES, default="cross_entropy")
+    p.add_argument("--batch", type=int, default=32, metavar="N")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--json", action="store_true")
 
     p = spec_command("export", "write the network as an ONNX model (needs the onnx extra)")
     p.add_argument("-o", "--output", metavar="OUT.onnx", required=True, help="the ONNX file")
@@ -276,6 +334,48 @@ def _device_option(p, what="where to run"):
         default="cpu",
         help=f"{what}: the CPU (Numba kernels) or an NVIDIA GPU (needs the cuda extra)",
     )
+
+
+LOSSES = ("cross_entropy", "mse", "cosine")
+
+
+def add_train_options(p, batch: bool = True):
+    """The settings of a training run (``cnnc train``, ``cnnc sweep --train``). Defaults are
+    None here: a resumed run keeps its checkpoint's settings unless a flag is given."""
+    p.add_argument("--val", metavar="VAL", help="validation data (as --data)")
+    p.add_argument(
+        "--val-split", type=float, metavar="F", help="validate on a seeded share F of --data"
+    )
+    p.add_argument("--epochs", type=int, metavar="E", help="epochs in all (default 10)")
+    if batch:
+        p.add_argument("--batch", type=int, metavar="N", help="batch size (default 32)")
+    p.add_argument("--loss", choices=LOSSES, help="default cross_entropy")
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="default sgd")
+    p.add_argument(
+        "--lr", type=float, metavar="LR", help="learning rate (default: sgd 0.01, adam 0.001)"
+    )
+    p.add_argument("--momentum", type=float, metavar="M", help="SGD's momentum (default 0)")
+    p.add_argument("--nesterov", action="store_const", const=True, help="Nesterov momentum (SGD)")
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        metavar="WD",
+        help="L2 decay (AdamW: decoupled; default 0, AdamW 0.01)",
+    )
+    p.add_argument(
+        "--schedule",
+        metavar="S",
+        help="constant (default), step:E:G (times G every E epochs) or cosine",
+    )
+    p.add_argument("--warmup", type=int, metavar="E", help="epochs of linear warm-up")
+    p.add_argument("--augment", metavar="A", help="flip and/or crop=P, e.g. flip,crop=4")
+    p.add_argument(
+        "--freeze",
+        metavar="PATTERN",
+        action="append",
+        help="keep the layers matching this glob as they are (repeatable)",
+    )
+    p.add_argument("--seed", type=_seed, help="seed of weights, shuffling, augmentation, dropout")
 
 
 def _algorithm_option(p):
@@ -412,11 +512,18 @@ def cmd_view(args) -> int:
 
 def cmd_run(args) -> int:
     from . import network_of, parse_program
+    from .jobs import folder
     from .runtime.cli import run_command
 
     args.program = parse_program(args.file)
     args.params_used = parse_settings(args.params)
-    return run_command(network_of(args.program, args.network, params=args.params_used), args)
+    net = network_of(args.program, args.network, params=args.params_used)
+    if args.batch is not None and args.batch < 1:
+        raise UsageError(f"--batch must be at least 1, got {args.batch}")
+    folder.check_folders_exist(args.input)
+    if folder.is_many(args.input):
+        return folder.run_command(net, args)
+    return run_command(net, args)
 
 
 def cmd_bench(args) -> int:
@@ -427,7 +534,7 @@ def cmd_bench(args) -> int:
 
 def cmd_sweep(args) -> int:
     from . import parse_program
-    from .runtime.sweep import sweep_command
+    from .jobs.sweep import sweep_command
 
     args.program = parse_program(args.file)
     args.params_used = parse_settings(args.params)
@@ -438,6 +545,22 @@ def cmd_tune(args) -> int:
     from .runtime.cli import tune_command
 
     return tune_command(_load(args), args)
+
+
+def cmd_train(args) -> int:
+    from .training.cli import train_command
+
+    if args.scheduler:
+        from .jobs.train import train_on_cluster
+
+        return train_on_cluster(args, parse_settings(args.params))
+    return train_command(_load(args), args)
+
+
+def cmd_eval(args) -> int:
+    from .training.cli import eval_command
+
+    return eval_command(_load(args), args)
 
 
 def cmd_export(args) -> int:
@@ -460,6 +583,8 @@ COMMANDS = {
     "bench": cmd_bench,
     "tune": cmd_tune,
     "sweep": cmd_sweep,
+    "train": cmd_train,
+    "eval": cmd_eval,
     "export": cmd_export,
     "import": cmd_import,
 }

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..compiler import DataError, Network, UsageError, error, fmt_shape, table
 from ..compiler.report import nbytes
-from . import data, folder, memory
+from . import data, memory
 from . import weights as weights_io
 from .session import Session
 
@@ -21,7 +21,7 @@ def telling_what_happens(session: Session, batch: int):
     """Lines on stderr for the waits of a first pass: kernels compiled (once per machine and
     cnnc version, then loaded from the cache) and convolution algorithms measured (once per
     layer shape, with a line per layer)."""
-    from .progress import announce_compiling
+    from .compiling import announce_compiling
     from .tune import ProgressBar
 
     compiling = (
@@ -53,11 +53,7 @@ def telling_what_happens(session: Session, batch: int):
 
 
 def run_command(net: Network, args) -> int:
-    if args.batch is not None and args.batch < 1:
-        raise UsageError(error(f"--batch must be at least 1, got {args.batch}"))
-    folder.check_folders_exist(args.input)
-    if folder.is_many(args.input):
-        return folder.run_command(net, args)
+    """One run of the inputs named (a folder or glob goes to jobs.folder first)."""
     if args.scheduler:
         raise UsageError(
             error("--scheduler runs a folder or glob of inputs: --input DIR --out DIR")
@@ -342,7 +338,7 @@ def tune_command(net: Network, args) -> int:
 
     if args.batch < 1:
         raise DataError(error(f"--batch must be at least 1, got {args.batch}"))
-    from .progress import announce_compiling
+    from .compiling import announce_compiling
 
     session = Session.create(net, None, batch=args.batch, tune=True)
     with announce_compiling(

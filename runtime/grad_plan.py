@@ -153,8 +153,10 @@ def _shapes(gs: GradStep, names) -> list[tuple]:
     return [gs.layer.weights[k] for k in names]
 
 
-def build_grad_plan(net: Network, train: bool = True) -> GradPlan:
-    """The unfused training plan of ``net`` (``train``: batch statistics and dropping)."""
+def build_grad_plan(net: Network, train: bool = True, eval_layers=frozenset()) -> GradPlan:
+    """The unfused training plan of ``net`` (``train``: batch statistics and dropping).
+    Layers named in ``eval_layers`` are lowered as in evaluation even when training: the
+    batch norms of frozen layers normalise with their running statistics."""
     values: dict[int, GradValue] = {}
     of_layer: dict[int, int] = {}
 
@@ -169,7 +171,7 @@ def build_grad_plan(net: Network, train: bool = True) -> GradPlan:
     steps: list[GradStep] = []
     for layer in net.layers:
         ins = [of_layer[id(i)] for i in layer.inputs]
-        step = _lower_for_training(layer, ins, train)
+        step = _lower_for_training(layer, ins, train and layer.name not in eval_layers)
         if step is None:
             of_layer[id(layer)] = new_value(layer.shape, alias=ins[0])
             continue

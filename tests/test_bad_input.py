@@ -148,7 +148,7 @@ def _blank_png(path: Path, width: int, height: int, mode: str = "L"):
 @pytest.fixture
 def no_dask(monkeypatch):
     """Folder runs in this process (the same per-file code runs on Dask workers)."""
-    from cnnc.runtime import cluster
+    from cnnc.jobs import cluster
 
     monkeypatch.setattr(cluster, "available", lambda: False)
 

@@ -24,7 +24,7 @@ network net(x: 3x16x16, width=8) {
 
 
 def test_workers_are_capped_at_the_usable_cores(tmp_path, capsys):
-    from cnnc.runtime import cluster
+    from cnnc.jobs import cluster
 
     cores = cluster.usable_cores()
     assert cores == len(os.sched_getaffinity(0))

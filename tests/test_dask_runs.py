@@ -174,7 +174,7 @@ def test_folder_run_on_the_cluster(scheduler, tmp_path, capsys):
     assert np.load(out / "two.npy").shape == (2, 10)
     # weights went once to each worker: one session per worker, reused by its chunks
     with distributed.Client(scheduler) as client:
-        stats = client.run(lambda: dict(__import__("cnnc.runtime.folder").runtime.folder.STATS))
+        stats = client.run(lambda: dict(__import__("cnnc.jobs.folder").jobs.folder.STATS))
     assert sum(s.get("chunks", 0) for s in stats.values()) == 5
     assert all(s.get("sessions", 0) <= 1 for s in stats.values()), stats
     # resume: existing outputs are skipped, only the bad files are tried again
@@ -200,7 +200,7 @@ def test_folder_run_in_a_local_cluster_with_a_glob(tmp_path, capsys):
 
 
 def test_without_dask_folder_runs_and_sweeps_go_on_in_process(tmp_path, capsys, monkeypatch):
-    from cnnc.runtime import cluster
+    from cnnc.jobs import cluster
 
     monkeypatch.setattr(cluster, "available", lambda: False)
     spec = tmp_path / "p.cnn"

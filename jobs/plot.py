@@ -3,6 +3,7 @@ params, and time against MACs when the variants were benched; one labelled point
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -112,3 +113,56 @@ def sweep_svg(rows: list[dict], path: Path, title: str):
         )
     parts.append("</svg>\n")
     write_atomically(path, "\n".join(parts).encode())
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats: none has fewer or as many MACs with a
+    higher accuracy, or fewer MACs with the same; sorted by MACs."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def accuracy_plot(rows: list[dict], path: Path, title: str):
+    """``cnnc sweep --train --plot``: validation accuracy against MACs, one labelled point
+    per variant, the Pareto front (the best accuracy for its cost) marked and joined.
+    Drawn with matplotlib (the ``train`` extra), as an .svg or .png."""
+    from ..training.report import require_matplotlib
+
+    plt = require_matplotlib()
+    ok = [r for r in rows if not r["error"] and r.get("val_accuracy") is not None]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    points = [(r["macs"], 100 * r["val_accuracy"]) for r in ok]
+    front = pareto_front(points)
+    if ok:
+        xs, ys = zip(*points)
+        ax.scatter(xs, ys, color="#3465a4", zorder=2, label="variant")
+        fx, fy = zip(*(points[i] for i in front))
+        ax.step(fx, fy, where="post", color="#cc0000", alpha=0.6, zorder=1)
+        ax.scatter(fx, fy, s=90, facecolors="none", edgecolors="#cc0000", zorder=3,
+                   label="Pareto front")  # fmt: skip
+        varied = [
+            k for k in ok[0]["parameters"] if len({str(r["parameters"].get(k)) for r in ok}) > 1
+        ]
+        for (x, y), r in zip(points, ok):
+            label = " ".join(f"{k}={r['parameters'][k]}" for k in varied)
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        if min(xs) > 0 and max(xs) / min(xs) > 20:
+            ax.set_xscale("log")
+        ax.margins(x=0.12, y=0.12)
+        ax.legend(loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no variant trained", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("MACs per sample")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"{title}: {len(ok)} variants")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lower()[1:] or "svg")
+    plt.close(fig)
+    write_atomically(path, buffer.getvalue())

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..compiler import CnncError, DataError, Network, UsageError, error
-from . import data
+from ..runtime import data
 from .progress import Progress
 
 SUFFIXES = (".npy", *data.IMAGE_SUFFIXES)
@@ -140,7 +140,7 @@ class Job:
 
 
 def run_command(net: Network, args) -> int:
-    from . import weights as weights_io
+    from ..runtime import weights as weights_io
 
     if len(net.inputs) != 1:
         raise UsageError(
@@ -262,7 +262,7 @@ STATS = Counter()  # per process: sessions built and chunks run (tests check reu
 
 def session_for(job: Job, weights: dict, batch: int):
     """The worker's compiled session for this run, built once and reused by its tasks."""
-    from .session import Session
+    from ..runtime.session import Session
 
     if job.key not in _SESSIONS:
         _SESSIONS.clear()

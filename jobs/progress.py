@@ -1,15 +1,15 @@
-"""What the command line shows while it waits: a one-line progress display on a terminal
-(silent when stderr is a file or a pipe), and a line when kernels start compiling."""
+"""Progress of a job on a terminal: tqdm's bar (count, rate, ETA) where tqdm is installed
+(the ``train`` extra), else a plain line redrawn in place, so that folder runs and sweeps need
+nothing beyond Dask; silent when stderr is a file or a pipe."""
 
 from __future__ import annotations
 
 import sys
 import time
-from contextlib import contextmanager
 
 
 class Progress:
-    """``[#####.....]  12/40 inputs  3 failed  4.1/s``, redrawn in place on a terminal."""
+    """``update(done, failed)`` per finished item; ``close()`` at the end."""
 
     def __init__(self, total: int, noun: str, stream=None, width: int = 24):
         self.total, self.noun, self.width = total, noun, width
@@ -17,6 +17,14 @@ class Progress:
         self.enabled = self.stream.isatty() and total > 0
         self.done = self.failed = 0
         self.start = time.perf_counter()
+        self.bar = None
+        if self.enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                pass
+            else:
+                self.bar = tqdm(total=total, unit=noun.rstrip("s"), file=self.stream, leave=True)
 
     def line(self) -> str:
         filled = self.width * self.done // max(self.total, 1)
@@ -30,33 +38,17 @@ class Progress:
     def update(self, done: int = 1, failed: int = 0):
         self.done += done
         self.failed += failed
-        if self.enabled:
+        if self.bar is not None:
+            if failed:
+                self.bar.set_postfix(failed=self.failed, refresh=False)
+            self.bar.update(done)
+        elif self.enabled:
             self.stream.write("\r" + self.line())
             self.stream.flush()
 
     def close(self):
-        if self.enabled:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled:
             self.stream.write("\n")
             self.stream.flush()
-
-
-@contextmanager
-def announce_compiling(message: str, stream=None):
-    """Print ``message`` once, when Numba starts compiling a kernel that its on-disk cache
-    lacks (a cached kernel loads without this event): the first run of a network on a
-    machine can spend tens of seconds compiling, and should say so."""
-    from numba.core import event
-
-    class Announcer(event.Listener):
-        said = False
-
-        def on_start(self, ev):
-            if not self.said:
-                self.said = True
-                print(message, file=stream or sys.stderr, flush=True)
-
-        def on_end(self, ev):
-            pass
-
-    with event.install_listener("numba:compile", Announcer()):
-        yield
