@@ -33,6 +33,7 @@ def _clean(err: str):
 FAMILIES = [
     ("atrous.cnn", ["--network", "context_module"]),
     ("cifar_resnet.cnn", ["--set", "n=1"]),
+    ("digits.cnn", []),
     ("densenet.cnn", ["--network", "densenet121"]),
     ("efficientnet.cnn", ["--network", "mbconv_se"]),
     ("googlenet.cnn", ["--network", "inception_3a"]),
