@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure the fastest algorithm of each convolution that this machine has no "
         "cached choice for (seconds, once per layer shape; also CNNC_TUNE=1). Without it a "
         "run measures nothing: it uses the choices cached by `cnnc tune` or `cnnc bench`, "
-        "else tiling.py's default (direct convolution)",
+        "else the default (see --algorithm)",
     )
 
     p = spec_command("bench", "time the forward pass layer by layer")
@@ -155,13 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _algorithm_option(p):
+    from .runtime.backends import ALGORITHMS
+
     p.add_argument(
         "--algorithm",
-        choices=["auto", "direct", "winograd"],
+        choices=list(ALGORITHMS),
         default=None,
-        help="CPU convolutions: the fastest per layer as measured on this machine and cached "
-        "(auto, the default unless CNNC_ALGORITHM says otherwise), the exact path only "
-        "(direct), or Winograd wherever it applies",
+        help="CPU convolutions (default: auto, or CNNC_ALGORITHM): "
+        + "; ".join(f"{name}: {what}" for name, what in ALGORITHMS.items()),
     )
 
 

@@ -85,7 +85,7 @@ def _configure_cache():
 
 _configure_cache()
 
-from . import conv, depthwise, elementwise, layout, norm, pool  # noqa: E402,F401 (register kernels)
+from . import bounds, conv, depthwise, elementwise, layout, norm, pool  # noqa: E402,F401
 from .autotune import ALGORITHMS, TuneCache, machine_key  # noqa: E402
 from .table import KERNELS  # noqa: E402
 
@@ -102,7 +102,7 @@ class CpuBackend:
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}")
         self.threads = numba.get_num_threads()
-        #: "auto" (the cached choice per layer), "direct" (exact: no Winograd), "winograd"
+        #: the convolution policy, one of backends.ALGORITHMS (auto, direct, blas, winograd)
         self.algorithm = algorithm
         #: measure layers that have no cached choice (else tiling.py's default, measuring none:
         #: a first run on a new machine would spend seconds timing candidates)
@@ -215,3 +215,5 @@ class CpuBackend:
 
     def run_step(self, step, arrays, ins, res, out, work):
         self.kernels[step.kernel](self, step, arrays, ins, res, out, work)
+        if bounds.SLOTS[1]:  # checked mode stopped a kernel of this step (bounds.py)
+            bounds.raise_fault(step.label)
