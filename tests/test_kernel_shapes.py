@@ -126,7 +126,7 @@ def test_checked_mode_stops_a_tile_reading_past_the_input(checked):
         blocked.blocked_conv(*_blocked_args(x, 8, np.zeros(8, np.float32), out))
 
 
-def test_checked_mode_passes_a_correct_call_and_costs_nothing_when_off(torch, checked):
+def test_checked_mode_passes_a_correct_call_and_changes_nothing_when_off(torch, checked):
     x = np.random.default_rng(2).standard_normal((1, 9, 9, 5)).astype(np.float32)
     out = np.full((1, 7, 7, 40), np.nan, np.float32)
     args = _blocked_args(x, 40, np.zeros(40, np.float32), out)
