@@ -152,11 +152,12 @@ def run(
     random data of ``batch`` samples (a positive integer; a batch that cannot fit in memory
     raises :class:`ResourceError` before allocating).
     ``weights`` is a dict or an ``.npz`` path keyed ``LAYER.weight`` etc.; without it they are
-    seeded (He for conv, Xavier for fc). ``algorithm`` picks the CPU's convolutions: ``auto``
-    (the choice cached per layer shape by ``cnnc tune``/``bench``, else cnnc's own
-    micro-kernel for ungrouped convolutions, tiled GEMMs through BLAS for grouped ones),
-    ``direct`` (never Winograd) or ``winograd``; the default is ``$CNNC_ALGORITHM`` or
-    ``auto``. ``tune`` measures the layers the cache lacks (default ``$CNNC_TUNE``, off).
+    seeded (He for conv, Xavier for fc). ``algorithm`` picks the CPU's convolutions, one of
+    ``cnnc.runtime.backends.ALGORITHMS``: ``auto`` (the choice cached per layer shape by
+    ``cnnc tune``/``bench``, else the micro-kernel, or BLAS for grouped layers), ``direct``
+    (the same without Winograd), ``blas`` (nothing on cnnc's micro-kernel) or ``winograd``;
+    the default is ``$CNNC_ALGORITHM`` or ``auto``. ``tune`` measures the layers the cache
+    lacks (default ``$CNNC_TUNE``, off).
     """
     from cnnc.runtime import memory
     from cnnc.runtime.data import as_input, random_inputs

@@ -166,8 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="measure the fastest algorithm of each convolution that this machine has no "
         "cached choice for (seconds, once per layer shape; also CNNC_TUNE=1). Without it a "
-        f"run measures nothing: it uses the choices cached by `cnnc tune` or `cnnc bench`, "
-        f"else {DEFAULT_CONV}",
+        "run measures nothing: it uses the choices cached by `cnnc tune` or `cnnc bench`, "
+        "else the default (see --algorithm)",
     )
 
     p = spec_command("bench", "time the forward pass layer by layer")
@@ -379,14 +379,14 @@ def add_train_options(p, batch: bool = True):
 
 
 def _algorithm_option(p):
+    from .runtime.backends import ALGORITHMS
+
     p.add_argument(
         "--algorithm",
-        choices=["auto", "direct", "winograd"],
+        choices=list(ALGORITHMS),
         default=None,
-        help="CPU convolutions: auto (the default unless CNNC_ALGORITHM says otherwise) runs "
-        "each layer by the fastest choice measured on this machine and cached, else by "
-        f"{DEFAULT_CONV}; direct never uses Winograd (exact up to float rounding); winograd "
-        "uses Winograd F(4x4) wherever it applies",
+        help="CPU convolutions (default: auto, or CNNC_ALGORITHM): "
+        + "; ".join(f"{name}: {what}" for name, what in ALGORITHMS.items()),
     )
 
 

@@ -24,7 +24,7 @@ class Session:
     source: dict | str | int = field(repr=False)  # the caller's weights, an .npz path or a seed
     plan: Plan = field(repr=False)
     device: str = "cpu"
-    algorithm: str = "auto"  # convolution algorithms: auto, direct (exact) or winograd
+    algorithm: str = "auto"  # CPU convolution policy: backends.ALGORITHMS
     tune: bool = False  # measure convolutions that have no cached choice (autotune.py)
     executors: dict = field(default_factory=dict, repr=False)  # by batch size; one kept
 

@@ -9,6 +9,7 @@ import os
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kernel_cases import numba_threads
 from test_runtime_tiling import reference
 from test_runtime_winograd import _net_and_inputs
 
@@ -78,14 +79,16 @@ def run_blocked(x, wt, bias, res, stride, pad, dil, act, per_item, blocks, threa
 @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.data())
 def test_blocked_conv_matches_torch(torch, data):
+    """Kernels 1-13, strides 1-4, padding 0 to the kernel, dilation 1-3, inputs up to 40x40,
+    on 1 or 2 threads (and 1 to 3 threads' worth of work items)."""
     draw = data.draw
-    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
-    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    dil = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
-    pad = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
-    h = draw(st.integers(max(1, dil[0] * (kh - 1) + 1 - 2 * pad[0]), 19))
-    w = draw(st.integers(max(1, dil[1] * (kw - 1) + 1 - 2 * pad[1]), 19))
-    n = draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 13)), draw(st.integers(1, 13))
+    stride = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    dil = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    pad = (draw(st.integers(0, kh)), draw(st.integers(0, kw)))
+    h = draw(st.integers(max(1, dil[0] * (kh - 1) + 1 - 2 * pad[0]), 40))
+    w = draw(st.integers(max(1, dil[1] * (kw - 1) + 1 - 2 * pad[1]), 40))
+    n = draw(st.integers(1, 2))
     c_in = draw(st.integers(1, 40))
     c_out = draw(st.integers(1, 2 * microkernel.NR + 5))
     act = draw(st.sampled_from(sorted(EPILOGUES)))
@@ -97,19 +100,20 @@ def test_blocked_conv_matches_torch(torch, data):
     res = rng.standard_normal(want.shape).astype(np.float32) if draw(st.booleans()) else None
     want = reference(torch, x, wt, bias, res, stride, pad, dil, 1, "none")
     want = EPILOGUES[act][2](torch.nn.functional, torch.from_numpy(want)).numpy()
-    got = run_blocked(
-        x,
-        wt,
-        bias,
-        res,
-        stride,
-        pad,
-        dil,
-        act,
-        per_item=draw(st.integers(1, 9)),
-        blocks=draw(st.integers(1, 4)),
-        threads=draw(st.integers(1, 3)),
-    )
+    with numba_threads(draw(st.integers(1, 2))):
+        got = run_blocked(
+            x,
+            wt,
+            bias,
+            res,
+            stride,
+            pad,
+            dil,
+            act,
+            per_item=draw(st.integers(1, 9)),
+            blocks=draw(st.integers(1, 4)),
+            threads=draw(st.integers(1, 3)),
+        )
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
 
 

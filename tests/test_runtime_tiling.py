@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kernel_cases import numba_threads
 
 from cnnc.compiler.ops import OPS
 from cnnc.runtime.backends.cpu import conv as cpu
@@ -87,16 +88,18 @@ def reference(torch, x, wt, bias, res, stride, pad, dil, groups, act):
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.data())
 def test_conv_matches_torch_under_any_tiling(torch, data):
+    """Kernels 1-13, strides 1-4, padding 0 to the kernel, dilation 1-3, inputs up to 40x40,
+    groups, on 1 or 2 threads (and 1 to 3 threads' worth of work items)."""
     draw = data.draw
-    groups = draw(st.sampled_from([1, 2]))
+    groups = draw(st.sampled_from([1, 2, 3]))
     shifted = draw(st.booleans())  # stride 1, wider than 1x1, 32+ channels per group
     cg = draw(st.sampled_from([32, 40] if shifted else [1, 3, 32]))
     og = draw(st.sampled_from([1, 8, 24, 72]))
-    kh, kw = draw(st.integers(1, 3)), draw(st.integers(2 if shifted else 1, 3))
-    stride = 1 if shifted else draw(st.integers(1, 2))
-    pad, dil = draw(st.integers(0, 2)), draw(st.integers(1, 2))
-    h = draw(st.integers(dil * (kh - 1) + 1, 11))
-    w = draw(st.integers(dil * (kw - 1) + 1, 11))
+    kh, kw = draw(st.integers(1, 13)), draw(st.integers(2 if shifted else 1, 13))
+    stride = 1 if shifted else draw(st.integers(1, 4))
+    pad, dil = draw(st.integers(0, min(kh, kw))), draw(st.integers(1, 3))
+    h = draw(st.integers(max(1, dil * (kh - 1) + 1 - 2 * pad), 40))
+    w = draw(st.integers(max(1, dil * (kw - 1) + 1 - 2 * pad), 40))
     batch = draw(st.integers(1, 2))
     ho = (h + 2 * pad - dil * (kh - 1) - 1) // stride + 1
     rows, blocks = draw(st.integers(1, ho)), draw(st.integers(1, 4))
@@ -113,7 +116,8 @@ def test_conv_matches_torch_under_any_tiling(torch, data):
         if draw(st.booleans())
         else None
     )
-    got = run_conv(x, wt, bias, res, stride, pad, dil, groups, act, rows, blocks, threads)
+    with numba_threads(draw(st.integers(1, 2))):
+        got = run_conv(x, wt, bias, res, stride, pad, dil, groups, act, rows, blocks, threads)
     want = reference(torch, x, wt, bias, res, stride, pad, dil, groups, act)
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
 

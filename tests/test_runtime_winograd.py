@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kernel_cases import numba_threads
 
 import cnnc
 import torch_reference
@@ -79,11 +80,11 @@ def test_winograd_matches_torch(torch, data):
     draw = data.draw
     m = draw(st.sampled_from([2, 4]))
     c_in, c_out = draw(st.integers(1, 40)), draw(st.integers(1, 40))
-    pad = draw(st.integers(0, 2))
-    h, w = draw(st.integers(3 - 2 * pad if pad < 2 else 1, 13)), draw(st.integers(3, 13))
-    h = max(h, 3 - 2 * pad)
+    pad = draw(st.integers(0, 3))  # 0 to the kernel
+    h, w = draw(st.integers(max(1, 3 - 2 * pad), 40)), draw(st.integers(3, 40))
     batch = draw(st.integers(1, 2))
     per_item, threads = draw(st.integers(1, 9)), draw(st.integers(1, 3))
+    pool = draw(st.integers(1, 2))  # Numba's threads
     k_blocks = draw(st.integers(1, min(c_out, 5)))
     act = draw(st.sampled_from(ACTS))
     rng = np.random.default_rng(draw(st.integers(0, 2**16)))
@@ -92,7 +93,8 @@ def test_winograd_matches_torch(torch, data):
     bias = rng.standard_normal(c_out).astype(np.float32)
     shape = (batch, c_out, h + 2 * pad - 2, w + 2 * pad - 2)
     res = rng.standard_normal(shape).astype(np.float32) if draw(st.booleans()) else None
-    got = run_winograd(x, wt, bias, res, pad, act, m, per_item, threads, k_blocks)
+    with numba_threads(pool):
+        got = run_winograd(x, wt, bias, res, pad, act, m, per_item, threads, k_blocks)
     want = reference(torch, x, wt, bias, res, pad, act)
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
 

@@ -10,7 +10,17 @@ from ...compiler import DataError, ResourceError, error
 DEVICES = ("cpu", "cuda")
 
 
-ALGORITHMS = ("auto", "direct", "winograd")
+#: The CPU's convolution algorithms (``--algorithm``, ``algorithm=``, ``$CNNC_ALGORITHM``), each
+#: described by what it runs; the CUDA backend has one path and ignores the choice.
+ALGORITHMS = {
+    "auto": "per layer, the fastest of cnnc's micro-kernel, BLAS and Winograd as measured on "
+    "this machine (`cnnc tune`, `--tune`), else the micro-kernel for ungrouped layers and "
+    "BLAS for grouped ones (the default)",
+    "direct": "as auto without Winograd: exact direct convolution on the micro-kernel or BLAS",
+    "blas": "every convolution as BLAS matrix products and depthwise ones as plain loops: "
+    "nothing on cnnc's micro-kernel (slower; the path to fall back on)",
+    "winograd": "Winograd F(4x4) for every 3x3 stride-1 layer, elsewhere as auto's default",
+}
 
 
 def resolve_algorithm(algorithm: str | None) -> str:
@@ -32,10 +42,8 @@ def resolve_tune(tune: bool | None) -> bool:
 def backend_for(device: str, algorithm: str | None = None, tune: bool = False):
     """A fresh backend object for ``device``, its kernels imported (and compiled on first use).
 
-    ``algorithm`` picks the CPU's convolution algorithms: ``auto`` takes the choice cached per
-    layer shape and machine (with ``tune``, measured where none is cached, else
-    ``autotune.default_choice``), ``direct`` never uses Winograd, ``winograd`` forces Winograd
-    wherever it applies. The CUDA backend has the direct path only."""
+    ``algorithm`` picks the CPU's convolution algorithms (``ALGORITHMS``); ``tune`` measures
+    the layers whose choice is not cached yet. The CUDA backend has one path only."""
     algorithm = resolve_algorithm(algorithm)
     if device == "cpu":
         from .cpu import CpuBackend

@@ -63,7 +63,7 @@ def start_threads() -> int:
 
 install_locator()  # before any kernel is defined
 
-from . import blas, conv, depthwise, elementwise, layout, norm, pool  # noqa: E402,F401 (kernels)
+from . import blas, bounds, conv, depthwise, elementwise, layout, norm, pool  # noqa: E402,F401
 from .autotune import ALGORITHMS, TuneCache, machine_key  # noqa: E402
 from .table import GRADS, KERNELS  # noqa: E402
 
@@ -79,7 +79,7 @@ class CpuBackend:
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}")
         self.threads = start_threads()
-        #: "auto" (the cached choice per layer), "direct" (exact: no Winograd), "winograd"
+        #: the convolution policy, one of backends.ALGORITHMS (auto, direct, blas, winograd)
         self.algorithm = algorithm
         #: measure layers that have no cached choice (else autotune.default_choice, measuring none:
         #: a first run on a new machine would spend seconds timing candidates)
@@ -215,3 +215,5 @@ class CpuBackend:
 
     def run_step(self, step, arrays, ins, res, out, work):
         self.kernels[step.kernel](self, step, arrays, ins, res, out, work)
+        if bounds.SLOTS[1]:  # checked mode stopped a kernel of this step (bounds.py)
+            bounds.raise_fault(step.label)

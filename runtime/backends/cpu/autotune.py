@@ -22,11 +22,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .. import ALGORITHMS  # noqa: F401 (the policies, by what each runs)
 from . import blocked, winograd
 from .microkernel import MR, NR
 from .tiling import conv_tiling
 
-ALGORITHMS = ("auto", "direct", "winograd")
 #: Layers below this many multiply-adds per image keep the default: timing them would cost
 #: more than it could save.
 MIN_TUNED_MACS = 20_000_000
@@ -43,10 +43,10 @@ MAX_AGE_S = 30 * 86400
 
 @dataclass(frozen=True)
 class Choice:
-    """``direct`` with (rows per tile, channel blocks); ``winograd`` F(m x m, 3x3) with
-    ``a`` = m, ``b`` = tiles per work item and ``c`` = output-channel blocks; or ``blocked``
-    (cnnc's own micro-kernel, blocked.py) with ``a`` = tiles per work item and ``b`` = blocks
-    of weight panels."""
+    """``blas`` (GEMMs through BLAS, conv.py) with (rows per tile, channel blocks);
+    ``winograd`` F(m x m, 3x3) with ``a`` = m, ``b`` = tiles per work item and ``c`` =
+    output-channel blocks; or ``blocked`` (cnnc's own micro-kernel, blocked.py) with ``a`` =
+    tiles per work item and ``b`` = blocks of weight panels."""
 
     algorithm: str
     a: int
@@ -58,20 +58,20 @@ class Choice:
             return f"winograd F{self.a} x{self.b}/{self.c}b"
         if self.algorithm == "blocked":
             return f"own {MR}x{NR} x{self.a}/{self.b}b"
-        return f"direct {self.a}r/{self.b}b"
+        return f"blas {self.a}r/{self.b}b"
 
 
 def default_choice(x_shape, out_shape, geometry: dict, threads: int, algorithm: str) -> Choice:
-    """The choice without measuring: Winograd F(4x4) when forced and applicable, else
-    cnnc's own micro-kernel for ungrouped convolutions, tiled GEMMs through BLAS for grouped
-    ones (under tiling.py's policy). Measured on one machine (ResNet and MobileNet shapes,
-    2 threads, docs/performance.md) the micro-kernel beat the BLAS path on 20 of 21 shapes,
-    and came within 10-25% of the best Winograd on stride-1 3x3 layers: a guess that measuring
+    """The choice without measuring: Winograd F(4x4) when forced and applicable; BLAS under
+    tiling.py's policy for grouped layers and for all under the ``blas`` policy; else the
+    own micro-kernel. Measured on one machine (ResNet and MobileNet shapes, 2 threads,
+    docs/performance.md) the micro-kernel beat the BLAS path on 20 of 21 shapes, and came
+    within 10-25% of the best Winograd on stride-1 3x3 layers: a guess that measuring
     (``cnnc tune``, ``--tune``) replaces. Winograd is not a default because its kernel takes
     seconds to compile, which a first run on a fresh install should not pay."""
     if algorithm == "winograd" and winograd.applies(**_wino_args(geometry)):
         return Choice("winograd", 4, _tiles_per_item(x_shape[0], out_shape, 4, 32, threads))
-    if blocked.applies(geometry["groups"]):
+    if algorithm != "blas" and blocked.applies(geometry["groups"]):
         return blocked_default(x_shape, out_shape, geometry, threads)
     rows, blocks = conv_tiling(
         x_shape,
@@ -84,13 +84,14 @@ def default_choice(x_shape, out_shape, geometry: dict, threads: int, algorithm: 
         geometry["groups"],
         threads,
     )
-    return Choice("direct", rows, blocks)
+    return Choice("blas", rows, blocks)
 
 
 def candidates(x_shape, out_shape, geometry: dict, threads: int, algorithm: str) -> list[Choice]:
-    """What to time for this layer: the default tiling and its neighbours (twice and half the
-    rows, twice and half the channel blocks), plus Winograd unless ``direct`` is forced."""
-    base = default_choice(x_shape, out_shape, geometry, threads, "direct")
+    """What to time for this layer: BLAS's default tiling and its neighbours (twice and half the
+    rows, twice and half the channel blocks), the micro-kernel unless ``blas`` is forced, and
+    Winograd unless ``direct`` or ``blas`` is."""
+    base = default_choice(x_shape, out_shape, geometry, threads, "blas")
     ho, og = out_shape[1], out_shape[3] // geometry["groups"]
     rows, blocks = base.a, base.b
     found = [base]
@@ -100,11 +101,11 @@ def candidates(x_shape, out_shape, geometry: dict, threads: int, algorithm: str)
         (rows, blocks * 2),
         (rows, max(1, blocks // 2)),
     ):
-        if og // b >= 16 and Choice("direct", r, b) not in found:
-            found.append(Choice("direct", r, b))
-    if algorithm != "winograd" and blocked.applies(geometry["groups"]):
+        if og // b >= 16 and Choice("blas", r, b) not in found:
+            found.append(Choice("blas", r, b))
+    if algorithm in ("auto", "direct") and blocked.applies(geometry["groups"]):
         found += blocked_candidates(x_shape, out_shape, geometry, threads)
-    if algorithm == "direct" or not winograd.applies(**_wino_args(geometry)):
+    if algorithm in ("direct", "blas") or not winograd.applies(**_wino_args(geometry)):
         return found
     if algorithm == "winograd":
         found = []

@@ -1,7 +1,9 @@
 """Single-precision GEMM for Numba kernels: SciPy's BLAS ``sgemm`` as an external function.
 
-The symbol is registered with llvmlite and declared as a ``numba.types.ExternalFunction``, so
+The symbol is registered with llvmlite and called from an intrinsic that declares it, so
 kernels that call it stay cacheable (``cache=True``), unlike kernels holding a ctypes pointer.
+Callers pass arrays and float offsets, never bare addresses: the caller's reference keeps each
+array alive while BLAS reads it (a freed temporary crashed the micro-kernel driver).
 Explicit leading dimensions let one call write into a column block of a wider matrix, and
 ``beta`` lets calls accumulate. BLAS runs single-threaded during cnnc's passes
 (``single_threaded``): the parallelism is Numba's ``prange`` over tiles, one thread pool for the
@@ -18,7 +20,14 @@ from pathlib import Path
 
 import llvmlite.binding as llvm
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .bounds import GEMM_A, GEMM_B, GEMM_C, SGEMM, checking, inside
+
+F4 = 4  # bytes per float32
 
 
 def _openblas() -> ctypes.CDLL | None:
@@ -95,76 +104,83 @@ llvm.add_symbol("cnnc_sgemm", _sgemm_address(_LIB))
 #: at or below it.
 SMALL_MNK = 1_000_000
 
-_sgemm = types.ExternalFunction("cnnc_sgemm", types.void(*([types.intp] * 13)))
+
+def _sgemm_for(trans_a: int):
+    """``_sgemm`` with A untransposed (``'N'``, 78) or transposed (``'T'``, 84)."""
+
+    @intrinsic
+    def _sgemm(typingctx, m, n, k, a, lda, b, ldb, c, ldc, beta):
+        """Fortran ``sgemm`` (column-major, every argument by address) for the row-major
+        product of ``gemm``, its integer and scalar arguments in stack slots of the calling
+        function: no array is allocated, so none can be freed while BLAS reads it. Addresses
+        in bytes."""
+        sig = types.void(*([types.intp] * 9), types.float32)
+
+        def codegen(context, builder, signature, args):
+            m, n, k, a, lda, b, ldb, c, ldc, beta = args
+            i8, i32, i64, f32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType()
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i64] * 13), "cnnc_sgemm"
+            )
+
+            def slot(value):  # an alloca in the entry block, filled here: its address
+                held = cgutils.alloca_once(builder, value.type)
+                builder.store(value, held)
+                return builder.ptrtoint(held, i64)
+
+            trans = slot(ir.Constant(i8, 78))  # 'N'
+            trans_a_slot = slot(ir.Constant(i8, trans_a))
+            rows, cols, inner, ld_a, ld_b, ld_c = (
+                slot(builder.trunc(v, i32)) for v in (n, m, k, lda, ldb, ldc)
+            )
+            # row-major C = A B is column-major C^T = B^T A^T: B first
+            one = slot(ir.Constant(f32, 1.0))
+            args = [trans, trans_a_slot, rows, cols, inner, one, b, ld_b, a, ld_a, slot(beta), c]
+            builder.call(fn, [*args, ld_c])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return _sgemm
+
+
+_sgemm_nn = _sgemm_for(78)  # 'N'
+_sgemm_tn = _sgemm_for(84)  # 'T'
 
 
 @njit(cache=True, nogil=True)
-def gemm(m, n, k, a, lda, b, ldb, c, ldc, beta):
-    """Row-major ``C[m, n] = A[m, k] @ B[k, n] + beta * C``; a, b, c are addresses (bytes).
-
-    Row-major C = A B is column-major C^T = B^T A^T, hence B is passed first.
-    """
-    ints = np.empty(6, np.int32)
-    ints[0] = n
-    ints[1] = m
-    ints[2] = k
-    ints[3] = ldb
-    ints[4] = lda
-    ints[5] = ldc
-    scalars = np.empty(2, np.float32)
-    scalars[0] = 1.0
-    scalars[1] = beta
-    trans = np.empty(1, np.uint8)
-    trans[0] = 78  # 'N'
-    base = ints.ctypes.data
-    _sgemm(
-        trans.ctypes.data,
-        trans.ctypes.data,
-        base,
-        base + 4,
-        base + 8,
-        scalars.ctypes.data,
-        b,
-        base + 12,
-        a,
-        base + 16,
-        scalars.ctypes.data + 4,
-        c,
-        base + 20,
-    )
+def gemm(m, n, k, a, a0, lda, b, b0, ldb, c, c0, ldc, beta):
+    """Row-major ``C[m, n] = A[m, k] @ B[k, n] + beta * C``, where A starts at float ``a0`` of
+    the float32 array ``a`` with rows ``lda`` floats apart, and so on for B and C (arrays,
+    not addresses: the caller's reference keeps each alive while BLAS runs). Reads floats
+    ``a0 .. a0 + (m - 1) lda + k`` of ``a`` and ``b0 .. b0 + (k - 1) ldb + n`` of ``b``,
+    writes ``c0 .. c0 + (m - 1) ldc + n`` of ``c``; checked mode (bounds.py) verifies that."""
+    a_at = a.ctypes.data + a0 * F4
+    b_at = b.ctypes.data + b0 * F4
+    c_at = c.ctypes.data + c0 * F4
+    if checking() and not (
+        inside(SGEMM, GEMM_A, a_at, a_at + ((m - 1) * lda + k) * F4, a)
+        and inside(SGEMM, GEMM_B, b_at, b_at + ((k - 1) * ldb + n) * F4, b)
+        and inside(SGEMM, GEMM_C, c_at, c_at + ((m - 1) * ldc + n) * F4, c)
+    ):
+        return
+    _sgemm_nn(m, n, k, a_at, lda, b_at, ldb, c_at, ldc, np.float32(beta))
 
 
 @njit(cache=True, nogil=True)
-def gemm_tn(m, n, k, a, lda, b, ldb, c, ldc, beta):
-    """Row-major ``C[m, n] = A[k, m]^T @ B[k, n] + beta * C`` (addresses in bytes): the
-    weight gradients' ``columns^T @ gy``. Column-major that is ``C^T = B^T A``, so B goes
-    first untransposed and A second transposed."""
-    ints = np.empty(6, np.int32)
-    ints[0] = n
-    ints[1] = m
-    ints[2] = k
-    ints[3] = ldb
-    ints[4] = lda
-    ints[5] = ldc
-    scalars = np.empty(2, np.float32)
-    scalars[0] = 1.0
-    scalars[1] = beta
-    trans = np.empty(2, np.uint8)
-    trans[0] = 78  # 'N'
-    trans[1] = 84  # 'T'
-    base = ints.ctypes.data
-    _sgemm(
-        trans.ctypes.data,
-        trans.ctypes.data + 1,
-        base,
-        base + 4,
-        base + 8,
-        scalars.ctypes.data,
-        b,
-        base + 12,
-        a,
-        base + 16,
-        scalars.ctypes.data + 4,
-        c,
-        base + 20,
-    )
+def gemm_tn(m, n, k, a, a0, lda, b, b0, ldb, c, c0, ldc, beta):
+    """Row-major ``C[m, n] = A[k, m]^T @ B[k, n] + beta * C`` (the weight gradients'
+    ``columns^T @ gy``), arrays and float offsets as ``gemm``'s. Reads floats
+    ``a0 .. a0 + (k - 1) lda + m`` of ``a`` and ``b0 .. b0 + (k - 1) ldb + n`` of ``b``, writes
+    ``c0 .. c0 + (m - 1) ldc + n`` of ``c``. Column-major that is ``C^T = B^T A``: B first,
+    untransposed, A second, transposed."""
+    a_at = a.ctypes.data + a0 * F4
+    b_at = b.ctypes.data + b0 * F4
+    c_at = c.ctypes.data + c0 * F4
+    if checking() and not (
+        inside(SGEMM, GEMM_A, a_at, a_at + ((k - 1) * lda + m) * F4, a)
+        and inside(SGEMM, GEMM_B, b_at, b_at + ((k - 1) * ldb + n) * F4, b)
+        and inside(SGEMM, GEMM_C, c_at, c_at + ((m - 1) * ldc + n) * F4, c)
+    ):
+        return
+    _sgemm_tn(m, n, k, a_at, lda, b_at, ldb, c_at, ldc, np.float32(beta))

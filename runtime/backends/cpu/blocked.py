@@ -20,7 +20,9 @@ from numba import njit, prange
 from ..codes import HARDSIGMOID, HARDSWISH, LEAKY_RELU, SIGMOID, SILU
 from . import microkernel as mk
 from .activations import JIT, PJIT, clamp_bounds
+from .bounds import MICRO_TILE, checking
 from .elementwise import run_call
+from .extents import conv_tile_out_fits
 from .microkernel import MR, NR, conv_tile_out
 
 F4 = 4
@@ -162,38 +164,40 @@ def blocked_kernel(
     per_block = (n_panels + blocks - 1) // blocks
     items = runs * blocks
     threads = scratch.shape[0]
-    has_res = res.size > 0
     step = sw * c_in * F4
-    # addresses, taken once: a view per tile or pixel would be an atomic update of the
-    # array's reference count, a cache line the threads pass back and forth
-    x_at = xp.ctypes.data
-    panels_at = panels.ctypes.data
-    offsets_at = offsets.ctypes.data
-    out_at = out.ctypes.data
-    res_at = res.ctypes.data if has_res else np.uint64(0)  # one type for both (not float)
-    bias_at = bias.ctypes.data
     # the tile's geometry as one argument: a call of over 30 arguments compiles to a call
     # with *args, which Numba does not inline
     geometry = (segs, per_seg, seg_len, flat, wo, wq, hp, wp, sh, sw, c_in, ntaps, span, step,
                 ho, k_out)  # fmt: skip
+    # the arrays themselves go into the parallel loop, never their addresses: ``offsets`` is
+    # this function's own, and Numba frees an array after its last use in the code, so an
+    # address taken here would point at freed memory while the tiles read it
+    arrays = (xp, panels, offsets, out, res, bias)
     for thr in prange(threads):
         rows = scratch[thr, : 2 * MR].view(np.int64)
         _items(
             thr * items // threads, (thr + 1) * items // threads, runs, per_item, tiles,
-            per_block, n_panels, tiles_outer, geometry, x_at, panels_at, offsets_at, rows,
-            out_at, bias_at, res_at, lo, hi, post, slope,
+            per_block, n_panels, tiles_outer, geometry, arrays, rows, lo, hi, post, slope,
         )  # fmt: skip
 
 
 @njit(**JIT)
 def _items(
-    first, last, runs, per_item, tiles, per_block, n_panels, tiles_outer, geometry, x_at,
-    panels_at, offsets_at, rows, out_at, bias_at, res_at, lo, hi, post, slope,
+    first, last, runs, per_item, tiles, per_block, n_panels, tiles_outer, geometry, arrays, rows,
+    lo, hi, post, slope,
 ):  # fmt: skip
     """One thread's work items ``first``..``last - 1`` of ``blocked_kernel``. A function of
     its own rather than the parallel loop's body: Numba's parallel passes then leave it
-    alone, which took a second off its compile on a cold cache."""
-    rows_at = rows.ctypes.data
+    alone, which took a second off its compile on a cold cache. ``arrays``' addresses are
+    taken here, once: the caller's references keep them alive until this returns, and a view
+    per tile or pixel would be an atomic update of the array's reference count, a cache line
+    the threads pass back and forth."""
+    xp, panels, offsets, out, res, bias = arrays
+    addresses = (
+        xp.ctypes.data, panels.ctypes.data, offsets.ctypes.data, rows.ctypes.data,
+        out.ctypes.data, res.ctypes.data if res.size > 0 else np.uint64(0), bias.ctypes.data,
+    )  # fmt: skip
+    check = checking()
     ntaps, span = geometry[11], geometry[12]
     for item in range(first, last):
         p0 = (item // runs) * per_block
@@ -208,9 +212,12 @@ def _items(
             for i in range(n_inner):
                 t = t0 + (o if tiles_outer else i)
                 panel = p0 + (i if tiles_outer else o)
-                _tile(geometry, x_at, panels_at + panel * ntaps * span * NR * F4, panel, t,
-                      offsets_at, rows, rows_at, out_at, bias_at, res_at, lo, hi, post,
-                      slope)  # fmt: skip
+                at = panel * ntaps * span * NR * F4
+                # checked mode: the tile's extents first, out of line (inside the tile they
+                # cost 2% of a 1x1 layer's time even when off)
+                if check and not _tile_fits(geometry, addresses, at, panel, t, rows, arrays):
+                    return
+                _tile(geometry, addresses, at, panel, t, rows, lo, hi, post, slope)
 
 
 #: Weight blocks up to this size run tile by tile through all their panels.
@@ -227,18 +234,32 @@ def tiles_outer(w_rows: int, k_out: int, blocks: int) -> bool:
 
 
 @njit(inline="always", **JIT)
-def _tile(
-    geometry, x_at, panel_at, panel, t, offsets_at, rows, rows_at, out_at, bias_at, res_at, lo,
-    hi, post, slope,
-):  # fmt: skip
-    """Tile ``t`` of the numbering against weight panel ``panel`` (at address ``panel_at``):
-    the micro-kernel with its epilogue and activation into ``out``. ``rows`` gets each tile
-    row's offset in ``out``, or -1 for columns past the output's width (stride 1's padding
-    columns). The pixel's row and column advance by increments: two integer divisions per
-    row cost more than the multiply-adds of a 1x1 layer with 16 input channels."""
+def _tile(geometry, addresses, panel_offset, panel, t, rows, lo, hi, post, slope):
+    """Tile ``t`` of the numbering against weight panel ``panel`` (``panel_offset`` bytes
+    into the panels): the micro-kernel with its epilogue and activation into ``out``."""
+    args = _tile_args(geometry, addresses, panel_offset, panel, t, rows)
+    conv_tile_out(*args, lo, hi, post, slope)
+
+
+@njit(**JIT)
+def _tile_fits(geometry, addresses, panel_offset, panel, t, rows, arrays):
+    """Whether ``_tile``'s call of the micro-kernel stays inside ``arrays`` (extents.py)."""
+    xp, panels, offsets, out, res, bias = arrays
+    args = _tile_args(geometry, addresses, panel_offset, panel, t, rows)
+    return conv_tile_out_fits(MICRO_TILE, *args, xp, offsets, panels, rows, out, res, bias)
+
+
+@njit(inline="always", **JIT)
+def _tile_args(geometry, addresses, panel_offset, panel, t, rows):
+    """``conv_tile_out``'s arguments up to the epilogue's, for tile ``t`` and ``panel``.
+    ``rows`` gets each tile row's offset in ``out``, or -1 for columns past the output's
+    width (stride 1's padding columns). The pixel's row and column advance by increments: two
+    integer divisions per row cost more than the multiply-adds of a 1x1 layer with 16 input
+    channels."""
     segs, per_seg, seg_len, flat, wo, wq, hp, wp, sh, sw, c_in, ntaps, span, step, ho, k_out = (
         geometry
     )
+    x_at, panels_at, offsets_at, rows_at, out_at, res_at, bias_at = addresses
     n = t // (segs * per_seg)
     r = t - n * (segs * per_seg)
     seg = r // per_seg
@@ -260,7 +281,5 @@ def _tile(
         if flat and ox == wq:
             ox = 0
             oy += 1
-    conv_tile_out(
-        ntaps, span, a, step, offsets_at, panel_at, count, rows_at, out_at, res_at,
-        bias_at + k0 * F4, nk, lo, hi, post, slope,
-    )  # fmt: skip
+    return (ntaps, span, a, step, offsets_at, panels_at + panel_offset, count, rows_at, out_at,
+            res_at, bias_at + k0 * F4, nk)  # fmt: skip

@@ -120,7 +120,6 @@ def conv(
     block = (og + channel_blocks - 1) // channel_blocks
     out2 = out.reshape(n_img * ho * wo, c_out)
     res2 = res.reshape(-1, c_out) if has_res else out2
-    x_addr, w_addr, o_addr = x.ctypes.data, wmat.ctypes.data, out.ctypes.data
     threads = scratch.shape[0]
     items = n_img * tiles * channel_blocks
     for t in prange(threads):
@@ -134,25 +133,14 @@ def conv(
                 c1 = min(gi * og + og, c0 + block)
                 if c1 <= c0:
                     continue
+                w0 = gi * k * og + c0 - gi * og
                 if direct:
-                    a_addr = x_addr + (r0 * c_in + gi * cg) * F4
-                    lda = c_in
+                    gemm(m, c1 - c0, k, x, r0 * c_in + gi * cg, c_in, wmat, w0, og, out,
+                         r0 * c_out + c0, c_out, 0.0)  # fmt: skip
                 else:
                     _im2col(x, n, oy0, oy1, wo, kh, kw, sh, sw, ph, pw, dh, dw, gi * cg, cg, col)
-                    a_addr = col.ctypes.data
-                    lda = k
-                gemm(
-                    m,
-                    c1 - c0,
-                    k,
-                    a_addr,
-                    lda,
-                    w_addr + (gi * k * og + c0 - gi * og) * F4,
-                    og,
-                    o_addr + (r0 * c_out + c0) * F4,
-                    c_out,
-                    0.0,
-                )
+                    gemm(m, c1 - c0, k, col, 0, k, wmat, w0, og, out, r0 * c_out + c0, c_out,
+                         0.0)  # fmt: skip
                 _epilogue(
                     out2, r0, c0, out2, r0, c0, bias, res2, has_res, m, c1 - c0, act, alpha, beta
                 )
@@ -194,7 +182,6 @@ def _conv_shifted(
     res2 = res.reshape(-1, c_out) if has_res else out2
     tiles = (ho + rows_per_tile - 1) // rows_per_tile
     block = (og + channel_blocks - 1) // channel_blocks
-    w_addr = wmat.ctypes.data
     threads = scratch.shape[0]
     items = n_img * tiles * channel_blocks
     for t in prange(threads):
@@ -228,11 +215,14 @@ def _conv_shifted(
                             m,
                             nb,
                             cg,
-                            xp.ctypes.data + (shift * c_in + gi * cg) * F4,
+                            xp,
+                            shift * c_in + gi * cg,
                             c_in,
-                            w_addr + (gi * k * og + tap * og + c0 - gi * og) * F4,
+                            wmat,
+                            gi * k * og + tap * og + c0 - gi * og,
                             og,
-                            acc.ctypes.data,
+                            acc,
+                            0,
                             nb,
                             0.0 if ky == 0 and kx == 0 else 1.0,
                         )
@@ -279,18 +269,7 @@ def convt(x, wmat, bias, res, out, cols, kh, kw, sh, sw, ph, pw, dh, dw, groups,
     p = n_img * h * w
     kk = kh * kw * og
     for gi in prange(groups):
-        gemm(
-            p,
-            kk,
-            cg,
-            x.ctypes.data + gi * cg * F4,
-            c_in,
-            wmat.ctypes.data + gi * cg * kk * F4,
-            kk,
-            cols.ctypes.data + gi * p * kk * F4,
-            kk,
-            0.0,
-        )
+        gemm(p, kk, cg, x, gi * cg, c_in, wmat, gi * cg * kk, kk, cols, gi * p * kk, kk, 0.0)
     has_res = res.size > 0
     for t in prange(n_img * ho):
         n = t // ho
@@ -325,18 +304,7 @@ def _fc_rows(x, w, bias, res, out, lo, hi, xt, ct, r0, r1):
     """Output features r0..r1 of ``fc``, given ``xt`` = x.T; ``ct`` receives w[r0:r1] @ xt."""
     n_img, n_in = x.shape
     has_res = res.size > 0
-    gemm(
-        r1 - r0,
-        n_img,
-        n_in,
-        w.ctypes.data + r0 * n_in * F4,
-        n_in,
-        xt.ctypes.data,
-        n_img,
-        ct.ctypes.data + r0 * n_img * F4,
-        n_img,
-        0.0,
-    )
+    gemm(r1 - r0, n_img, n_in, w, r0 * n_in, n_in, xt, 0, n_img, ct, r0 * n_img, n_img, 0.0)
     for o in range(r0, r1):
         for n in range(n_img):
             v = ct[o, n] + bias[o]
@@ -582,6 +550,8 @@ def _bind_gated(backend, step, arrays, x, gate, res, out) -> tuple:
     weights against 7x7x1152 inputs)."""
     a = step.attrs
     n_img = x.shape[0]
+    if backend.algorithm == "blas":
+        return _bind_gated_blas(backend, step, arrays, x, gate, res, out)
     one = (1, *x.shape[1:]), (1, *out.shape[1:])
     geometry = {name: a[name] for name in GEOMETRY}
     choice = autotune.blocked_default(*one, geometry, backend.threads)
@@ -619,6 +589,28 @@ def _gated(kernel, args, panels, scaled, gates, images, on_weights):
             xs = scaled.reshape(x1.shape)
             scale_rows(x1.reshape(1, -1, x1.shape[3]), gates[n], scaled, True)
             kernel(xs, xs, panels, args[3], res1, out1, *args[6:])
+
+
+def _bind_gated_blas(backend, step, arrays, x, gate, res, out) -> tuple:
+    """``_bind_gated`` under the ``blas`` policy: the image scaled by its gate into a buffer,
+    then the BLAS convolution of it (no micro-kernel)."""
+    a = step.attrs
+    geometry = {name: a[name] for name in GEOMETRY}
+    choice = autotune.default_choice(x.shape, out.shape, geometry, backend.threads, "blas")
+    backend.chosen[id(step)] = choice.label() + " gated"
+    scaled = backend.buffer("gated", x.size).reshape(x.shape)
+    call = _bind_choice(backend, choice, arrays, scaled, res, out, a)
+    _keep_only(step, arrays, _form(choice))
+    gates = gate.reshape(x.shape[0], -1)
+    return _gated_blas, (x, gates, scaled, call), None
+
+
+def _gated_blas(x, gates, scaled, call):
+    """Run ``_bind_gated_blas``'s call: each image times its gate, then the convolution."""
+    for n in range(x.shape[0]):
+        flat = (1, -1, x.shape[3])
+        scale_rows(x[n].reshape(flat), gates[n], scaled[n].reshape(flat), True)
+    run_call(call)
 
 
 @njit(**JIT)
@@ -934,17 +926,9 @@ def _weight_items_shifted(x, gy, part, scratch, first, last, kh, kw, ph, pw, dh,
                     shift = ky * dh * wp + kx * dw
                     tap = (ky * kw + kx) * cg
                     gemm_tn(
-                        cg,
-                        og,
-                        m,
-                        xp.ctypes.data + (shift * c_in + gi * cg) * F4,
-                        c_in,
-                        gyw.ctypes.data + gi * og * F4,
-                        c_out,
-                        tile.ctypes.data + tap * og * F4,
-                        og,
-                        0.0,
-                    )
+                        cg, og, m, xp, shift * c_in + gi * cg, c_in, gyw, gi * og, c_out,
+                        tile, tap * og, og, 0.0,
+                    )  # fmt: skip
             dst = part[gi]
             for r in range(k):
                 for j in range(og):
@@ -972,17 +956,14 @@ def _weight_items(x, gy, part, scratch, first, last, kh, kw, sh, sw, ph, pw, dh,
         oy1 = min(ho, oy0 + rows_per_tile)
         m = (oy1 - oy0) * wo
         r0 = (n * ho + oy0) * wo
+        col = scratch[: m * k].reshape(m, k)
         for gi in range(groups):
+            b0 = r0 * c_out + gi * og
             if direct:
-                a_addr = x.ctypes.data + (r0 * c_in + gi * cg) * F4
-                lda = c_in
+                gemm_tn(k, og, m, x, r0 * c_in + gi * cg, c_in, gy, b0, c_out, tile, 0, og, 0.0)
             else:
-                col = scratch[: m * k].reshape(m, k)
                 _im2col(x, n, oy0, oy1, wo, kh, kw, sh, sw, ph, pw, dh, dw, gi * cg, cg, col)
-                a_addr = col.ctypes.data
-                lda = k
-            b_addr = gy.ctypes.data + (r0 * c_out + gi * og) * F4
-            gemm_tn(k, og, m, a_addr, lda, b_addr, c_out, tile.ctypes.data, og, 0.0)
+                gemm_tn(k, og, m, col, 0, k, gy, b0, c_out, tile, 0, og, 0.0)
             dst = part[gi]
             for r in range(k):
                 for j in range(og):

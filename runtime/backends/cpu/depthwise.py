@@ -7,8 +7,8 @@ store. Work items are (image, output row, block of channel vectors). Runs of pix
 taps all fall inside the image read the input in place; the border columns (a pixel or two)
 and the top and bottom rows read a small zero-padded copy of their window (``_fill_patch``),
 so no pixel tests a border in the loop.
-A channel multiplier other than 1 (no zoo network has one) takes plain loops
-(``dwconv_mult``).
+A channel multiplier other than 1 (no zoo network has one), and every layer under the ``blas``
+policy (which keeps off the micro-kernel), takes plain loops (``dwconv_mult``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from numba import njit, prange
 
 from .activations import JIT, PJIT, activate, clamp_bounds
 from .blocked import post_code
+from .bounds import DEPTHWISE_PATCH, DEPTHWISE_TILE, checking
 from .elementwise import run_call
+from .extents import copy_lanes_fits, dw_tile_fits
 from .microkernel import DW_SMALL, LANES, MR, copy_lanes, dw_tile_out, dw_tile_small
 from .table import GRADS, KERNELS
 
@@ -38,26 +40,28 @@ def dwconv(x, w, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, lo, hi
     items = n_img * ho * blocks
     threads = scratch.shape[0]
     geometry = (h, wd, c_n, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, n_vec, blocks, per_item)
-    # addresses, taken once: views inside the loops would be atomic updates of shared
-    # reference counts
-    addresses = (
-        x.ctypes.data, w.ctypes.data, bias.ctypes.data, out.ctypes.data,
-        res.ctypes.data if res.size > 0 else np.uint64(0),
-    )  # fmt: skip
+    # the arrays go into the parallel loop, never bare addresses (see blocked.py)
+    arrays = (x, w, bias, out, res)
     for thr in prange(threads):
         rows = scratch[thr, : 2 * MR].view(np.int64)
         patch = scratch[thr, 2 * MR :]
-        _dw_items(thr * items // threads, (thr + 1) * items // threads, geometry, addresses,
-                  rows, patch, lo, hi, post, slope)  # fmt: skip
+        _dw_items(thr * items // threads, (thr + 1) * items // threads, geometry, arrays, rows,
+                  patch, lo, hi, post, slope)  # fmt: skip
 
 
 @njit(**JIT)
-def _dw_items(first, last, geometry, addresses, rows, patch, lo, hi, post, slope):
-    """One thread's work items ``first``..``last - 1`` of ``dwconv``."""
+def _dw_items(first, last, geometry, arrays, rows, patch, lo, hi, post, slope):
+    """One thread's work items ``first``..``last - 1`` of ``dwconv``. Addresses are taken
+    here, once (the caller's references keep the arrays alive until this returns): views
+    inside the loops would be atomic updates of shared reference counts. Where checked mode
+    is on, each kernel's extents are verified before it runs (extents.py)."""
     h, wd, c_n, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, n_vec, blocks, per_item = geometry
-    x_at, w_at, bias_at, out_at, res_at = addresses
+    x, w, bias, out, res = arrays
+    x_at, w_at, bias_at, out_at = x.ctypes.data, w.ctypes.data, bias.ctypes.data, out.ctypes.data
+    res_at = res.ctypes.data if res.size > 0 else np.uint64(0)
     rows_at = rows.ctypes.data
     patch_at = patch.ctypes.data
+    check = checking()
     pixel = c_n * F4
     lane_bytes = LANES * F4
     # output columns whose taps all fall inside the image's width: [inner0, inner1)
@@ -92,37 +96,65 @@ def _dw_items(first, last, geometry, addresses, rows, patch, lo, hi, post, slope
                     a = x_at + ((n * h + iy0) * wd + ix0) * pixel + c0 * F4
                     steps = (sw * pixel, dw * pixel, dh * wd * pixel)
                 else:
-                    _fill_patch(x_at, patch_at, n, iy0, ix0, kh, dh, span, h, wd, c_n, c0, nk)
+                    window = (n, iy0, ix0, kh, dh, span, h, wd, c_n, c0, nk)
+                    # checked mode: every copy's extents first, out of line (a test per copy
+                    # cost the unchecked path 3%)
+                    if check and not _patch_fits(x_at, patch_at, window, patch, x):
+                        return
+                    _fill_patch(x_at, patch_at, window)
                     a = patch_at
                     steps = (sw * lane_bytes, dw * lane_bytes, span * lane_bytes)
+                args = (kh, kw, a, steps[0], steps[1], steps[2], w_at + c0 * F4, pixel, count,
+                        rows_at, out_at, res_at, bias_at + c0 * F4, nk)  # fmt: skip
                 if inside:
-                    dw_tile_out(
-                        kh, kw, a, steps[0], steps[1], steps[2], w_at + c0 * F4, pixel, count,
-                        rows_at, out_at, res_at, bias_at + c0 * F4, nk, lo, hi, post, slope,
-                    )  # fmt: skip
+                    if check and not dw_tile_fits(DEPTHWISE_TILE, MR, *args, x, w, rows, out,
+                                                  res, bias):  # fmt: skip
+                        return
+                    dw_tile_out(*args, lo, hi, post, slope)
                 else:  # a border column or two (or a top or bottom row): a smaller tile
-                    dw_tile_small(
-                        kh, kw, a, steps[0], steps[1], steps[2], w_at + c0 * F4, pixel, count,
-                        rows_at, out_at, res_at, bias_at + c0 * F4, nk, lo, hi, post, slope,
-                    )  # fmt: skip
+                    if check and not dw_tile_fits(DEPTHWISE_TILE, DW_SMALL, *args, patch, w,
+                                                  rows, out, res, bias):  # fmt: skip
+                        return
+                    dw_tile_small(*args, lo, hi, post, slope)
             ox0 += count
 
 
 @njit(inline="always", **JIT)
-def _fill_patch(x_at, patch_at, n, iy0, ix0, kh, dh, span, h, wd, c_n, c0, nk):
+def _fill_patch(x_at, patch_at, window):
     """Input rows iy0 + ky * dh (ky < kh), columns ix0 .. ix0 + span - 1, channels c0 ..
-    c0 + nk - 1, as (kh, span, LANES) at ``patch_at``, with zeros outside the image; one
-    vector copy per pixel (``copy_lanes``)."""
+    c0 + nk - 1 (``window``), as (kh, span, LANES) at ``patch_at``, with zeros outside the
+    image; one vector copy per pixel (``copy_lanes``)."""
+    kh, span, nk = window[3], window[5], window[10]
     for ky in range(kh):
-        iy = iy0 + ky * dh
-        row_inside = 0 <= iy < h
         for j in range(span):
-            ix = ix0 + j
-            dst = patch_at + (ky * span + j) * LANES * F4
-            src = 0
-            if row_inside and 0 <= ix < wd:
-                src = x_at + (((n * h + iy) * wd + ix) * c_n + c0) * F4
+            dst, src = _patch_copy(x_at, patch_at, window, ky, j)
             copy_lanes(dst, src, nk)
+
+
+@njit(**JIT)
+def _patch_fits(x_at, patch_at, window, patch, x):
+    """Whether every copy of ``_fill_patch`` stays inside ``patch`` and ``x`` (extents.py)."""
+    kh, span, nk = window[3], window[5], window[10]
+    for ky in range(kh):
+        for j in range(span):
+            dst, src = _patch_copy(x_at, patch_at, window, ky, j)
+            if not copy_lanes_fits(DEPTHWISE_PATCH, dst, src, nk, patch, x):
+                return False
+    return True
+
+
+@njit(inline="always", **JIT)
+def _patch_copy(x_at, patch_at, window, ky, j):
+    """``copy_lanes``' destination and source for row ``ky``, column ``j`` of the patch
+    (source 0: outside the image, zeros)."""
+    n, iy0, ix0, kh, dh, span, h, wd, c_n, c0, nk = window
+    iy = iy0 + ky * dh
+    ix = ix0 + j
+    dst = patch_at + (ky * span + j) * LANES * F4
+    src = 0
+    if 0 <= iy < h and 0 <= ix < wd:
+        src = x_at + (((n * h + iy) * wd + ix) * c_n + c0) * F4
+    return dst, src
 
 
 @njit(**PJIT)
@@ -172,7 +204,7 @@ def dwconv_call(backend, a, arrays, x, res, out) -> tuple:
     """A depthwise step's call (``a`` its attributes; see elementwise.run_call)."""
     act, alpha, beta = a["act"], np.float32(a["alpha"]), np.float32(a["beta"])
     window = (a["kh"], a["kw"], a["sh"], a["sw"], a["ph"], a["pw"], a["dh"], a["dw"])
-    if a["mult"] != 1:
+    if a["mult"] != 1 or backend.algorithm == "blas":  # plain loops: no micro-kernel
         args = (x, arrays["w"], arrays["b"], res, out, *window, a["mult"], act, alpha, beta)
         return dwconv_mult, args, None
     lo, hi, rest = clamp_bounds(act, alpha, beta)

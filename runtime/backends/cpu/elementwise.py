@@ -7,6 +7,7 @@ import numpy as np
 from numba import njit, prange
 
 from .activations import PJIT, activate, activate_at, activate_grad
+from .bounds import SLOTS, raise_fault
 from .table import GRADS, KERNELS
 
 
@@ -31,6 +32,8 @@ def run_call(call: tuple) -> None:
     ``after`` is not None (see CpuBackend.bound_call)."""
     kernel, args, after = call
     kernel(*args)
+    if SLOTS[1]:  # checked mode stopped the kernel (bounds.py)
+        raise_fault(getattr(kernel, "__name__", ""))
     if after is not None:
         activation_pass(*after)
 

@@ -20,6 +20,8 @@ import numpy as np
 from numba import njit, prange
 
 from .activations import JIT, PJIT, activate_run
+from .bounds import MICRO_TILE, checking
+from .extents import conv_tile_fits
 from .microkernel import MR, NR, conv_tile
 
 #: Transform matrices (B^T, G, A^T) per output tile size m, in float64 for packing.
@@ -209,6 +211,27 @@ def _output_transform(
                 dst[k] = y[k]
 
 
+@njit(**JIT)
+def _products(v, u, mm, no_offset, k0, nk, count, check):
+    """``mm[xi, p, k] = sum over c of v[xi, p, c] * u[xi, k, c]`` for the run's ``count``
+    tiles p and channels k0..k0 + nk - 1, on the micro-kernel: MR tiles by one panel of NR
+    channels per call, the addresses taken from the arrays given (each position's own, which
+    checked mode verifies the kernel stays in: extents.py)."""
+    tt, _, c_in = v.shape
+    kb = mm.shape[2]
+    for xi in range(tt):
+        vx, ux, mx = v[xi], u[xi], mm[xi]
+        for panel in range(k0 // NR, (k0 + nk + NR - 1) // NR):
+            for r0 in range(0, count, MR):
+                args = (1, c_in, vx.ctypes.data + r0 * c_in * 4, c_in * 4, no_offset.ctypes.data,
+                        ux.ctypes.data + panel * c_in * NR * 4,
+                        mx.ctypes.data + (r0 * kb + panel * NR - k0) * 4, kb * 4,
+                        min(MR, count - r0))  # fmt: skip
+                if check and not conv_tile_fits(MICRO_TILE, *args, vx, no_offset, ux, mx):
+                    return
+                conv_tile(*args)
+
+
 @njit(**PJIT)
 def winograd_conv(
     x, u, bias, res, out, scratch, ph, pw, bt, at, act, alpha, beta, per_item, k_blocks
@@ -240,7 +263,8 @@ def winograd_conv(
     v_end = tt * per_item * c_in
     m_end = v_end + tt * rows * kb
     y_start = m_end + 2 * tt * c_max
-    no_offset = np.zeros(1, np.intp)
+    no_offset = np.zeros(1, np.intp)  # used in the loop: alive until it ends
+    check = checking()
     for thr in prange(threads):
         buf = scratch[thr]
         v = buf[:v_end].reshape(tt, per_item, c_in)
@@ -267,20 +291,7 @@ def winograd_conv(
                     ix0 = (r % tw) * m - pw
                     _input_transform(x, n, iy0, ix0, t, bt, d, tmp_in, v, p)
                 last_run = run
-            for xi in range(tt):
-                for panel in range(k0 // NR, (k0 + nk + NR - 1) // NR):
-                    for r0 in range(0, count, MR):
-                        conv_tile(
-                            1,
-                            c_in,
-                            v[xi, r0:].ctypes.data,
-                            c_in * 4,
-                            no_offset.ctypes.data,
-                            u[xi, panel].ctypes.data,
-                            mm[xi, r0, panel * NR - k0 :].ctypes.data,
-                            kb * 4,
-                            min(MR, count - r0),
-                        )
+            _products(v, u, mm, no_offset, k0, nk, count, check)
             for p in range(count):
                 tile = p0 + p
                 n = tile // (th * tw)

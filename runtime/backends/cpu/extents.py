@@ -1,0 +1,127 @@
+"""What each micro-kernel of microkernel.py reads and writes, for the checked mode (bounds.py).
+
+The micro-kernels take raw addresses, so nothing stops one from reading past its input or
+writing past its output. Each function here takes the same arguments as the kernel it is
+named after, followed by the arrays those addresses point into, derives every byte range the
+kernel touches from the arguments exactly as the kernel's code does, and returns whether all
+of them lie in their arrays (recording the first that does not). Drivers call them before each
+kernel call when ``bounds.checking()``; a kernel changed without its function here is a bug
+the checked tests (CI runs the kernel tests with CNNC_CHECK_BOUNDS=1) can still miss, so keep
+them side by side. Addresses and steps are in bytes.
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from .bounds import (
+    BIAS,
+    INPUT,
+    OUTPUT,
+    PATCH,
+    RESIDUAL,
+    ROWS,
+    TAP_OFFSETS,
+    WEIGHTS,
+    count_in,
+    inside,
+)
+from .microkernel import LANES, MR, NR
+
+F4, I8 = 4, 8
+CHECK = dict(cache=True, nogil=True)
+
+
+@njit(**CHECK)
+def _pixels(site, ntaps, cin, a, step, offsets, count, xs, taps) -> bool:
+    """The inputs of ``_accumulate``: pixel i of tap t reads floats 0..cin-1 at
+    ``a + min(i, count - 1) * step + offsets[t]``."""
+    if not inside(site, TAP_OFFSETS, offsets, offsets + ntaps * I8, taps):
+        return False
+    first_tap = (offsets - taps.ctypes.data) // I8
+    low = high = taps[first_tap]
+    for t in range(first_tap, first_tap + ntaps):
+        low = min(low, taps[t])
+        high = max(high, taps[t])
+    return inside(site, INPUT, a + low, a + (count - 1) * step + high + cin * F4, xs)
+
+
+@njit(**CHECK)
+def _epilogue(site, pixels, rows, out, res, bias, nk, row_array, outs, residuals, biases):
+    """The epilogue's ranges: ``pixels`` int64 row offsets at ``rows``; for each one not
+    negative, ``nk`` floats from that float index of ``out`` (written) and of ``res`` (read,
+    where ``res`` is not 0); ``nk`` floats of ``bias``."""
+    if not (
+        inside(site, ROWS, rows, rows + pixels * I8, row_array)
+        and inside(site, BIAS, bias, bias + nk * F4, biases)
+    ):
+        return False
+    first_row = (rows - row_array.ctypes.data) // I8
+    for i in range(first_row, first_row + pixels):
+        r = row_array[i]
+        if r < 0:
+            continue
+        if not inside(site, OUTPUT, out + r * F4, out + (r + nk) * F4, outs):
+            return False
+        if res != 0 and not inside(site, RESIDUAL, res + r * F4, res + (r + nk) * F4, residuals):
+            return False
+    return True
+
+
+@njit(**CHECK)
+def conv_tile_out_fits(
+    site, ntaps, cin, a, step, offsets, b, count, rows, out, res, bias, nk, xs, taps, panels,
+    row_array, outs, residuals, biases,
+) -> bool:  # fmt: skip
+    """``microkernel.conv_tile_out``: its pixels (``_pixels``), one panel of ``ntaps * cin``
+    rows of NR floats at ``b``, and the epilogue of MR rows (``_epilogue``)."""
+    return (
+        count_in(site, count, 1, MR)
+        and count_in(site, nk, 1, NR)
+        and _pixels(site, ntaps, cin, a, step, offsets, count, xs, taps)
+        and inside(site, WEIGHTS, b, b + ntaps * cin * NR * F4, panels)
+        and _epilogue(site, MR, rows, out, res, bias, nk, row_array, outs, residuals, biases)
+    )
+
+
+@njit(**CHECK)
+def conv_tile_fits(
+    site, ntaps, cin, a, step, offsets, b, c, ldc, count, xs, taps, panels, products
+) -> bool:
+    """``microkernel.conv_tile``: its pixels, one panel at ``b``, and MR rows of NR floats
+    written at ``c``, ``ldc`` bytes apart (all MR, whatever ``count``)."""
+    return (
+        count_in(site, count, 1, MR)
+        and _pixels(site, ntaps, cin, a, step, offsets, count, xs, taps)
+        and inside(site, WEIGHTS, b, b + ntaps * cin * NR * F4, panels)
+        and inside(site, OUTPUT, c, c + (MR - 1) * ldc + NR * F4, products)
+    )
+
+
+@njit(**CHECK)
+def dw_tile_fits(
+    site, pixels, kh, kw, a, step, col_step, row_step, w, w_tap, count, rows, out, res, bias,
+    nk, xs, weights, row_array, outs, residuals, biases,
+) -> bool:  # fmt: skip
+    """``microkernel.dw_tile_out`` (``pixels`` MR) and ``dw_tile_small`` (DW_SMALL): ``nk``
+    floats at ``a + min(i, count - 1) * step + ky * row_step + kx * col_step`` and at
+    ``w + (ky * kw + kx) * w_tap`` for every tap, and the epilogue of ``pixels`` rows."""
+    end = a + (count - 1) * step + (kh - 1) * row_step + (kw - 1) * col_step + nk * F4
+    return (
+        count_in(site, count, 1, pixels)
+        and count_in(site, nk, 1, LANES)
+        and inside(site, INPUT, a, end, xs)
+        and inside(site, WEIGHTS, w, w + (kh * kw - 1) * w_tap + nk * F4, weights)
+        and _epilogue(site, pixels, rows, out, res, bias, nk, row_array, outs, residuals, biases)
+    )
+
+
+@njit(**CHECK)
+def copy_lanes_fits(site, dst, src, nk, patch, xs) -> bool:
+    """``microkernel.copy_lanes``: LANES floats written at ``dst``, ``nk`` read at ``src``
+    (nothing where ``src`` is 0)."""
+    return (
+        count_in(site, nk, 1, LANES)
+        and inside(site, PATCH, dst, dst + LANES * F4, patch)
+        and (src == 0 or inside(site, INPUT, src, src + nk * F4, xs))
+    )
