@@ -956,12 +956,12 @@ def _weight_items(x, gy, part, scratch, first, last, kh, kw, sh, sw, ph, pw, dh,
         oy1 = min(ho, oy0 + rows_per_tile)
         m = (oy1 - oy0) * wo
         r0 = (n * ho + oy0) * wo
-        col = scratch[: m * k].reshape(m, k)
         for gi in range(groups):
             b0 = r0 * c_out + gi * og
             if direct:
                 gemm_tn(k, og, m, x, r0 * c_in + gi * cg, c_in, gy, b0, c_out, tile, 0, og, 0.0)
             else:
+                col = scratch[: m * k].reshape(m, k)
                 _im2col(x, n, oy0, oy1, wo, kh, kw, sh, sw, ph, pw, dh, dw, gi * cg, cg, col)
                 gemm_tn(k, og, m, col, 0, k, gy, b0, c_out, tile, 0, og, 0.0)
             dst = part[gi]
