@@ -41,12 +41,12 @@ TESTS = Path(__file__).resolve().parent
 def _env(tmp_path: Path, **extra) -> dict:
     """The test's environment with an empty tuning cache (runs use the untuned default, as on
     a fresh install) and this process's compiled kernels."""
-    from cnnc.runtime.backends.cpu import _cache_dir
+    from cnnc.runtime.backends.cpu.kernel_cache import kernel_cache_dir
 
     return {
         **os.environ,
         "XDG_CACHE_HOME": str(tmp_path / "cache"),
-        "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR") or str(_cache_dir()),
+        "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR") or str(kernel_cache_dir()),
         **extra,
     }
 
