@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", metavar="DIR", help="continue from the checkpoint in DIR (flags override)"
     )
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    _device_option(p, "where to train")
     p.add_argument("--log", metavar="F.csv", help="append one CSV row per epoch")
     p.add_argument("--plot", metavar="F.svg", help="draw loss and accuracy curves (.svg, .png)")
     p.add_argument(
@@ -277,10 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data", metavar="DATA", required=True, help="an .npz, an image folder, or digits"
     )
-    p.add_argument("--loss", choices=LOSSES, default="cross_entropy")
-    p.add_argument("--batch", type=int, default=32, metavar="N")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--loss", choices=LOSSES, default="cross_entropy", help="the loss to report")
+    p.add_argument("--batch", type=int, default=32, metavar="N", help="samples per pass")
+    _device_option(p, "where to evaluate")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the report")
 
     p = spec_command("export", "write the network as an ONNX model (needs the onnx extra)")
     p.add_argument("-o", "--output", metavar="OUT.onnx", required=True, help="the ONNX file")
@@ -318,11 +318,6 @@ def _seed(text: str) -> int:
     return value
 
 
-#: What a convolution runs by when nothing is cached for its shape (autotune.default_choice);
-#: the README says the same.
-DEFAULT_CONV = (
-    "cnnc's own micro-kernel for ungrouped convolutions, tiled GEMMs through BLAS for grouped ones"
-)
 #: ``cnnc bench`` stops timing after this many seconds (``--time-limit``).
 BENCH_TIME_LIMIT_S = 60.0
 

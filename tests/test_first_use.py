@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import cnnc
-from cnnc.cli import DEFAULT_CONV, build_parser, main
+from cnnc.cli import build_parser, main
+from cnnc.runtime.backends import DEFAULT_CONV
 from conftest import ROOT, SPECS
 
 

@@ -1,12 +1,15 @@
 """Gradients of whole networks against torchvision's autograd, with the same random weights:
 one network per family here, every zoo network under ``-m slow``.
 
-Each gradient tensor is compared with torchvision's in float64, relative to its largest
-magnitude: cnnc's float32 result must be within 1e-3. Networks without dropout are
-differentiated in training mode (batch statistics), unless float32 itself cannot get that close
-there: at batch 2, batch norm over the 98 values of a 7x7 map amplifies rounding so much that
-PyTorch's own float32 gradients of RegNet-X's last stage are 1.3 off float64 with one thread
-and 7e-7 with two. Such a network (PyTorch's float32 off by more than 1e-3) is checked in
+Each gradient tensor is compared with torchvision's in float64, in the 2-norm relative to the
+gradient's own: cnnc's float32 result must be within 1e-3. The 2-norm because float32 rounding
+flips the sign of the few pre-activations that sit within it of zero, and a flipped ReLU changes
+its element's gradient whole: the largest element's error then says little (PyTorch's own float32
+gradients of VGG-11 differ by up to 1e-2 there between thread counts). Networks without dropout
+are differentiated in training mode (batch statistics), unless float32 itself cannot get that
+close there: at batch 2, batch norm over the 98 values of a 7x7 map amplifies rounding so much
+that PyTorch's own float32 gradients of RegNet-X's last stage are 1.3 off float64 with one
+thread and 7e-7 with two. Such a network (PyTorch's float32 off by more than 1e-3) is checked in
 evaluation mode instead, where the same bound holds for PyTorch."""
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ import zoo
 RTOL = 1e-3
 
 
+def _l2(got, want) -> float:
+    scale = float(np.linalg.norm(want.ravel()))
+    return float(np.linalg.norm((got.astype(np.float64) - want).ravel())) / scale
+
+
 def _worst(grads, exact) -> tuple[float, str]:
-    return max(
-        (zoo.relative_error(grads[k], want), k) for k, want in exact.items() if np.abs(want).max()
-    )
+    return max((_l2(grads[k], want), k) for k, want in exact.items() if np.abs(want).max())
 
 
 def _gradients_match(name):

@@ -157,7 +157,7 @@ def gradients(
         for k, v in weights.items()
     }
     values = {
-        name: torch.from_numpy(np.ascontiguousarray(x, np.float32)).requires_grad_(True)
+        name: torch.from_numpy(np.ascontiguousarray(x)).requires_grad_(True)
         for name, x in inputs.items()
     }
     leaves = dict(values)
@@ -181,10 +181,10 @@ def gradients(
             logits = values[layer.inputs[0].name] if layer.op == "softmax" else out
             total = total + F.cross_entropy(logits, t.long(), label_smoothing=label_smoothing)
         elif loss == "mse":
-            total = total + F.mse_loss(out, t.float())
+            total = total + F.mse_loss(out, t.to(out.dtype))
         else:
             n = out.shape[0]
-            cos = F.cosine_similarity(out.reshape(n, -1), t.float().reshape(n, -1), dim=1)
+            cos = F.cosine_similarity(out.reshape(n, -1), t.to(out.dtype).reshape(n, -1), dim=1)
             total = total + (1 - cos).mean()
     total.backward()
     grads = {

@@ -12,10 +12,13 @@ DEVICES = ("cpu", "cuda")
 
 #: The CPU's convolution algorithms (``--algorithm``, ``algorithm=``, ``$CNNC_ALGORITHM``), each
 #: described by what it runs; the CUDA backend has one path and ignores the choice.
+#: What a convolution runs by when nothing is cached for its shape (autotune.default_choice);
+#: the README and --help say the same.
+DEFAULT_CONV = "the micro-kernel for ungrouped layers and BLAS for grouped ones"
+
 ALGORITHMS = {
     "auto": "per layer, the fastest of cnnc's micro-kernel, BLAS and Winograd as measured on "
-    "this machine (`cnnc tune`, `--tune`), else the micro-kernel for ungrouped layers and "
-    "BLAS for grouped ones (the default)",
+    f"this machine (`cnnc tune`, `--tune`), else {DEFAULT_CONV} (the default)",
     "direct": "as auto without Winograd: exact direct convolution on the micro-kernel or BLAS",
     "blas": "every convolution as BLAS matrix products and depthwise ones as plain loops: "
     "nothing on cnnc's micro-kernel (slower; the path to fall back on)",

@@ -64,7 +64,8 @@ class Choice:
 def default_choice(x_shape, out_shape, geometry: dict, threads: int, algorithm: str) -> Choice:
     """The choice without measuring: Winograd F(4x4) when forced and applicable; BLAS under
     tiling.py's policy for grouped layers and for all under the ``blas`` policy; else the
-    own micro-kernel. Measured on one machine (ResNet and MobileNet shapes, 2 threads,
+    own micro-kernel: untuned, that is the micro-kernel for ungrouped layers and BLAS for
+    grouped ones. Measured on one machine (ResNet and MobileNet shapes, 2 threads,
     docs/performance.md) the micro-kernel beat the BLAS path on 20 of 21 shapes, and came
     within 10-25% of the best Winograd on stride-1 3x3 layers: a guess that measuring
     (``cnnc tune``, ``--tune``) replaces. Winograd is not a default because its kernel takes
