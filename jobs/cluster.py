@@ -97,7 +97,9 @@ def client(scheduler: str | None, workers: int | None = None, command: str = "cn
             # the scheduler's HTTP server (health checks) on a free port: its default, 8787,
             # taken by another cluster gave a warning about "a cluster running"
             scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-            silence_logs=logging.ERROR,
+            # the workers' own logs: a worker whose scheduler closes first (Ctrl-C) reports its
+            # lost heartbeat with a traceback; task failures come back through their futures
+            silence_logs=logging.CRITICAL,
             env={"NUMBA_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)},
         )
     with cluster, Client(cluster) as c, _quiet_when_interrupted():

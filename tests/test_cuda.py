@@ -26,7 +26,7 @@ def test_cuda_kernels_match_torch_under_the_simulator():
         env=env,
         capture_output=True,
         text=True,
-        timeout=1500,
+        timeout=2700,
     )
     tail = result.stdout[-6000:] + result.stderr[-3000:]
     assert result.returncode == 0, tail
