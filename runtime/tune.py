@@ -16,7 +16,8 @@ from .session import Session
 class ProgressBar:
     """``tuning [#####-----] 5/10 layer`` on one line of a terminal; plain lines otherwise."""
 
-    def __init__(self, total: int, out=sys.stderr, width: int = 24):
+    def __init__(self, total: int, out=None, width: int = 24):
+        out = out or sys.stderr  # looked up now: a stream bound at import may be closed since
         self.total, self.done, self.out, self.width = max(total, 1), 0, out, width
         self.tty = hasattr(out, "isatty") and out.isatty()
 
@@ -35,7 +36,7 @@ class ProgressBar:
             print(file=self.out, flush=True)
 
 
-def tune(session: Session, batch: int, force: bool = False, out=sys.stderr) -> list[dict]:
+def tune(session: Session, batch: int, force: bool = False, out=None) -> list[dict]:
     """Measure the convolutions of ``session``'s plan at ``batch`` (again where ``force``);
     return one row per convolution step with its choice."""
     executor = session._executor(batch)

@@ -2,15 +2,16 @@
 one network per family here, every zoo network under ``-m slow``.
 
 Each gradient tensor is compared with torchvision's in float64, in the 2-norm relative to the
-gradient's own: cnnc's float32 result must be within 1e-3. The 2-norm because float32 rounding
-flips the sign of the few pre-activations that sit within it of zero, and a flipped ReLU changes
-its element's gradient whole: the largest element's error then says little (PyTorch's own float32
-gradients of VGG-11 differ by up to 1e-2 there between thread counts). Networks without dropout
-are differentiated in training mode (batch statistics), unless float32 itself cannot get that
-close there: at batch 2, batch norm over the 98 values of a 7x7 map amplifies rounding so much
-that PyTorch's own float32 gradients of RegNet-X's last stage are 1.3 off float64 with one
-thread and 7e-7 with two. Such a network (PyTorch's float32 off by more than 1e-3) is checked in
-evaluation mode instead, where the same bound holds for PyTorch."""
+gradient's own: cnnc's float32 result must be within 1e-3 of it, or, where float32 itself
+cannot get that close, no further than PyTorch's own float32 result is (times 2: two float32
+computations round differently). The 2-norm because float32 rounding flips the sign of the few
+pre-activations that sit within it of zero, and a flipped ReLU changes its element's gradient
+whole. Measured here: PyTorch's float32 input gradient of GoogLeNet is 3.4e-2 off float64 in
+evaluation mode (cnnc's 2.2e-2). Networks without dropout are differentiated in training mode
+(batch statistics), unless PyTorch's float32 is off by more than 1e-3 there: at batch 2, batch
+norm over the 98 values of a 7x7 map amplifies rounding so much that PyTorch's own float32
+gradients of RegNet-X's last stage are 1.3 off float64 with one thread and 7e-7 with two, a
+comparison that says nothing; such a network is checked in evaluation mode."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import cnnc
 import zoo
 
 RTOL = 1e-3
+FLOAT32 = 2  # two float32 computations of an ill-conditioned gradient, rounded apart
 
 
 def _l2(got, want) -> float:
@@ -39,12 +41,17 @@ def _gradients_match(name):
         net, weights, x, targets, train, ref_loss, ref32, ref64 = zoo.reference_gradients(
             name, train=False
         )
-        assert _worst(ref32, ref64)[0] <= RTOL
     loss, grads = cnnc.grad(net, {"x": x}, targets, weights, train=train)
     assert abs(loss - ref_loss) <= 1e-4 * max(1.0, abs(ref_loss))
     assert set(ref64) <= set(grads)
-    error, key = _worst(grads, ref64)
-    assert error <= RTOL, f"{name} ({'train' if train else 'eval'}): {key} off by {error:.2e}"
+    for key, exact in ref64.items():
+        if not np.abs(exact).max():
+            continue
+        ours, theirs = _l2(grads[key], exact), _l2(ref32[key], exact)
+        assert ours <= max(RTOL, FLOAT32 * theirs), (
+            f"{name} ({'train' if train else 'eval'}): {key} off by {ours:.2e} "
+            f"(PyTorch's float32: {theirs:.2e})"
+        )
 
 
 @pytest.mark.parametrize("name", FAMILIES)
