@@ -273,6 +273,7 @@ def reference_gradients(name: str, batch: int = 2, seed: int = 0, train: bool | 
 
     size = next(s for _, n, s in ZOO if n == name)
     net = network_of(name)
+    torch.manual_seed(seed)  # torchvision's own initialisation draws from the global generator
     model = randomise(torchvision_model(name), seed)
     names = weight_names(net, model, size)
     weights = map_weights(net, model, size)
