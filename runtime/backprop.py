@@ -134,6 +134,10 @@ class GradExecutor:
     def forward(self, inputs: dict[str, np.ndarray], seed: int = 0, timings=None) -> None:
         """Run the forward pass on NCHW ``inputs``, keeping what the backward will read;
         ``timings`` (a list) gets each step's seconds, as Executor.run's."""
+        with self.backend.running():  # the backend's process settings (one BLAS thread)
+            self._forward(inputs, seed, timings)
+
+    def _forward(self, inputs, seed: int, timings) -> None:
         b, plan = self.backend, self.plan
         self._release_all()
         if hasattr(b, "forget_bindings"):  # they hold the last pass's views: a fresh set each
@@ -221,6 +225,10 @@ class GradExecutor:
         """Gradients of the weights (PyTorch layouts, keyed ``LAYER.KEY``) and of the inputs
         (NCHW, keyed by input name), after :meth:`loss`; ``timings`` (a list) gets each
         step's seconds in the order they run, the last step's first."""
+        with self.backend.running():  # the backend's process settings (one BLAS thread)
+            return self._backward(timings)
+
+    def _backward(self, timings) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         b, plan = self.backend, self.plan
         n = len(plan.steps)
         weight_grads: dict[str, np.ndarray] = {}
