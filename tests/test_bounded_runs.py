@@ -40,6 +40,7 @@ def test_workers_are_capped_at_the_usable_cores(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.slow  # timing: on a quiet machine the 3000 inputs can finish before the signal
 def test_ctrl_c_in_a_folder_run_prints_one_line(tmp_path):
     """Ctrl-C reaches the whole process group (cnnc and its Dask workers): the run stops with
     one line, and neither the workers nor the scheduler print tracebacks."""
