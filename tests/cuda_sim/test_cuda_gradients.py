@@ -128,3 +128,22 @@ def test_a_small_network_trains_on_the_logits_and_repeats_bit_for_bit(torch):
     _, again = cnnc.grad(network, x, target, weights, seed=5, device="cuda")
     for key, value in grads.items():
         assert np.array_equal(value, again[key]), key
+
+
+#: Whole spec networks small enough for the simulator (digits: about two minutes on a 2-core
+#: machine, LeNet-5 about seven); the larger specs need a real GPU (benchmarks/gpu_check.py).
+SPEC_NETWORKS = ["digits.cnn", "lenet5.cnn"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("file", SPEC_NETWORKS)
+def test_a_spec_network_matches_autograd(torch, file):
+    """A spec file's network end to end on CUDA, in the 2-norm per tensor as on the CPU
+    (tests/test_spec_gradients.py)."""
+    from conftest import SPECS
+
+    network = cnnc.load(SPECS / file)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, *network.inputs["x"].shape)).astype(np.float32)
+    target = rng.integers(0, next(iter(network.outputs.values())).shape[0], 2)
+    compare(torch, network, {"x": x}, target, "cross_entropy", device="cuda", l2=True)
