@@ -26,7 +26,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-#: (label, spec file, network = torchvision name, batch, repeats per round)
+#: (label, spec file, network = torchvision name, batch, repeats per round). The input size is
+#: the spec's own (``input_size``): 224 for the classifiers, 520 for DeepLabV3.
 ROWS = [
     ("ResNet-18", "resnet.cnn", "resnet18", 1, 20),
     ("ResNet-18", "resnet.cnn", "resnet18", 8, 5),
@@ -35,6 +36,8 @@ ROWS = [
     ("MobileNetV2", "mobilenet.cnn", "mobilenet_v2", 1, 30),
     ("MobileNetV2", "mobilenet.cnn", "mobilenet_v2", 8, 8),
     ("EfficientNet-B0", "efficientnet.cnn", "efficientnet_b0", 1, 20),
+    ("MobileNetV3-Large", "mobilenet.cnn", "mobilenet_v3_large", 32, 4),
+    ("DeepLabV3-ResNet50", "segmentation.cnn", "deeplabv3_resnet50", 1, 3),
 ]
 
 #: Shared by the children: time ``run`` after warm-up and print median, RSS and CPU time.

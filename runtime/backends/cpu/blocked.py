@@ -14,20 +14,28 @@ that a thread keeps one block of weights in its cache.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import carray, cfunc, njit, prange, types
+from numba.extending import intrinsic
 
 from ..codes import HARDSIGMOID, HARDSWISH, LEAKY_RELU, SIGMOID, SILU
 from . import microkernel as mk
 from .activations import JIT, PJIT, clamp_bounds
-from .bounds import MICRO_TILE, checking
+from .bounds import MICRO_TILE, SLOTS
 from .elementwise import run_call
 from .extents import conv_tile_out_fits
 from .microkernel import MR, NR, conv_tile_out
 
-F4 = 4
-#: Per-thread scratch: the MR output offsets of a tile (int64, two floats each).
-SCRATCH_FLOATS = 2 * MR
+F4, I8 = 4, 8
+#: The int64 parameters ``items_kernel``'s work items read (``_fill_params``): seven counts,
+#: the tile geometry (16) and the addresses of the six arrays.
+N_PARAMS = 7 + 16 + 6
+#: Per-thread scratch: the MR output offsets of a tile, then ``_items``' N_PARAMS parameters
+#: (int64, two floats each).
+SCRATCH_FLOATS = 2 * (MR + N_PARAMS)
 
 
 def pack_panels(wmat: np.ndarray) -> np.ndarray:
@@ -110,9 +118,9 @@ def blocked_call(
     post, rest = post_code(rest)
     args = (
         x, xp, panels, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, lo, hi, post,
-        np.float32(alpha), per_item, blocks, tiles_outer,
+        np.float32(alpha), per_item, blocks, tiles_outer, items_kernel().address,
     )  # fmt: skip
-    return blocked_kernel, args, (out, rest, alpha, beta) if rest else None
+    return blocked_run, args, (out, rest, alpha, beta) if rest else None
 
 
 def blocked_conv(*args) -> None:
@@ -120,23 +128,22 @@ def blocked_conv(*args) -> None:
     run_call(blocked_call(*args))
 
 
-@njit(**PJIT)
-def blocked_kernel(
-    x, xp, panels, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, lo, hi, post, slope,
-    per_item, blocks, tiles_outer,
-):  # fmt: skip
-    """Convolution of the NHWC input ``x`` with ``panels`` (``pack_panels``), padded first
-    into ``xp`` (N, H + 2 ph, W + 2 pw, C) where ph or pw is not 0 (``xp`` is ``x`` itself
-    otherwise). ``per_item`` tiles per work item, ``blocks`` blocks of panels; ``scratch``
-    holds one row of at least SCRATCH_FLOATS per thread; ``lo``, ``hi``, ``post``, ``slope``
-    the epilogue as ``microkernel.conv_tile_out`` takes it. One kernel for both steps: each
-    parallel kernel costs about a second to compile on a cold cache. ``tiles_outer``: each
-    tile runs through all panels of its block (see ``tiles_outer``), else each panel through
-    all tiles of its run."""
+def blocked_run(*args) -> None:
+    """``blocked_kernel(*args)``; in checked mode (bounds.py) every tile's extents are checked
+    first, by ``blocked_fits``, and nothing runs where one fails. The checks are a kernel of
+    their own so that a run without them never compiles them: inside the parallel kernel
+    they were 3-5 s of a cold start on every machine, checked or not."""
+    if SLOTS[0] and not blocked_fits(*args):
+        return
+    blocked_kernel(*args)
+
+
+@njit(**JIT)
+def _layout(xp, panels, out, scratch, kh, kw, sh, sw, dh, dw, per_item, blocks):
+    """How ``blocked_kernel`` numbers its work: (tile geometry, runs of tiles, tiles, panels
+    per block, work items, threads). The tap offsets are ``_tap_offsets``'s. Not inlined:
+    Numba's array analysis fails on a tuple of shapes returned into a parallel kernel."""
     n_img, hp, wp, c_in = xp.shape
-    if ph or pw:
-        for item in prange(n_img * hp):
-            _pad_row(x, xp, ph, pw, item // hp, item % hp)
     _, ho, wo, k_out = out.shape
     n_panels = panels.shape[0]
     # Undilated along x, a kernel row's taps read kw * C consecutive floats, in the order of
@@ -145,13 +152,6 @@ def blocked_kernel(
     row_taps = dw == 1
     ntaps = kh if row_taps else kh * kw
     span = kw * c_in if row_taps else c_in
-    offsets = np.empty(ntaps, np.intp)
-    for ky in range(kh):
-        if row_taps:
-            offsets[ky] = ky * dh * wp * c_in * F4
-        else:
-            for kx in range(kw):
-                offsets[ky * kw + kx] = ((ky * dh) * wp + kx * dw) * c_in * F4
     flat = sh == 1 and sw == 1
     # stride 1: one segment per image, pixels numbered over the padded width (wq = wp);
     # otherwise one segment per output row (wq = wo)
@@ -162,42 +162,137 @@ def blocked_kernel(
     tiles = n_img * segs * per_seg
     runs = (tiles + per_item - 1) // per_item
     per_block = (n_panels + blocks - 1) // blocks
-    items = runs * blocks
-    threads = scratch.shape[0]
     step = sw * c_in * F4
     # the tile's geometry as one argument: a call of over 30 arguments compiles to a call
     # with *args, which Numba does not inline
-    geometry = (segs, per_seg, seg_len, flat, wo, wq, hp, wp, sh, sw, c_in, ntaps, span, step,
-                ho, k_out)  # fmt: skip
+    geometry = (segs, per_seg, seg_len, 1 if flat else 0, wo, wq, hp, wp, sh, sw, c_in, ntaps,
+                span, step, ho, k_out)  # fmt: skip
+    return geometry, runs, tiles, per_block, runs * blocks, scratch.shape[0]
+
+
+@njit(inline="always", **JIT)
+def _tap_offsets(geometry, kh, kw, dh, dw):
+    """Each tap's (or, undilated along x, each kernel row's) byte offset in the input."""
+    wp, c_in, ntaps = geometry[7], geometry[10], geometry[11]
+    offsets = np.empty(ntaps, np.intp)
+    for ky in range(kh):
+        if ntaps == kh and dw == 1:
+            offsets[ky] = ky * dh * wp * c_in * F4
+        else:
+            for kx in range(kw):
+                offsets[ky * kw + kx] = ((ky * dh) * wp + kx * dw) * c_in * F4
+    return offsets
+
+
+@njit(**PJIT)
+def blocked_kernel(
+    x, xp, panels, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, lo, hi, post, slope,
+    per_item, blocks, tiles_outer, items_at,
+):  # fmt: skip
+    """Convolution of the NHWC input ``x`` with ``panels`` (``pack_panels``), padded first
+    into ``xp`` (N, H + 2 ph, W + 2 pw, C) where ph or pw is not 0 (``xp`` is ``x`` itself
+    otherwise). ``per_item`` tiles per work item, ``blocks`` blocks of panels; ``scratch``
+    holds one row of at least SCRATCH_FLOATS per thread; ``lo``, ``hi``, ``post``, ``slope``
+    the epilogue as ``microkernel.conv_tile_out`` takes it. One kernel for both steps: each
+    parallel kernel costs about a second to compile on a cold cache. ``tiles_outer``: each
+    tile runs through all panels of its block (see ``tiles_outer``), else each panel through
+    all tiles of its run. ``items_at``: the address of ``items_kernel()``, which each thread
+    calls for its share of the work items."""
+    n_img, hp = xp.shape[:2]
+    geometry, runs, tiles, per_block, items, threads = _layout(
+        xp, panels, out, scratch, kh, kw, sh, sw, dh, dw, per_item, blocks
+    )
+    offsets = _tap_offsets(geometry, kh, kw, dh, dw)
+    shares = (runs, per_item, tiles, per_block, panels.shape[0], 1 if tiles_outer else 0, post)
     # the arrays themselves go into the parallel loop, never their addresses: ``offsets`` is
     # this function's own, and Numba frees an array after its last use in the code, so an
     # address taken here would point at freed memory while the tiles read it
     arrays = (xp, panels, offsets, out, res, bias)
-    for thr in prange(threads):
-        rows = scratch[thr, : 2 * MR].view(np.int64)
-        _items(
-            thr * items // threads, (thr + 1) * items // threads, runs, per_item, tiles,
-            per_block, n_panels, tiles_outer, geometry, arrays, rows, lo, hi, post, slope,
-        )  # fmt: skip
+    padded_rows = n_img * hp
+    # two passes of one parallel loop, the padding's rows (where the layer pads), then the
+    # tiles: a second parallel loop compiled into four more modules (0.5 s of a cold start)
+    for phase in range(0 if ph or pw else 1, 2):
+        for thr in prange(threads):
+            if phase == 0:
+                for row in range(thr * padded_rows // threads, (thr + 1) * padded_rows // threads):
+                    _pad_row(x, xp, ph, pw, row // hp, row % hp)
+            else:
+                rows_at = scratch.ctypes.data + thr * scratch.strides[0]  # MR int64, then params
+                params_at = rows_at + MR * I8
+                _fill_params(carray(int64_at(params_at), N_PARAMS), shares, geometry, arrays)
+                call_items(
+                    items_at, thr * items // threads, (thr + 1) * items // threads, params_at,
+                    rows_at, lo, hi, slope,
+                )  # fmt: skip
+
+
+@njit(inline="always", **JIT)
+def _fill_params(params, shares, geometry, arrays):
+    """``params`` as ``_items`` reads them; the addresses are taken in the parallel loop, where
+    ``arrays`` are held until the thread's work is done."""
+    for i in range(7):
+        params[i] = shares[i]
+    for i in range(16):
+        params[7 + i] = geometry[i]
+    xp, panels, offsets, out, res, bias = arrays
+    params[23] = xp.ctypes.data
+    params[24] = panels.ctypes.data
+    params[25] = offsets.ctypes.data
+    params[26] = out.ctypes.data
+    params[27] = res.ctypes.data if res.size > 0 else 0
+    params[28] = bias.ctypes.data
 
 
 @njit(**JIT)
-def _items(
-    first, last, runs, per_item, tiles, per_block, n_panels, tiles_outer, geometry, arrays, rows,
-    lo, hi, post, slope,
+def blocked_fits(
+    x, xp, panels, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, lo, hi, post, slope,
+    per_item, blocks, tiles_outer, items_at,
 ):  # fmt: skip
-    """One thread's work items ``first``..``last - 1`` of ``blocked_kernel``. A function of
-    its own rather than the parallel loop's body: Numba's parallel passes then leave it
-    alone, which took a second off its compile on a cold cache. ``arrays``' addresses are
-    taken here, once: the caller's references keep them alive until this returns, and a view
-    per tile or pixel would be an atomic update of the array's reference count, a cache line
-    the threads pass back and forth."""
+    """Whether every tile ``blocked_kernel`` would run with these arguments stays inside its
+    arrays (extents.py), the first fault recorded otherwise: each panel against each tile,
+    the pairs the kernel's work items share out."""
+    geometry, _, tiles, _, _, _ = _layout(
+        xp, panels, out, scratch, kh, kw, sh, sw, dh, dw, per_item, blocks
+    )
+    offsets = _tap_offsets(geometry, kh, kw, dh, dw)
+    arrays = (xp, panels, offsets, out, res, bias)
+    rows = scratch[0, : 2 * MR].view(np.int64)
+    addresses = _addresses(arrays, rows)
+    ntaps, span = geometry[11], geometry[12]
+    for panel in range(panels.shape[0]):
+        at = panel * ntaps * span * NR * F4
+        for t in range(tiles):
+            if not _tile_fits(geometry, addresses, at, panel, t, rows, arrays):
+                return False
+    return True
+
+
+@njit(inline="always", **JIT)
+def _addresses(arrays, rows):
+    """The addresses of ``blocked_kernel``'s arrays and of a thread's ``rows``."""
     xp, panels, offsets, out, res, bias = arrays
-    addresses = (
+    return (
         xp.ctypes.data, panels.ctypes.data, offsets.ctypes.data, rows.ctypes.data,
         out.ctypes.data, res.ctypes.data if res.size > 0 else np.uint64(0), bias.ctypes.data,
     )  # fmt: skip
-    check = checking()
+
+
+def _items(first, last, params_at, rows_at, lo, hi, slope):
+    """One thread's work items ``first``..``last - 1`` of ``blocked_kernel``, with the
+    parameters at ``params_at`` (``_fill_params``) and MR int64 of scratch at ``rows_at``.
+    Compiled on its own as a C function (``items_kernel``) that the parallel kernel calls by
+    address: linked into it, as a Numba function, the micro-kernel's code was optimised and
+    compiled again in each of the four modules of a parallel loop (1-2 s of a cold start).
+    Work on addresses, taken once per thread: a view per tile or pixel would be an atomic
+    update of the array's reference count, a cache line the threads pass back and forth."""
+    p = carray(int64_at(params_at), N_PARAMS)
+    rows = carray(int64_at(rows_at), MR)
+    runs, per_item, tiles, per_block, n_panels, tiles_outer, post = (
+        p[0], p[1], p[2], p[3], p[4], p[5] != 0, p[6]
+    )  # fmt: skip
+    geometry = (p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14], p[15], p[16], p[17],
+                p[18], p[19], p[20], p[21], p[22])  # fmt: skip
+    addresses = (p[23], p[24], p[25], rows_at, p[26], p[27], p[28])
     ntaps, span = geometry[11], geometry[12]
     for item in range(first, last):
         p0 = (item // runs) * per_block
@@ -213,11 +308,40 @@ def _items(
                 t = t0 + (o if tiles_outer else i)
                 panel = p0 + (i if tiles_outer else o)
                 at = panel * ntaps * span * NR * F4
-                # checked mode: the tile's extents first, out of line (inside the tile they
-                # cost 2% of a 1x1 layer's time even when off)
-                if check and not _tile_fits(geometry, addresses, at, panel, t, rows, arrays):
-                    return
                 _tile(geometry, addresses, at, panel, t, rows, lo, hi, post, slope)
+
+
+@functools.cache
+def items_kernel():
+    """``_items`` compiled as a C function (on first use, then from the disk cache)."""
+    signature = types.void(types.int64, types.int64, types.int64, types.int64, types.float32,
+                           types.float32, types.float32)  # fmt: skip
+    return cfunc(signature, **JIT)(_items)
+
+
+@intrinsic
+def call_items(typingctx, fn, first, last, params, rows, lo, hi, slope):
+    """Call the C function at address ``fn`` (``items_kernel``) with the other arguments."""
+    sig = types.void(*([types.int64] * 5), types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        i64, f32 = ir.IntType(64), ir.FloatType()
+        function = ir.FunctionType(ir.VoidType(), [i64] * 4 + [f32] * 3)
+        builder.call(builder.inttoptr(args[0], function.as_pointer()), args[1:])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def int64_at(typingctx, address):
+    """The address as a pointer to int64 (for ``carray``)."""
+    sig = types.CPointer(types.int64)(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+
+    return sig, codegen
 
 
 #: Weight blocks up to this size run tile by tile through all their panels.
