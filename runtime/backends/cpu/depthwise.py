@@ -21,7 +21,18 @@ from .blocked import post_code
 from .bounds import DEPTHWISE_PATCH, DEPTHWISE_TILE, checking
 from .elementwise import run_call
 from .extents import copy_lanes_fits, dw_tile_fits
-from .microkernel import DW_SMALL, LANES, MR, copy_lanes, dw_tile_out, dw_tile_small
+from .microkernel import (
+    DW_SMALL,
+    LANES,
+    MR,
+    copy_lanes,
+    dw_slide_3s1,
+    dw_slide_3s2,
+    dw_slide_5s1,
+    dw_slide_5s2,
+    dw_tile_out,
+    dw_tile_small,
+)
 from .table import GRADS, KERNELS
 
 F4 = 4
@@ -67,6 +78,7 @@ def _dw_items(first, last, geometry, arrays, rows, patch, lo, hi, post, slope):
     # output columns whose taps all fall inside the image's width: [inner0, inner1)
     inner0 = min(wo, (pw + sw - 1) // sw)
     inner1 = max(inner0, min(wo, (wd - 1 + pw - (kw - 1) * dw) // sw + 1))
+    slide = slide_variant(kw, sw, dw)
     for item in range(first, last):
         block = item % blocks
         r = item // blocks
@@ -110,13 +122,30 @@ def _dw_items(first, last, geometry, arrays, rows, patch, lo, hi, post, slope):
                     if check and not dw_tile_fits(DEPTHWISE_TILE, MR, *args, x, w, rows, out,
                                                   res, bias):  # fmt: skip
                         return
-                    dw_tile_out(*args, lo, hi, post, slope)
+                    if count == MR and slide == 1:
+                        dw_slide_3s1(*args, lo, hi, post, slope)
+                    elif count == MR and slide == 2:
+                        dw_slide_3s2(*args, lo, hi, post, slope)
+                    elif count == MR and slide == 3:
+                        dw_slide_5s1(*args, lo, hi, post, slope)
+                    elif count == MR and slide == 4:
+                        dw_slide_5s2(*args, lo, hi, post, slope)
+                    else:
+                        dw_tile_out(*args, lo, hi, post, slope)
                 else:  # a border column or two (or a top or bottom row): a smaller tile
                     if check and not dw_tile_fits(DEPTHWISE_TILE, DW_SMALL, *args, patch, w,
                                                   rows, out, res, bias):  # fmt: skip
                         return
                     dw_tile_small(*args, lo, hi, post, slope)
             ox0 += count
+
+
+@njit(inline="always", **JIT)
+def slide_variant(kw, sw, dw):
+    """Which ``dw_slide_*`` tile runs full inside tiles of this window (0: ``dw_tile_out``)."""
+    if dw != 1 or sw > 2 or kw not in (3, 5):
+        return 0
+    return (1 if kw == 3 else 3) + (sw - 1)
 
 
 @njit(inline="always", **JIT)
