@@ -3,10 +3,12 @@
 
 The multiply-adds run in ``microkernel.dw_tile_out``: MR output pixels of one row x one vector
 of channels in registers, every tap, then bias, residual and activation in registers and one
-store. Work items are (image, output row, block of channel vectors). Runs of pixels whose
-taps all fall inside the image read the input in place; the border columns (a pixel or two)
-and the top and bottom rows read a small zero-padded copy of their window (``_fill_patch``),
-so no pixel tests a border in the loop.
+store. Work items are (image, output row, block of channel vectors). A tile runs only the
+kernel rows whose input rows lie inside the image (the others add zeros). Runs of pixels
+whose taps all fall inside the image's width read the input in place, full tiles of 3x3 and
+5x5 windows through ``dw_slide_*`` (each input column loaded once per kernel row); the
+border columns (a pixel or two) read a small zero-padded copy of their window
+(``_fill_patch``), so no pixel tests a border in the loop.
 A channel multiplier other than 1 (no zoo network has one), and every layer under the ``blas``
 policy (which keeps off the micro-kernel), takes plain loops (``dwconv_mult``).
 """
@@ -84,16 +86,22 @@ def _dw_items(first, last, geometry, arrays, rows, patch, lo, hi, post, slope):
         r = item // blocks
         oy = r % ho
         n = r // ho
-        iy0 = oy * sh - ph
-        rows_inside = iy0 >= 0 and iy0 + (kh - 1) * dh < h
-        # runs of up to MR pixels: the border columns (or the whole row, at the top and
-        # bottom) through a zero-padded patch, the rest in place
-        a0, a1 = (inner0, inner1) if rows_inside else (wo, wo)
+        # the kernel rows whose input row lies inside the image, ky0 .. ky0 + k_rows - 1: the
+        # others would only add zeros, so the tiles skip them (no padded copy of the top and
+        # bottom rows)
+        ky0, k_rows = _rows_inside(oy * sh - ph, kh, dh, h)
+        iy0 = oy * sh - ph + ky0 * dh
+        w_row = ky0 * kw * pixel
+        # runs of up to MR pixels: the border columns through a zero-padded patch, the rest
+        # in place; with no residual, the last run inside the image is a full tile moved back
+        # over pixels already written (the same values again) instead of a partial one
         ox0 = 0
         while ox0 < wo:
-            inside = a0 <= ox0 < a1
-            end = a1 if inside else (a0 if ox0 < a0 else wo)
+            inside = inner0 <= ox0 < inner1
+            end = inner1 if inside else (inner0 if ox0 < inner0 else wo)
             count = min(MR if inside else DW_SMALL, end - ox0)
+            if inside and count < MR and res_at == 0 and inner1 - inner0 >= MR:
+                ox0, count = end - MR, MR
             ix0 = ox0 * sw - pw
             span = (count - 1) * sw + (kw - 1) * dw + 1
             # every channel vector of this run before the next run: the run's output pixels
@@ -108,7 +116,7 @@ def _dw_items(first, last, geometry, arrays, rows, patch, lo, hi, post, slope):
                     a = x_at + ((n * h + iy0) * wd + ix0) * pixel + c0 * F4
                     steps = (sw * pixel, dw * pixel, dh * wd * pixel)
                 else:
-                    window = (n, iy0, ix0, kh, dh, span, h, wd, c_n, c0, nk)
+                    window = (n, iy0, ix0, k_rows, dh, span, h, wd, c_n, c0, nk)
                     # checked mode: every copy's extents first, out of line (a test per copy
                     # cost the unchecked path 3%)
                     if check and not _patch_fits(x_at, patch_at, window, patch, x):
@@ -116,8 +124,8 @@ def _dw_items(first, last, geometry, arrays, rows, patch, lo, hi, post, slope):
                     _fill_patch(x_at, patch_at, window)
                     a = patch_at
                     steps = (sw * lane_bytes, dw * lane_bytes, span * lane_bytes)
-                args = (kh, kw, a, steps[0], steps[1], steps[2], w_at + c0 * F4, pixel, count,
-                        rows_at, out_at, res_at, bias_at + c0 * F4, nk)  # fmt: skip
+                args = (k_rows, kw, a, steps[0], steps[1], steps[2], w_at + w_row + c0 * F4,
+                        pixel, count, rows_at, out_at, res_at, bias_at + c0 * F4, nk)  # fmt: skip
                 if inside:
                     if check and not dw_tile_fits(DEPTHWISE_TILE, MR, *args, x, w, rows, out,
                                                   res, bias):  # fmt: skip
@@ -132,12 +140,23 @@ def _dw_items(first, last, geometry, arrays, rows, patch, lo, hi, post, slope):
                         dw_slide_5s2(*args, lo, hi, post, slope)
                     else:
                         dw_tile_out(*args, lo, hi, post, slope)
-                else:  # a border column or two (or a top or bottom row): a smaller tile
+                else:  # a border column or two: a smaller tile
                     if check and not dw_tile_fits(DEPTHWISE_TILE, DW_SMALL, *args, patch, w,
                                                   rows, out, res, bias):  # fmt: skip
                         return
                     dw_tile_small(*args, lo, hi, post, slope)
             ox0 += count
+
+
+@njit(inline="always", **JIT)
+def _rows_inside(iy0, kh, dh, h):
+    """The first kernel row whose input row ``iy0 + ky * dh`` is inside the image (0 .. h-1),
+    and how many from it are (none: 0 rows, from row 0)."""
+    ky0 = max(0, (-iy0 + dh - 1) // dh)
+    ky1 = min(kh, (h - iy0 + dh - 1) // dh)
+    if ky1 <= ky0:
+        return 0, 0
+    return ky0, ky1 - ky0
 
 
 @njit(inline="always", **JIT)
