@@ -230,8 +230,11 @@ def test_depthwise_matches_torch(torch, data):
 @pytest.mark.parametrize("residual", [False, True])
 def test_depthwise_full_tiles_match_torch(torch, k, s, residual):
     """The windows with a tile of their own (``dw_slide_*``: 3x3 and 5x5, stride 1 and 2),
-    on rows of several full tiles and a partial one, channels past a vector, both threads."""
-    for threads, (w, c) in ((1, (2 * MR * s + 5, LANES + 3)), (2, (3 * MR * s, 2 * LANES))):
+    on rows of several full tiles and a partial one, and on narrow rows copied whole into a
+    patch (``depthwise.narrow_tiles``), channels past a vector, both threads."""
+    widths = ((1, 2 * MR * s + 5, LANES + 3), (2, 3 * MR * s, 2 * LANES), (1, 7, LANES - 1),
+              (2, MR * s + 1, LANES + 1))  # fmt: skip
+    for threads, w, c in widths:
         window = {"kh": k, "kw": k, "sh": s, "sw": s, "ph": k // 2, "pw": k // 2, "dh": 1, "dw": 1}
         check_depthwise(torch, window, 9, w, c, n=2, act="relu6", seed=k * s, residual=residual,
                         threads=threads)  # fmt: skip
