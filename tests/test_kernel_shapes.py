@@ -175,7 +175,7 @@ def test_checked_mode_stops_depthwise_tiles_and_patch_copies(checked):
     _dw_call(x, 20, np.zeros(5, np.float32))
     with pytest.raises(bounds.BoundsError, match="depthwise tile .* of its bias"):
         bounds.raise_fault()
-    _dw_call(x, 20, np.zeros(20, np.float32), pad=1, patch_floats=2 * MR + 3 * LANES)
+    _dw_call(x, 20, np.zeros(20, np.float32), pad=1, patch_floats=depthwise.ROW_FLOATS + 3 * LANES)
     with pytest.raises(bounds.BoundsError, match="depthwise patch copy .* of its patch buffer"):
         bounds.raise_fault()
 

@@ -38,6 +38,9 @@ from .microkernel import (
 from .table import GRADS, KERNELS
 
 F4 = 4
+#: Floats of a thread's scratch row before its patch: a tile's MR output offsets (int64),
+#: rounded up to a cache line so that the patch's vectors start lines.
+ROW_FLOATS = -(-2 * MR // 16) * 16
 
 
 @njit(**PJIT)
@@ -57,7 +60,7 @@ def dwconv(x, w, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, lo, hi
     arrays = (x, w, bias, out, res)
     for thr in prange(threads):
         rows = scratch[thr, : 2 * MR].view(np.int64)
-        patch = scratch[thr, 2 * MR :]
+        patch = scratch[thr, ROW_FLOATS:]
         _dw_items(thr * items // threads, (thr + 1) * items // threads, geometry, arrays, rows,
                   patch, lo, hi, post, slope)  # fmt: skip
 
@@ -299,7 +302,7 @@ def dw_scratch_floats(kh: int, kw: int, sw: int, dw: int, narrow: int = 0) -> in
     """Floats per thread: a tile's output offsets (int64) and a border run's padded patch,
     or a whole row's for ``narrow`` tiles (``narrow_tiles``)."""
     span = max(DW_SMALL * sw, narrow * MR * sw) + (kw - 1) * dw + 1 - sw
-    return 2 * MR + kh * span * LANES
+    return ROW_FLOATS + kh * span * LANES
 
 
 def dwconv_call(backend, a, arrays, x, res, out) -> tuple:
