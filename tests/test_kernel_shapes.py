@@ -175,7 +175,7 @@ def test_checked_mode_stops_depthwise_tiles_and_patch_copies(checked):
     _dw_call(x, 20, np.zeros(5, np.float32))
     with pytest.raises(bounds.BoundsError, match="depthwise tile .* of its bias"):
         bounds.raise_fault()
-    _dw_call(x, 20, np.zeros(20, np.float32), pad=1, patch_floats=2 * MR + 3 * LANES)
+    _dw_call(x, 20, np.zeros(20, np.float32), pad=1, patch_floats=depthwise.ROW_FLOATS + 3 * LANES)
     with pytest.raises(bounds.BoundsError, match="depthwise patch copy .* of its patch buffer"):
         bounds.raise_fault()
 
@@ -218,16 +218,41 @@ def test_depthwise_matches_torch(torch, data):
     ph, pw = draw(st.integers(0, kh)), draw(st.integers(0, kw))
     h = draw(st.integers(max(1, dh * (kh - 1) + 1 - 2 * ph), 40))
     w = draw(st.integers(max(1, dw * (kw - 1) + 1 - 2 * pw), 40))
-    c = draw(st.integers(1, 2 * LANES + 3))
-    n = draw(st.integers(1, 2))
-    act = draw(st.sampled_from(sorted(ACTS)))
-    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    window = {"kh": kh, "kw": kw, "sh": sh, "sw": sw, "ph": ph, "pw": pw, "dh": dh, "dw": dw}
+    check_depthwise(
+        torch, window, h, w, c=draw(st.integers(1, 2 * LANES + 3)), n=draw(st.integers(1, 2)),
+        act=draw(st.sampled_from(sorted(ACTS))), seed=draw(st.integers(0, 2**16)),
+        residual=draw(st.booleans()), threads=draw(st.integers(1, 2)),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("k,s", [(3, 1), (3, 2), (5, 1), (5, 2)])
+@pytest.mark.parametrize("residual", [False, True])
+def test_depthwise_full_tiles_match_torch(torch, k, s, residual):
+    """The windows with a tile of their own (``dw_slide_*``: 3x3 and 5x5, stride 1 and 2),
+    on rows of several full tiles and a partial one, and on narrow rows copied whole into a
+    patch (``depthwise.narrow_tiles``), channels past a vector, both threads."""
+    widths = ((1, 2 * MR * s + 5, LANES + 3), (2, 3 * MR * s, 2 * LANES), (1, 7, LANES - 1),
+              (2, MR * s + 1, LANES + 1))  # fmt: skip
+    for threads, w, c in widths:
+        window = {"kh": k, "kw": k, "sh": s, "sw": s, "ph": k // 2, "pw": k // 2, "dh": 1, "dw": 1}
+        check_depthwise(torch, window, 9, w, c, n=2, act="relu6", seed=k * s, residual=residual,
+                        threads=threads)  # fmt: skip
+
+
+def check_depthwise(torch, window, h, w, c, n, act, seed, residual, threads):
+    """``depthwise.dwconv`` against torch's ``conv2d`` on one layer (``window``: its kernel,
+    strides, padding and dilation)."""
+    kh, kw = window["kh"], window["kw"]
+    rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     wt = (rng.standard_normal((c, 1, kh, kw)) / np.sqrt(kh * kw)).astype(np.float32)
     bias = rng.standard_normal(c).astype(np.float32)
     f = torch.nn.functional
-    y = f.conv2d(*(torch.from_numpy(a) for a in (x, wt, bias)), (sh, sw), (ph, pw), (dh, dw), c)
-    res = rng.standard_normal(y.shape).astype(np.float32) if draw(st.booleans()) else None
+    stride, padding = (window["sh"], window["sw"]), (window["ph"], window["pw"])
+    dilation = (window["dh"], window["dw"])
+    y = f.conv2d(*(torch.from_numpy(a) for a in (x, wt, bias)), stride, padding, dilation, c)
+    res = rng.standard_normal(y.shape).astype(np.float32) if residual else None
     if res is not None:
         y = y + torch.from_numpy(res)
     want = ACTS[act](f, y).numpy()
@@ -238,8 +263,6 @@ def test_depthwise_matches_torch(torch, data):
         if res is not None
         else np.empty((0, 0, 0, 0), np.float32)
     )
-    threads = draw(st.integers(1, 2))
-    window = {"kh": kh, "kw": kw, "sh": sh, "sw": sw, "ph": ph, "pw": pw, "dh": dh, "dw": dw}
     attrs = {"act": OPS[act].code if act in OPS else 0, "alpha": 0.0, "beta": 0.0, "mult": 1}
     attrs.update(window)
     arrays = {"w": np.ascontiguousarray(wt[:, 0].transpose(1, 2, 0)), "b": bias}
@@ -264,15 +287,18 @@ def test_depthwise_matches_torch(torch, data):
 
 
 def test_depthwise_under_avx2_code_generation():
-    """``test_depthwise_matches_torch`` again with 8-lane code (Zen 3 has no AVX-512), in a
-    process of its own."""
-    test = f"{TESTS / 'test_kernel_shapes.py'}::test_depthwise_matches_torch"
+    """``test_depthwise_matches_torch`` and ``test_depthwise_full_tiles_match_torch`` again
+    with 8-lane code (Zen 3 has no AVX-512), in a process of its own."""
+    tests = [
+        f"{TESTS / 'test_kernel_shapes.py'}::{name}"
+        for name in ("test_depthwise_matches_torch", "test_depthwise_full_tiles_match_torch")
+    ]
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, **AVX2},
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert re.search(r"(?<!\d)1 passed", out.stdout), out.stdout[-2000:]
+    assert re.search(r"(?<!\d)9 passed", out.stdout), out.stdout[-2000:]
 
 
 #: Random layers the fuzz test runs (CNNC_FUZZ_SHAPES), per process, and the seed of the

@@ -64,6 +64,7 @@ def start_threads() -> int:
 install_locator()  # before any kernel is defined
 
 from . import blas, bounds, conv, depthwise, elementwise, layout, norm, pool  # noqa: E402,F401
+from .aligned import LINE, aligned_empty  # noqa: E402
 from .autotune import ALGORITHMS, TuneCache, machine_key  # noqa: E402
 from .table import GRADS, KERNELS  # noqa: E402
 
@@ -113,7 +114,8 @@ class CpuBackend:
         """Per-thread scratch rows, (threads, at least ``floats``), kept and grown across
         calls: buffers allocated afresh in every call cost page faults each time."""
         if self._scratch.shape[1] < floats:
-            self._scratch = np.empty((self.threads, floats), np.float32)
+            row = -(-floats * 4 // LINE) * LINE // 4  # each thread's row starts a cache line
+            self._scratch = aligned_empty((self.threads, row))
             self._generation += 1
         return self._scratch
 
@@ -122,7 +124,7 @@ class CpuBackend:
         layer's zero-padded input, for instance)."""
         held = self._buffers.get(name)
         if held is None or held.size < floats:
-            held = self._buffers[name] = np.empty(floats, np.float32)
+            held = self._buffers[name] = aligned_empty(floats)
             self._generation += 1
         return held[:floats]
 
@@ -183,7 +185,7 @@ class CpuBackend:
         return self.chosen.get(id(step), "")
 
     def empty(self, n: int):
-        return np.empty(n, np.float32)
+        return aligned_empty(n)
 
     def to_device(self, array):
         return array

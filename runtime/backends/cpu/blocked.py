@@ -24,6 +24,7 @@ from numba.extending import intrinsic
 from ..codes import HARDSIGMOID, HARDSWISH, LEAKY_RELU, SIGMOID, SILU
 from . import microkernel as mk
 from .activations import JIT, PJIT, clamp_bounds
+from .aligned import aligned_copy
 from .bounds import MICRO_TILE, SLOTS
 from .elementwise import run_call
 from .extents import conv_tile_out_fits
@@ -44,7 +45,7 @@ def pack_panels(wmat: np.ndarray) -> np.ndarray:
     panels = -(-k_out // NR)
     padded = np.zeros((rows, panels * NR), np.float32)
     padded[:, :k_out] = wmat[0]
-    return np.ascontiguousarray(padded.reshape(rows, panels, NR).transpose(1, 0, 2))
+    return aligned_copy(padded.reshape(rows, panels, NR).transpose(1, 0, 2))
 
 
 def unpack_panels(panels: np.ndarray, k_out: int) -> np.ndarray:

@@ -105,13 +105,15 @@ def dw_tile_fits(
 ) -> bool:  # fmt: skip
     """``microkernel.dw_tile_out`` (``pixels`` MR) and ``dw_tile_small`` (DW_SMALL): ``nk``
     floats at ``a + min(i, count - 1) * step + ky * row_step + kx * col_step`` and at
-    ``w + (ky * kw + kx) * w_tap`` for every tap, and the epilogue of ``pixels`` rows."""
+    ``w + (ky * kw + kx) * w_tap`` for every tap (none where ``kh`` is 0: the input rows all
+    outside the image), and the epilogue of ``pixels`` rows. The ``dw_slide_*`` tiles read
+    the same as ``dw_tile_out`` with ``count`` MR."""
     end = a + (count - 1) * step + (kh - 1) * row_step + (kw - 1) * col_step + nk * F4
     return (
         count_in(site, count, 1, pixels)
         and count_in(site, nk, 1, LANES)
-        and inside(site, INPUT, a, end, xs)
-        and inside(site, WEIGHTS, w, w + (kh * kw - 1) * w_tap + nk * F4, weights)
+        and (kh == 0 or inside(site, INPUT, a, end, xs))
+        and (kh == 0 or inside(site, WEIGHTS, w, w + (kh * kw - 1) * w_tap + nk * F4, weights))
         and _epilogue(site, pixels, rows, out, res, bias, nk, row_array, outs, residuals, biases)
     )
 

@@ -457,6 +457,84 @@ dw_tile_out = _dw_tile(MR)
 dw_tile_small = _dw_tile(DW_SMALL)
 
 
+def _dw_slide_codegen(context, builder, args, kw, sw, dw):
+    """``dw_tile_out`` for a full tile (``count`` MR) whose kernel width ``kw``, stride
+    ``sw`` and dilation ``dw`` are known here: per kernel row, each input column the tile
+    reads is loaded once and multiplied into every pixel that reads it with the row's ``kw``
+    weight vectors, which stay in registers. A 3x3 stride-1 tile of 12 pixels then loads 17
+    vectors per kernel row instead of 39, and holds no address per pixel (those spilled to
+    the stack: a load of an address before each load of an input). Reads exactly what
+    ``dw_tile_out`` reads for ``count`` MR (every column is some pixel's tap), so its
+    extents are the same (extents.dw_tile_fits)."""
+    kh, _, a, step, col_step, row_step, w, w_tap, count, rows, out, res, bias, nk = args[:14]
+    lo, hi, post, slope = args[14:]
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    vec = ir.VectorType(ir.FloatType(), LANES)
+    fma = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{LANES}f32"
+    )
+    masked_load, _ = _masked_ops(builder)
+    (mask,) = _lane_masks(builder, nk, 1)
+    zeros = _vconst(0.0)
+
+    def load(address):
+        ptr = builder.inttoptr(address, vec.as_pointer())
+        return builder.call(masked_load, [ptr, ir.Constant(i32, 4), mask, zeros])
+
+    # input column j = i * sw + kx * dw: its first (pixel, tap), and every pixel that reads it
+    readers: dict[int, list] = {}
+    for i in range(MR):
+        for kx in range(kw):
+            readers.setdefault(i * sw + kx * dw, []).append((i, kx))
+
+    def enter(ky):  # one kernel row: its input row's address, its kw weight vectors
+        row = builder.add(a, builder.mul(ky, row_step))
+        first = builder.mul(ky, ir.Constant(i64, kw))
+        taps = [
+            load(builder.add(w, builder.mul(builder.add(first, ir.Constant(i64, kx)), w_tap)))
+            for kx in range(kw)
+        ]
+        return row, taps
+
+    def kernel_row(state, _, acc):
+        row, taps = state
+        acc = list(acc)
+        for j in sorted(readers):
+            i0, kx0 = readers[j][0]
+            offset = builder.add(builder.mul(ir.Constant(i64, i0), step),
+                                 builder.mul(ir.Constant(i64, kx0), col_step))  # fmt: skip
+            value = load(builder.add(row, offset))
+            for i, kx in readers[j]:
+                acc[i] = builder.call(fma, [value, taps[kx], acc[i]])
+        return acc
+
+    y_acc = _loop_nest(builder, kh, ir.Constant(i64, 1), [zeros] * MR, enter, kernel_row,
+                       "dws")  # fmt: skip
+    _epilogue(builder, y_acc, 1, rows, out, res, bias, nk, lo, hi)
+    _post_activation(builder, 1, rows, out, nk, post, slope, MR)
+    return context.get_dummy_value()
+
+
+def _dw_slide_tile(kw, sw, dw):
+    """``dw_tile_out``'s signature, ``_dw_slide_codegen`` for one kernel width, stride and
+    dilation (``count`` must be MR; the caller's ``kw`` argument is ignored)."""
+
+    def dw_slide(typingctx, kh, kw_, a, step, col_step, row_step, w, w_tap, count, rows, out,
+                 res, bias, nk, lo, hi, post, slope):  # fmt: skip
+        return _dw_signature, lambda context, builder, sig, args: _dw_slide_codegen(
+            context, builder, args, kw, sw, dw
+        )
+
+    return intrinsic(dw_slide)
+
+
+#: Full depthwise tiles for the common windows (3x3 and 5x5, stride 1 or 2, no dilation).
+dw_slide_3s1 = _dw_slide_tile(3, 1, 1)
+dw_slide_3s2 = _dw_slide_tile(3, 2, 1)
+dw_slide_5s1 = _dw_slide_tile(5, 1, 1)
+dw_slide_5s2 = _dw_slide_tile(5, 2, 1)
+
+
 @intrinsic
 def copy_lanes(typingctx, dst, src, nk):
     """The LANES floats at address ``dst`` = the first ``nk`` at ``src`` (a masked load:

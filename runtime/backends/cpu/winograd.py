@@ -20,6 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from .activations import JIT, PJIT, activate_run
+from .aligned import aligned_empty
 from .bounds import MICRO_TILE, checking
 from .extents import conv_tile_fits
 from .microkernel import MR, NR, conv_tile
@@ -79,7 +80,8 @@ def transform_weights(wmat: np.ndarray, m: int) -> np.ndarray:
     t = m + 2
     w = wmat.reshape(3, 3, c_in, k_out)
     panels = -(-k_out // NR)
-    out = np.zeros((t * t, panels, c_in, NR), np.float32)
+    out = aligned_empty((t * t, panels, c_in, NR))
+    out[...] = 0.0
     for panel in range(panels):
         k0, k1 = panel * NR, min(k_out, panel * NR + NR)
         part = w[..., k0:k1].astype(np.float64)
