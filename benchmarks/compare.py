@@ -114,12 +114,21 @@ report(lambda: session.run(None, {{"x": x}}), {repeat})
 )
 
 
-def child(code: str, threads: int) -> dict:
+#: Numba's code for AVX2 only on a machine with AVX-512: the CPU name alone keeps the host's
+#: features, so both are needed (docs/performance.md). For cnnc's processes with ``--avx2``.
+AVX2 = {
+    "NUMBA_CPU_NAME": "haswell",
+    "NUMBA_CPU_FEATURES": "+avx,+avx2,+fma,+sse4.2,+popcnt,+f16c,+bmi,+bmi2",
+}
+
+
+def child(code: str, threads: int, extra_env: dict | None = None) -> dict:
     """Run one measuring process; its last line of output is a JSON object."""
     env = dict(
         os.environ,
         NUMBA_NUM_THREADS=str(threads),
         OMP_NUM_THREADS=str(threads),
+        **(extra_env or {}),
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
@@ -158,12 +167,19 @@ def main():
     parser.add_argument("--batches", help="comma-separated batch sizes (default: all rows)")
     parser.add_argument("--algorithm", default="auto", help="cnnc's --algorithm (auto, direct)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument(
+        "--avx2",
+        action="store_true",
+        help="cnnc's kernels generated for AVX2 only (PyTorch and ONNX Runtime keep their code)",
+    )
     args = parser.parse_args()
+    cnnc_env = AVX2 if args.avx2 else None
     rounds = 1 if args.quick else args.rounds
     wanted = set(args.networks.split(",")) if args.networks else None
     batches = {int(b) for b in args.batches.split(",")} if args.batches else None
     tests = str(ROOT / "tests")
-    print(f"machine: {cpu_model()}, {vector_width()}, {os.cpu_count()} cores; ", end="")
+    isa = "cnnc on AVX2 (8 lanes) only, " if args.avx2 else ""
+    print(f"machine: {cpu_model()}, {vector_width()}, {isa}{os.cpu_count()} cores; ", end="")
     print(f"{args.threads} threads each, {rounds} interleaved rounds, best median", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -189,9 +205,10 @@ def main():
             )
             got = {"cnnc": [], "torch": [], "ort": []}
             tuning = dict(fields, repeat=1, tune=True)  # the layer choices, measured once
-            child(CNNC_CHILD.format(**tuning), args.threads)
+            child(CNNC_CHILD.format(**tuning), args.threads, cnnc_env)
             for _ in range(rounds):
-                got["cnnc"].append(child(CNNC_CHILD.format(**fields, tune=False), args.threads))
+                cnnc_child = CNNC_CHILD.format(**fields, tune=False)
+                got["cnnc"].append(child(cnnc_child, args.threads, cnnc_env))
                 got["torch"].append(child(TORCH_CHILD.format(**fields), args.threads))
                 got["ort"].append(child(ORT_CHILD.format(**fields), args.threads))
             best = {k: min(v, key=lambda r: r["median_ms"]) for k, v in got.items()}
