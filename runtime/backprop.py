@@ -72,8 +72,11 @@ def drop_masks(plan: GradPlan, batch: int, seed: int) -> dict[str, np.ndarray]:
 class GradExecutor:
     """A training plan's buffers and packed weights on one backend, for one batch size."""
 
-    def __init__(self, plan: GradPlan, backend, batch: int):
+    def __init__(self, plan: GradPlan, backend, batch: int, input_grads: bool = True):
         self.plan, self.backend, self.batch = plan, backend, batch
+        #: whether the backward returns the inputs' gradients (``cnnc.grad``); training wants
+        #: none, and then no step computes a gradient that leads only to an input
+        self.input_grads = input_grads
         life = plan.lifetimes(backend.grads)
         self.until, self.grad_to = life["until"], life["grad_to"]
         self.needs = plan.needs(backend.grads)
@@ -223,24 +226,29 @@ class GradExecutor:
 
     def backward(self, timings=None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Gradients of the weights (PyTorch layouts, keyed ``LAYER.KEY``) and of the inputs
-        (NCHW, keyed by input name), after :meth:`loss`; ``timings`` (a list) gets each
-        step's seconds in the order they run, the last step's first."""
-        with self.backend.running():
+        (NCHW, keyed by input name; none without ``input_grads``), after :meth:`loss`;
+        ``timings`` (a list) gets each step's seconds in the order they run, the last
+        step's first."""
+        with self.backend.running():  # the backend's process settings (one BLAS thread)
             return self._backward(timings)
 
     def _backward(self, timings):
         b, plan = self.backend, self.plan
         n = len(plan.steps)
         weight_grads: dict[str, np.ndarray] = {}
+        leads = self.leads_to_weights()
         for i in range(n - 1, -1, -1):
             start = self._clock(timings)
             gs = plan.steps[i]
             step = gs.step
             gy = self.grads.pop(step.output, None)
             wanted = () if gs.layer.name in self.frozen else gs.params
-            if gy is None:  # nothing the loss depends on reads this step's output
+            into = any(plan.root(v) in leads for v in step.inputs)
+            if gy is None or not (wanted or into):  # no gradient reaches it, or none is asked
                 for k in wanted:
                     weight_grads[f"{gs.layer.name}.{k}"] = np.zeros(gs.layer.weights[k], np.float32)
+                if gy is not None:
+                    self.pool.give(gy)
                 self._release(2 * n - i)
                 self._lap(timings, start)
                 continue
@@ -249,8 +257,9 @@ class GradExecutor:
                 [self.view(v) for v in step.inputs] if x_needed else None,
                 self.view(step.output) if y_needed else None,
             )
-            gx_flat = [self._new(v) for v in step.inputs]
-            gxs = [self._view(f, v) for f, v in zip(gx_flat, step.inputs)]
+            # the kernels write every input's gradient they are given, or with weights, none
+            gx_flat = [self._new(v) if into else None for v in step.inputs]
+            gxs = [f if f is None else self._view(f, v) for f, v in zip(gx_flat, step.inputs)]
             gws = {k: b.empty(int(np.prod(gs.layer.weights[k]))) for k in wanted}
             gws = {k: g.reshape(gs.layer.weights[k]) for k, g in gws.items()}
             b.grads[step.kernel](
@@ -258,7 +267,12 @@ class GradExecutor:
             )
             self.pool.give(gy)
             for vid, flat in zip(step.inputs, gx_flat):
-                self._accumulate(vid, flat)
+                if flat is None:
+                    continue
+                if plan.root(vid) in leads:
+                    self._accumulate(vid, flat)
+                else:
+                    self.pool.give(flat)
             for k, g in gws.items():
                 weight_grads[f"{gs.layer.name}.{k}"] = np.asarray(b.to_host(g)).reshape(
                     gs.layer.weights[k]
@@ -266,7 +280,7 @@ class GradExecutor:
             self._release(2 * n - i)
             self._lap(timings, start)
         input_grads = {}
-        for name, vid in plan.inputs.items():
+        for name, vid in plan.inputs.items() if self.input_grads else ():
             flat = self.grads.pop(vid, None)
             shape = (self.batch, *plan.network.inputs[name].shape)
             if flat is None:
@@ -278,6 +292,18 @@ class GradExecutor:
             self.pool.give(flat)
         self.grads.clear()
         return weight_grads, input_grads
+
+    def leads_to_weights(self) -> set[int]:
+        """The values (roots) whose gradient the backward needs: those that some learned,
+        unfrozen weight produced (directly or through other steps), and the inputs when
+        their gradients are asked for."""
+        plan = self.plan
+        leads = {plan.root(v) for v in plan.inputs.values()} if self.input_grads else set()
+        for gs in plan.steps:
+            learned = gs.params and gs.layer.name not in self.frozen
+            if learned or any(plan.root(v) in leads for v in gs.step.inputs):
+                leads.add(plan.root(gs.step.output))
+        return leads
 
     def _clock(self, timings) -> float:
         if timings is None:

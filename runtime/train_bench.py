@@ -96,7 +96,7 @@ def bench_training(
     weights = weights_io.initialise(net, seed)
     inputs = random_inputs(net, batch, seed)
     loss, targets = random_targets(net, batch, seed)
-    executor = GradExecutor(plan, backend, batch)
+    executor = GradExecutor(plan, backend, batch, input_grads=False)
     executor.load(weights)
     learned = [f"{gs.layer.name}.{k}" for gs in plan.steps for k in gs.params]
     sgd = _MomentumSgd(weights, learned)

@@ -265,7 +265,8 @@ def launch_scale(backend, step, arrays, ins, res, out, work):
 def grad_scale(backend, step, arrays, saved, gy, gxs, gws):
     w = arrays["param.weight"].reshape(-1)
     x2, gy2 = _rows(saved.xs[0]), _rows(gy)
-    affine(gy2, w, np.zeros_like(w), _rows(gxs[0]), 0, _Z, _Z)
+    if gxs[0] is not None:
+        affine(gy2, w, np.zeros_like(w), _rows(gxs[0]), 0, _Z, _Z)
     if "weight" in gws:
         gws["weight"][...] = channel_sums(x2, gy2, backend.threads).reshape(gws["weight"].shape)
 
