@@ -69,10 +69,7 @@ class GradPlan:
     def needs(self, table) -> list[tuple[bool, bool]]:
         """Per step, whether its backward reads its inputs and its output (``table``: a
         backend's GradTable)."""
-        return [
-            ("x" in table.needs.get(s.kernel, ("x",)), "y" in table.needs.get(s.kernel, ()))
-            for s in self.steps
-        ]
+        return [("x" in n, "y" in n) for n in (table.needs_of(s.step) for s in self.steps)]
 
     def lifetimes(self, table) -> dict:
         """When each tensor of a training step lives, on a clock where step ``i``'s forward

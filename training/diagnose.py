@@ -37,7 +37,8 @@ class _Watch:
 
 class _WatchedGrads:
     def __init__(self, table, watch: _Watch):
-        self.table, self.watch, self.needs = table, watch, table.needs
+        self.table, self.watch = table, watch
+        self.needs, self.needs_of = table.needs, table.needs_of
 
     def __contains__(self, kernel) -> bool:
         return kernel in self.table
