@@ -721,30 +721,6 @@ def _im2col_images(x, n0, n1, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, c0, cg, co
         _im2col(x, n, 0, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, c0, cg, cols[r0 : r0 + ho * wo])
 
 
-@njit(**PJIT)
-def _col2im_images(gcols, n0, n1, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, c0, cg, gx):
-    """The adjoint of ``_im2col_images``: each column entry added back to the input pixel
-    and channel it was copied from (``gx`` channels ``c0 .. c0+cg`` of images ``n0 .. n1``
-    must start at zero). Images run in parallel; within one, taps add in order."""
-    h, w = gx.shape[1], gx.shape[2]
-    for n in prange(n0, n1):
-        r0 = (n - n0) * ho * wo
-        for oy in range(ho):
-            for ox in range(wo):
-                row = gcols[r0 + oy * wo + ox]
-                for ky in range(kh):
-                    iy = oy * sh - ph + ky * dh
-                    if iy < 0 or iy >= h:
-                        continue
-                    for kx in range(kw):
-                        ix = ox * sw - pw + kx * dw
-                        if ix < 0 or ix >= w:
-                            continue
-                        o = (ky * kw + kx) * cg
-                        for c in range(cg):
-                            gx[n, iy, ix, c0 + c] += row[o + c]
-
-
 def _geometry(a: dict) -> tuple:
     return a["kh"], a["kw"], a["sh"], a["sw"], a["ph"], a["pw"], a["dh"], a["dw"]
 
@@ -753,8 +729,8 @@ def conv_backward(
     x, gy, weight, gx, gw, gb, groups: int, geometry: tuple, backend=None, cache=None
 ) -> None:
     """Gradients of a (grouped) convolution, NHWC; ``weight`` PyTorch's (out, C/g, kh, kw).
-    ``gw`` (same layout) by ``weight_grad.conv_weight_grad``, ``gb`` the sum of ``gy``, ``gx`` by
-    ``conv_data_grad`` (each None: not wanted). ``backend`` and ``cache`` (a dict the
+    ``gw`` (same layout) by ``weight_grad.conv_weight_grad``, ``gb`` the sum of ``gy``, ``gx``
+    by ``data_grad.conv_data_grad`` (each None: not wanted). ``backend`` and ``cache`` (a dict the
     caller keeps while the weights stay, the step's arrays) let a stride-1 data gradient run
     as a forward convolution on that backend."""
     if gb is not None:
@@ -764,70 +740,9 @@ def conv_backward(
 
         conv_weight_grad(x, gy, gw, groups, geometry, backend)
     if gx is not None:
+        from .data_grad import conv_data_grad
+
         conv_data_grad(gy, weight, gx, groups, geometry, backend, cache)
-
-
-def conv_data_grad(gy, weight, gx, groups: int, geometry: tuple, backend=None, cache=None):
-    """Input gradient of a convolution. With stride 1 it is itself a convolution: of ``gy``,
-    padded by ``d (k - 1) - p``, with the weights flipped and in- and output channels
-    swapped; that runs on the forward path (its algorithm chosen as for any layer). Other
-    geometries (strided, or padded by more than the dilated kernel) take the transposed
-    GEMM and col2im (``_data_grad_columns``)."""
-    kh, kw, sh, sw, ph, pw, dh, dw = geometry
-    flip_ph, flip_pw = dh * (kh - 1) - ph, dw * (kw - 1) - pw
-    if backend is None or sh != 1 or sw != 1 or flip_ph < 0 or flip_pw < 0:
-        _data_grad_columns(gy, weight, gx, groups, geometry)
-        return
-    cache = {} if cache is None else cache
-    held = cache.get("grad.data")
-    if held is None:
-        held = cache["grad.data"] = _flipped_conv(weight, groups, geometry)
-    step, arrays = held
-    run_call(_bind(backend, step, arrays, gy, _NO_RESIDUAL, gx))
-
-
-_NO_RESIDUAL = np.empty((0, 0, 0, 0), np.float32)
-
-
-def _flipped_conv(weight, groups: int, geometry: tuple):
-    """The forward step (and its packed weights) whose output is a stride-1 convolution's
-    input gradient: weights (C, out/g, kh, kw) = the layer's with each group's channels
-    transposed and taps reversed."""
-    from ...lowering import EPILOGUE, PACKERS, Step
-
-    kh, kw, _, _, ph, pw, dh, dw = geometry
-    c_out, cg = weight.shape[:2]
-    og = c_out // groups
-    flipped = weight.reshape(groups, og, cg, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
-    flipped = flipped.reshape(groups * cg, og, kh, kw)
-    attrs = dict(
-        kh=kh, kw=kw, sh=1, sw=1, ph=dh * (kh - 1) - ph, pw=dw * (kw - 1) - pw, dh=dh, dw=dw,
-        groups=groups, mult=1, **EPILOGUE,
-    )  # fmt: skip
-    raw = {"weight": flipped, "bias": np.zeros(groups * cg, np.float32)}
-    packed = PACKERS["conv"](raw, attrs)
-    arrays = {k: np.ascontiguousarray(v, np.float32) for k, v in packed.items()}
-    return Step("conv", ["gradient"], [], -1, attrs=attrs), arrays
-
-
-def _data_grad_columns(gy, weight, gx, groups: int, geometry: tuple) -> None:
-    """Input gradient through the transposed GEMM (``gy @ W^T``, NumPy's) and col2im, a
-    block of images at a time so the column buffer stays near COLUMN_BYTES."""
-    kh, kw, sh, sw, ph, pw, dh, dw = geometry
-    n_img, h, w, c_in = gx.shape
-    _, ho, wo, c_out = gy.shape
-    cg, og = c_in // groups, c_out // groups
-    k = kh * kw * cg
-    # (groups, og, k): columns (ky, kx, c)
-    wmat = weight.reshape(groups, og, cg, kh, kw).transpose(0, 1, 3, 4, 2).reshape(groups, og, k)
-    gx[...] = 0.0
-    block = max(1, min(n_img, COLUMN_BYTES // max(1, ho * wo * k * F4)))
-    for n0 in range(0, n_img, block):
-        n1 = min(n_img, n0 + block)
-        gy2 = gy[n0:n1].reshape(-1, c_out)
-        for gi in range(groups):
-            gcol = gy2[:, gi * og : (gi + 1) * og] @ wmat[gi]
-            _col2im_images(gcol, n0, n1, ho, wo, *geometry, gi * cg, cg, gx)
 
 
 @GRADS.register("conv")
