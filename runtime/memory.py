@@ -91,6 +91,7 @@ def training_estimate(net: Network, batch: int, optimizer: str = "sgd") -> dict:
     workspace = plan.workspace_floats(batch) * BYTES
     parts = dict(
         activations_kept=planned["activations_kept"],
+        activations_live=planned["activations_live"],
         activations_peak=planned["activations_peak"],
         weights=planned["weights"],
         gradients=planned["gradients"],
@@ -99,7 +100,7 @@ def training_estimate(net: Network, batch: int, optimizer: str = "sgd") -> dict:
         packed_weights=packed,
         workspace=workspace,
     )
-    peak = sum(v for k, v in parts.items() if k != "activations_kept")
+    peak = sum(v for k, v in parts.items() if k not in ("activations_kept", "activations_live"))
     return dict(batch=batch, optimizer=optimizer, steps=len(plan.steps), **parts, peak=peak)
 
 
