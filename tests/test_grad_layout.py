@@ -57,3 +57,30 @@ def test_a_value_read_twice_by_one_step_and_a_softmax_output_under_each_loss(tor
     compare(torch, twice, {"x": x}, np.array([0, 2]), "cross_entropy")
     compare(torch, twice, {"x": x}, rng.standard_normal((2, 3)).astype(np.float32), "mse")
 
+
+def test_the_workspace_estimate_holds_what_the_kernels_keep():
+    """After a training step, the CPU backend's kept buffers (per-thread scratch, padded
+    inputs, weight-gradient sums and chunks) fit in ``cnnc check --train``'s workspace."""
+    import numba
+
+    from cnnc.runtime import weights as weights_io
+    from cnnc.runtime.backends import backend_for
+    from cnnc.runtime.backends.cpu.workspace import training_workspace
+    from cnnc.runtime.backprop import GradExecutor
+
+    net = cnnc.load(
+        "network w(x: 3x16x16) {\n  return x | conv(16, k=3, p=1) | bn | relu"
+        " | conv(32, k=3, s=2, p=1) | relu | dwconv(k=3, p=1) | conv(64, k=1) | relu"
+        " | conv(96, k=3, p=1) | gap | flatten | fc(4)\n}\n"
+    )
+    plan = build_grad_plan(net, True)
+    backend = backend_for("cpu", "direct", tune=False)
+    executor = GradExecutor(plan, backend, 4, input_grads=False)
+    executor.load(weights_io.initialise(net, 0))
+    x = np.random.default_rng(6).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    executor.forward({"x": x})
+    executor.loss({"out": np.array([0, 1, 2, 3])}, "cross_entropy")
+    executor.backward()
+    kept = backend._scratch.nbytes + sum(b.nbytes for b in backend._buffers.values())
+    estimate = training_workspace(plan, 4, numba.get_num_threads())
+    assert kept <= estimate

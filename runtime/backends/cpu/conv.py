@@ -725,14 +725,11 @@ def _geometry(a: dict) -> tuple:
     return a["kh"], a["kw"], a["sh"], a["sw"], a["ph"], a["pw"], a["dh"], a["dw"]
 
 
-def conv_backward(
-    x, gy, weight, gx, gw, gb, groups: int, geometry: tuple, backend=None, cache=None
-) -> None:
+def conv_backward(x, gy, weight, gx, gw, gb, groups: int, geometry: tuple, backend=None) -> None:
     """Gradients of a (grouped) convolution, NHWC; ``weight`` PyTorch's (out, C/g, kh, kw).
     ``gw`` (same layout) by ``weight_grad.conv_weight_grad``, ``gb`` the sum of ``gy``, ``gx``
-    by ``data_grad.conv_data_grad`` (each None: not wanted). ``backend`` and ``cache`` (a dict the
-    caller keeps while the weights stay, the step's arrays) let a stride-1 data gradient run
-    as a forward convolution on that backend."""
+    by ``data_grad.conv_data_grad`` (each None: not wanted). ``backend`` lends its buffers,
+    and runs a stride-1 layer's data gradient as a forward convolution."""
     if gb is not None:
         gb[...] = gy.reshape(-1, gy.shape[3]).sum(axis=0, dtype=np.float64)
     if gw is not None:
@@ -742,14 +739,14 @@ def conv_backward(
     if gx is not None:
         from .data_grad import conv_data_grad
 
-        conv_data_grad(gy, weight, gx, groups, geometry, backend, cache)
+        conv_data_grad(gy, weight, gx, groups, geometry, backend)
 
 
 @GRADS.register("conv")
 def grad_conv(backend, step, arrays, saved, gy, gxs, gws):
     conv_backward(
         saved.xs[0], gy, arrays["param.weight"], gxs[0], gws.get("weight"), gws.get("bias"),
-        step.attrs["groups"], _geometry(step.attrs), backend, arrays,
+        step.attrs["groups"], _geometry(step.attrs), backend,
     )  # fmt: skip
 
 

@@ -30,24 +30,18 @@ F4 = 4  # bytes per float32
 _NO_RESIDUAL = np.empty((0, 0, 0, 0), np.float32)
 
 
-def conv_data_grad(gy, weight, gx, groups: int, geometry: tuple, backend=None, cache=None):
+def conv_data_grad(gy, weight, gx, groups: int, geometry: tuple, backend=None):
     """Input gradient ``gx`` (NHWC) of a convolution with ``weight`` (PyTorch's (out, C/g,
-    kh, kw)). ``backend`` lets a stride-1 layer's run as a forward convolution on it;
-    ``cache`` (a dict kept while the weights stay: the step's arrays) keeps the flipped or
-    reordered weights between calls."""
+    kh, kw)). ``backend`` lets a stride-1 layer's run as a forward convolution on it. The
+    flipped (or reordered) weights are made for the call and dropped after it: a training
+    step changes the weights before the next, and a copy kept for every layer would hold
+    as much memory as the weights (ResNet-18: 40 MiB)."""
     kh, kw, sh, sw, ph, pw, dh, dw = geometry
     flip_ph, flip_pw = dh * (kh - 1) - ph, dw * (kw - 1) - pw
-    cache = {} if cache is None else cache
     if backend is None or sh != 1 or sw != 1 or flip_ph < 0 or flip_pw < 0:
-        wmat = cache.get("grad.columns")
-        if wmat is None:
-            wmat = cache["grad.columns"] = _column_weights(weight, groups, kh, kw)
-        data_grad_columns(gy, wmat, gx, geometry, backend)
+        data_grad_columns(gy, _column_weights(weight, groups, kh, kw), gx, geometry, backend)
         return
-    held = cache.get("grad.data")
-    if held is None:
-        held = cache["grad.data"] = _flipped_conv(weight, groups, geometry)
-    step, arrays = held
+    step, arrays = _flipped_conv(weight, groups, geometry)
     run_call(_bind(backend, step, arrays, gy, _NO_RESIDUAL, gx))
 
 
