@@ -125,11 +125,13 @@ def bench_training(
     step()
     warmup = time.perf_counter() - start
     totals, updates = [], []
+    cpu = time.process_time()
     for _ in range(repeat):
         start = time.perf_counter()
         updates.append(step())
         backend.synchronize()
         totals.append(time.perf_counter() - start)
+    cpu = (time.process_time() - cpu) / repeat
     n = len(plan.steps)
     forward_times, backward_times = [[] for _ in range(n)], [[] for _ in range(n)]
     for _ in range(min(repeat, LAYER_REPEAT)):
@@ -153,6 +155,7 @@ def bench_training(
         "optimizer": f"sgd (momentum {MOMENTUM})",
         "median_ms": median * 1e3,
         "min_ms": min(totals) * 1e3,
+        "cpu_ms": cpu * 1e3,  # the process's CPU time per timed step, every thread's
         "forward_ms": sum(x["forward_ms"] for x in layers),
         "backward_ms": sum(x["backward_ms"] for x in layers),
         "update_ms": statistics.median(updates) * 1e3,
