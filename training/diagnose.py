@@ -75,7 +75,7 @@ def _first_non_finite(engine, weights: dict, x, y, loss: str, seed: int) -> str:
         return f"the weights '{bad[0]}'" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
     plan = engine.plans[True]
     watch = _Watch(engine.backend, plan)
-    ex = GradExecutor(plan, watch, len(x))
+    ex = GradExecutor(plan, watch, len(x), input_grads=False)  # as the step it repeats
     ex.frozen = set(engine.frozen)
     ex.load(weights)
     ex.forward({engine.input: x}, seed)
