@@ -7,7 +7,11 @@ interleaved and the best median of each side is kept. PyTorch trains the torchvi
 built from PyTorch's functions (tests/torch_reference.py), with ``torch.optim.SGD`` (momentum
 0.9) on cross-entropy against random classes; cnnc runs ``cnnc bench --train``'s step. Peak RSS
 is each process's high-water mark; cnnc's row also gives its planned peak (``cnnc check
---train``) against the growth of its RSS over the step.
+--train``) against the growth of its RSS over the timed steps: from after a warm-up at batch 1
+(which loads the kernels; what it freed given back with malloc_trim) to the high-water mark of
+the run at the row's batch (reset through /proc/self/clear_refs). CPU time per step (the
+process's, all threads) is given beside the wall-clock median: on a shared machine it varies
+less.
 
     pip install -e ".[test]"
     python benchmarks/train_compare.py
@@ -35,17 +39,27 @@ ROWS = [
 CNNC_CHILD = (
     TIMER
     + r"""
-import resource
+import ctypes, gc, resource
 import cnnc
-from cnnc.runtime import memory
 from cnnc.runtime.train_bench import bench_training
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+
 net = cnnc.load({spec!r}, network={name!r})
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+bench_training(net, batch=1, repeat=1)  # loads (or compiles) the kernels the step runs
+gc.collect()
+ctypes.CDLL(None).malloc_trim(0)  # what the warm-up freed goes back to the system
+open("/proc/self/clear_refs", "w").write("5")  # the high-water mark starts again here
+before = status("VmRSS")
 info = bench_training(net, batch={batch}, repeat={repeat})
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({{"median_ms": info["median_ms"], "forward_ms": info["forward_ms"],
-                  "backward_ms": info["backward_ms"], "update_ms": info["update_ms"],
-                  "rss_mib": after, "rss_growth_mib": after - before,
+print(json.dumps({{"median_ms": info["median_ms"], "cpu_ms": info["cpu_ms"],
+                  "forward_ms": info["forward_ms"], "backward_ms": info["backward_ms"],
+                  "update_ms": info["update_ms"],
+                  "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "rss_growth_mib": status("VmHWM") - before,
                   "planned_mib": info["memory"]["peak"] / 2**20}}))
 """
 )
@@ -129,20 +143,23 @@ def main():
         c, t = best["cnnc"]["median_ms"], best["torch"]["median_ms"]
         print(
             f"{label:16s} batch {batch}: cnnc {c:8.1f} ms  torch {t:8.1f} ms  cnnc/torch "
-            f"{c / t:5.2f}x  RSS MiB {best['cnnc']['rss_mib']:.0f}/{best['torch']['rss_mib']:.0f}",
+            f"{c / t:5.2f}x  CPU ms {best['cnnc']['cpu_ms']:.0f}/{best['torch']['cpu_ms']:.0f}  "
+            f"RSS MiB {best['cnnc']['rss_mib']:.0f}/{best['torch']['rss_mib']:.0f}",
             flush=True,
         )
     print(
         "\n| network | batch | cnnc step ms (fwd / bwd / update) | PyTorch step ms | cnnc/PyTorch "
-        "| peak RSS MiB cnnc / PyTorch | cnnc planned peak / RSS growth MiB |"
+        "| CPU ms per step cnnc / PyTorch | peak RSS MiB cnnc / PyTorch "
+        "| cnnc planned peak / RSS growth MiB |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         c, t = r["cnnc"], r["torch"]
         print(
             f"| {r['label']} | {r['batch']} | {c['median_ms']:.1f} ({c['forward_ms']:.0f} / "
             f"{c['backward_ms']:.0f} / {c['update_ms']:.0f}) | {t['median_ms']:.1f} | "
-            f"{c['median_ms'] / t['median_ms']:.2f}x | {c['rss_mib']:.0f} / {t['rss_mib']:.0f} | "
+            f"{c['median_ms'] / t['median_ms']:.2f}x | {c['cpu_ms']:.0f} / {t['cpu_ms']:.0f} | "
+            f"{c['rss_mib']:.0f} / {t['rss_mib']:.0f} | "
             f"{c['planned_mib']:.0f} / {c['rss_growth_mib']:.0f} |"
         )
     if args.json:

@@ -2,11 +2,12 @@
 the backward pass, on one backend for one batch size.
 
 Device-neutral like executor.py: buffers come from the backend, forward steps run through
-its kernel table and backward steps through its ``grads`` table (the same names). Buffers are
-taken from a pool by size and given back as soon as the schedule allows (grad_plan's
-lifetimes): a forward value once its last reader, forward or backward, has run; a gradient
-once the step that produced its value has consumed it. Gradients of a value read by several
-steps (residuals, concat, squeeze-and-excitation gates) are summed as they arrive.
+its kernel table and backward steps through its ``grads`` table (the same names). Every
+activation and gradient is a view of one arena, at the offset the plan's layout gives it
+(grad_layout.py): a forward value's memory is reused once its last reader, forward or
+backward, has run; a gradient's once the step that produced its value has consumed it.
+Gradients of a value read by several steps (residuals, concat, squeeze-and-excitation gates)
+are summed as they arrive.
 """
 
 from __future__ import annotations
@@ -26,21 +27,6 @@ _SUM = Step("add", [], [], -1, attrs=dict(act=0, alpha=0.0, beta=0.0))
 
 #: Batch norm's running statistics: PyTorch's momentum and unbiased variance.
 BN_MOMENTUM = 0.1
-
-
-class _Pool:
-    """Flat device buffers by size, reused across steps and across calls."""
-
-    def __init__(self, backend):
-        self.backend = backend
-        self.free: dict[int, list] = {}
-
-    def take(self, size: int):
-        held = self.free.get(size)
-        return held.pop() if held else self.backend.empty(max(1, size))
-
-    def give(self, flat) -> None:
-        self.free.setdefault(flat.size, []).append(flat)
 
 
 def drop_mask(kernel: str, p: float, shape: tuple, seed: int, index: int) -> np.ndarray:
@@ -72,18 +58,15 @@ def drop_masks(plan: GradPlan, batch: int, seed: int) -> dict[str, np.ndarray]:
 class GradExecutor:
     """A training plan's buffers and packed weights on one backend, for one batch size."""
 
-    def __init__(self, plan: GradPlan, backend, batch: int):
+    def __init__(self, plan: GradPlan, backend, batch: int, input_grads: bool = True):
         self.plan, self.backend, self.batch = plan, backend, batch
-        life = plan.lifetimes(backend.grads)
-        self.until, self.grad_to = life["until"], life["grad_to"]
+        #: whether the backward returns the inputs' gradients (``cnnc.grad``); training wants
+        #: none, and then no step computes a gradient that leads only to an input
+        self.input_grads = input_grads
         self.needs = plan.needs(backend.grads)
-        n = len(plan.steps)
-        self.release_at: dict[int, list[int]] = {}  # clock -> values whose last use it is
-        keep = {plan.root(v) for v in (*plan.outputs.values(), *plan.logits.values())}
-        for vid, end in self.until.items():
-            if vid not in keep or end > n:
-                self.release_at.setdefault(end, []).append(vid)
-        self.pool = _Pool(backend)
+        self.layout = None  # the arena's layout, for the frozen layers it was made for
+        self._layout_frozen = None
+        self.arena = None
         # arrays the lowering left on weightless steps (a channel gather's index); weighted
         # steps get theirs from ``load``
         self.arrays: list[dict] = [
@@ -93,7 +76,8 @@ class GradExecutor:
         self.none = backend.to_device(np.empty((0, 0, 0, 0), np.float32))
         self.values: dict[int, object] = {}  # root value -> flat buffer
         self.grads: dict[int, object] = {}  # root value -> flat gradient buffer
-        self.frozen: set[str] = set()  # layers whose weights get no gradient
+        #: layers whose weights get no gradient, from the next forward pass on
+        self.frozen: set[str] = set()
 
     # ---- weights -----------------------------------------------------------------------
 
@@ -101,6 +85,8 @@ class GradExecutor:
         """Pack ``weights`` (PyTorch layouts, host) for the kernels; the raw forms stay in
         each step's arrays as ``param.KEY`` for the backward kernels."""
         b = self.backend
+        if hasattr(b, "forget_bindings"):
+            b.forget_bindings()  # bound calls hold the packed forms of the old weights
         for gs, arrays in zip(self.plan.steps, self.arrays):
             names = (*gs.params, *gs.buffers)
             if not names:
@@ -108,14 +94,12 @@ class GradExecutor:
             raw = {
                 k: np.ascontiguousarray(weights[f"{gs.layer.name}.{k}"], np.float32) for k in names
             }
+            arrays.clear()  # the old packed forms go before the new ones are made
             gs.step.raw, gs.step.arrays = dict(raw), {}
             pack(gs.step)
-            arrays.clear()
             arrays.update({k: b.to_device(v) for k, v in gs.step.arrays.items()})
             arrays.update({f"param.{k}": b.to_device(v).reshape(v.shape) for k, v in raw.items()})
             gs.step.arrays = {}
-        if hasattr(b, "forget_bindings"):
-            b.forget_bindings()  # bound calls hold the packed forms of the old weights
 
     # ---- views -------------------------------------------------------------------------
 
@@ -126,8 +110,23 @@ class GradExecutor:
     def view(self, vid: int):
         return self._view(self.values[self.plan.root(vid)], vid)
 
-    def _new(self, vid: int):
-        return self.pool.take(self.batch * self.plan.values[vid].size)
+    def _at(self, offset: int, vid: int):
+        """The arena's floats for value ``vid``'s shape at ``offset`` (floats per sample)."""
+        start = offset * self.batch
+        return self.arena[start : start + self.batch * self.plan.values[vid].size]
+
+    def _arrange(self) -> None:
+        """The layout for the layers frozen now, and an arena that holds it (kept, and
+        grown where a new layout needs more)."""
+        frozen = frozenset(self.frozen)
+        if self.layout is not None and frozen == self._layout_frozen:
+            return
+        self.layout = self.plan.layout(self.backend.grads, self.input_grads, frozen)
+        self._layout_frozen = frozen
+        floats = max(1, self.layout.size * self.batch)
+        if self.arena is None or self.arena.size < floats:
+            self.arena = None  # the old one goes first
+            self.arena = self.backend.empty(floats)
 
     # ---- forward -----------------------------------------------------------------------
 
@@ -139,11 +138,13 @@ class GradExecutor:
 
     def _forward(self, inputs, seed, timings) -> None:
         b, plan = self.backend, self.plan
-        self._release_all()
+        self.values.clear()
+        self.grads.clear()
+        self._arrange()
         if hasattr(b, "forget_bindings"):  # they hold the last pass's views: a fresh set each
             b.forget_bindings()
         for name, vid in plan.inputs.items():
-            self.values[vid] = self._new(vid)
+            self.values[vid] = self._at(self.layout.values[vid], vid)
             b.nchw_to_runtime(np.asarray(inputs[name], np.float32), self.view(vid))
         for i, gs in enumerate(plan.steps):
             step, arrays = gs.step, self.arrays[i]
@@ -154,11 +155,10 @@ class GradExecutor:
                 arrays.setdefault("mean", b.empty(c))
                 arrays.setdefault("rstd", b.empty(c))
             ins = [self.view(v) for v in step.inputs]
-            out = self.values[step.output] = self._new(step.output)
+            out = self.values[step.output] = self._at(self.layout.values[step.output], step.output)
             start = self._clock(timings)
             b.run_step(step, arrays, ins, self.none, self._view(out, step.output), self.work)
             self._lap(timings, start)
-            self._release(i)
 
     def _mask(self, gs, index: int, seed: int) -> np.ndarray:
         shape = (self.batch, *self.plan.values[gs.step.output].shape)
@@ -214,7 +214,7 @@ class GradExecutor:
             target = check_targets(loss, out.shape, targets[name], f"targets of '{name}'")
             value, grad = loss_and_grad(loss, out, target, label_smoothing)
             total += value
-            flat = self._new(vid)
+            flat = self._gradient(vid, ("loss", name, vid))
             b.nchw_to_runtime(grad, self._view(flat, vid))
             self._accumulate(vid, flat)
         return total
@@ -223,25 +223,28 @@ class GradExecutor:
 
     def backward(self, timings=None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Gradients of the weights (PyTorch layouts, keyed ``LAYER.KEY``) and of the inputs
-        (NCHW, keyed by input name), after :meth:`loss`; ``timings`` (a list) gets each
-        step's seconds in the order they run, the last step's first."""
-        with self.backend.running():
+        (NCHW, keyed by input name; none without ``input_grads``), after :meth:`loss`;
+        ``timings`` (a list) gets each step's seconds in the order they run, the last
+        step's first."""
+        with self.backend.running():  # the backend's process settings (one BLAS thread)
             return self._backward(timings)
 
     def _backward(self, timings):
         b, plan = self.backend, self.plan
         n = len(plan.steps)
         weight_grads: dict[str, np.ndarray] = {}
+        leads = self.leads_to_weights()
+        frozen = self._layout_frozen  # as in the forward pass, which laid out the buffers
         for i in range(n - 1, -1, -1):
             start = self._clock(timings)
             gs = plan.steps[i]
             step = gs.step
             gy = self.grads.pop(step.output, None)
-            wanted = () if gs.layer.name in self.frozen else gs.params
-            if gy is None:  # nothing the loss depends on reads this step's output
+            wanted = () if gs.layer.name in frozen else gs.params
+            into = any(plan.root(v) in leads for v in step.inputs)
+            if gy is None or not (wanted or into):  # no gradient reaches it, or none is asked
                 for k in wanted:
                     weight_grads[f"{gs.layer.name}.{k}"] = np.zeros(gs.layer.weights[k], np.float32)
-                self._release(2 * n - i)
                 self._lap(timings, start)
                 continue
             x_needed, y_needed = self.needs[i]
@@ -249,35 +252,51 @@ class GradExecutor:
                 [self.view(v) for v in step.inputs] if x_needed else None,
                 self.view(step.output) if y_needed else None,
             )
-            gx_flat = [self._new(v) for v in step.inputs]
-            gxs = [self._view(f, v) for f, v in zip(gx_flat, step.inputs)]
+            # the kernels write every input's gradient they are given, or with weights, none
+            gx_flat = [
+                self._gradient(v, (i, j), claimed=step.inputs[:j]) if into else None
+                for j, v in enumerate(step.inputs)
+            ]
+            gxs = [f if f is None else self._view(f, v) for f, v in zip(gx_flat, step.inputs)]
             gws = {k: b.empty(int(np.prod(gs.layer.weights[k]))) for k in wanted}
             gws = {k: g.reshape(gs.layer.weights[k]) for k, g in gws.items()}
             b.grads[step.kernel](
                 b, step, self.arrays[i], saved, self._view(gy, step.output), gxs, gws
             )
-            self.pool.give(gy)
             for vid, flat in zip(step.inputs, gx_flat):
-                self._accumulate(vid, flat)
+                if flat is not None and plan.root(vid) in leads:
+                    self._accumulate(vid, flat)
             for k, g in gws.items():
                 weight_grads[f"{gs.layer.name}.{k}"] = np.asarray(b.to_host(g)).reshape(
                     gs.layer.weights[k]
                 )
-            self._release(2 * n - i)
             self._lap(timings, start)
         input_grads = {}
-        for name, vid in plan.inputs.items():
+        for name, vid in plan.inputs.items() if self.input_grads else ():
             flat = self.grads.pop(vid, None)
             shape = (self.batch, *plan.network.inputs[name].shape)
             if flat is None:
                 input_grads[name] = np.zeros(shape, np.float32)
             else:
                 input_grads[name] = b.runtime_to_nchw(b.to_host(self._view(flat, vid)))
-                self.pool.give(flat)
-        for flat in self.grads.values():
-            self.pool.give(flat)
         self.grads.clear()
         return weight_grads, input_grads
+
+    def leads_to_weights(self) -> set[int]:
+        """The values (roots) whose gradient the backward needs (GradPlan.leads_to_weights),
+        with the layers frozen at the last forward pass."""
+        return self.plan.leads_to_weights(self.input_grads, self._layout_frozen)
+
+    def _gradient(self, vid: int, key: tuple, claimed=()):
+        """The buffer a gradient of ``vid`` is written to: the value's own gradient where it
+        has none yet (and no other input of the same step ``claimed`` it), else the one-clock
+        buffer the layout gives ``key``, summed into it or dropped."""
+        root = self.plan.root(vid)
+        own = self.layout.grads.get(root)
+        if own is not None and root not in self.grads:
+            if all(self.plan.root(v) != root for v in claimed):
+                return self._at(own, root)
+        return self._at(self.layout.temps[key], vid)
 
     def _clock(self, timings) -> float:
         if timings is None:
@@ -299,21 +318,6 @@ class GradExecutor:
         size = self.batch * self.plan.values[root].size
         b = self.backend
         b.run_step(_SUM, {}, [held[:size], flat[:size]], self.none, held[:size], self.work)
-        self.pool.give(flat)
-
-    def _release(self, clock: int) -> None:
-        for vid in self.release_at.get(clock, ()):
-            flat = self.values.pop(vid, None)
-            if flat is not None:
-                self.pool.give(flat)
-
-    def _release_all(self) -> None:
-        for flat in self.values.values():
-            self.pool.give(flat)
-        self.values.clear()
-        for flat in self.grads.values():
-            self.pool.give(flat)
-        self.grads.clear()
 
 
 def as_targets(net, targets) -> dict[str, np.ndarray]:

@@ -236,7 +236,12 @@ def training_memory_text(m: dict) -> str:
     """The lines ``cnnc check --train`` adds below a network's table."""
     rows = [
         ("activations kept", m["activations_kept"], "layer outputs the backward pass reads"),
-        ("activations peak", m["activations_peak"], "activations and their gradients at once"),
+        (
+            "activations peak",
+            m["activations_peak"],
+            "activations and their gradients, laid out in one arena "
+            f"({nbytes(m['activations_live'])} live at most)",
+        ),
         ("weights", m["weights"], "learned"),
         ("gradients", m["gradients"], "of the learned weights"),
         ("optimizer state", m["optimizer_state"], _STATE[m["optimizer"]]),

@@ -69,10 +69,7 @@ class GradPlan:
     def needs(self, table) -> list[tuple[bool, bool]]:
         """Per step, whether its backward reads its inputs and its output (``table``: a
         backend's GradTable)."""
-        return [
-            ("x" in table.needs.get(s.kernel, ("x",)), "y" in table.needs.get(s.kernel, ()))
-            for s in self.steps
-        ]
+        return [("x" in n, "y" in n) for n in (table.needs_of(s.step) for s in self.steps)]
 
     def lifetimes(self, table) -> dict:
         """When each tensor of a training step lives, on a clock where step ``i``'s forward
@@ -106,33 +103,39 @@ class GradPlan:
             grad_to[vid] = 2 * n + 1  # returned to the caller
         return {"produced": produced, "until": until, "grad_from": grad_from, "grad_to": grad_to}
 
-    def memory(self, table, batch: int) -> dict:
-        """Bytes a training step holds, for ``cnnc check --train``: the peak over the schedule
-        (forward, loss, backward) of the activations still needed and the gradients not yet
-        consumed, for ``batch`` samples; the learned weights and their gradients apart."""
+    def leads_to_weights(self, input_grads: bool, frozen=frozenset()) -> set[int]:
+        """The values (roots) whose gradient a backward pass needs: those that a learned
+        weight not in a ``frozen`` layer produced (directly or through other steps), and the
+        inputs where their gradients are asked for (``input_grads``)."""
+        leads = {self.root(v) for v in self.inputs.values()} if input_grads else set()
+        for gs in self.steps:
+            learned = gs.params and gs.layer.name not in frozen
+            if learned or any(self.root(v) in leads for v in gs.step.inputs):
+                leads.add(self.root(gs.step.output))
+        return leads
+
+    def layout(self, table, input_grads: bool = False, frozen=frozenset()):
+        """Where each buffer of a step lives in the executor's arena (grad_layout.Layout)."""
+        from .grad_layout import plan_layout
+
+        return plan_layout(self, table, self.leads_to_weights(input_grads, frozen))
+
+    def memory(self, table, batch: int, input_grads: bool = False) -> dict:
+        """Bytes a training step holds, for ``cnnc check --train``: the activations the
+        backward keeps, and the arena of activations and their gradients that the executor
+        allocates (``layout``: its ``size``, and the most that is live at once), for
+        ``batch`` samples; the learned weights and their gradients apart."""
         n = len(self.steps)
-        life = self.lifetimes(table)
-        produced, until = life["produced"], life["until"]
-        events = [0] * (2 * n + 4)
-        for vid, start in produced.items():
-            size = self.values[vid].size
-            events[start + 1] += size
-            events[max(until.get(vid, start), start) + 2] -= size
-        for vid, start in life["grad_from"].items():
-            end = life["grad_to"].get(vid)
-            if end is not None and end >= start:
-                size = self.values[vid].size
-                events[start + 1] += size
-                events[end + 2] -= size
-        live = peak = 0
-        for delta in events:
-            live += delta
-            peak = max(peak, live)
+        until = self.lifetimes(table)["until"]
+        produced = {self.root(v) for v in self.inputs.values()}
+        produced |= {self.root(gs.step.output) for gs in self.steps}
         kept = sum(self.values[r].size for r, end in until.items() if end > n and r in produced)
+        layout = self.layout(table, input_grads)
         weights = sum(prod(s) for gs in self.steps for s in _shapes(gs, gs.params))
         return {
             "activations_kept": 4 * kept * batch,
-            "activations_peak": 4 * peak * batch,
+            "activations_peak": 4 * layout.size * batch,
+            "activations_live": 4 * layout.peak * batch,
             "weights": 4 * weights,
             "gradients": 4 * weights,
         }

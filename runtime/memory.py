@@ -73,10 +73,12 @@ def training_estimate(net: Network, batch: int, optimizer: str = "sgd") -> dict:
     backward pass and the planned peak of activations and their gradients (grad_plan's
     schedule, with what the CPU's backward kernels read), the learned weights, their gradients,
     the optimizer's state, running statistics, packed copies of convolution weights and the
-    kernels' scratch; ``peak`` is their sum at the activations' peak."""
+    kernels' workspace (backends/cpu/workspace.py); ``peak`` is their sum at the
+    activations' peak."""
     from math import prod
 
     from .backends.cpu import GRADS
+    from .backends.cpu.workspace import training_workspace
     from .grad_plan import build_grad_plan
 
     if optimizer not in OPTIMIZER_STATE:
@@ -88,9 +90,10 @@ def training_estimate(net: Network, batch: int, optimizer: str = "sgd") -> dict:
         prod(gs.layer.weights["weight"]) for gs in plan.steps if gs.kernel in REPACKED
     )
     state = OPTIMIZER_STATE[optimizer] * planned["weights"]
-    workspace = plan.workspace_floats(batch) * BYTES
+    workspace = training_workspace(plan, batch, _threads())
     parts = dict(
         activations_kept=planned["activations_kept"],
+        activations_live=planned["activations_live"],
         activations_peak=planned["activations_peak"],
         weights=planned["weights"],
         gradients=planned["gradients"],
@@ -99,8 +102,15 @@ def training_estimate(net: Network, batch: int, optimizer: str = "sgd") -> dict:
         packed_weights=packed,
         workspace=workspace,
     )
-    peak = sum(v for k, v in parts.items() if k != "activations_kept")
+    peak = sum(v for k, v in parts.items() if k not in ("activations_kept", "activations_live"))
     return dict(batch=batch, optimizer=optimizer, steps=len(plan.steps), **parts, peak=peak)
+
+
+def _threads() -> int:
+    """The CPU backend's thread count (Numba's), without starting its threads."""
+    import numba
+
+    return numba.config.NUMBA_NUM_THREADS
 
 
 def check_training_fits(estimate: dict) -> None:

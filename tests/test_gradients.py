@@ -155,3 +155,51 @@ def test_bad_inputs_and_losses_are_clear_errors():
     one = cnnc.load("network t(x: 4) { return x | fc(1) }")
     with pytest.raises(cnnc.DataError, match="at least two classes"):
         cnnc.grad(one, np.ones((2, 4), np.float32), np.array([0, 0]))
+
+
+BRANCHES = """network t(x: 3x8x8) {
+  a = x | bn | conv(4, k=3, p=1) | relu
+  p = x | maxpool(k=3, s=1, p=1)
+  q = x | scale | conv(3, k=1)
+  b = add(p, q) | conv(4, k=1)
+  return add(a, b) | gap | flatten | fc(3)
+}"""
+
+
+def test_training_skips_the_gradients_that_lead_only_to_the_inputs(monkeypatch):
+    """Without the inputs' gradients (training), the weights' gradients are the same, and no
+    step computes a gradient that only an input would receive: batch norm and layer scale
+    on the input get none to write, the max pooling of the input is not run backwards."""
+    from cnnc.runtime.backends import backend_for
+    from cnnc.runtime.backprop import GradExecutor
+
+    net = cnnc.load(BRANCHES)
+    weights = torch_reference.random_weights(net, 1)
+    x = np.random.default_rng(4).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    plan = build_grad_plan(net, True)
+    backend = backend_for("cpu", "direct", tune=False)
+    results, calls = [], []
+    for inputs_too in (True, False):
+        executor = GradExecutor(plan, backend, 2, input_grads=inputs_too)
+        executor.load(weights)
+        executor.forward({"x": x})
+        executor.loss({"out": np.array([0, 2])}, "cross_entropy")
+        for kernel, launch in dict(backend.grads).items():
+
+            def spy(b, step, arrays, saved, gy, gxs, gws, launch=launch, mode=inputs_too):
+                calls.append((mode, step.layers[0], [g is None for g in gxs]))
+                return launch(b, step, arrays, saved, gy, gxs, gws)
+
+            monkeypatch.setitem(backend.grads, kernel, spy)
+        results.append(executor.backward())
+        monkeypatch.undo()
+    (with_inputs, input_grads), (without, none) = results
+    assert set(input_grads) == {"x"} and not none
+    assert set(with_inputs) == set(without)
+    for key, value in with_inputs.items():
+        assert np.array_equal(value, without[key]), key
+    skipped = {layer: nones for inputs_too, layer, nones in calls if not inputs_too}
+    assert "p.maxpool" not in skipped
+    assert skipped["a.bn"] == [True] and skipped["q.scale"] == [True]
+    assert skipped["b.add"] == [False, False]  # one operand leads to a weight: both written
+    assert skipped["a.conv"] == [False]

@@ -37,7 +37,8 @@ class _Watch:
 
 class _WatchedGrads:
     def __init__(self, table, watch: _Watch):
-        self.table, self.watch, self.needs = table, watch, table.needs
+        self.table, self.watch = table, watch
+        self.needs, self.needs_of = table.needs, table.needs_of
 
     def __contains__(self, kernel) -> bool:
         return kernel in self.table
@@ -74,7 +75,7 @@ def _first_non_finite(engine, weights: dict, x, y, loss: str, seed: int) -> str:
         return f"the weights '{bad[0]}'" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
     plan = engine.plans[True]
     watch = _Watch(engine.backend, plan)
-    ex = GradExecutor(plan, watch, len(x))
+    ex = GradExecutor(plan, watch, len(x), input_grads=False)  # as the step it repeats
     ex.frozen = set(engine.frozen)
     ex.load(weights)
     ex.forward({engine.input: x}, seed)

@@ -110,7 +110,9 @@ class Engine:
                 for old in [k for k in self.executors if k[0] == train and k[1] != batch][:1]:
                     del self.executors[old]
                     self.loaded.pop(old, None)
-            ex = GradExecutor(self.plans[train], self.backend, batch)
+            # no input gradients: training reads none, and steps that lead only to the
+            # input (a stem's data gradient) then do not run (check_fits plans the same)
+            ex = GradExecutor(self.plans[train], self.backend, batch, input_grads=False)
             ex.frozen = set(self.frozen)
             self.executors[key] = ex
         ex = self.executors[key]

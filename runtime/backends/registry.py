@@ -40,13 +40,20 @@ class GradTable(KernelTable):
     learned weight, in PyTorch's layout, keyed as the layer's weights (``weight``, ``bias``).
     Buffers arrive uninitialised: a launcher writes every element of each one it is given.
     ``needs`` says which forward tensors the backward reads (``"x"``: the inputs, ``"y"``: the
-    output), so the planner keeps only those alive until it runs."""
+    output), so the planner keeps only those alive until it runs: a tuple, or a function of
+    the step that returns one (an activation's depends on which it is)."""
 
     def __init__(self, backend: str):
         super().__init__(backend)
         self.needs: dict[str, tuple[str, ...]] = {}
 
-    def register(self, *names: str, needs: tuple[str, ...] = ("x",)) -> Callable:
+    def needs_of(self, step) -> tuple[str, ...]:
+        """What the backward of ``step`` reads of its forward pass (``("x",)`` where the
+        kernel has no backward here)."""
+        needs = self.needs.get(step.kernel, ("x",))
+        return needs(step) if callable(needs) else needs
+
+    def register(self, *names: str, needs: tuple[str, ...] | Callable = ("x",)) -> Callable:
         add = super().register(*names)
 
         def add_with_needs(launch: Callable) -> Callable:

@@ -162,29 +162,31 @@ def activate_at(d, o, n, act, alpha, beta):
     loops of their own (they vectorise; the loop around ``activate``'s chain of tests does
     not). An offset into the whole array, not a view of it: in a parallel loop each view
     is an atomic increment and decrement of the array's shared reference count, a cache
-    line the threads then pass back and forth. The index is unsigned, which spares it
-    Numba's test for negative indices (with it, SiLU's loop did not vectorise: 10x slower)."""
+    line the threads then pass back and forth. The offset and the loop's counter are both
+    unsigned, which spares the index Numba's test for negative indices (with it, SiLU's loop
+    did not vectorise: 10x slower; with a signed counter, unsigned plus signed is signed, and
+    a bias add took 1.1 ns an element instead of 0.12)."""
     if act == NONE:
         return
-    u = np.uintp(o)
+    u, count = np.uintp(o), np.uintp(n)
     if act == RELU:
-        for j in range(n):
+        for j in range(count):
             d[u + j] = d[u + j] if d[u + j] > 0.0 else _F0
     elif act == RELU6:
-        for j in range(n):
+        for j in range(count):
             d[u + j] = min(max(d[u + j], _F0), _F6)
     elif act == SILU:
-        for j in range(n):
+        for j in range(count):
             d[u + j] = silu(d[u + j])
     elif act == SIGMOID:
-        for j in range(n):
+        for j in range(count):
             d[u + j] = sigmoid(d[u + j])
     elif act == HARDSWISH:
-        for j in range(n):
+        for j in range(count):
             v = d[u + j]
             d[u + j] = v * min(max(v + _F3, _F0), _F6) / _F6
     else:
-        for j in range(n):
+        for j in range(count):
             d[u + j] = activate(d[u + j], act, alpha, beta)
 
 
@@ -202,11 +204,12 @@ def epilogue_at(d, do, s, so, b, bo, r, ro, has_res, n, act, alpha, beta):
     form cost 1.3 ms on ResNet's stem, as much as its GEMM). ``r`` is read only where
     ``has_res``."""
     do, so, bo, ro = np.uintp(do), np.uintp(so), np.uintp(bo), np.uintp(ro)
+    count = np.uintp(n)
     if has_res:
-        for j in range(n):
+        for j in range(count):
             d[do + j] = s[so + j] + b[bo + j] + r[ro + j]
     else:
-        for j in range(n):
+        for j in range(count):
             d[do + j] = s[so + j] + b[bo + j]
     activate_at(d, do, n, act, alpha, beta)
 

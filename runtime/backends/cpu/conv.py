@@ -13,10 +13,10 @@ from numba import njit, prange
 
 from . import autotune, blocked, winograd
 from .activations import JIT, PJIT, activate, activate_run, clamp_bounds, epilogue_run
-from .blas import SMALL_MNK, gemm, gemm_tn
+from .blas import gemm, gemm_tn
 from .elementwise import activation_pass, run_call
 from .table import GRADS, KERNELS
-from .tiling import TILE_FLOATS, conv_scratch_floats, uses_direct_gemm, uses_shifted_gemm
+from .tiling import conv_scratch_floats, uses_direct_gemm, uses_shifted_gemm
 
 F4 = 4  # bytes per float32
 
@@ -721,273 +721,73 @@ def _im2col_images(x, n0, n1, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, c0, cg, co
         _im2col(x, n, 0, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, c0, cg, cols[r0 : r0 + ho * wo])
 
 
-@njit(**PJIT)
-def _col2im_images(gcols, n0, n1, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, c0, cg, gx):
-    """The adjoint of ``_im2col_images``: each column entry added back to the input pixel
-    and channel it was copied from (``gx`` channels ``c0 .. c0+cg`` of images ``n0 .. n1``
-    must start at zero). Images run in parallel; within one, taps add in order."""
-    h, w = gx.shape[1], gx.shape[2]
-    for n in prange(n0, n1):
-        r0 = (n - n0) * ho * wo
-        for oy in range(ho):
-            for ox in range(wo):
-                row = gcols[r0 + oy * wo + ox]
-                for ky in range(kh):
-                    iy = oy * sh - ph + ky * dh
-                    if iy < 0 or iy >= h:
-                        continue
-                    for kx in range(kw):
-                        ix = ox * sw - pw + kx * dw
-                        if ix < 0 or ix >= w:
-                            continue
-                        o = (ky * kw + kx) * cg
-                        for c in range(cg):
-                            gx[n, iy, ix, c0 + c] += row[o + c]
-
-
 def _geometry(a: dict) -> tuple:
     return a["kh"], a["kw"], a["sh"], a["sw"], a["ph"], a["pw"], a["dh"], a["dw"]
 
 
-def conv_backward(
-    x, gy, weight, gx, gw, gb, groups: int, geometry: tuple, backend=None, cache=None
-) -> None:
+def conv_backward(x, gy, weight, gx, gw, gb, groups: int, geometry: tuple, backend=None) -> None:
     """Gradients of a (grouped) convolution, NHWC; ``weight`` PyTorch's (out, C/g, kh, kw).
-    ``gw`` (same layout) by ``conv_weight_grad``, ``gb`` the sum of ``gy``, ``gx`` by
-    ``conv_data_grad`` (each None: not wanted). ``backend`` and ``cache`` (a dict the
-    caller keeps while the weights stay, the step's arrays) let a stride-1 data gradient run
-    as a forward convolution on that backend."""
+    ``gw`` (same layout) by ``weight_grad.conv_weight_grad``, ``gb`` the sum of ``gy``, ``gx``
+    by ``data_grad.conv_data_grad`` (each None: not wanted). ``backend`` lends its buffers,
+    and runs a stride-1 layer's data gradient as a forward convolution."""
     if gb is not None:
         gb[...] = gy.reshape(-1, gy.shape[3]).sum(axis=0, dtype=np.float64)
     if gw is not None:
-        conv_weight_grad(x, gy, gw, groups, geometry)
+        from .weight_grad import conv_weight_grad
+
+        conv_weight_grad(x, gy, gw, groups, geometry, backend)
     if gx is not None:
-        conv_data_grad(gy, weight, gx, groups, geometry, backend, cache)
+        from .data_grad import conv_data_grad
 
-
-def conv_data_grad(gy, weight, gx, groups: int, geometry: tuple, backend=None, cache=None):
-    """Input gradient of a convolution. With stride 1 it is itself a convolution: of ``gy``,
-    padded by ``d (k - 1) - p``, with the weights flipped and in- and output channels
-    swapped; that runs on the forward path (its algorithm chosen as for any layer). Other
-    geometries (strided, or padded by more than the dilated kernel) take the transposed
-    GEMM and col2im (``_data_grad_columns``)."""
-    kh, kw, sh, sw, ph, pw, dh, dw = geometry
-    flip_ph, flip_pw = dh * (kh - 1) - ph, dw * (kw - 1) - pw
-    if backend is None or sh != 1 or sw != 1 or flip_ph < 0 or flip_pw < 0:
-        _data_grad_columns(gy, weight, gx, groups, geometry)
-        return
-    cache = {} if cache is None else cache
-    held = cache.get("grad.data")
-    if held is None:
-        held = cache["grad.data"] = _flipped_conv(weight, groups, geometry)
-    step, arrays = held
-    run_call(_bind(backend, step, arrays, gy, _NO_RESIDUAL, gx))
-
-
-_NO_RESIDUAL = np.empty((0, 0, 0, 0), np.float32)
-
-
-def _flipped_conv(weight, groups: int, geometry: tuple):
-    """The forward step (and its packed weights) whose output is a stride-1 convolution's
-    input gradient: weights (C, out/g, kh, kw) = the layer's with each group's channels
-    transposed and taps reversed."""
-    from ...lowering import EPILOGUE, PACKERS, Step
-
-    kh, kw, _, _, ph, pw, dh, dw = geometry
-    c_out, cg = weight.shape[:2]
-    og = c_out // groups
-    flipped = weight.reshape(groups, og, cg, kh, kw).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
-    flipped = flipped.reshape(groups * cg, og, kh, kw)
-    attrs = dict(
-        kh=kh, kw=kw, sh=1, sw=1, ph=dh * (kh - 1) - ph, pw=dw * (kw - 1) - pw, dh=dh, dw=dw,
-        groups=groups, mult=1, **EPILOGUE,
-    )  # fmt: skip
-    raw = {"weight": flipped, "bias": np.zeros(groups * cg, np.float32)}
-    packed = PACKERS["conv"](raw, attrs)
-    arrays = {k: np.ascontiguousarray(v, np.float32) for k, v in packed.items()}
-    return Step("conv", ["gradient"], [], -1, attrs=attrs), arrays
-
-
-def _data_grad_columns(gy, weight, gx, groups: int, geometry: tuple) -> None:
-    """Input gradient through the transposed GEMM (``gy @ W^T``, NumPy's) and col2im, a
-    block of images at a time so the column buffer stays near COLUMN_BYTES."""
-    kh, kw, sh, sw, ph, pw, dh, dw = geometry
-    n_img, h, w, c_in = gx.shape
-    _, ho, wo, c_out = gy.shape
-    cg, og = c_in // groups, c_out // groups
-    k = kh * kw * cg
-    # (groups, og, k): columns (ky, kx, c)
-    wmat = weight.reshape(groups, og, cg, kh, kw).transpose(0, 1, 3, 4, 2).reshape(groups, og, k)
-    gx[...] = 0.0
-    block = max(1, min(n_img, COLUMN_BYTES // max(1, ho * wo * k * F4)))
-    for n0 in range(0, n_img, block):
-        n1 = min(n_img, n0 + block)
-        gy2 = gy[n0:n1].reshape(-1, c_out)
-        for gi in range(groups):
-            gcol = gy2[:, gi * og : (gi + 1) * og] @ wmat[gi]
-            _col2im_images(gcol, n0, n1, ho, wo, *geometry, gi * cg, cg, gx)
-
-
-def conv_weight_grad(x, gy, gw, groups: int, geometry: tuple) -> None:
-    """Weight gradient of a convolution into ``gw`` (out, C/g, kh, kw): per-thread sums over
-    tiles of output rows (``_weight_parts``), added in float64. Stride-1 layers with 32 or
-    more channels per group take one GEMM per tap on the tile's padded input rows (as the
-    forward's shifted GEMM), the rest im2col tiles."""
-    import numba
-
-    kh, kw, sh, sw, ph, pw, dh, dw = geometry
-    n_img, h, w, c_in = x.shape
-    _, ho, wo, c_out = gy.shape
-    cg, og = c_in // groups, c_out // groups
-    k = kh * kw * cg
-    threads = numba.get_num_threads()
-    shifted = uses_shifted_gemm.py_func(kh, kw, sh, sw, cg)
-    wp = w + 2 * pw
-    if shifted:  # each tap's GEMM within BLAS's small-matrix kernels
-        rows = max(1, min(ho, SMALL_MNK // (wp * cg * og)))
-    else:  # an im2col tile near the L2 cache
-        rows = max(1, min(ho, TILE_FLOATS // max(1, wo * k)))
-    while rows > 1 and n_img * -(-ho // rows) < 2 * threads:
-        rows = (rows + 1) // 2
-    if shifted:
-        padded = ((rows + dh * (kh - 1)) * wp + dw * (kw - 1) + 1) * c_in + rows * wp * c_out
-    else:
-        padded = 0 if uses_direct_gemm.py_func(kh, kw, sh, sw, ph, pw) else rows * wo * k
-    scratch = np.empty((threads, padded + k * og), np.float32)
-    parts = np.empty((threads, groups, k, og), np.float64)
-    _weight_parts(x, gy, parts, scratch, *geometry, groups, rows, shifted)
-    total = parts.sum(axis=0)
-    w_rows = total.reshape(groups, kh, kw, cg, og).transpose(0, 4, 3, 1, 2)
-    gw[...] = w_rows.reshape(c_out, cg, kh, kw)
-
-
-@njit(**PJIT)
-def _weight_parts(x, gy, parts, scratch, kh, kw, sh, sw, ph, pw, dh, dw, groups, rows_per_tile,
-                  shifted):  # fmt: skip
-    """``parts[t]``: thread t's sum of the weight gradient (groups, kh*kw*C/g, out/g), rows
-    (ky, kx, c), over a contiguous run of (image, row tile) items."""
-    n_img, ho = gy.shape[0], gy.shape[1]
-    items = n_img * ((ho + rows_per_tile - 1) // rows_per_tile)
-    threads = parts.shape[0]
-    for t in prange(threads):
-        first, last = t * items // threads, (t + 1) * items // threads
-        if shifted:
-            _weight_items_shifted(x, gy, parts[t], scratch[t], first, last, kh, kw, ph, pw,
-                                  dh, dw, groups, rows_per_tile)  # fmt: skip
-        else:
-            _weight_items(x, gy, parts[t], scratch[t], first, last, kh, kw, sh, sw, ph, pw,
-                          dh, dw, groups, rows_per_tile)  # fmt: skip
-
-
-@njit(**JIT)
-def _weight_items_shifted(x, gy, part, scratch, first, last, kh, kw, ph, pw, dh, dw, groups,
-                          rows_per_tile):  # fmt: skip
-    """Items ``first .. last`` of a stride-1 layer's weight gradient into ``part``: the
-    tile's input rows copied once, zero-padded to width ``wp``, and its ``gy`` rows widened
-    to ``wp`` with zeros; then each tap's block of the gradient is the padded rows shifted
-    by the tap, transposed, times the widened ``gy`` (the zeros drop the extra columns)."""
-    n_img, h, w, c_in = x.shape
-    _, ho, wo, c_out = gy.shape
-    cg, og = c_in // groups, c_out // groups
-    k = kh * kw * cg
-    wp = w + 2 * pw
-    tiles = (ho + rows_per_tile - 1) // rows_per_tile
-    xp_rows = (rows_per_tile + dh * (kh - 1)) * wp + dw * (kw - 1) + 1
-    xp = scratch[: xp_rows * c_in].reshape(xp_rows, c_in)
-    gw_at = xp_rows * c_in
-    gyw = scratch[gw_at : gw_at + rows_per_tile * wp * c_out].reshape(-1, c_out)
-    t_at = gw_at + rows_per_tile * wp * c_out
-    tile = scratch[t_at : t_at + k * og].reshape(k, og)
-    part[:] = 0.0
-    for item in range(first, last):
-        n = item // tiles
-        oy0 = (item % tiles) * rows_per_tile
-        rows = min(ho, oy0 + rows_per_tile) - oy0
-        in_rows = rows + dh * (kh - 1)
-        xp[:] = 0.0
-        for r in range(in_rows):
-            iy = oy0 - ph + r
-            if 0 <= iy < h:
-                for ix in range(w):
-                    for c in range(c_in):
-                        xp[r * wp + pw + ix, c] = x[n, iy, ix, c]
-        for r in range(rows):
-            for ox in range(wp):
-                if ox < wo:
-                    for c in range(c_out):
-                        gyw[r * wp + ox, c] = gy[n, oy0 + r, ox, c]
-                else:
-                    for c in range(c_out):
-                        gyw[r * wp + ox, c] = 0.0
-        m = rows * wp
-        for gi in range(groups):
-            for ky in range(kh):
-                for kx in range(kw):
-                    shift = ky * dh * wp + kx * dw
-                    tap = (ky * kw + kx) * cg
-                    gemm_tn(
-                        cg, og, m, xp, shift * c_in + gi * cg, c_in, gyw, gi * og, c_out,
-                        tile, tap * og, og, 0.0,
-                    )  # fmt: skip
-            dst = part[gi]
-            for r in range(k):
-                for j in range(og):
-                    dst[r, j] += tile[r, j]
-
-
-@njit(**JIT)
-def _weight_items(x, gy, part, scratch, first, last, kh, kw, sh, sw, ph, pw, dh, dw, groups,
-                  rows_per_tile):  # fmt: skip
-    """Items ``first .. last`` of ``_weight_parts`` into ``part``: per item and group, the
-    im2col tile (or, for 1x1 stride-1 unpadded layers, the input rows themselves) transposed
-    times the tile's ``gy`` (one BLAS call, float32), then added into ``part`` in float64."""
-    c_in = x.shape[3]
-    _, ho, wo, c_out = gy.shape
-    cg, og = c_in // groups, c_out // groups
-    k = kh * kw * cg
-    direct = uses_direct_gemm(kh, kw, sh, sw, ph, pw)
-    tiles = (ho + rows_per_tile - 1) // rows_per_tile
-    cols = 0 if direct else rows_per_tile * wo * k
-    tile = scratch[cols : cols + k * og].reshape(k, og)
-    part[:] = 0.0
-    for item in range(first, last):
-        n = item // tiles
-        oy0 = (item % tiles) * rows_per_tile
-        oy1 = min(ho, oy0 + rows_per_tile)
-        m = (oy1 - oy0) * wo
-        r0 = (n * ho + oy0) * wo
-        for gi in range(groups):
-            b0 = r0 * c_out + gi * og
-            if direct:
-                gemm_tn(k, og, m, x, r0 * c_in + gi * cg, c_in, gy, b0, c_out, tile, 0, og, 0.0)
-            else:
-                col = scratch[: m * k].reshape(m, k)
-                _im2col(x, n, oy0, oy1, wo, kh, kw, sh, sw, ph, pw, dh, dw, gi * cg, cg, col)
-                gemm_tn(k, og, m, col, 0, k, gy, b0, c_out, tile, 0, og, 0.0)
-            dst = part[gi]
-            for r in range(k):
-                for j in range(og):
-                    dst[r, j] += tile[r, j]
+        conv_data_grad(gy, weight, gx, groups, geometry, backend)
 
 
 @GRADS.register("conv")
 def grad_conv(backend, step, arrays, saved, gy, gxs, gws):
     conv_backward(
         saved.xs[0], gy, arrays["param.weight"], gxs[0], gws.get("weight"), gws.get("bias"),
-        step.attrs["groups"], _geometry(step.attrs), backend, arrays,
+        step.attrs["groups"], _geometry(step.attrs), backend,
     )  # fmt: skip
+
+
+@njit(**PJIT)
+def fc_backward(x, w, gy, gx, gw, blocks):
+    """``gx = gy W`` and ``gW = gy^T x`` for ``y = x W^T + b`` (``gx`` or ``gw`` of size 0:
+    not wanted), by cnnc's own single-threaded GEMM on ``blocks`` column blocks of the
+    input features, one per thread at a time: NumPy's matmul would run on NumPy's BLAS,
+    whose own threads stall beside Numba's (20 ms instead of 0.2 for ResNet's 512 -> 1000
+    head at batch 8, on a busy machine)."""
+    n, c_in = x.shape
+    c_out = gy.shape[1]
+    for b in prange(blocks):
+        c0 = b * c_in // blocks
+        c1 = (b + 1) * c_in // blocks
+        if c1 <= c0:
+            continue
+        if gx.size:
+            gemm(n, c1 - c0, c_out, gy, 0, c_out, w, c0, c_in, gx, c0, c_in, 0.0)
+        if gw.size:
+            gemm_tn(c_out, c1 - c0, n, gy, 0, c_out, x, c0, c_in, gw, c0, c_in, 0.0)
+
+
+#: Input features per block of ``fc_backward`` at least.
+FC_BLOCK = 256
 
 
 @GRADS.register("fc")
 def grad_fc(backend, step, arrays, saved, gy, gxs, gws):
     """``gx = gy W``, ``gW = gy^T x``, ``gb = sum(gy)`` for ``y = x W^T + b``."""
     x, w = saved.xs[0], arrays["param.weight"]
-    if gxs[0] is not None:
-        np.matmul(gy, w, out=gxs[0])
-    if "weight" in gws:
-        np.matmul(gy.T, x, out=gws["weight"])
+    c_in = x.shape[1]
+    blocks = max(1, min(4 * backend.threads, c_in // FC_BLOCK))
+    gx = gxs[0] if gxs[0] is not None else _NOTHING
+    gw = gws.get("weight", _NOTHING)
+    fc_backward(x, w, gy, gx, gw, blocks)
     if "bias" in gws:
         gws["bias"][...] = gy.sum(axis=0, dtype=np.float64)
+
+
+_NOTHING = np.empty((0, 0), np.float32)
 
 
 def convt_backward(x, gy, weight, gx, gw, gb, groups: int, geometry: tuple) -> None:

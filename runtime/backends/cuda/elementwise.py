@@ -9,6 +9,7 @@ import math
 import numpy as np
 from numba import cuda, float32, float64
 
+from ..codes import act_needs
 from .activations import activate, activate_grad
 from .launch import GRADS, KERNELS, THREADS, blocks, channels, epilogue, flat
 from .reduce import DOT, NEGATIVE_DOT, column_sums
@@ -246,13 +247,16 @@ def _copy(src, dst):
     copy[blocks(dst.size), THREADS](flat(src), flat(dst), dst.size)
 
 
-@GRADS.register("act", needs=("x", "y"))
+@GRADS.register("act", needs=act_needs)
 def grad_act(backend, step, arrays, saved, gy, gxs, gws):
+    """As the CPU's: ``act_needs`` keeps the output alone for relu, relu6, sigmoid and tanh
+    (their derivative reads the same on it), the input alone for most others."""
     gx = gxs[0]
     if gx is not None:
-        act_grad[blocks(gx.size), THREADS](
-            flat(saved.xs[0]), flat(saved.y), flat(gy), flat(gx), gx.size, *_act(step)
-        )
+        x = saved.xs[0] if saved.xs is not None else saved.y
+        y = saved.y if saved.y is not None else x
+        act_grad[blocks(gx.size), THREADS](flat(x), flat(y), flat(gy), flat(gx), gx.size,
+                                           *_act(step))  # fmt: skip
 
 
 @GRADS.register("add", needs=())
