@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kernel_cases import numba_threads
@@ -129,6 +130,33 @@ def test_both_loop_orders_agree(torch):
     for outer in (False, True):
         got = run_blocked(x, wt, bias, None, (1, 1), (1, 1), (1, 1), "relu", 3, 2, 2, outer)
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("size,kernel,stride", [((7, 7), 3, 1), ((7, 7), 1, 1), ((14, 14), 3, 2),
+                                                ((5, 9), 3, 1), ((13, 11), 3, 2)])  # fmt: skip
+def test_tiles_cross_rows_and_images(torch, n, size, kernel, stride):
+    """Small maps (ResNet's 7x7 stage, odd sizes) at batch 1 and 3: tiles of MR real output
+    pixels that cross row ends and image ends, only the layer's last tile partial, each
+    run of tiles taking several images through a weight panel (runs longer than an image),
+    in both loop orders and split over two blocks of panels."""
+    rng = np.random.default_rng(n * 100 + size[0])
+    c_in, c_out = 24, 2 * microkernel.NR + 3
+    x = rng.standard_normal((n, c_in, *size)).astype(np.float32)
+    wt = (rng.standard_normal((c_out, c_in, kernel, kernel)) / 15).astype(np.float32)
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    res = None
+    pad = kernel // 2
+    want = reference(torch, x, wt, bias, res, (stride,) * 2, (pad,) * 2, (1, 1), 1, "relu")
+    _, _, ho, wo = want.shape
+    pixels = n * ho * wo
+    assert blocked.tile_count((n, ho, wo, c_out)) == -(-pixels // microkernel.MR)
+    per_image = -(-ho * wo // microkernel.MR)
+    for outer in (False, True):
+        for blocks in (1, 2):
+            got = run_blocked(x, wt, bias, res, (stride,) * 2, (pad,) * 2, (1, 1), "relu",
+                              per_image + 1, blocks, 2, outer)  # fmt: skip
+            np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
 
 
 def test_vector_width_follows_the_target():

@@ -131,7 +131,7 @@ def candidates(x_shape, out_shape, geometry: dict, threads: int, algorithm: str)
 def blocked_default(x_shape, out_shape, geometry: dict, threads: int) -> Choice:
     """Runs of up to 16 tiles, at least two work items per thread; where the tiles are too
     few for that, the weight panels split across the threads as well."""
-    tiles = blocked.tile_count(x_shape, out_shape, geometry["sh"], geometry["sw"], geometry["pw"])
+    tiles = blocked.tile_count(out_shape)
     panels = -(-out_shape[3] // NR)
     blocks = 1
     while tiles * blocks < 2 * threads and blocks * 2 <= panels:
@@ -143,7 +143,7 @@ def blocked_default(x_shape, out_shape, geometry: dict, threads: int) -> Choice:
 def blocked_candidates(x_shape, out_shape, geometry: dict, threads: int) -> list[Choice]:
     """The micro-kernel with runs of 4, 16 and 64 tiles and its weight panels in one block
     or split across the threads (few tiles, many channels)."""
-    tiles = blocked.tile_count(x_shape, out_shape, geometry["sh"], geometry["sw"], geometry["pw"])
+    tiles = blocked.tile_count(out_shape)
     panels = -(-out_shape[3] // NR)
     found = []
     for per_item in (4, 16, 64):

@@ -3,9 +3,13 @@
 No im2col and no BLAS: the input is read in place (a zero-padded copy where the layer pads)
 and each tile of MR output pixels x NR output channels accumulates over every kernel tap
 and input channel in registers, then leaves through the usual epilogue (bias, residual,
-activation). With stride 1, pixels are numbered across the padded width, so a tile may run
-over a row's end into columns that are computed and dropped, and every tile is full-width;
-with larger strides a tile stays within one output row.
+activation). Tiles run over the real output pixels in order, across rows and images: each
+tile gathers its MR pixels' input addresses into a table (``conv_tile_out``), so only the
+last tile of the layer is partial. (Before, pixels were numbered across the padded width
+with stride 1, a tile running over a row's end into columns computed and dropped, and
+within one output row otherwise: a 7x7 map took 6 tiles of 12 pixels with stride 1 and 7
+with stride 2, where 5 hold its 49 pixels; a 14-pixel row took 2.) Numbered across images,
+a run of tiles at batch > 1 takes the pixels of several images through each weight panel.
 
 Weights are packed once per layer into panels of NR output channels (zero-padded), rows
 (ky, kx, c). Work items are (block of panels, run of tiles), block-major like Winograd's, so
@@ -32,11 +36,12 @@ from .microkernel import MR, NR, conv_tile_out
 
 F4, I8 = 4, 8
 #: The int64 parameters ``items_kernel``'s work items read (``_fill_params``): seven counts,
-#: the tile geometry (16) and the addresses of the six arrays.
-N_PARAMS = 7 + 16 + 6
-#: Per-thread scratch: the MR output offsets of a tile, then ``_items``' N_PARAMS parameters
-#: (int64, two floats each).
-SCRATCH_FLOATS = 2 * (MR + N_PARAMS)
+#: the tile geometry (GEOMETRY) and the addresses of the six arrays.
+GEOMETRY = 12
+N_PARAMS = 7 + GEOMETRY + 6
+#: Per-thread scratch: the MR output offsets of a tile, its MR input addresses, then
+#: ``_items``' N_PARAMS parameters (int64, two floats each).
+SCRATCH_FLOATS = 2 * (2 * MR + N_PARAMS)
 
 
 def pack_panels(wmat: np.ndarray) -> np.ndarray:
@@ -59,13 +64,11 @@ def applies(groups: int) -> bool:
     return groups == 1
 
 
-def tile_count(x_shape, out_shape, sh: int, sw: int, pw: int) -> int:
-    """Tiles of ``blocked_conv`` for these shapes (as it numbers them)."""
-    n_img, _, w, _ = x_shape
-    _, ho, wo, _ = out_shape
-    if sh == 1 and sw == 1:
-        return n_img * -(-((ho - 1) * (w + 2 * pw) + wo) // MR)
-    return n_img * ho * -(-wo // MR)
+def tile_count(out_shape) -> int:
+    """Tiles of ``blocked_conv`` with this output: MR output pixels each, numbered across
+    rows and images (whatever the stride and padding)."""
+    n_img, ho, wo, _ = out_shape
+    return -(-n_img * ho * wo // MR)
 
 
 @njit(**JIT)
@@ -153,28 +156,20 @@ def _layout(xp, panels, out, scratch, kh, kw, sh, sw, dh, dw, per_item, blocks):
     row_taps = dw == 1
     ntaps = kh if row_taps else kh * kw
     span = kw * c_in if row_taps else c_in
-    flat = sh == 1 and sw == 1
-    # stride 1: one segment per image, pixels numbered over the padded width (wq = wp);
-    # otherwise one segment per output row (wq = wo)
-    wq = wp if flat else wo
-    seg_len = (ho - 1) * wp + wo if flat else wo
-    segs = 1 if flat else ho
-    per_seg = (seg_len + MR - 1) // MR
-    tiles = n_img * segs * per_seg
+    pixels = n_img * ho * wo
+    tiles = (pixels + MR - 1) // MR
     runs = (tiles + per_item - 1) // per_item
     per_block = (n_panels + blocks - 1) // blocks
-    step = sw * c_in * F4
     # the tile's geometry as one argument: a call of over 30 arguments compiles to a call
     # with *args, which Numba does not inline
-    geometry = (segs, per_seg, seg_len, 1 if flat else 0, wo, wq, hp, wp, sh, sw, c_in, ntaps,
-                span, step, ho, k_out)  # fmt: skip
+    geometry = (pixels, tiles, ho, wo, hp, wp, sh, sw, c_in, ntaps, span, k_out)
     return geometry, runs, tiles, per_block, runs * blocks, scratch.shape[0]
 
 
 @njit(inline="always", **JIT)
 def _tap_offsets(geometry, kh, kw, dh, dw):
     """Each tap's (or, undilated along x, each kernel row's) byte offset in the input."""
-    wp, c_in, ntaps = geometry[7], geometry[10], geometry[11]
+    wp, c_in, ntaps = geometry[5], geometry[8], geometry[9]
     offsets = np.empty(ntaps, np.intp)
     for ky in range(kh):
         if ntaps == kh and dw == 1:
@@ -218,8 +213,9 @@ def blocked_kernel(
                 for row in range(thr * padded_rows // threads, (thr + 1) * padded_rows // threads):
                     _pad_row(x, xp, ph, pw, row // hp, row % hp)
             else:
-                rows_at = scratch.ctypes.data + thr * scratch.strides[0]  # MR int64, then params
-                params_at = rows_at + MR * I8
+                # MR output offsets, MR input addresses, then the parameters (int64)
+                rows_at = scratch.ctypes.data + thr * scratch.strides[0]
+                params_at = rows_at + 2 * MR * I8
                 _fill_params(carray(int64_at(params_at), N_PARAMS), shares, geometry, arrays)
                 call_items(
                     items_at, thr * items // threads, (thr + 1) * items // threads, params_at,
@@ -233,15 +229,16 @@ def _fill_params(params, shares, geometry, arrays):
     ``arrays`` are held until the thread's work is done."""
     for i in range(7):
         params[i] = shares[i]
-    for i in range(16):
+    for i in range(GEOMETRY):
         params[7 + i] = geometry[i]
     xp, panels, offsets, out, res, bias = arrays
-    params[23] = xp.ctypes.data
-    params[24] = panels.ctypes.data
-    params[25] = offsets.ctypes.data
-    params[26] = out.ctypes.data
-    params[27] = res.ctypes.data if res.size > 0 else 0
-    params[28] = bias.ctypes.data
+    # constant indices (7 + GEOMETRY on): computed ones wrote nothing in the parallel loop
+    params[19] = xp.ctypes.data
+    params[20] = panels.ctypes.data
+    params[21] = offsets.ctypes.data
+    params[22] = out.ctypes.data
+    params[23] = res.ctypes.data if res.size > 0 else 0
+    params[24] = bias.ctypes.data
 
 
 @njit(**JIT)
@@ -257,9 +254,9 @@ def blocked_fits(
     )
     offsets = _tap_offsets(geometry, kh, kw, dh, dw)
     arrays = (xp, panels, offsets, out, res, bias)
-    rows = scratch[0, : 2 * MR].view(np.int64)
+    rows = scratch[0, : 4 * MR].view(np.int64)  # output offsets, then input addresses
     addresses = _addresses(arrays, rows)
-    ntaps, span = geometry[11], geometry[12]
+    ntaps, span = geometry[9], geometry[10]
     for panel in range(panels.shape[0]):
         at = panel * ntaps * span * NR * F4
         for t in range(tiles):
@@ -280,21 +277,20 @@ def _addresses(arrays, rows):
 
 def _items(first, last, params_at, rows_at, lo, hi, slope):
     """One thread's work items ``first``..``last - 1`` of ``blocked_kernel``, with the
-    parameters at ``params_at`` (``_fill_params``) and MR int64 of scratch at ``rows_at``.
+    parameters at ``params_at`` (``_fill_params``) and 2 MR int64 of scratch at ``rows_at``.
     Compiled on its own as a C function (``items_kernel``) that the parallel kernel calls by
     address: linked into it, as a Numba function, the micro-kernel's code was optimised and
     compiled again in each of the four modules of a parallel loop (1-2 s of a cold start).
     Work on addresses, taken once per thread: a view per tile or pixel would be an atomic
     update of the array's reference count, a cache line the threads pass back and forth."""
     p = carray(int64_at(params_at), N_PARAMS)
-    rows = carray(int64_at(rows_at), MR)
+    rows = carray(int64_at(rows_at), 2 * MR)
     runs, per_item, tiles, per_block, n_panels, tiles_outer, post = (
         p[0], p[1], p[2], p[3], p[4], p[5] != 0, p[6]
     )  # fmt: skip
-    geometry = (p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14], p[15], p[16], p[17],
-                p[18], p[19], p[20], p[21], p[22])  # fmt: skip
-    addresses = (p[23], p[24], p[25], rows_at, p[26], p[27], p[28])
-    ntaps, span = geometry[11], geometry[12]
+    geometry = (p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14], p[15], p[16], p[17], p[18])
+    addresses = (p[19], p[20], p[21], rows_at, p[22], p[23], p[24])
+    ntaps, span = geometry[9], geometry[10]
     for item in range(first, last):
         p0 = (item // runs) * per_block
         p1 = min(n_panels, p0 + per_block)
@@ -371,40 +367,47 @@ def _tile_fits(geometry, addresses, panel_offset, panel, t, rows, arrays):
     """Whether ``_tile``'s call of the micro-kernel stays inside ``arrays`` (extents.py)."""
     xp, panels, offsets, out, res, bias = arrays
     args = _tile_args(geometry, addresses, panel_offset, panel, t, rows)
-    return conv_tile_out_fits(MICRO_TILE, *args, xp, offsets, panels, rows, out, res, bias)
+    return conv_tile_out_fits(
+        MICRO_TILE, *args, xp, offsets, panels, rows[MR:], rows[:MR], out, res, bias
+    )
 
 
 @njit(inline="always", **JIT)
 def _tile_args(geometry, addresses, panel_offset, panel, t, rows):
-    """``conv_tile_out``'s arguments up to the epilogue's, for tile ``t`` and ``panel``.
-    ``rows`` gets each tile row's offset in ``out``, or -1 for columns past the output's
-    width (stride 1's padding columns). The pixel's row and column advance by increments: two
-    integer divisions per row cost more than the multiply-adds of a 1x1 layer with 16 input
-    channels."""
-    segs, per_seg, seg_len, flat, wo, wq, hp, wp, sh, sw, c_in, ntaps, span, step, ho, k_out = (
-        geometry
-    )
+    """``conv_tile_out``'s arguments up to the epilogue's, for tile ``t`` and ``panel``:
+    output pixels ``t * MR`` on, numbered across rows and images. ``rows`` (2 MR int64)
+    gets each pixel's offset in ``out`` (-1 past the last pixel), then its input address (the
+    last pixel's again past it). The pixel's row and column advance by increments: two
+    integer divisions per pixel cost more than the multiply-adds of a 1x1 layer with 16
+    input channels."""
+    pixels, tiles, ho, wo, hp, wp, sh, sw, c_in, ntaps, span, k_out = geometry
     x_at, panels_at, offsets_at, rows_at, out_at, res_at, bias_at = addresses
-    n = t // (segs * per_seg)
-    r = t - n * (segs * per_seg)
-    seg = r // per_seg
-    start = (r - seg * per_seg) * MR
-    count = min(MR, seg_len - start)
-    if flat:
-        q0 = start
-        a = x_at + (n * hp * wp + q0) * c_in * F4
-    else:
-        q0 = seg * wo + start
-        a = x_at + ((n * hp + seg * sh) * wp + start * sw) * c_in * F4
+    p0 = t * MR
+    count = min(MR, pixels - p0)
+    n = p0 // (ho * wo)
+    oy = (p0 - n * (ho * wo)) // wo
+    ox = p0 - n * (ho * wo) - oy * wo
+    pixel_bytes = c_in * F4
+    a = x_at + ((n * hp + oy * sh) * wp + ox * sw) * pixel_bytes
     k0 = panel * NR
     nk = min(k_out, k0 + NR) - k0
-    oy = q0 // wq
-    ox = q0 - oy * wq
+    last = a
     for i in range(MR):
-        rows[i] = ((n * ho + oy) * wo + ox) * k_out + k0 if i < count and ox < wo else -1
-        ox += 1
-        if flat and ox == wq:
-            ox = 0
-            oy += 1
-    return (ntaps, span, a, step, offsets_at, panels_at + panel_offset, count, rows_at, out_at,
-            res_at, bias_at + k0 * F4, nk)  # fmt: skip
+        if i < count:
+            rows[i] = (p0 + i) * k_out + k0
+            last = a
+            ox += 1
+            if ox < wo:
+                a += sw * pixel_bytes
+            else:
+                ox = 0
+                oy += 1
+                if oy == ho:
+                    oy = 0
+                    n += 1
+                a = x_at + (n * hp + oy * sh) * wp * pixel_bytes
+        else:
+            rows[i] = -1
+        rows[MR + i] = last
+    return (ntaps, span, rows_at + MR * I8, offsets_at, panels_at + panel_offset, rows_at,
+            out_at, res_at, bias_at + k0 * F4, nk)  # fmt: skip

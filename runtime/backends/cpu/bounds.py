@@ -41,10 +41,12 @@ BUFFERS = {
     9: "B",
     10: "C",
     11: "patch buffer",
+    12: "input addresses",
 }
 INPUT, TAP_OFFSETS, WEIGHTS, ROWS, OUTPUT, RESIDUAL, BIAS, GEMM_A, GEMM_B, GEMM_C, PATCH = range(
     1, 12
 )
+PIXELS = 12
 #: A check of the tile's own arguments (a pixel count or channel count out of range).
 ARGUMENTS = 0
 

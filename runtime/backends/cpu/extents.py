@@ -19,6 +19,7 @@ from .bounds import (
     INPUT,
     OUTPUT,
     PATCH,
+    PIXELS,
     RESIDUAL,
     ROWS,
     TAP_OFFSETS,
@@ -33,17 +34,39 @@ CHECK = dict(cache=True, nogil=True)
 
 
 @njit(**CHECK)
-def _pixels(site, ntaps, cin, a, step, offsets, count, xs, taps) -> bool:
-    """The inputs of ``_accumulate``: pixel i of tap t reads floats 0..cin-1 at
-    ``a + min(i, count - 1) * step + offsets[t]``."""
+def _tap_range(site, ntaps, offsets, taps):
+    """(fits, lowest, highest) of the ``ntaps`` int64 tap offsets at address ``offsets``."""
     if not inside(site, TAP_OFFSETS, offsets, offsets + ntaps * I8, taps):
-        return False
+        return False, 0, 0
     first_tap = (offsets - taps.ctypes.data) // I8
     low = high = taps[first_tap]
     for t in range(first_tap, first_tap + ntaps):
         low = min(low, taps[t])
         high = max(high, taps[t])
-    return inside(site, INPUT, a + low, a + (count - 1) * step + high + cin * F4, xs)
+    return True, low, high
+
+
+@njit(**CHECK)
+def _pixels(site, ntaps, cin, a, step, offsets, count, xs, taps) -> bool:
+    """The inputs of ``conv_tile``'s ``_accumulate``: pixel i of tap t reads floats
+    0..cin-1 at ``a + min(i, count - 1) * step + offsets[t]``."""
+    fits, low, high = _tap_range(site, ntaps, offsets, taps)
+    return fits and inside(site, INPUT, a + low, a + (count - 1) * step + high + cin * F4, xs)
+
+
+@njit(**CHECK)
+def _gathered_pixels(site, ntaps, cin, pixels, offsets, xs, taps, pixel_array) -> bool:
+    """The inputs of ``conv_tile_out``'s ``_accumulate``: MR int64 addresses at ``pixels``;
+    pixel i of tap t reads floats 0..cin-1 at ``pixels[i] + offsets[t]``."""
+    fits, low, high = _tap_range(site, ntaps, offsets, taps)
+    if not (fits and inside(site, PIXELS, pixels, pixels + MR * I8, pixel_array)):
+        return False
+    first = (pixels - pixel_array.ctypes.data) // I8
+    for i in range(first, first + MR):
+        at = pixel_array[i]
+        if not inside(site, INPUT, at + low, at + high + cin * F4, xs):
+            return False
+    return True
 
 
 @njit(**CHECK)
@@ -70,15 +93,14 @@ def _epilogue(site, pixels, rows, out, res, bias, nk, row_array, outs, residuals
 
 @njit(**CHECK)
 def conv_tile_out_fits(
-    site, ntaps, cin, a, step, offsets, b, count, rows, out, res, bias, nk, xs, taps, panels,
-    row_array, outs, residuals, biases,
+    site, ntaps, cin, pixels, offsets, b, rows, out, res, bias, nk, xs, taps, panels,
+    pixel_array, row_array, outs, residuals, biases,
 ) -> bool:  # fmt: skip
-    """``microkernel.conv_tile_out``: its pixels (``_pixels``), one panel of ``ntaps * cin``
-    rows of NR floats at ``b``, and the epilogue of MR rows (``_epilogue``)."""
+    """``microkernel.conv_tile_out``: its pixels (``_gathered_pixels``), one panel of
+    ``ntaps * cin`` rows of NR floats at ``b``, and the epilogue of MR rows (``_epilogue``)."""
     return (
-        count_in(site, count, 1, MR)
-        and count_in(site, nk, 1, NR)
-        and _pixels(site, ntaps, cin, a, step, offsets, count, xs, taps)
+        count_in(site, nk, 1, NR)
+        and _gathered_pixels(site, ntaps, cin, pixels, offsets, xs, taps, pixel_array)
         and inside(site, WEIGHTS, b, b + ntaps * cin * NR * F4, panels)
         and _epilogue(site, MR, rows, out, res, bias, nk, row_array, outs, residuals, biases)
     )

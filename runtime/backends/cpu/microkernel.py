@@ -6,8 +6,10 @@ innermost kernel is an ``@intrinsic`` that emits the loops itself: ``MR x NV`` v
 accumulators of ``LANES`` floats live in registers across every kernel tap and input channel,
 each step broadcasting one input value per output pixel and multiplying it with ``NV`` vectors
 of packed weights (fused multiply-add). Input pixels are read in place from an NHWC buffer
-(no im2col): pixel ``i`` of a tile is at ``a + min(i, count - 1) * step`` plus the tap's
-offset, so a partial tile repeats its last pixel instead of reading past the end.
+(no im2col): pixel ``i`` of a tile is at an address of its own (``conv_tile_out``: a table
+the driver fills, so that a tile may take pixels from several rows and images) or at
+``a + min(i, count - 1) * step`` (``conv_tile``), plus the tap's offset; a partial tile
+repeats its last pixel instead of reading past the end.
 
 The width follows the target: 16 lanes and 12 pixels where AVX-512 is available (32 vector
 registers: 24 accumulators), 8 lanes and 6 pixels otherwise (16 registers: 12 accumulators).
@@ -42,9 +44,10 @@ else:
 NR = LANES * NV
 
 
-def _accumulate(context, builder, ntaps, cin, a, step, offsets, b, count):
-    """The loops over taps and input channels; returns the MR x NV accumulators (row-major)
-    with the builder after the loops."""
+def _accumulate(context, builder, ntaps, cin, rows, offsets, b):
+    """The loops over taps and input channels, pixel i's inputs at byte address ``rows[i]``
+    plus the tap's offset; returns the MR x NV accumulators (row-major) with the builder
+    after the loops."""
     i64 = ir.IntType(64)
     vec = ir.VectorType(ir.FloatType(), LANES)
     fptr = ir.FloatType().as_pointer()
@@ -55,7 +58,6 @@ def _accumulate(context, builder, ntaps, cin, a, step, offsets, b, count):
     def const(v):
         return ir.Constant(i64, v)
 
-    rows = _pixel_addresses(builder, a, step, count, MR)
     offsets = builder.inttoptr(offsets, i64.as_pointer())
     b = builder.inttoptr(b, fptr)
 
@@ -161,7 +163,8 @@ def conv_tile(typingctx, ntaps, cin, a, step, offsets, b, c, ldc, count):
 
     def codegen(context, builder, signature, args):
         ntaps, cin, a, step, offsets, b, c, ldc, count = args
-        acc = _accumulate(context, builder, ntaps, cin, a, step, offsets, b, count)
+        rows = _pixel_addresses(builder, a, step, count, MR)
+        acc = _accumulate(context, builder, ntaps, cin, rows, offsets, b)
         i64 = ir.IntType(64)
         vec = ir.VectorType(ir.FloatType(), LANES)
         for i in range(MR):
@@ -180,9 +183,14 @@ POST_NONE, POST_SILU, POST_SIGMOID, POST_HARDSWISH, POST_HARDSIGMOID, POST_LEAKY
 
 
 @intrinsic
-def conv_tile_out(typingctx, ntaps, cin, a, step, offsets, b, count, rows, out, res, bias, nk,
-                  lo, hi, post, slope):  # fmt: skip
-    """``conv_tile``'s sums, with the epilogue done in registers: tile row i goes to the
+def conv_tile_out(typingctx, ntaps, cin, pixels, offsets, b, rows, out, res, bias, nk, lo, hi,
+                  post, slope):  # fmt: skip
+    """``conv_tile``'s sums, pixel i's inputs at the byte address at index i of the int64
+    table at ``pixels`` (plus the tap's offset): MR pixels from anywhere in the input, so
+    that tiles run over the real output pixels, across rows and images, where one run of
+    equally spaced pixels would cross a row's padding or stop at its end (a 7x7 map: 5
+    tiles of 12 pixels instead of 6 or 7). The epilogue is done in registers: tile row i
+    goes to the
     float at index ``rows[i]`` of ``out`` (skipped where it is negative) as
     ``min(max(sum + bias (+ res at the same index), lo), hi)``, channels 0..nk-1 only
     (masked loads and stores where ``nk`` < NR), then through activation ``post`` (POST_*;
@@ -191,12 +199,15 @@ def conv_tile_out(typingctx, ntaps, cin, a, step, offsets, b, count, rows, out, 
     tile and a loop per pixel, which cost four times the multiply-adds on a 16->96 1x1
     layer; the activations as vector code here spare the driver the Numba code of every
     activation, which was 2.7 s of a cold start."""
-    sig = types.void(*([types.intp] * 12), types.float32, types.float32, types.intp,
+    sig = types.void(*([types.intp] * 10), types.float32, types.float32, types.intp,
                      types.float32)  # fmt: skip
 
     def codegen(context, builder, signature, args):
-        ntaps, cin, a, step, offsets, b, count, rows, out, res, bias, nk, lo, hi, post, slope = args
-        acc = _accumulate(context, builder, ntaps, cin, a, step, offsets, b, count)
+        ntaps, cin, pixels, offsets, b, rows, out, res, bias, nk, lo, hi, post, slope = args
+        i64 = ir.IntType(64)
+        table = builder.inttoptr(pixels, i64.as_pointer())
+        pixel_at = [builder.load(builder.gep(table, [ir.Constant(i64, i)])) for i in range(MR)]
+        acc = _accumulate(context, builder, ntaps, cin, pixel_at, offsets, b)
         _epilogue(builder, acc, NV, rows, out, res, bias, nk, lo, hi)
         _post_activation(builder, NV, rows, out, nk, post, slope)
         return context.get_dummy_value()
