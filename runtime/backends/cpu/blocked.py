@@ -39,6 +39,8 @@ F4, I8 = 4, 8
 #: the tile geometry (GEOMETRY) and the addresses of the six arrays.
 GEOMETRY = 12
 N_PARAMS = 7 + GEOMETRY + 6
+# _fill_params writes the addresses at constant indices 19-24 (see there): keep them in step
+assert 7 + GEOMETRY == 19, "_fill_params' address slots follow the geometry"
 #: Per-thread scratch: the MR output offsets of a tile, its MR input addresses, then
 #: ``_items``' N_PARAMS parameters (int64, two floats each).
 SCRATCH_FLOATS = 2 * (2 * MR + N_PARAMS)
