@@ -34,6 +34,7 @@ from .microkernel import (
     dw_slide_5s2,
     dw_tile_out,
     dw_tile_small,
+    prefetch_lines,
 )
 from .table import GRADS, KERNELS
 
@@ -132,6 +133,9 @@ def _dw_items(first, last, geometry, arrays, rows, patch, lo, hi, post, slope):
                 ox0, count = end - MR, MR
             ix0 = ox0 * sw - pw
             span = (count - 1) * sw + (kw - 1) * dw + 1
+            if blocks == 1:  # the run's output pixels, all channels: see prefetch_lines
+                o_at = out_at + ((n * ho + oy) * wo + ox0) * pixel
+                prefetch_lines(o_at, o_at + count * pixel)
             # every channel vector of this run before the next run: the run's output pixels
             # are then written whole, one after the other (C=144 at 56x56: 436 -> 257 us)
             for v in range(block * per_item, min(n_vec, (block + 1) * per_item)):
