@@ -164,7 +164,7 @@ def _dw_call(x, c, bias, kh=3, pad=0, patch_floats=None):
     wts = np.ones((kh, kh, c), np.float32)
     depthwise.dwconv(x, wts, bias, np.empty((0, 0, 0, 0), np.float32), out, scratch, kh, kh, 1,
                      1, pad, pad, 1, 1, np.float32(-np.inf), np.float32(np.inf), 0, np.float32(0),
-                     1)  # fmt: skip
+                     1, 1)  # fmt: skip
     return out
 
 
@@ -223,6 +223,7 @@ def test_depthwise_matches_torch(torch, data):
         torch, window, h, w, c=draw(st.integers(1, 2 * LANES + 3)), n=draw(st.integers(1, 2)),
         act=draw(st.sampled_from(sorted(ACTS))), seed=draw(st.integers(0, 2**16)),
         residual=draw(st.booleans()), threads=draw(st.integers(1, 2)),
+        hints=draw(st.booleans()),
     )  # fmt: skip
 
 
@@ -234,15 +235,16 @@ def test_depthwise_full_tiles_match_torch(torch, k, s, residual):
     patch (``depthwise.narrow_tiles``), channels past a vector, both threads."""
     widths = ((1, 2 * MR * s + 5, LANES + 3), (2, 3 * MR * s, 2 * LANES), (1, 7, LANES - 1),
               (2, MR * s + 1, LANES + 1))  # fmt: skip
-    for threads, w, c in widths:
+    for i, (threads, w, c) in enumerate(widths):
         window = {"kh": k, "kw": k, "sh": s, "sw": s, "ph": k // 2, "pw": k // 2, "dh": 1, "dw": 1}
         check_depthwise(torch, window, 9, w, c, n=2, act="relu6", seed=k * s, residual=residual,
-                        threads=threads)  # fmt: skip
+                        threads=threads, hints=i % 2 == 1)  # fmt: skip
 
 
-def check_depthwise(torch, window, h, w, c, n, act, seed, residual, threads):
+def check_depthwise(torch, window, h, w, c, n, act, seed, residual, threads, hints=False):
     """``depthwise.dwconv`` against torch's ``conv2d`` on one layer (``window``: its kernel,
-    strides, padding and dilation)."""
+    strides, padding and dilation); ``hints``: with the input hints of layers larger than
+    the cache (``depthwise.wants_input_hints``), whatever this layer's size."""
     kh, kw = window["kh"], window["kw"]
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
@@ -276,14 +278,34 @@ def check_depthwise(torch, window, h, w, c, n, act, seed, residual, threads):
         def scratch(self, floats):
             return np.full((threads, floats), np.nan, np.float32)
 
-    kernel, args, after = depthwise.dwconv_call(Backend(), attrs, arrays, x_nhwc, res_nhwc, out)
+    share = depthwise.INPUT_HINT_SHARE
+    depthwise.INPUT_HINT_SHARE = 0.0 if hints else share
+    try:
+        call = depthwise.dwconv_call(Backend(), attrs, arrays, x_nhwc, res_nhwc, out)
+    finally:
+        depthwise.INPUT_HINT_SHARE = share
+    kernel, args, after = call
     assert kernel is depthwise.dwconv
+    assert args[-1] == int(hints)  # small layers hint only where told to
     with numba_threads(threads):
         kernel(*args)
     if after is not None:
         depthwise.activation_pass(*after)
     bounds.raise_fault("the depthwise test")
     np.testing.assert_allclose(out.transpose(0, 3, 1, 2), want, rtol=2e-4, atol=2e-4)
+
+
+def test_depthwise_input_hints_follow_the_cache_size():
+    """Layers over a quarter of the last-level cache hint their input; sysfs sizes parse."""
+    llc = depthwise.last_level_cache_bytes()
+    assert llc >= 1 << 20
+    assert depthwise.wants_input_hints(llc) == 1
+    assert depthwise.wants_input_hints(llc // 8) == 0
+    assert depthwise.cache_size_bytes("32768K\n") == 32 << 20
+    assert depthwise.cache_size_bytes("2M") == 2 << 20
+    assert depthwise.cache_size_bytes("512") == 512
+    with pytest.raises(ValueError):
+        depthwise.cache_size_bytes("K")
 
 
 def test_depthwise_under_avx2_code_generation():

@@ -130,3 +130,28 @@ def test_exp32_is_within_three_ulp():
     exp_all(x, got)
     want = np.exp(x.astype(np.float64))
     assert np.max(np.abs(got - want) / want) < 3 * 2.0**-23
+
+
+def test_prefetch_hints_compile_to_prefetches_and_never_fault():
+    """``prefetch_lines`` (the depthwise runs' output hint) is one prefetch per cache line,
+    which reads nothing: ranges past an array, or unmapped (address 0), run without a fault."""
+    import platform
+
+    from numba import njit
+
+    from cnnc.runtime.backends.cpu.microkernel import prefetch_lines
+
+    @njit(**JIT)
+    def hint(a, start, end):
+        prefetch_lines(start, end)
+        return a[0]
+
+    a = np.ones(64, np.float32)
+    at = a.ctypes.data
+    assert hint(a, at, at + a.nbytes) == 1.0
+    assert hint(a, 0, 1 << 16) == 1.0  # unmapped
+    assert hint(a, at + a.nbytes, at + a.nbytes + (1 << 20)) == 1.0  # past the array
+    assert hint(a, at + 64, at) == 1.0  # an empty range
+    if platform.machine() in ("x86_64", "AMD64"):
+        asm = hint.inspect_asm(hint.signatures[0])
+        assert "prefetcht1" in asm

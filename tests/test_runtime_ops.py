@@ -383,3 +383,18 @@ def test_global_pooling_on_one_thread_and_on_all(torch, shape):
     c, h, w = map(int, shape.split("x"))
     assert (c * h * w >= pool.PARALLEL_GAP_FLOATS) == (shape == "40x90x90")
     assert compare(torch, net("gap | flatten", shape), batch=3)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 32, 33])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_inputs_into_nhwc_channel_by_channel_and_whole(channels, dtype):
+    """The CPU backend's NCHW -> NHWC copy (per channel up to SMALL_INPUT_CHANNELS, one
+    transposed copy above) equals NumPy's transpose, for strided and float64 inputs too."""
+    from cnnc.runtime.backends.cpu import SMALL_INPUT_CHANNELS, CpuBackend
+
+    assert 3 <= SMALL_INPUT_CHANNELS < 33  # both branches run below
+    rng = np.random.default_rng(channels)
+    x = rng.standard_normal((2, channels, 5, 14)).astype(dtype)[:, :, :, ::2]  # strided
+    out = np.full((2, 5, 7, channels), np.nan, np.float32)
+    CpuBackend().nchw_to_runtime(x, out)
+    np.testing.assert_array_equal(out, x.transpose(0, 2, 3, 1).astype(np.float32))

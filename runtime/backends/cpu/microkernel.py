@@ -574,6 +574,29 @@ def copy_lanes(typingctx, dst, src, nk):
 
 
 @intrinsic
+def prefetch_lines(typingctx, start, end):
+    """Hint the cache lines of bytes ``start`` .. ``end - 1`` into L2 (``prefetcht1``, one
+    per 64 bytes): a depthwise run's output pixels before its tiles store into them. A hint
+    reads nothing and cannot fault, whatever the address."""
+    sig = types.void(types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        start, end = args
+        i8p = ir.IntType(8).as_pointer()
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        hint = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0"
+        )
+        flags = [ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)]  # read, L2, data
+        lines = cgutils.for_range_slice(builder, start, end, ir.Constant(i64, 64), intp=i64)
+        with lines as (address, _):
+            builder.call(hint, [builder.inttoptr(address, i8p), *flags])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def fma_chains(typingctx, iterations):
     """``iterations`` rounds of MR x NV independent vector multiply-adds (the micro-kernel's
     accumulators, with nothing to load): the FMA throughput the micro-kernel can reach.
