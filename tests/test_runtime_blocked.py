@@ -118,6 +118,61 @@ def test_blocked_conv_matches_torch(torch, data):
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
 
 
+@settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_wide_dilations_skip_the_taps_that_read_padding(torch, data):
+    """DeepLabV3's ASPP (3x3, dilation 12 to 36 on a 65x65 map): a tile runs only the taps
+    that read the image for some of its pixels. Dilations 2 to 36, padding 0 to the kernel's
+    reach, kernels 1 to 5, strides 1 and 2, odd sizes, batch up to 3, 1 or 2 threads."""
+    draw = data.draw
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    dil = (draw(st.integers(2, 36)), draw(st.integers(2, 36)))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    pad = (draw(st.integers(0, dil[0] * (kh - 1))), draw(st.integers(0, dil[1] * (kw - 1))))
+    reach = dil[0] * (kh - 1) + 1 - 2 * pad[0], dil[1] * (kw - 1) + 1 - 2 * pad[1]
+    h = draw(st.integers(max(1, reach[0]), max(1, reach[0]) + 40))
+    w = draw(st.integers(max(1, reach[1]), max(1, reach[1]) + 40))
+    n, c_in = draw(st.integers(1, 3)), draw(st.integers(1, 20))
+    c_out = draw(st.integers(1, microkernel.NR + 5))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    x = rng.standard_normal((n, c_in, h, w)).astype(np.float32)
+    wt = (rng.standard_normal((c_out, c_in, kh, kw)) / np.sqrt(c_in * kh * kw)).astype(np.float32)
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    want = reference(torch, x, wt, bias, None, stride, pad, dil, 1, "relu")
+    with numba_threads(draw(st.integers(1, 2))):
+        got = run_blocked(x, wt, bias, None, stride, pad, dil, "relu",
+                          per_item=draw(st.integers(1, 9)), blocks=draw(st.integers(1, 2)),
+                          threads=draw(st.integers(1, 2)))  # fmt: skip
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+def test_live_taps_hold_every_tap_that_reads_the_image():
+    """``_live_range`` against counting: for outputs o0..o1, the kernel positions that read
+    inside the image are all in the range it returns, exactly their span for one output row
+    or column, one position where none reads the image; strides 1-3, dilations 1-40."""
+    live_range = blocked._live_range.py_func
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        k, s, d = int(rng.integers(1, 6)), int(rng.integers(1, 4)), int(rng.integers(1, 41))
+        p = int(rng.integers(0, d * (k - 1) + 2))
+        low = max(1, d * (k - 1) + 1 - 2 * p)
+        size = int(rng.integers(low, low + 70))
+        out = (size + 2 * p - d * (k - 1) - 1) // s + 1
+        o0 = int(rng.integers(0, out))
+        o1 = o0 if rng.random() < 0.5 else int(rng.integers(o0, out))
+        first = (p + s - 1) // s
+        last = blocked._floor_div.py_func(p + size - 1 - (k - 1) * d, s)
+        interior = first * 2**32 + last if last >= first else out * 2**32
+        k0, k1 = live_range(o0, o1, interior, k, s, d, p, size)
+        outputs = range(o0, o1 + 1)
+        live = [j for j in range(k) if any(p <= o * s + j * d < p + size for o in outputs)]
+        assert 0 <= k0 < k1 <= k and set(live) <= set(range(k0, k1))
+        if live and o0 == o1:
+            assert (k0, k1) == (live[0], live[-1] + 1), (k, s, d, p, size, o0, o1)
+        if not live:
+            assert k1 == k0 + 1
+
+
 def test_both_loop_orders_agree(torch):
     """Small weight blocks run tile by tile through their panels, large ones panel by panel:
     the same numbers either way (both forced on one layer), and the policy picks each."""

@@ -408,7 +408,7 @@ def _bind_choice(backend, choice, arrays, x, res, out, a) -> tuple:
         bt, at = winograd.matrices(m)
         floats = winograd.scratch_floats(m, per_item, x.shape[3], out.shape[3], k_blocks)
         args = (x, arrays[name], arrays["b"], res, out, backend.scratch(floats), a["ph"],
-                a["pw"], bt, at, *_f32(a), per_item, k_blocks)  # fmt: skip
+                a["pw"], bt, at, *_f32(a), per_item, k_blocks, a["dh"], a["dw"])  # fmt: skip
         return winograd.winograd_conv, args, None
     if choice.algorithm == "blocked":
         if "panels" not in arrays:  # packed once, on first use, for this executor
