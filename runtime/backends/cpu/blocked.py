@@ -66,6 +66,18 @@ def applies(groups: int) -> bool:
     return groups == 1
 
 
+def pixel_stride(c_in: int, kw: int, dw: int) -> int:
+    """Floats from one pixel to the next in the input the kernel reads (``xp``): ``c_in``,
+    or 16 more where ``c_in`` floats are a multiple of 4 KiB and a tap is one kernel position
+    (1x1 kernels, dilated along x). A tile reads its MR pixels at the same channel: 4 KiB
+    apart, all MR fall in one set of the L1 cache and evict each other (1x1 2048->512 at
+    65x65, one thread: 75 GFLOP/s, with 2032 input channels 105). The layer then reads a
+    copy with the wider stride, as it reads a padded copy where it pads."""
+    if c_in % 1024 == 0 and (kw == 1 or dw != 1):
+        return c_in + 16
+    return c_in
+
+
 def tile_count(out_shape) -> int:
     """Tiles of ``blocked_conv`` with this output: MR output pixels each, numbered across
     rows and images (whatever the stride and padding)."""
@@ -149,13 +161,15 @@ def _layout(xp, panels, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, per_item, 
     """How ``blocked_kernel`` numbers its work: (tile geometry, runs of tiles, tiles, panels
     per block, work items, threads). The tap offsets are ``_tap_offsets``'s. Not inlined:
     Numba's array analysis fails on a tuple of shapes returned into a parallel kernel."""
-    n_img, hp, wp, c_in = xp.shape
+    n_img, hp, wp, stride = xp.shape
     _, ho, wo, k_out = out.shape
     n_panels = panels.shape[0]
+    c_in = panels.shape[1] // (kh * kw)
     # Undilated along x, a kernel row's taps read kw * C consecutive floats, in the order of
     # the packed weights' rows (ky, kx, c): one long run per kernel row instead of kw short
     # ones (VGG's first layer: runs of 9 floats instead of 3).
-    row_taps = dw == 1
+    # (A pixel stride wider than the channels, ``pixel_stride``, breaks the run.)
+    row_taps = dw == 1 and stride == c_in
     ntaps = kh if row_taps else kh * kw
     span = kw * c_in if row_taps else c_in
     pixels = n_img * ho * wo
@@ -174,7 +188,7 @@ def _layout(xp, panels, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, per_item, 
         first_row, last_row = ho, 0
     if last_col < first_col:
         first_col, last_col = wo, 0
-    geometry = (pixels, tiles, ho, wo, hp, wp, sh, sw, c_in, ntaps, span, k_out,
+    geometry = (pixels, tiles, ho, wo, hp, wp, sh, sw, stride, ntaps, span, k_out,
                 kh if ph or pw else 0, kw, dh, dw, ph, pw, first_row * (1 << 32) + last_row,
                 first_col * (1 << 32) + last_col)  # fmt: skip
     return geometry, runs, tiles, per_block, runs * blocks, scratch.shape[0]
@@ -183,14 +197,14 @@ def _layout(xp, panels, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, per_item, 
 @njit(inline="always", **JIT)
 def _tap_offsets(geometry, kh, kw, dh, dw):
     """Each tap's (or, undilated along x, each kernel row's) byte offset in the input."""
-    wp, c_in, ntaps = geometry[5], geometry[8], geometry[9]
+    wp, stride, ntaps = geometry[5], geometry[8], geometry[9]
     offsets = np.empty(ntaps, np.intp)
     for ky in range(kh):
         if ntaps == kh and dw == 1:
-            offsets[ky] = ky * dh * wp * c_in * F4
+            offsets[ky] = ky * dh * wp * stride * F4
         else:
             for kx in range(kw):
-                offsets[ky * kw + kx] = ((ky * dh) * wp + kx * dw) * c_in * F4
+                offsets[ky * kw + kx] = ((ky * dh) * wp + kx * dw) * stride * F4
     return offsets
 
 
@@ -199,15 +213,15 @@ def blocked_kernel(
     x, xp, panels, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, lo, hi, post, slope,
     per_item, blocks, tiles_outer, items_at,
 ):  # fmt: skip
-    """Convolution of the NHWC input ``x`` with ``panels`` (``pack_panels``), padded first
-    into ``xp`` (N, H + 2 ph, W + 2 pw, C) where ph or pw is not 0 (``xp`` is ``x`` itself
-    otherwise). ``per_item`` tiles per work item, ``blocks`` blocks of panels; ``scratch``
-    holds one row of at least SCRATCH_FLOATS per thread; ``lo``, ``hi``, ``post``, ``slope``
-    the epilogue as ``microkernel.conv_tile_out`` takes it. One kernel for both steps: each
-    parallel kernel costs about a second to compile on a cold cache. ``tiles_outer``: each
-    tile runs through all panels of its block (see ``tiles_outer``), else each panel through
-    all tiles of its run. ``items_at``: the address of ``items_kernel()``, which each thread
-    calls for its share of the work items."""
+    """Convolution of the NHWC input ``x`` with ``panels`` (``pack_panels``), padded first into
+    ``xp`` (N, H + 2 ph, W + 2 pw, ``pixel_stride``) where ph or pw is not 0 or the stride is wider
+    than C (``xp`` is ``x`` itself otherwise). ``per_item`` tiles per work item, ``blocks`` blocks
+    of panels; ``scratch`` holds one row of at least SCRATCH_FLOATS per thread; ``lo``, ``hi``,
+    ``post``, ``slope`` the epilogue as ``microkernel.conv_tile_out`` takes it. One kernel for both
+    steps: each parallel kernel costs about a second to compile on a cold cache. ``tiles_outer``:
+    each tile runs through all panels of its block (see ``tiles_outer``), else each panel through
+    all tiles of its run. ``items_at``: the address of ``items_kernel()``, which each thread calls
+    for its share of the work items."""
     n_img, hp = xp.shape[:2]
     geometry, runs, tiles, per_block, items, threads = _layout(
         xp, panels, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, per_item, blocks
@@ -221,7 +235,7 @@ def blocked_kernel(
     padded_rows = n_img * hp
     # two passes of one parallel loop, the padding's rows (where the layer pads), then the
     # tiles: a second parallel loop compiled into four more modules (0.5 s of a cold start)
-    for phase in range(0 if ph or pw else 1, 2):
+    for phase in range(0 if ph or pw or xp.shape[3] != x.shape[3] else 1, 2):
         for thr in prange(threads):
             if phase == 0:
                 for row in range(thr * padded_rows // threads, (thr + 1) * padded_rows // threads):
@@ -396,14 +410,14 @@ def _tile_args(geometry, addresses, panel_offset, panel, t, rows):
     integer divisions per pixel cost more than the multiply-adds of a 1x1 layer with 16
     input channels. Only the taps that read the image for some pixel of the tile run
     (``_live_taps``)."""
-    pixels, tiles, ho, wo, hp, wp, sh, sw, c_in, ntaps, span, k_out = geometry[:12]
+    pixels, tiles, ho, wo, hp, wp, sh, sw, stride, ntaps, span, k_out = geometry[:12]
     x_at, panels_at, offsets_at, rows_at, out_at, res_at, bias_at = addresses
     p0 = t * MR
     count = min(MR, pixels - p0)
     n = p0 // (ho * wo)
     oy = (p0 - n * (ho * wo)) // wo
     ox = p0 - n * (ho * wo) - oy * wo
-    pixel_bytes = c_in * F4
+    pixel_bytes = stride * F4
     a = x_at + ((n * hp + oy * sh) * wp + ox * sw) * pixel_bytes
     k0 = panel * NR
     nk = min(k_out, k0 + NR) - k0

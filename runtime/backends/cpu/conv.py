@@ -415,10 +415,11 @@ def _bind_choice(backend, choice, arrays, x, res, out, a) -> tuple:
             arrays["panels"] = blocked.pack_panels(_packed(arrays, out.shape[3]))
         ph, pw = a["ph"], a["pw"]
         xp = x
-        if ph or pw:
-            n, h, w, c = x.shape
-            xp = backend.buffer("padded", n * (h + 2 * ph) * (w + 2 * pw) * c)
-            xp = xp.reshape(n, h + 2 * ph, w + 2 * pw, c)
+        n, h, w, c = x.shape
+        stride = blocked.pixel_stride(c, a["kw"], a["dw"])
+        if ph or pw or stride != c:
+            xp = backend.buffer("padded", n * (h + 2 * ph) * (w + 2 * pw) * stride)
+            xp = xp.reshape(n, h + 2 * ph, w + 2 * pw, stride)
         return blocked.blocked_call(
             x,
             xp,
