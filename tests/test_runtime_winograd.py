@@ -141,6 +141,21 @@ def test_dilated_winograd_tiles_each_sub_image():
     assert winograd.applies(3, 3, 1, 1, 12, 12, 1) and not winograd.applies(3, 3, 2, 2, 2, 2, 1)
 
 
+@pytest.mark.parametrize("m,dil", [(2, 1), (4, 3)])
+def test_1024_input_channels_keep_their_tiles_apart(torch, m, dil):
+    """1024 input channels (4 KiB per tile: the scratch rows are 16 floats wider,
+    ``winograd.row_stride``), dilated or not, against torch."""
+    assert winograd.row_stride(1024) == 1040 and winograd.row_stride(1000) == 1000
+    rng = np.random.default_rng(m)
+    x = rng.standard_normal((2, 1024, 9, 11)).astype(np.float32)
+    wt = (rng.standard_normal((24, 1024, 3, 3)) / 96).astype(np.float32)
+    bias = rng.standard_normal(24).astype(np.float32)
+    with numba_threads(2):
+        got = run_winograd(x, wt, bias, None, dil, "relu", m, 5, 2, 1, (dil, dil))
+    want = reference(torch, x, wt, bias, None, dil, "relu", dil)
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+
+
 def test_winograd_error_grows_with_the_tile_and_stays_small():
     """Error against float64 direct convolution (the numbers in docs/performance.md): a
     ResNet-like layer, 128 channels at 28x28, unit-variance input, He-scaled weights."""

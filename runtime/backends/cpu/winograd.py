@@ -133,7 +133,17 @@ def scratch_floats(m: int, tiles_per_item: int, c_in: int, k_out: int, k_blocks:
     kb = block_channels.py_func(k_out, k_blocks)
     rows = -(-tiles_per_item // MR) * MR
     c = max(c_in, kb)
-    return t * t * (tiles_per_item * c_in + rows * kb) + 2 * t * t * c + m * t * kb + kb
+    v_row = row_stride.py_func(c_in)
+    return t * t * (tiles_per_item * v_row + rows * kb) + 2 * t * t * c + m * t * kb + kb
+
+
+@njit(**JIT)
+def row_stride(c_in):
+    """Floats from one tile's transformed input to the next in the scratch: ``c_in``, or 16
+    more where that is a multiple of 4 KiB. The products read MR tiles at the same channel,
+    and 4 KiB apart they fall in one L1 set (as the direct kernel's pixels do:
+    ``blocked.pixel_stride``)."""
+    return c_in + 16 if c_in % 1024 == 0 else c_in
 
 
 def tile_count(n_img: int, ho: int, wo: int, m: int, dh: int = 1, dw: int = 1) -> int:
@@ -258,13 +268,14 @@ def _products(v, u, mm, no_offset, k0, nk, count, check):
     tiles p and channels k0..k0 + nk - 1, on the micro-kernel: MR tiles by one panel of NR
     channels per call, the addresses taken from the arrays given (each position's own, which
     checked mode verifies the kernel stays in: extents.py)."""
-    tt, _, c_in = v.shape
+    tt, _, step = v.shape  # a row of v holds c_in floats, then padding (``row_stride``)
+    c_in = u.shape[2]
     kb = mm.shape[2]
     for xi in range(tt):
         vx, ux, mx = v[xi], u[xi], mm[xi]
         for panel in range(k0 // NR, (k0 + nk + NR - 1) // NR):
             for r0 in range(0, count, MR):
-                args = (1, c_in, vx.ctypes.data + r0 * c_in * 4, c_in * 4, no_offset.ctypes.data,
+                args = (1, c_in, vx.ctypes.data + r0 * step * 4, step * 4, no_offset.ctypes.data,
                         ux.ctypes.data + panel * c_in * NR * 4,
                         mx.ctypes.data + (r0 * kb + panel * NR - k0) * 4, kb * 4,
                         min(MR, count - r0))  # fmt: skip
@@ -301,14 +312,15 @@ def winograd_conv(
     threads = scratch.shape[0]
     has_res = res.size > 0
     c_max = max(c_in, kb)
-    v_end = tt * per_item * c_in
+    v_row = row_stride(c_in)
+    v_end = tt * per_item * v_row
     m_end = v_end + tt * rows * kb
     y_start = m_end + 2 * tt * c_max
     no_offset = np.zeros(1, np.intp)  # used in the loop: alive until it ends
     check = checking()
     for thr in prange(threads):
         buf = scratch[thr]
-        v = buf[:v_end].reshape(tt, per_item, c_in)
+        v = buf[:v_end].reshape(tt, per_item, v_row)
         d = buf[m_end : m_end + tt * c_in].reshape(t, t, c_in)
         tmp_in = buf[m_end + tt * c_max : m_end + tt * c_max + tt * c_in].reshape(t, t, c_in)
         y = buf[y_start + m * t * kb : y_start + m * t * kb + kb]
