@@ -263,13 +263,12 @@ def _output_transform(
 
 
 @njit(**JIT)
-def _products(v, u, mm, no_offset, k0, nk, count, check):
-    """``mm[xi, p, k] = sum over c of v[xi, p, c] * u[xi, k, c]`` for the run's ``count``
+def _products(v, c_in, u, mm, no_offset, k0, nk, count, check):
+    """``mm[xi, p, k] = sum over c < c_in of v[xi, p, c] * u[xi, k, c]`` for the run's ``count``
     tiles p and channels k0..k0 + nk - 1, on the micro-kernel: MR tiles by one panel of NR
     channels per call, the addresses taken from the arrays given (each position's own, which
     checked mode verifies the kernel stays in: extents.py)."""
     tt, _, step = v.shape  # a row of v holds c_in floats, then padding (``row_stride``)
-    c_in = u.shape[2]
     kb = mm.shape[2]
     for xi in range(tt):
         vx, ux, mx = v[xi], u[xi], mm[xi]
@@ -340,7 +339,7 @@ def winograd_conv(
                     n, oy0, ox0 = _tile_origin(p0 + p, grid, m, dh, dw)
                     _input_transform(x, n, oy0 - ph, ox0 - pw, dh, dw, t, bt, d, tmp_in, v, p)
                 last_run = run
-            _products(v, u, mm, no_offset, k0, nk, count, check)
+            _products(v, c_in, u, mm, no_offset, k0, nk, count, check)
             for p in range(count):
                 n, oy0, ox0 = _tile_origin(p0 + p, grid, m, dh, dw)
                 _output_transform(
