@@ -190,7 +190,7 @@ def test_checked_mode_stops_winograd_products_reading_past_the_weights(checked):
     scratch = np.zeros((2, winograd.scratch_floats(m, 4, c_in, c_out)), np.float32)
     winograd.winograd_conv(x, u, np.zeros(c_out, np.float32), np.empty((0, 0, 0, 0), np.float32),
                            out, scratch, 0, 0, bt, at, 0, np.float32(0), np.float32(0), 4,
-                           1)  # fmt: skip
+                           1, 1, 1)  # fmt: skip
     with pytest.raises(bounds.BoundsError, match="micro-kernel tile .* of its weights"):
         bounds.raise_fault()
 

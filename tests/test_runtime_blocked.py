@@ -35,8 +35,12 @@ EPILOGUES = {
 }
 
 
-def run_blocked(x, wt, bias, res, stride, pad, dil, act, per_item, blocks, threads, outer=None):
-    """The micro-kernel convolution on NCHW arrays with a torch-layout weight; NCHW out."""
+def run_blocked(
+    x, wt, bias, res, stride, pad, dil, act, per_item, blocks, threads, outer=None, wider=0
+):
+    """The micro-kernel convolution on NCHW arrays with a torch-layout weight; NCHW out.
+    The input is read from a copy whose pixels are ``blocked.pixel_stride`` floats apart, or
+    ``wider`` floats more than the channels where that is not 0 (1x1 or dilated along x)."""
     n, c_in, h, w = x.shape
     c_out, _, kh, kw = wt.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, pad, dil
@@ -44,7 +48,9 @@ def run_blocked(x, wt, bias, res, stride, pad, dil, act, per_item, blocks, threa
     wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     wmat = np.ascontiguousarray(wt.transpose(2, 3, 1, 0).reshape(1, kh * kw * c_in, c_out))
     x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-    xp = np.full((n, h + 2 * ph, w + 2 * pw, c_in), np.nan, np.float32) if ph or pw else x_nhwc
+    step = c_in + wider if wider else blocked.pixel_stride(c_in, kw, dil[1])
+    xp = np.full((n, h + 2 * ph, w + 2 * pw, step), np.nan, np.float32)
+    xp = x_nhwc if not ph and not pw and step == c_in else xp
     out = np.full((n, ho, wo, c_out), np.nan, np.float32)
     res_nhwc = (
         np.ascontiguousarray(res.transpose(0, 2, 3, 1))
@@ -114,8 +120,89 @@ def test_blocked_conv_matches_torch(torch, data):
             per_item=draw(st.integers(1, 9)),
             blocks=draw(st.integers(1, 4)),
             threads=draw(st.integers(1, 3)),
+            wider=draw(st.integers(0, 5)) if kw == 1 or dil[1] > 1 else 0,
         )
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_wide_dilations_skip_the_taps_that_read_padding(torch, data):
+    """DeepLabV3's ASPP (3x3, dilation 12 to 36 on a 65x65 map): a tile runs only the taps
+    that read the image for some of its pixels. Dilations 2 to 36, padding 0 to the kernel's
+    reach, kernels 1 to 5, strides 1 and 2, odd sizes, batch up to 3, 1 or 2 threads."""
+    draw = data.draw
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    dil = (draw(st.integers(2, 36)), draw(st.integers(2, 36)))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    pad = (draw(st.integers(0, dil[0] * (kh - 1))), draw(st.integers(0, dil[1] * (kw - 1))))
+    reach = dil[0] * (kh - 1) + 1 - 2 * pad[0], dil[1] * (kw - 1) + 1 - 2 * pad[1]
+    h = draw(st.integers(max(1, reach[0]), max(1, reach[0]) + 40))
+    w = draw(st.integers(max(1, reach[1]), max(1, reach[1]) + 40))
+    n, c_in = draw(st.integers(1, 3)), draw(st.integers(1, 20))
+    c_out = draw(st.integers(1, microkernel.NR + 5))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    x = rng.standard_normal((n, c_in, h, w)).astype(np.float32)
+    wt = (rng.standard_normal((c_out, c_in, kh, kw)) / np.sqrt(c_in * kh * kw)).astype(np.float32)
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    want = reference(torch, x, wt, bias, None, stride, pad, dil, 1, "relu")
+    with numba_threads(draw(st.integers(1, 2))):
+        tiling = dict(per_item=draw(st.integers(1, 9)), blocks=draw(st.integers(1, 2)),
+                      threads=draw(st.integers(1, 2)), wider=draw(st.integers(0, 3)))  # fmt: skip
+        got = run_blocked(x, wt, bias, None, stride, pad, dil, "relu", **tiling)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    "c_in,kernel,dil,pad",
+    [(1024, 1, 1, 0), (2048, 1, 1, 1), (1024, 3, 5, 5), (1024, 3, (1, 3), (1, 2))],
+)
+def test_pixels_4k_apart_are_read_from_a_wider_copy(torch, c_in, kernel, dil, pad):
+    """Input channels a multiple of 1024 (pixels 4 KiB apart: ResNet's and DeepLabV3's 1x1
+    layers on 1024 and 2048 channels, ASPP) are read from a copy 16 floats wider per pixel,
+    with and without padding, and agree with torch."""
+    dil = dil if isinstance(dil, tuple) else (dil, dil)
+    pad = pad if isinstance(pad, tuple) else (pad, pad)
+    assert blocked.pixel_stride(c_in, kernel, dil[1]) == c_in + 16
+    assert blocked.pixel_stride(c_in + 8, kernel, dil[1]) == c_in + 8
+    assert blocked.pixel_stride(c_in, 3, 1) == c_in  # whole kernel rows: one run
+    rng = np.random.default_rng(c_in + kernel)
+    x = rng.standard_normal((2, c_in, 11, 13)).astype(np.float32)
+    wt = (rng.standard_normal((40, c_in, kernel, kernel)) / np.sqrt(c_in * kernel**2)).astype(
+        np.float32
+    )
+    bias = rng.standard_normal(40).astype(np.float32)
+    want = reference(torch, x, wt, bias, None, (1, 1), pad, dil, 1, "relu")
+    with numba_threads(2):
+        got = run_blocked(x, wt, bias, None, (1, 1), pad, dil, "relu", 4, 1, 2)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+def test_live_taps_hold_every_tap_that_reads_the_image():
+    """``_live_range`` against counting: for outputs o0..o1, the kernel positions that read
+    inside the image are all in the range it returns, exactly their span for one output row
+    or column, one position where none reads the image; strides 1-3, dilations 1-40."""
+    live_range = blocked._live_range.py_func
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        k, s, d = int(rng.integers(1, 6)), int(rng.integers(1, 4)), int(rng.integers(1, 41))
+        p = int(rng.integers(0, d * (k - 1) + 2))
+        low = max(1, d * (k - 1) + 1 - 2 * p)
+        size = int(rng.integers(low, low + 70))
+        out = (size + 2 * p - d * (k - 1) - 1) // s + 1
+        o0 = int(rng.integers(0, out))
+        o1 = o0 if rng.random() < 0.5 else int(rng.integers(o0, out))
+        first = (p + s - 1) // s
+        last = blocked._floor_div.py_func(p + size - 1 - (k - 1) * d, s)
+        interior = first * 2**32 + last if last >= first else out * 2**32
+        k0, k1 = live_range(o0, o1, interior, k, s, d, p, size)
+        outputs = range(o0, o1 + 1)
+        live = [j for j in range(k) if any(p <= o * s + j * d < p + size for o in outputs)]
+        assert 0 <= k0 < k1 <= k and set(live) <= set(range(k0, k1))
+        if live and o0 == o1:
+            assert (k0, k1) == (live[0], live[-1] + 1), (k, s, d, p, size, o0, o1)
+        if not live:
+            assert k1 == k0 + 1
 
 
 def test_both_loop_orders_agree(torch):

@@ -27,11 +27,12 @@ from conftest import ROOT, SPECS, run_counts
 ACTS = ["none", "relu", "leaky_relu", "sigmoid"]
 
 
-def run_winograd(x, wt, bias, res, pad, act, m, per_item, threads, k_blocks=1):
+def run_winograd(x, wt, bias, res, pad, act, m, per_item, threads, k_blocks=1, dil=(1, 1)):
     """cnnc's Winograd kernel on NCHW arrays with a torch-layout weight; returns NCHW."""
     n, c_in, h, w = x.shape
     c_out = wt.shape[0]
-    ho, wo = h + 2 * pad - 2, w + 2 * pad - 2
+    ph, pw = pad if isinstance(pad, tuple) else (pad, pad)
+    ho, wo = h + 2 * ph - 2 * dil[0], w + 2 * pw - 2 * dil[1]
     wmat = wt.transpose(2, 3, 1, 0).reshape(1, 9 * c_in, c_out)
     out = np.full((n, ho, wo, c_out), np.nan, np.float32)
     res_nhwc = (
@@ -48,8 +49,8 @@ def run_winograd(x, wt, bias, res, pad, act, m, per_item, threads, k_blocks=1):
         res_nhwc,
         out,
         np.full((threads, floats + 1), np.nan, np.float32),
-        pad,
-        pad,
+        ph,
+        pw,
         bt,
         at,
         OPS[act].code if act in OPS else 0,
@@ -57,13 +58,15 @@ def run_winograd(x, wt, bias, res, pad, act, m, per_item, threads, k_blocks=1):
         np.float32(0.0),
         per_item,
         k_blocks,
+        *dil,
     )
     return out.transpose(0, 3, 1, 2)
 
 
-def reference(torch, x, wt, bias, res, pad, act):
+def reference(torch, x, wt, bias, res, pad, act, dil=1):
     f = torch.nn.functional
-    y = f.conv2d(torch.from_numpy(x), torch.from_numpy(wt), torch.from_numpy(bias), 1, pad)
+    t = torch.from_numpy
+    y = f.conv2d(t(x), t(wt), t(bias), 1, pad, dil)
     if res is not None:
         y = y + torch.from_numpy(res)
     return {
@@ -96,6 +99,60 @@ def test_winograd_matches_torch(torch, data):
     with numba_threads(pool):
         got = run_winograd(x, wt, bias, res, pad, act, m, per_item, threads, k_blocks)
     want = reference(torch, x, wt, bias, res, pad, act)
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_dilated_winograd_matches_torch(torch, data):
+    """Dilated layers (DeepLabV3's 2 and 4 in the backbone, 12, 24 and 36 in ASPP): dilations
+    2 to 36 along each axis, padding 0 to the dilation, odd sizes (sub-images of unequal
+    sizes, dilations past the map's size), batch up to 3, 1 or 2 threads."""
+    draw = data.draw
+    m = draw(st.sampled_from([2, 4]))
+    dil = draw(st.integers(2, 36)), draw(st.integers(2, 36))
+    pad = draw(st.integers(0, dil[0])), draw(st.integers(0, dil[1]))
+    h = draw(st.integers(max(1, 2 * dil[0] + 1 - 2 * pad[0]), 2 * dil[0] + 30))
+    w = draw(st.integers(max(1, 2 * dil[1] + 1 - 2 * pad[1]), 2 * dil[1] + 30))
+    c_in, c_out = draw(st.integers(1, 24)), draw(st.integers(1, 40))
+    batch = draw(st.integers(1, 3))
+    per_item, threads = draw(st.integers(1, 9)), draw(st.integers(1, 3))
+    k_blocks = draw(st.integers(1, min(c_out, 3)))
+    act = draw(st.sampled_from(ACTS))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    x = rng.standard_normal((batch, c_in, h, w)).astype(np.float32)
+    wt = (rng.standard_normal((c_out, c_in, 3, 3)) / np.sqrt(9 * c_in)).astype(np.float32)
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    shape = (batch, c_out, h + 2 * pad[0] - 2 * dil[0], w + 2 * pad[1] - 2 * dil[1])
+    res = rng.standard_normal(shape).astype(np.float32) if draw(st.booleans()) else None
+    with numba_threads(draw(st.integers(1, 2))):
+        got = run_winograd(x, wt, bias, res, pad, act, m, per_item, threads, k_blocks, dil)
+    want = reference(torch, x, wt, bias, res, pad, act, dil)
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+
+
+def test_dilated_winograd_tiles_each_sub_image():
+    """The tiles of a dilated layer: each of the d_h x d_w sub-images that has outputs gets
+    the largest one's tiles (65x65 with dilation 4: 17 rows at most, 5 tiles of F4)."""
+    assert winograd.tile_count(1, 65, 65, 4, 4, 4) == 16 * 5 * 5
+    assert winograd.tile_count(2, 65, 65, 2, 2, 2) == 2 * 4 * 17 * 17
+    assert winograd.tile_count(1, 5, 7, 2, 36, 36) == 5 * 7  # one pixel per sub-image
+    assert winograd.tile_count(1, 9, 9, 4) == 9 == winograd.tile_count(1, 9, 9, 4, 1, 1)
+    assert winograd.applies(3, 3, 1, 1, 12, 12, 1) and not winograd.applies(3, 3, 2, 2, 2, 2, 1)
+
+
+@pytest.mark.parametrize("m,dil", [(2, 1), (4, 3)])
+def test_1024_input_channels_keep_their_tiles_apart(torch, m, dil):
+    """1024 input channels (4 KiB per tile: the scratch rows are 16 floats wider,
+    ``winograd.row_stride``), dilated or not, against torch."""
+    assert winograd.row_stride(1024) == 1040 and winograd.row_stride(1000) == 1000
+    rng = np.random.default_rng(m)
+    x = rng.standard_normal((2, 1024, 9, 11)).astype(np.float32)
+    wt = (rng.standard_normal((24, 1024, 3, 3)) / 96).astype(np.float32)
+    bias = rng.standard_normal(24).astype(np.float32)
+    with numba_threads(2):
+        got = run_winograd(x, wt, bias, None, dil, "relu", m, 5, 2, 1, (dil, dil))
+    want = reference(torch, x, wt, bias, None, dil, "relu", dil)
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
 
 
@@ -353,8 +410,10 @@ def test_kernels_under_avx2_code_generation():
     tests = ROOT / "tests"
     selection = [
         f"{tests / 'test_runtime_winograd.py'}::test_winograd_matches_torch",
+        f"{tests / 'test_runtime_winograd.py'}::test_dilated_winograd_matches_torch",
         f"{tests / 'test_runtime_tiling.py'}::test_conv_matches_torch_under_any_tiling",
         f"{tests / 'test_runtime_blocked.py'}::test_blocked_conv_matches_torch",
+        f"{tests / 'test_runtime_blocked.py'}::test_wide_dilations_skip_the_taps_that_read_padding",
         f"{tests / 'test_runtime_blocked.py'}::test_vector_width_follows_the_target",
         f"{tests / 'test_runtime_mobile.py'}::test_depthwise_shapes",
     ]
@@ -366,4 +425,4 @@ def test_kernels_under_avx2_code_generation():
         env={**os.environ, **AVX2},
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert run_counts(out.stdout) == {"passed": 28}, out.stdout[-3000:]
+    assert run_counts(out.stdout) == {"passed": 30}, out.stdout[-3000:]

@@ -71,7 +71,9 @@ def default_choice(x_shape, out_shape, geometry: dict, threads: int, algorithm: 
     (``cnnc tune``, ``--tune``) replaces. Winograd is not a default because its kernel takes
     seconds to compile, which a first run on a fresh install should not pay."""
     if algorithm == "winograd" and winograd.applies(**_wino_args(geometry)):
-        return Choice("winograd", 4, _tiles_per_item(x_shape[0], out_shape, 4, 32, threads))
+        dilation = geometry["dh"], geometry["dw"]
+        return Choice("winograd", 4, _tiles_per_item(x_shape[0], out_shape, 4, 32, threads,
+                                                     dilation))  # fmt: skip
     if algorithm != "blas" and blocked.applies(geometry["groups"]):
         return blocked_default(x_shape, out_shape, geometry, threads)
     rows, blocks = conv_tiling(
@@ -111,10 +113,12 @@ def candidates(x_shape, out_shape, geometry: dict, threads: int, algorithm: str)
     if algorithm == "winograd":
         found = []
     k_out = out_shape[3]
+    dilation = geometry["dh"], geometry["dw"]
     for m in (2, 4):
-        total = winograd.tile_count(x_shape[0], out_shape[1], out_shape[2], m)
+        total = winograd.tile_count(x_shape[0], *out_shape[1:3], m, *dilation)
         for per_item in (8, 24, 64):
-            c = Choice("winograd", m, _tiles_per_item(x_shape[0], out_shape, m, per_item, threads))
+            c = Choice("winograd", m, _tiles_per_item(x_shape[0], out_shape, m, per_item, threads,
+                                                      dilation))  # fmt: skip
             if c not in found:
                 found.append(c)
         # Few tiles, many channels (ResNet's 14x14 and 7x7 stages): all tiles in one run and
@@ -161,9 +165,11 @@ def _wino_args(g: dict) -> dict:
     return {k: g[k] for k in ("kh", "kw", "sh", "sw", "dh", "dw", "groups")}
 
 
-def _tiles_per_item(n_img: int, out_shape, m: int, wanted: int, threads: int) -> int:
+def _tiles_per_item(
+    n_img: int, out_shape, m: int, wanted: int, threads: int, dilation=(1, 1)
+) -> int:
     """``wanted`` tiles per work item, fewer where that would leave a thread idle."""
-    total = winograd.tile_count(n_img, out_shape[1], out_shape[2], m)
+    total = winograd.tile_count(n_img, out_shape[1], out_shape[2], m, *dilation)
     return max(1, min(wanted, math.ceil(total / threads)))
 
 

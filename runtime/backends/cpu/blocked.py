@@ -37,10 +37,10 @@ from .microkernel import MR, NR, conv_tile_out
 F4, I8 = 4, 8
 #: The int64 parameters ``items_kernel``'s work items read (``_fill_params``): seven counts,
 #: the tile geometry (GEOMETRY) and the addresses of the six arrays.
-GEOMETRY = 12
+GEOMETRY = 20
 N_PARAMS = 7 + GEOMETRY + 6
-# _fill_params writes the addresses at constant indices 19-24 (see there): keep them in step
-assert 7 + GEOMETRY == 19, "_fill_params' address slots follow the geometry"
+# _fill_params writes the addresses at constant indices 27-32 (see there): keep them in step
+assert 7 + GEOMETRY == 27, "_fill_params' address slots follow the geometry"
 #: Per-thread scratch: the MR output offsets of a tile, its MR input addresses, then
 #: ``_items``' N_PARAMS parameters (int64, two floats each).
 SCRATCH_FLOATS = 2 * (2 * MR + N_PARAMS)
@@ -64,6 +64,18 @@ def unpack_panels(panels: np.ndarray, k_out: int) -> np.ndarray:
 
 def applies(groups: int) -> bool:
     return groups == 1
+
+
+def pixel_stride(c_in: int, kw: int, dw: int) -> int:
+    """Floats from one pixel to the next in the input the kernel reads (``xp``): ``c_in``,
+    or 16 more where ``c_in`` floats are a multiple of 4 KiB and a tap is one kernel position
+    (1x1 kernels, dilated along x). A tile reads its MR pixels at the same channel: 4 KiB
+    apart, all MR fall in one set of the L1 cache and evict each other (1x1 2048->512 at
+    65x65, one thread: 75 GFLOP/s, with 2032 input channels 105). The layer then reads a
+    copy with the wider stride, as it reads a padded copy where it pads."""
+    if c_in % 1024 == 0 and (kw == 1 or dw != 1):
+        return c_in + 16
+    return c_in
 
 
 def tile_count(out_shape) -> int:
@@ -145,17 +157,19 @@ def blocked_run(*args) -> None:
 
 
 @njit(**JIT)
-def _layout(xp, panels, out, scratch, kh, kw, sh, sw, dh, dw, per_item, blocks):
+def _layout(xp, panels, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, per_item, blocks):
     """How ``blocked_kernel`` numbers its work: (tile geometry, runs of tiles, tiles, panels
     per block, work items, threads). The tap offsets are ``_tap_offsets``'s. Not inlined:
     Numba's array analysis fails on a tuple of shapes returned into a parallel kernel."""
-    n_img, hp, wp, c_in = xp.shape
+    n_img, hp, wp, stride = xp.shape
     _, ho, wo, k_out = out.shape
     n_panels = panels.shape[0]
+    c_in = panels.shape[1] // (kh * kw)
     # Undilated along x, a kernel row's taps read kw * C consecutive floats, in the order of
     # the packed weights' rows (ky, kx, c): one long run per kernel row instead of kw short
     # ones (VGG's first layer: runs of 9 floats instead of 3).
-    row_taps = dw == 1
+    # (A pixel stride wider than the channels, ``pixel_stride``, breaks the run.)
+    row_taps = dw == 1 and stride == c_in
     ntaps = kh if row_taps else kh * kw
     span = kw * c_in if row_taps else c_in
     pixels = n_img * ho * wo
@@ -163,22 +177,34 @@ def _layout(xp, panels, out, scratch, kh, kw, sh, sw, dh, dw, per_item, blocks):
     runs = (tiles + per_item - 1) // per_item
     per_block = (n_panels + blocks - 1) // blocks
     # the tile's geometry as one argument: a call of over 30 arguments compiles to a call
-    # with *args, which Numba does not inline
-    geometry = (pixels, tiles, ho, wo, hp, wp, sh, sw, c_in, ntaps, span, k_out)
+    # with *args, which Numba does not inline. Then what ``_live_taps`` needs: the kernel
+    # (its row count 0 where the layer does not pad: every tap reads the image), the
+    # dilation, the padding and the output rows and columns whose taps all read the image.
+    h, w = hp - 2 * ph, wp - 2 * pw
+    first_row, first_col = (ph + sh - 1) // sh, (pw + sw - 1) // sw
+    last_row = _floor_div(ph + h - 1 - (kh - 1) * dh, sh)
+    last_col = _floor_div(pw + w - 1 - (kw - 1) * dw, sw)
+    if last_row < first_row:  # no such row
+        first_row, last_row = ho, 0
+    if last_col < first_col:
+        first_col, last_col = wo, 0
+    geometry = (pixels, tiles, ho, wo, hp, wp, sh, sw, stride, ntaps, span, k_out,
+                kh if ph or pw else 0, kw, dh, dw, ph, pw, first_row * (1 << 32) + last_row,
+                first_col * (1 << 32) + last_col)  # fmt: skip
     return geometry, runs, tiles, per_block, runs * blocks, scratch.shape[0]
 
 
 @njit(inline="always", **JIT)
 def _tap_offsets(geometry, kh, kw, dh, dw):
     """Each tap's (or, undilated along x, each kernel row's) byte offset in the input."""
-    wp, c_in, ntaps = geometry[5], geometry[8], geometry[9]
+    wp, stride, ntaps = geometry[5], geometry[8], geometry[9]
     offsets = np.empty(ntaps, np.intp)
     for ky in range(kh):
         if ntaps == kh and dw == 1:
-            offsets[ky] = ky * dh * wp * c_in * F4
+            offsets[ky] = ky * dh * wp * stride * F4
         else:
             for kx in range(kw):
-                offsets[ky * kw + kx] = ((ky * dh) * wp + kx * dw) * c_in * F4
+                offsets[ky * kw + kx] = ((ky * dh) * wp + kx * dw) * stride * F4
     return offsets
 
 
@@ -187,18 +213,18 @@ def blocked_kernel(
     x, xp, panels, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, lo, hi, post, slope,
     per_item, blocks, tiles_outer, items_at,
 ):  # fmt: skip
-    """Convolution of the NHWC input ``x`` with ``panels`` (``pack_panels``), padded first
-    into ``xp`` (N, H + 2 ph, W + 2 pw, C) where ph or pw is not 0 (``xp`` is ``x`` itself
-    otherwise). ``per_item`` tiles per work item, ``blocks`` blocks of panels; ``scratch``
-    holds one row of at least SCRATCH_FLOATS per thread; ``lo``, ``hi``, ``post``, ``slope``
-    the epilogue as ``microkernel.conv_tile_out`` takes it. One kernel for both steps: each
-    parallel kernel costs about a second to compile on a cold cache. ``tiles_outer``: each
-    tile runs through all panels of its block (see ``tiles_outer``), else each panel through
-    all tiles of its run. ``items_at``: the address of ``items_kernel()``, which each thread
-    calls for its share of the work items."""
+    """Convolution of the NHWC input ``x`` with ``panels`` (``pack_panels``), padded first into
+    ``xp`` (N, H + 2 ph, W + 2 pw, ``pixel_stride``) where ph or pw is not 0 or the stride is wider
+    than C (``xp`` is ``x`` itself otherwise). ``per_item`` tiles per work item, ``blocks`` blocks
+    of panels; ``scratch`` holds one row of at least SCRATCH_FLOATS per thread; ``lo``, ``hi``,
+    ``post``, ``slope`` the epilogue as ``microkernel.conv_tile_out`` takes it. One kernel for both
+    steps: each parallel kernel costs about a second to compile on a cold cache. ``tiles_outer``:
+    each tile runs through all panels of its block (see ``tiles_outer``), else each panel through
+    all tiles of its run. ``items_at``: the address of ``items_kernel()``, which each thread calls
+    for its share of the work items."""
     n_img, hp = xp.shape[:2]
     geometry, runs, tiles, per_block, items, threads = _layout(
-        xp, panels, out, scratch, kh, kw, sh, sw, dh, dw, per_item, blocks
+        xp, panels, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, per_item, blocks
     )
     offsets = _tap_offsets(geometry, kh, kw, dh, dw)
     shares = (runs, per_item, tiles, per_block, panels.shape[0], 1 if tiles_outer else 0, post)
@@ -209,7 +235,7 @@ def blocked_kernel(
     padded_rows = n_img * hp
     # two passes of one parallel loop, the padding's rows (where the layer pads), then the
     # tiles: a second parallel loop compiled into four more modules (0.5 s of a cold start)
-    for phase in range(0 if ph or pw else 1, 2):
+    for phase in range(0 if ph or pw or xp.shape[3] != x.shape[3] else 1, 2):
         for thr in prange(threads):
             if phase == 0:
                 for row in range(thr * padded_rows // threads, (thr + 1) * padded_rows // threads):
@@ -235,12 +261,12 @@ def _fill_params(params, shares, geometry, arrays):
         params[7 + i] = geometry[i]
     xp, panels, offsets, out, res, bias = arrays
     # constant indices (7 + GEOMETRY on): computed ones wrote nothing in the parallel loop
-    params[19] = xp.ctypes.data
-    params[20] = panels.ctypes.data
-    params[21] = offsets.ctypes.data
-    params[22] = out.ctypes.data
-    params[23] = res.ctypes.data if res.size > 0 else 0
-    params[24] = bias.ctypes.data
+    params[27] = xp.ctypes.data
+    params[28] = panels.ctypes.data
+    params[29] = offsets.ctypes.data
+    params[30] = out.ctypes.data
+    params[31] = res.ctypes.data if res.size > 0 else 0
+    params[32] = bias.ctypes.data
 
 
 @njit(**JIT)
@@ -252,7 +278,7 @@ def blocked_fits(
     arrays (extents.py), the first fault recorded otherwise: each panel against each tile,
     the pairs the kernel's work items share out."""
     geometry, _, tiles, _, _, _ = _layout(
-        xp, panels, out, scratch, kh, kw, sh, sw, dh, dw, per_item, blocks
+        xp, panels, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, per_item, blocks
     )
     offsets = _tap_offsets(geometry, kh, kw, dh, dw)
     arrays = (xp, panels, offsets, out, res, bias)
@@ -290,8 +316,9 @@ def _items(first, last, params_at, rows_at, lo, hi, slope):
     runs, per_item, tiles, per_block, n_panels, tiles_outer, post = (
         p[0], p[1], p[2], p[3], p[4], p[5] != 0, p[6]
     )  # fmt: skip
-    geometry = (p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14], p[15], p[16], p[17], p[18])
-    addresses = (p[19], p[20], p[21], rows_at, p[22], p[23], p[24])
+    geometry = (p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14], p[15], p[16], p[17], p[18],
+                p[19], p[20], p[21], p[22], p[23], p[24], p[25], p[26])  # fmt: skip
+    addresses = (p[27], p[28], p[29], rows_at, p[30], p[31], p[32])
     ntaps, span = geometry[9], geometry[10]
     for item in range(first, last):
         p0 = (item // runs) * per_block
@@ -381,23 +408,27 @@ def _tile_args(geometry, addresses, panel_offset, panel, t, rows):
     gets each pixel's offset in ``out`` (-1 past the last pixel), then its input address (the
     last pixel's again past it). The pixel's row and column advance by increments: two
     integer divisions per pixel cost more than the multiply-adds of a 1x1 layer with 16
-    input channels."""
-    pixels, tiles, ho, wo, hp, wp, sh, sw, c_in, ntaps, span, k_out = geometry
+    input channels. Only the taps that read the image for some pixel of the tile run
+    (``_live_taps``)."""
+    pixels, tiles, ho, wo, hp, wp, sh, sw, stride, ntaps, span, k_out = geometry[:12]
     x_at, panels_at, offsets_at, rows_at, out_at, res_at, bias_at = addresses
     p0 = t * MR
     count = min(MR, pixels - p0)
     n = p0 // (ho * wo)
     oy = (p0 - n * (ho * wo)) // wo
     ox = p0 - n * (ho * wo) - oy * wo
-    pixel_bytes = c_in * F4
+    pixel_bytes = stride * F4
     a = x_at + ((n * hp + oy * sh) * wp + ox * sw) * pixel_bytes
     k0 = panel * NR
     nk = min(k_out, k0 + NR) - k0
     last = a
+    n0, oy0, ox0 = n, oy, ox
+    n1, oy1, ox1 = n, oy, ox
     for i in range(MR):
         if i < count:
             rows[i] = (p0 + i) * k_out + k0
             last = a
+            n1, oy1, ox1 = n, oy, ox
             ox += 1
             if ox < wo:
                 a += sw * pixel_bytes
@@ -411,5 +442,55 @@ def _tile_args(geometry, addresses, panel_offset, panel, t, rows):
         else:
             rows[i] = -1
         rows[MR + i] = last
-    return (ntaps, span, rows_at + MR * I8, offsets_at, panels_at + panel_offset, rows_at,
-            out_at, res_at, bias_at + k0 * F4, nk)  # fmt: skip
+    t0, t1 = 0, ntaps
+    if geometry[12] > 0:
+        if n1 != n0:  # across images: every row and column
+            oy0, oy1, ox0, ox1 = 0, ho - 1, 0, wo - 1
+        elif oy1 != oy0:  # across rows: every column
+            ox0, ox1 = 0, wo - 1
+        t0, t1 = _live_taps(geometry, oy0, oy1, ox0, ox1)
+    return (t1 - t0, span, rows_at + MR * I8, offsets_at + t0 * I8,
+            panels_at + panel_offset + t0 * span * NR * F4, rows_at, out_at, res_at,
+            bias_at + k0 * F4, nk)  # fmt: skip
+
+
+@njit(inline="always", **JIT)
+def _floor_div(a, b):
+    """a // b rounded down for a negative ``a`` too (b > 0), as integers."""
+    return a // b if a >= 0 else -((-a + b - 1) // b)
+
+
+@njit(inline="always", **JIT)
+def _live_range(o0, o1, interior, k, s, d, p, size):
+    """The kernel positions [k0, k1) that read inside the image (``size`` rows or columns
+    after ``p`` of padding, in padded coordinates) for some output o0..o1, stride ``s`` and
+    dilation ``d``: position j reads o * s + j * d. All ``k`` where o0..o1 lie in the
+    ``interior`` (first, last packed as first * 2^32 + last: ``_layout``); one position
+    that reads only padding where none does (the tile's sum is then 0 all the same)."""
+    if o0 >= interior >> 32 and o1 <= interior & 0xFFFFFFFF:
+        return 0, k
+    low = p - o1 * s  # j * d >= low
+    k0 = 0 if low <= 0 else min(k, (low + d - 1) // d)
+    high = p + size - 1 - o0 * s  # j * d <= high
+    k1 = 0 if high < 0 else min(k, high // d + 1)
+    if k1 <= k0:
+        k0 = min(k0, k - 1)
+        k1 = k0 + 1
+    return k0, k1
+
+
+@njit(inline="always", **JIT)
+def _live_taps(geometry, oy0, oy1, ox0, ox1):
+    """The run of taps [t0, t1) (in the packed weights' order) that holds every tap reading
+    the image for some output pixel in rows oy0..oy1 and columns ox0..ox1: the taps of dilated
+    layers with wide padding (DeepLabV3's ASPP: dilation 36 on a 65x65 map) that read only
+    padding are skipped, their weights and their input offsets both. Kernel rows run whole
+    where a tap is a whole kernel row (``_layout``'s ``row_taps``); otherwise the run takes
+    the live rows' taps from the first live column of the first to the last of the last."""
+    hp, wp, sh, sw, ntaps = geometry[4], geometry[5], geometry[6], geometry[7], geometry[9]
+    kh, kw, dh, dw, ph, pw, rows_in, cols_in = geometry[12:20]
+    ky0, ky1 = _live_range(oy0, oy1, rows_in, kh, sh, dh, ph, hp - 2 * ph)
+    if ntaps == kh:  # a tap is a kernel row
+        return ky0, ky1
+    kx0, kx1 = _live_range(ox0, ox1, cols_in, kw, sw, dw, pw, wp - 2 * pw)
+    return ky0 * kw + kx0, (ky1 - 1) * kw + kx1

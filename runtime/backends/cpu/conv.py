@@ -408,17 +408,18 @@ def _bind_choice(backend, choice, arrays, x, res, out, a) -> tuple:
         bt, at = winograd.matrices(m)
         floats = winograd.scratch_floats(m, per_item, x.shape[3], out.shape[3], k_blocks)
         args = (x, arrays[name], arrays["b"], res, out, backend.scratch(floats), a["ph"],
-                a["pw"], bt, at, *_f32(a), per_item, k_blocks)  # fmt: skip
+                a["pw"], bt, at, *_f32(a), per_item, k_blocks, a["dh"], a["dw"])  # fmt: skip
         return winograd.winograd_conv, args, None
     if choice.algorithm == "blocked":
         if "panels" not in arrays:  # packed once, on first use, for this executor
             arrays["panels"] = blocked.pack_panels(_packed(arrays, out.shape[3]))
         ph, pw = a["ph"], a["pw"]
         xp = x
-        if ph or pw:
-            n, h, w, c = x.shape
-            xp = backend.buffer("padded", n * (h + 2 * ph) * (w + 2 * pw) * c)
-            xp = xp.reshape(n, h + 2 * ph, w + 2 * pw, c)
+        n, h, w, c = x.shape
+        stride = blocked.pixel_stride(c, a["kw"], a["dw"])
+        if ph or pw or stride != c:
+            xp = backend.buffer("padded", n * (h + 2 * ph) * (w + 2 * pw) * stride)
+            xp = xp.reshape(n, h + 2 * ph, w + 2 * pw, stride)
         return blocked.blocked_call(
             x,
             xp,

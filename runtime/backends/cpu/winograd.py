@@ -1,4 +1,4 @@
-"""Winograd convolution F(m x m, 3 x 3) for stride-1, undilated, ungrouped 3x3 layers, NHWC.
+"""Winograd convolution F(m x m, 3 x 3) for stride-1, ungrouped 3x3 layers, NHWC.
 
 Each output tile of m x m pixels reads a (m+2) x (m+2) input patch. The patch is transformed
 (``B^T d B``), the (m+2)^2 transformed positions each become one GEMM over channels against
@@ -12,6 +12,13 @@ F(4x4, 3x3) does 36 multiplies per 16 outputs and channel pair where direct conv
 144 (4x fewer), F(2x2, 3x3) 16 per 4 (2.25x fewer); both add rounding error that grows with
 the tile (measured against direct convolution in tests/test_runtime_winograd.py and
 docs/performance.md). ``--algorithm direct`` forces the exact path.
+
+Dilated layers (DeepLabV3's backbone and ASPP) are d_h x d_w ordinary 3x3 convolutions, one on
+each interleaved sub-image (the pixels whose row is ry mod d_h and column rx mod d_w; the
+"space-to-batch" of TensorFlow's atrous convolution). Nothing is copied: a tile's m x m
+outputs lie d apart in the output, and its (m+2) x (m+2) input patch d apart in the input,
+so the transforms take the dilation as their step. The tiles of one image run sub-image by
+sub-image, each sub-image's tiles numbered as an undilated layer's are.
 """
 
 from __future__ import annotations
@@ -64,8 +71,8 @@ TRANSFORMS = {
 
 
 def applies(kh, kw, sh, sw, dh, dw, groups) -> bool:
-    """Winograd F(m, 3x3) computes exactly these layers (up to rounding)."""
-    return kh == kw == 3 and sh == sw == 1 and dh == dw == 1 and groups == 1
+    """Winograd F(m, 3x3) computes exactly these layers (up to rounding), dilated or not."""
+    return kh == kw == 3 and sh == sw == 1 and dh >= 1 and dw >= 1 and groups == 1
 
 
 def transform_weights(wmat: np.ndarray, m: int) -> np.ndarray:
@@ -126,21 +133,62 @@ def scratch_floats(m: int, tiles_per_item: int, c_in: int, k_out: int, k_blocks:
     kb = block_channels.py_func(k_out, k_blocks)
     rows = -(-tiles_per_item // MR) * MR
     c = max(c_in, kb)
-    return t * t * (tiles_per_item * c_in + rows * kb) + 2 * t * t * c + m * t * kb + kb
-
-
-def tile_count(n_img: int, ho: int, wo: int, m: int) -> int:
-    return n_img * -(-ho // m) * -(-wo // m)
+    v_row = row_stride.py_func(c_in)
+    return t * t * (tiles_per_item * v_row + rows * kb) + 2 * t * t * c + m * t * kb + kb
 
 
 @njit(**JIT)
-def _input_transform(x, n, iy0, ix0, t, bt, d, tmp, v, p):
-    """v[i*t + j, p, :] = (B^T d B)[i, j, :] for the patch of x at (iy0, ix0), zero outside."""
+def row_stride(c_in):
+    """Floats from one tile's transformed input to the next in the scratch: ``c_in``, or 16
+    more where that is a multiple of 4 KiB. The products read MR tiles at the same channel,
+    and 4 KiB apart they fall in one L1 set (as the direct kernel's pixels do:
+    ``blocked.pixel_stride``)."""
+    return c_in + 16 if c_in % 1024 == 0 else c_in
+
+
+def tile_count(n_img: int, ho: int, wo: int, m: int, dh: int = 1, dw: int = 1) -> int:
+    """Tiles of ``winograd_conv``: per image, each sub-image with the largest one's tiles
+    (``_tile_grid``)."""
+    th, tw, sub_h, sub_w = _tile_grid.py_func(ho, wo, m, dh, dw)
+    return n_img * sub_h * sub_w * th * tw
+
+
+@njit(**JIT)
+def _tile_grid(ho, wo, m, dh, dw):
+    """(tile rows, tile columns) of each sub-image and (row, column) residues that have
+    any output: a sub-image has the tiles of the largest (the first: ceil(ho / dh) rows and
+    ceil(wo / dw) columns, where the others have at most one fewer; a tile wholly past a
+    smaller one's edge is computed and dropped), and a dilation past the map's size leaves
+    the residues from ``ho`` (``wo``) on without outputs, so without tiles."""
+    return (-(-ho // dh) + m - 1) // m, (-(-wo // dw) + m - 1) // m, min(dh, ho), min(dw, wo)
+
+
+@njit(**JIT)
+def _tile_origin(tile, grid, m, dh, dw):
+    """(image, first output row, first output column) of tile number ``tile`` in ``grid``
+    (``_tile_grid``): images, then sub-images (row residue, then column residue), then the
+    sub-image's tile rows and columns. The tile's outputs are ``dh`` rows and ``dw`` columns
+    apart."""
+    th, tw, sub_h, sub_w = grid
+    per_sub = th * tw
+    per_image = sub_h * sub_w * per_sub
+    n = tile // per_image
+    r = tile - n * per_image
+    sub = r // per_sub
+    q = r - sub * per_sub
+    ty = q // tw
+    return n, sub // sub_w + ty * m * dh, sub % sub_w + (q - ty * tw) * m * dw
+
+
+@njit(**JIT)
+def _input_transform(x, n, iy0, ix0, dh, dw, t, bt, d, tmp, v, p):
+    """v[i*t + j, p, :] = (B^T d B)[i, j, :] for the patch of x at (iy0, ix0), its rows ``dh``
+    and columns ``dw`` apart, zero outside."""
     _, h, w, c_in = x.shape
     for a in range(t):
-        iy = iy0 + a
+        iy = iy0 + a * dh
         for b in range(t):
-            ix = ix0 + b
+            ix = ix0 + b * dw
             row = d[a, b]
             if 0 <= iy < h and 0 <= ix < w:
                 src = x[n, iy, ix]
@@ -175,10 +223,10 @@ def _input_transform(x, n, iy0, ix0, t, bt, d, tmp, v, p):
 
 @njit(**JIT)
 def _output_transform(
-    mm, p, at, n, oy0, ox0, tmp, y, bias, res, has_res, out, k0, nk, act, alpha, beta
+    mm, p, at, n, oy0, ox0, dh, dw, tmp, y, bias, res, has_res, out, k0, nk, act, alpha, beta
 ):
-    """out[n, oy0 + r, ox0 + s, k0 + k] = act((A^T M A)[r, s, k] + bias (+ res)) for the
-    ``nk`` channels from ``k0``, inside the image."""
+    """out[n, oy0 + r dh, ox0 + s dw, k0 + k] = act((A^T M A)[r, s, k] + bias (+ res)) for
+    the ``nk`` channels from ``k0``, inside the image."""
     _, ho, wo, _ = out.shape
     m, t = at.shape
     b = bias[k0 : k0 + nk]
@@ -193,8 +241,8 @@ def _output_transform(
                     src = mm[i * t + j, p]
                     for k in range(nk):
                         acc[k] += f * src[k]
-    for r in range(min(m, ho - oy0)):
-        for s in range(min(m, wo - ox0)):
+    for r in range(min(m, (ho - oy0 + dh - 1) // dh)):
+        for s in range(min(m, (wo - ox0 + dw - 1) // dw)):
             for k in range(nk):
                 y[k] = b[k]
             for j in range(t):
@@ -203,9 +251,10 @@ def _output_transform(
                     src = tmp[r, j]
                     for k in range(nk):
                         y[k] += f * src[k]
-            dst = out[n, oy0 + r, ox0 + s, k0 : k0 + nk]
+            oy, ox = oy0 + r * dh, ox0 + s * dw
+            dst = out[n, oy, ox, k0 : k0 + nk]
             if has_res:
-                rr = res[n, oy0 + r, ox0 + s, k0 : k0 + nk]
+                rr = res[n, oy, ox, k0 : k0 + nk]
                 for k in range(nk):
                     y[k] += rr[k]
             activate_run(y, nk, act, alpha, beta)
@@ -214,18 +263,18 @@ def _output_transform(
 
 
 @njit(**JIT)
-def _products(v, u, mm, no_offset, k0, nk, count, check):
-    """``mm[xi, p, k] = sum over c of v[xi, p, c] * u[xi, k, c]`` for the run's ``count``
+def _products(v, c_in, u, mm, no_offset, k0, nk, count, check):
+    """``mm[xi, p, k] = sum over c < c_in of v[xi, p, c] * u[xi, k, c]`` for the run's ``count``
     tiles p and channels k0..k0 + nk - 1, on the micro-kernel: MR tiles by one panel of NR
     channels per call, the addresses taken from the arrays given (each position's own, which
     checked mode verifies the kernel stays in: extents.py)."""
-    tt, _, c_in = v.shape
+    tt, _, step = v.shape  # a row of v holds c_in floats, then padding (``row_stride``)
     kb = mm.shape[2]
     for xi in range(tt):
         vx, ux, mx = v[xi], u[xi], mm[xi]
         for panel in range(k0 // NR, (k0 + nk + NR - 1) // NR):
             for r0 in range(0, count, MR):
-                args = (1, c_in, vx.ctypes.data + r0 * c_in * 4, c_in * 4, no_offset.ctypes.data,
+                args = (1, c_in, vx.ctypes.data + r0 * step * 4, step * 4, no_offset.ctypes.data,
                         ux.ctypes.data + panel * c_in * NR * 4,
                         mx.ctypes.data + (r0 * kb + panel * NR - k0) * 4, kb * 4,
                         min(MR, count - r0))  # fmt: skip
@@ -236,9 +285,10 @@ def _products(v, u, mm, no_offset, k0, nk, count, check):
 
 @njit(**PJIT)
 def winograd_conv(
-    x, u, bias, res, out, scratch, ph, pw, bt, at, act, alpha, beta, per_item, k_blocks
+    x, u, bias, res, out, scratch, ph, pw, bt, at, act, alpha, beta, per_item, k_blocks, dh, dw
 ):
-    """Stride-1 3x3 convolution, NHWC, by Winograd F(m x m, 3 x 3) with m = ``at.shape[0]``.
+    """Stride-1 3x3 convolution, NHWC, by Winograd F(m x m, 3 x 3) with m = ``at.shape[0]``,
+    dilated by ``dh`` rows and ``dw`` columns (1 for none).
 
     ``u``: transformed weights in panels (``transform_weights``); ``res`` a residual added
     before the activation (size 0 for none); ``scratch`` one row per thread of at least
@@ -252,9 +302,8 @@ def winograd_conv(
     _, ho, wo, k_out = out.shape
     m, t = at.shape
     tt = t * t
-    th = (ho + m - 1) // m
-    tw = (wo + m - 1) // m
-    total = n_img * th * tw
+    grid = _tile_grid(ho, wo, m, dh, dw)
+    total = n_img * grid[0] * grid[1] * grid[2] * grid[3]
     runs = (total + per_item - 1) // per_item
     kb = block_channels(k_out, k_blocks)
     rows = (per_item + MR - 1) // MR * MR
@@ -262,14 +311,15 @@ def winograd_conv(
     threads = scratch.shape[0]
     has_res = res.size > 0
     c_max = max(c_in, kb)
-    v_end = tt * per_item * c_in
+    v_row = row_stride(c_in)
+    v_end = tt * per_item * v_row
     m_end = v_end + tt * rows * kb
     y_start = m_end + 2 * tt * c_max
     no_offset = np.zeros(1, np.intp)  # used in the loop: alive until it ends
     check = checking()
     for thr in prange(threads):
         buf = scratch[thr]
-        v = buf[:v_end].reshape(tt, per_item, c_in)
+        v = buf[:v_end].reshape(tt, per_item, v_row)
         d = buf[m_end : m_end + tt * c_in].reshape(t, t, c_in)
         tmp_in = buf[m_end + tt * c_max : m_end + tt * c_max + tt * c_in].reshape(t, t, c_in)
         y = buf[y_start + m * t * kb : y_start + m * t * kb + kb]
@@ -286,25 +336,21 @@ def winograd_conv(
             tmp_out = buf[y_start : y_start + m * t * kb].reshape(m, t, kb)
             if run != last_run:  # the same tiles for the next block: transformed already
                 for p in range(count):
-                    tile = p0 + p
-                    n = tile // (th * tw)
-                    r = tile % (th * tw)
-                    iy0 = (r // tw) * m - ph
-                    ix0 = (r % tw) * m - pw
-                    _input_transform(x, n, iy0, ix0, t, bt, d, tmp_in, v, p)
+                    n, oy0, ox0 = _tile_origin(p0 + p, grid, m, dh, dw)
+                    _input_transform(x, n, oy0 - ph, ox0 - pw, dh, dw, t, bt, d, tmp_in, v, p)
                 last_run = run
-            _products(v, u, mm, no_offset, k0, nk, count, check)
+            _products(v, c_in, u, mm, no_offset, k0, nk, count, check)
             for p in range(count):
-                tile = p0 + p
-                n = tile // (th * tw)
-                r = tile % (th * tw)
+                n, oy0, ox0 = _tile_origin(p0 + p, grid, m, dh, dw)
                 _output_transform(
                     mm,
                     p,
                     at,
                     n,
-                    (r // tw) * m,
-                    (r % tw) * m,
+                    oy0,
+                    ox0,
+                    dh,
+                    dw,
                     tmp_out,
                     y,
                     bias,

@@ -10,7 +10,7 @@ its planned peak; the choices mirror those the kernels make without tuning
 from __future__ import annotations
 
 from .autotune import default_choice
-from .blocked import SCRATCH_FLOATS
+from .blocked import SCRATCH_FLOATS, pixel_stride
 from .data_grad import columns_tiling
 from .depthwise import DW_WEIGHT_PARTS, dw_scratch_floats
 from .tiling import conv_scratch_floats
@@ -78,8 +78,9 @@ def _forward_conv(kept: _Kept, x, out, a: dict, geometry: tuple) -> None:
     kh, kw, sh, sw, ph, pw, dh, dw = geometry
     if choice.algorithm == "blocked":
         kept.row(SCRATCH_FLOATS)
-        if ph or pw:
-            kept.buffer("padded", x[0] * (x[1] + 2 * ph) * (x[2] + 2 * pw) * x[3])
+        stride = pixel_stride(x[3], kw, dw)
+        if ph or pw or stride != x[3]:
+            kept.buffer("padded", x[0] * (x[1] + 2 * ph) * (x[2] + 2 * pw) * stride)
     else:
         rows, blocks = choice.a, choice.b
         kept.row(conv_scratch_floats(rows, blocks, x, out, *geometry, a["groups"]))
