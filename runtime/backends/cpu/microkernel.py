@@ -3,9 +3,10 @@
 LLVM's auto-vectoriser does not keep a GEMM's accumulators in registers when the kernel is
 written as Numba loops (measured: gathers and scatters on a stack tile, 4 GFLOP/s). So the
 innermost kernel is an ``@intrinsic`` that emits the loops itself: ``MR x NV`` vector
-accumulators of ``LANES`` floats live in registers across every kernel tap and input channel,
-each step broadcasting one input value per output pixel and multiplying it with ``NV`` vectors
-of packed weights (fused multiply-add). Input pixels are read in place from an NHWC buffer
+accumulators of ``LANES`` floats live in registers across every kernel tap and input channel
+(in blocks of SUM_BLOCK products, added into totals, where the sum is long), each step
+broadcasting one input value per output pixel and multiplying it with ``NV`` vectors of
+packed weights (fused multiply-add). Input pixels are read in place from an NHWC buffer
 (no im2col): pixel ``i`` of a tile is at an address of its own (``conv_tile_out``: a table
 the driver fills, so that a tile may take pixels from several rows and images) or at
 ``a + min(i, count - 1) * step`` (``conv_tile``), plus the tap's offset; a partial tile
