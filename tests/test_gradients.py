@@ -20,7 +20,8 @@ NETWORK_RTOL = 1e-3
 #: many times PyTorch's worst tensor. Float32 rounding flips the few ReLUs whose inputs sit
 #: within it of zero, a flipped ReLU changes its element's gradient whole, and which element
 #: flips, in which layer, is chance: one ulp added to ResNeXt-50's input moves PyTorch's error
-#: on one tensor from 3.1e-4 to 1.7e-3 and two ulps to 1.1e-4 (tests/test_zoo_gradients.py).
+#: on one tensor from 3.1e-4 to 1.7e-3 and two ulps to 1.1e-4, VGG-19-bn's worst from 6.5e-4 to
+#: 7.8e-3 (tests/test_zoo_gradients.py).
 FLOAT32 = 2
 
 
@@ -56,18 +57,26 @@ def l2_error(got, want) -> float:
     return float(np.linalg.norm(diff.ravel()) / np.linalg.norm(np.asarray(want).ravel()))
 
 
-def assert_as_close_as_float32(label: str, ours: dict, ref32: dict, ref64: dict) -> None:
+def float32_error(ref32: dict, ref64: dict) -> dict:
+    """PyTorch's float32 gradients' error against float64's, per tensor (nonzero ones)."""
+    return {k: l2_error(ref32[k], w) for k, w in ref64.items() if np.abs(w).max()}
+
+
+def assert_as_close_as_float32(
+    label: str, ours: dict, ref32: dict, ref64: dict, float32_worst: float = 0.0
+) -> None:
     """cnnc's gradients of a whole network (``ours``) within NETWORK_RTOL of float64
-    autograd's (``ref64``) per tensor, or, where PyTorch's own float32 gradients (``ref32``)
-    are further off than that somewhere, within FLOAT32 times PyTorch's worst tensor."""
-    exact = {k: w for k, w in ref64.items() if np.abs(w).max()}
-    theirs = {k: l2_error(ref32[k], w) for k, w in exact.items()}
-    bound = max(NETWORK_RTOL, FLOAT32 * max(theirs.values()))
-    for key, want in exact.items():
-        err = l2_error(ours[key], want)
+    autograd's (``ref64``) per tensor, or, where PyTorch's own float32 gradients (``ref32``,
+    or another run of the same network whose worst error is ``float32_worst``) are further off
+    than that somewhere, within FLOAT32 times PyTorch's worst tensor."""
+    theirs = float32_error(ref32, ref64)
+    worst = max(float32_worst, *theirs.values())
+    bound = max(NETWORK_RTOL, FLOAT32 * worst)
+    for key in theirs:
+        err = l2_error(ours[key], ref64[key])
         assert err <= bound, (
             f"{label}: {key} off by {err:.2e} (PyTorch's float32: {theirs[key]:.2e} there, "
-            f"{max(theirs.values()):.2e} at worst)"
+            f"{worst:.2e} at worst)"
         )
 
 
