@@ -263,12 +263,16 @@ def reference_outputs(name: str, batch: int = 1, seed: int = 0):
     return net, weights, x.numpy(), y.numpy()
 
 
-def reference_gradients(name: str, batch: int = 2, seed: int = 0, train: bool | None = None):
+def reference_gradients(
+    name: str, batch: int = 2, seed: int = 0, train: bool | None = None, nudge: int = 0
+):
     """(net, weights, input, targets, train, loss, grads32, grads64) for one zoo model with
     random weights and a cross-entropy loss on random classes (per pixel for segmentation):
     torchvision's autograd in float32 and in float64, gradients keyed as the spec's weights
     plus ``x``. By default networks that drop at random (dropout, stochastic depth) are
-    differentiated in evaluation mode, the rest in training mode (batch statistics)."""
+    differentiated in evaluation mode, the rest in training mode (batch statistics).
+    ``nudge``: the input moved that many float32 ulps up (which ReLUs float32 flips is
+    chance; this shows how far that chance goes)."""
     import torch
 
     size = next(s for _, n, s in ZOO if n == name)
@@ -281,6 +285,8 @@ def reference_gradients(name: str, batch: int = 2, seed: int = 0, train: bool | 
         train = not any(layer.op in ("dropout", "droppath") for layer in net.layers)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, size, size, generator=g)
+    for _ in range(nudge):
+        x = torch.nextafter(x, torch.tensor(float("inf")))
     results = []
     for dtype in (torch.float32, torch.float64):
         model = model.to(dtype).train(train)
