@@ -7,17 +7,17 @@ network where PyTorch's own float32 result is further off than that, within twic
 worst tensor (test_gradients.assert_as_close_as_float32). The 2-norm because float32 rounding
 flips the sign of the few pre-activations that sit within it of zero, and a flipped ReLU
 changes its element's gradient whole; which element flips is chance, so the second bound is
-PyTorch's worst tensor, not the same tensor; and where cnnc misses that, a second draw with
-the input moved one ulp counts too, for PyTorch and cnnc: VGG-19-bn's PyTorch float32 is
-6.5e-4 off float64 (cnnc 2.7e-3), with one ulp 7.8e-3 (cnnc 3.6e-3), two 3.7e-3 (5.9e-3),
-seed 1 3.8e-3 (5.8e-3); one draw of the rounding says little there. Measured here (cnnc,
-PyTorch's float32; worst tensors, evaluation mode): AlexNet 6.9e-3 and 6.9e-3 (the same flip), GoogLeNet 2.0e-2 and
-1.5e-2, Inception-v3 9.6e-3 and 6.2e-3, ResNeXt-50 1.7e-3 and 1.0e-3 (one flip in layer 1, where
-PyTorch flips the same element when one ulp is added to the input), DenseNet-121 9.4e-5 and
-2.1e-3, VGG-11-bn 1.0e-6 and 1.8e-2; every other family 1e-6 to 1e-5. Before the
-micro-kernel summed long convolutions in blocks (microkernel.SUM_BLOCK) cnnc's forward
-rounded 2-5 times as far as PyTorch's on layers of 1000 and more inputs, and GoogLeNet,
-Inception-v3 and DenseNet-121 were 2.5e-2, 1.3e-2 and 1.8e-3 off.
+PyTorch's worst tensor, not the same tensor; and where cnnc misses that, a second draw with the
+input moved one ulp counts too, for PyTorch and cnnc: VGG-19-bn's PyTorch float32 is 6.5e-4 off
+float64 (cnnc 2.7e-3), with one ulp 7.8e-3 (cnnc 3.6e-3), two 3.7e-3 (5.9e-3), seed 1 3.8e-3
+(5.8e-3); one draw of the rounding says little there. Measured here (cnnc, PyTorch's float32;
+worst tensors, evaluation mode): AlexNet 6.9e-3 and 6.9e-3 (the same flip), GoogLeNet 2.0e-2
+and 1.5e-2, Inception-v3 9.6e-3 and 6.2e-3, ResNeXt-50 1.7e-3 and 1.0e-3 (one flip in layer 1,
+where PyTorch flips the same element when one ulp is added to the input), DenseNet-121 9.4e-5
+and 2.1e-3, VGG-11-bn 1.0e-6 and 1.8e-2; every other family 1e-6 to 1e-5. Before the
+micro-kernel summed long convolutions in blocks (microkernel.SUM_BLOCK) cnnc's forward rounded
+2-5 times as far as PyTorch's on layers of 1000 and more inputs, and GoogLeNet, Inception-v3
+and DenseNet-121 were 2.5e-2, 1.3e-2 and 1.8e-3 off.
 
 Networks without dropout are differentiated in training mode (batch statistics), unless
 PyTorch's float32 is off by more than 1e-3 there: at batch 2, batch norm over the 98 values of
