@@ -77,6 +77,18 @@ def reference(torch, x, wt, bias, res, pad, act, dil=1):
     }[act].numpy()
 
 
+def _random_layer(draw, batch, c_in, c_out, size, out_size):
+    """A 3x3 layer's input, weights (scaled to keep outputs near 1), bias and, drawn or not, a
+    residual of the output's shape, from a drawn seed."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    x = rng.standard_normal((batch, c_in, *size)).astype(np.float32)
+    wt = (rng.standard_normal((c_out, c_in, 3, 3)) / np.sqrt(9 * c_in)).astype(np.float32)
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    with_res = draw(st.booleans())
+    res = rng.standard_normal((batch, c_out, *out_size)).astype(np.float32) if with_res else None
+    return x, wt, bias, res
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.data())
 def test_winograd_matches_torch(torch, data):
@@ -90,12 +102,9 @@ def test_winograd_matches_torch(torch, data):
     pool = draw(st.integers(1, 2))  # Numba's threads
     k_blocks = draw(st.integers(1, min(c_out, 5)))
     act = draw(st.sampled_from(ACTS))
-    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
-    x = rng.standard_normal((batch, c_in, h, w)).astype(np.float32)
-    wt = (rng.standard_normal((c_out, c_in, 3, 3)) / np.sqrt(9 * c_in)).astype(np.float32)
-    bias = rng.standard_normal(c_out).astype(np.float32)
-    shape = (batch, c_out, h + 2 * pad - 2, w + 2 * pad - 2)
-    res = rng.standard_normal(shape).astype(np.float32) if draw(st.booleans()) else None
+    x, wt, bias, res = _random_layer(
+        draw, batch, c_in, c_out, (h, w), (h + 2 * pad - 2, w + 2 * pad - 2)
+    )
     with numba_threads(pool):
         got = run_winograd(x, wt, bias, res, pad, act, m, per_item, threads, k_blocks)
     want = reference(torch, x, wt, bias, res, pad, act)
@@ -119,12 +128,9 @@ def test_dilated_winograd_matches_torch(torch, data):
     per_item, threads = draw(st.integers(1, 9)), draw(st.integers(1, 3))
     k_blocks = draw(st.integers(1, min(c_out, 3)))
     act = draw(st.sampled_from(ACTS))
-    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
-    x = rng.standard_normal((batch, c_in, h, w)).astype(np.float32)
-    wt = (rng.standard_normal((c_out, c_in, 3, 3)) / np.sqrt(9 * c_in)).astype(np.float32)
-    bias = rng.standard_normal(c_out).astype(np.float32)
-    shape = (batch, c_out, h + 2 * pad[0] - 2 * dil[0], w + 2 * pad[1] - 2 * dil[1])
-    res = rng.standard_normal(shape).astype(np.float32) if draw(st.booleans()) else None
+    x, wt, bias, res = _random_layer(
+        draw, batch, c_in, c_out, (h, w), (h + 2 * pad[0] - 2 * dil[0], w + 2 * pad[1] - 2 * dil[1])
+    )
     with numba_threads(draw(st.integers(1, 2))):
         got = run_winograd(x, wt, bias, res, pad, act, m, per_item, threads, k_blocks, dil)
     want = reference(torch, x, wt, bias, res, pad, act, dil)

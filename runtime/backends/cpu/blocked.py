@@ -28,7 +28,7 @@ from numba.extending import intrinsic
 from ..codes import HARDSIGMOID, HARDSWISH, LEAKY_RELU, SIGMOID, SILU
 from . import microkernel as mk
 from .activations import JIT, PJIT, clamp_bounds
-from .aligned import aligned_copy
+from .aligned import aligned_copy, spread_4k
 from .bounds import MICRO_TILE, SLOTS
 from .elementwise import run_call
 from .extents import conv_tile_out_fits
@@ -68,14 +68,21 @@ def applies(groups: int) -> bool:
 
 def pixel_stride(c_in: int, kw: int, dw: int) -> int:
     """Floats from one pixel to the next in the input the kernel reads (``xp``): ``c_in``,
-    or 16 more where ``c_in`` floats are a multiple of 4 KiB and a tap is one kernel position
-    (1x1 kernels, dilated along x). A tile reads its MR pixels at the same channel: 4 KiB
-    apart, all MR fall in one set of the L1 cache and evict each other (1x1 2048->512 at
-    65x65, one thread: 75 GFLOP/s, with 2032 input channels 105). The layer then reads a
-    copy with the wider stride, as it reads a padded copy where it pads."""
-    if c_in % 1024 == 0 and (kw == 1 or dw != 1):
-        return c_in + 16
-    return c_in
+    spread where a tap is one kernel position (1x1 kernels, dilated along x) and ``c_in``
+    floats are a multiple of 4 KiB (``aligned.spread_4k``): a tile reads its MR pixels at
+    the same channel. The layer then reads a copy with the wider stride, as it reads a
+    padded copy where it pads."""
+    return spread_4k(c_in) if kw == 1 or dw != 1 else c_in
+
+
+def padded_shape(x_shape, ph: int, pw: int, kw: int, dw: int):
+    """The shape of the copy ``blocked_kernel`` reads (``xp``): (N, H + 2 ph, W + 2 pw,
+    ``pixel_stride``), or None where it reads the input ``x_shape`` itself."""
+    n, h, w, c = x_shape
+    stride = pixel_stride(c, kw, dw)
+    if ph or pw or stride != c:
+        return n, h + 2 * ph, w + 2 * pw, stride
+    return None
 
 
 def tile_count(out_shape) -> int:

@@ -8,6 +8,8 @@ work items over the threads, each calling single-threaded BLAS; tiling.py choose
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -415,11 +417,9 @@ def _bind_choice(backend, choice, arrays, x, res, out, a) -> tuple:
             arrays["panels"] = blocked.pack_panels(_packed(arrays, out.shape[3]))
         ph, pw = a["ph"], a["pw"]
         xp = x
-        n, h, w, c = x.shape
-        stride = blocked.pixel_stride(c, a["kw"], a["dw"])
-        if ph or pw or stride != c:
-            xp = backend.buffer("padded", n * (h + 2 * ph) * (w + 2 * pw) * stride)
-            xp = xp.reshape(n, h + 2 * ph, w + 2 * pw, stride)
+        shape = blocked.padded_shape(x.shape, ph, pw, a["kw"], a["dw"])
+        if shape is not None:
+            xp = backend.buffer("padded", math.prod(shape)).reshape(shape)
         return blocked.blocked_call(
             x,
             xp,

@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 from .activations import JIT, PJIT, activate_run
-from .aligned import aligned_empty
+from .aligned import aligned_empty, spread_4k
 from .bounds import MICRO_TILE, checking
 from .extents import conv_tile_fits
 from .microkernel import MR, NR, conv_tile
@@ -139,11 +139,10 @@ def scratch_floats(m: int, tiles_per_item: int, c_in: int, k_out: int, k_blocks:
 
 @njit(**JIT)
 def row_stride(c_in):
-    """Floats from one tile's transformed input to the next in the scratch: ``c_in``, or 16
-    more where that is a multiple of 4 KiB. The products read MR tiles at the same channel,
-    and 4 KiB apart they fall in one L1 set (as the direct kernel's pixels do:
-    ``blocked.pixel_stride``)."""
-    return c_in + 16 if c_in % 1024 == 0 else c_in
+    """Floats from one tile's transformed input to the next in the scratch: the products
+    read MR tiles at the same channel, so rows are spread off 4 KiB (``aligned.spread_4k``,
+    as the direct kernel's pixels are: ``blocked.pixel_stride``)."""
+    return spread_4k(c_in)
 
 
 def tile_count(n_img: int, ho: int, wo: int, m: int, dh: int = 1, dw: int = 1) -> int:

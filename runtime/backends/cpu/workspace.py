@@ -9,8 +9,10 @@ its planned peak; the choices mirror those the kernels make without tuning
 
 from __future__ import annotations
 
+import math
+
 from .autotune import default_choice
-from .blocked import SCRATCH_FLOATS, pixel_stride
+from .blocked import SCRATCH_FLOATS, padded_shape
 from .data_grad import columns_tiling
 from .depthwise import DW_WEIGHT_PARTS, dw_scratch_floats
 from .tiling import conv_scratch_floats
@@ -78,9 +80,9 @@ def _forward_conv(kept: _Kept, x, out, a: dict, geometry: tuple) -> None:
     kh, kw, sh, sw, ph, pw, dh, dw = geometry
     if choice.algorithm == "blocked":
         kept.row(SCRATCH_FLOATS)
-        stride = pixel_stride(x[3], kw, dw)
-        if ph or pw or stride != x[3]:
-            kept.buffer("padded", x[0] * (x[1] + 2 * ph) * (x[2] + 2 * pw) * stride)
+        shape = padded_shape(x, ph, pw, kw, dw)
+        if shape is not None:
+            kept.buffer("padded", math.prod(shape))
     else:
         rows, blocks = choice.a, choice.b
         kept.row(conv_scratch_floats(rows, blocks, x, out, *geometry, a["groups"]))
