@@ -398,3 +398,23 @@ def test_inputs_into_nhwc_channel_by_channel_and_whole(channels, dtype):
     out = np.full((2, 5, 7, channels), np.nan, np.float32)
     CpuBackend().nchw_to_runtime(x, out)
     np.testing.assert_array_equal(out, x.transpose(0, 2, 3, 1).astype(np.float32))
+
+
+@pytest.mark.parametrize("channels", [3, 16, 64, 67])
+def test_maxpool_kernel_propagates_nan_into_a_channel_slice(torch, channels):
+    """The CPU max pool (unsigned, vectorised channel loops) equals PyTorch's, NaNs and all,
+    when it writes into a concatenation's channel slice (strided output) and leaves the
+    neighbouring channels alone."""
+    from cnnc.runtime.backends.cpu.pool import maxpool
+
+    rng = np.random.default_rng(channels)
+    x = rng.standard_normal((2, 13, 12, channels)).astype(np.float32)
+    x[0, 4, 5, channels // 2] = np.nan
+    x[1, 0, 0, 0] = np.nan
+    x[1, 7, 3, :] = -np.inf
+    whole = np.full((2, 7, 6, channels + 9), 7.0, np.float32)
+    maxpool(x, whole[..., 4 : 4 + channels], 3, 3, 2, 2, 1, 1, 1, 1)
+    nchw = torch.from_numpy(x).permute(0, 3, 1, 2)
+    expected = torch.nn.functional.max_pool2d(nchw, 3, 2, 1).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(whole[..., 4 : 4 + channels], expected)
+    assert (whole[..., :4] == 7).all() and (whole[..., 4 + channels :] == 7).all()
