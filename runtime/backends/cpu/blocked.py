@@ -473,7 +473,7 @@ def _floor_div(a, b):
     return a // b if a >= 0 else -((-a + b - 1) // b)
 
 
-@njit(inline="always", **JIT)
+@njit(**JIT)
 def _live_range(o0, o1, interior, k, s, d, p, size):
     """The kernel positions [k0, k1) that read inside the image (``size`` rows or columns
     after ``p`` of padding, in padded coordinates) for some output o0..o1, stride ``s`` and
@@ -492,7 +492,11 @@ def _live_range(o0, o1, interior, k, s, d, p, size):
     return k0, k1
 
 
-@njit(inline="always", **JIT)
+# _live_range and _live_taps are called, not inlined: inlined into the tile loop (as Numba
+# inlines, its IR typed again in the caller) they doubled the cold compile of ``_items``,
+# 0.77 -> 1.41 s CPU when they came; called, 1.11 s (a call per tile of at least MR x NR
+# multiply-adds per tap and channel). 2-core Zen 4 under load 2.8, ResNet-18's first run.
+@njit(**JIT)
 def _live_taps(geometry, oy0, oy1, ox0, ox1):
     """The run of taps [t0, t1) (in the packed weights' order) that holds every tap reading
     the image for some output pixel in rows oy0..oy1 and columns ox0..ox1: the taps of dilated
