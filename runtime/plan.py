@@ -214,7 +214,8 @@ def _scale_weights(src, scale, shift):
         per_in = scale.reshape(g, w.shape[1])[np.arange(w.shape[0]) // (w.shape[0] // g)]
         src.raw["weight"] = (w * per_in[:, :, None, None]).astype(np.float32)
     else:
-        src.raw["weight"] = (w * scale.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32)
+        scaled = w * scale.reshape((-1,) + (1,) * (w.ndim - 1))  # float32 weights: float32
+        src.raw["weight"] = scaled.astype(np.float32, copy=False)  # no second copy
     bias = src.raw.get("bias", np.zeros_like(scale))
     src.raw["bias"] = (bias * scale + shift).astype(np.float32)
 

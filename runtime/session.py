@@ -42,12 +42,15 @@ class Session:
     ) -> Session:
         """``tune``: measure each convolution shape that the cache has no choice for (default
         ``$CNNC_TUNE``, else off: autotune.default_choice runs and nothing is timed)."""
-        from .backends import resolve_algorithm, resolve_tune
+        from .backends import preload, resolve_algorithm, resolve_tune
 
         check_batch(batch)
         algorithm = resolve_algorithm(algorithm)
         memory.check_fits(network, batch)
-        if weights is None:
+        if weights is None and device == "cpu":  # drawn while the backend's code loads
+            source = seed
+            weights = weights_io.initialise_while(network, seed, lambda: preload(device))
+        elif weights is None:
             source, weights = seed, weights_io.initialise(network, seed)
         elif not isinstance(weights, dict):
             source, weights = str(weights), weights_io.load(network, weights)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 
@@ -161,3 +163,40 @@ def test_several_inputs_after_one_flag_or_one_flag_each(tmp_path, capsys):
     np.testing.assert_array_equal(np.load(one), np.load(each))
     assert main(["run", str(spec), "--input", pair[0]]) == 1
     assert "no --input for b" in capsys.readouterr().err
+
+
+#: A command's end from the command line (cli._exit_now): Numba's registries loaded, an exit
+#: handler of the host's, output left in the buffer; with "thread", a thread still running.
+EXIT_PROBE = r"""
+import atexit, sys, threading, time
+import numba.core.registry
+from cnnc import cli
+
+atexit.register(lambda: print(" and the exit handler's", end=""))
+print("the command's output", end="")
+if sys.argv[1] == "thread":
+    threading.Thread(target=time.sleep, args=(0.3,)).start()
+cli._exit_now(3)
+print(", then returned", end="")
+sys.exit(4)
+"""
+
+
+def test_the_command_line_ends_without_the_interpreters_teardown():
+    """From the command line, the process ends once the command is done (Python's teardown of
+    Numba's registries cost 0.13-0.25 s), after the exit handlers and with its output; where
+    a thread of the command still runs, ``_exit_now`` returns and Python exits as usual."""
+    got = {}
+    for case in ("alone", "thread"):
+        out = subprocess.run(
+            [sys.executable, "-c", EXIT_PROBE, case], capture_output=True, text=True
+        )
+        got[case] = (out.returncode, out.stdout)
+    assert got["alone"] == (3, "the command's output and the exit handler's")
+    assert got["thread"] == (4, "the command's output, then returned and the exit handler's")
+
+
+def test_main_called_with_arguments_returns(capsys):
+    """A program that calls ``main(argv)`` gets the status back; the process goes on."""
+    assert main(["check", LENET]) == 0
+    assert "lenet5" in capsys.readouterr().out

@@ -5,10 +5,13 @@ each layer's weights (the plan's packed one), and fc's one-thread path for small
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
+import pytest
 
 import cnnc
+from cnnc.compiler import ResourceError, UsageError
 from cnnc.runtime import weights as weights_io
 from cnnc.runtime.backends.cpu import conv, winograd
 from cnnc.runtime.session import Session
@@ -34,6 +37,27 @@ def test_seeded_weights_are_the_same_drawn_by_chunks(monkeypatch):
     assert got["y.conv.weight"].dtype == np.float32
     np.testing.assert_array_equal(got["y.conv.weight"], conv_w.astype(np.float32))
     np.testing.assert_array_equal(got["out.fc.weight"], fc_w.astype(np.float32))
+
+
+def test_seeded_weights_drawn_beside_other_work_are_the_same():
+    """``initialise_while`` draws on a worker thread while the caller's work runs on its own
+    (Session.create loads the CPU backend meanwhile): the same weights, and an error of
+    either side raised to the caller."""
+    net = cnnc.load(NET)
+    ran_on = []
+    got = weights_io.initialise_while(net, 3, lambda: ran_on.append(threading.get_ident()))
+    assert ran_on == [threading.get_ident()]
+    want = weights_io.initialise(net, 3)
+    assert got.keys() == want.keys()
+    assert all(np.array_equal(got[k], want[k]) and got[k].dtype == want[k].dtype for k in want)
+    with pytest.raises(UsageError, match="seed"):
+        weights_io.initialise_while(net, -1, lambda: None)
+
+    def failing():
+        raise ResourceError("the backend did not start")
+
+    with pytest.raises(ResourceError, match="did not start"):
+        weights_io.initialise_while(net, 3, failing)
 
 
 def test_session_keeps_one_packed_copy_of_the_weights():

@@ -42,6 +42,17 @@ def resolve_tune(tune: bool | None) -> bool:
     return os.environ.get("CNNC_TUNE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def preload(device: str) -> None:
+    """Load what a backend's first kernel would: for the CPU, Numba, cnnc's kernel modules
+    and Numba's registries (about 0.3 s of Python, once per process), so that a caller can
+    run it beside work that leaves the interpreter free (weights.initialise_while). Nothing
+    for other devices, nor for an unknown one (``backend_for`` says so)."""
+    if device == "cpu":
+        from .cpu import registries
+
+        registries.load()
+
+
 def backend_for(device: str, algorithm: str | None = None, tune: bool = False):
     """A fresh backend object for ``device``, its kernels imported (and compiled on first use).
 

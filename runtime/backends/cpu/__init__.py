@@ -67,7 +67,17 @@ def start_threads() -> int:
 
 install_locator()  # before any kernel is defined
 
-from . import blas, bounds, conv, depthwise, elementwise, layout, norm, pool  # noqa: E402,F401
+from . import (  # noqa: E402,F401
+    blas,
+    bounds,
+    conv,
+    depthwise,
+    elementwise,
+    layout,
+    norm,
+    pool,
+    registries,
+)
 from .aligned import LINE, aligned_empty  # noqa: E402
 from .autotune import ALGORITHMS, TuneCache, machine_key  # noqa: E402
 from .table import GRADS, KERNELS  # noqa: E402
@@ -84,6 +94,7 @@ class CpuBackend:
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}")
         self.threads = start_threads()
+        registries.load()  # before any kernel, without scipy.linalg (registries.py)
         #: the convolution policy, one of backends.ALGORITHMS (auto, direct, blas, winograd)
         self.algorithm = algorithm
         #: measure layers that have no cached choice (else autotune.default_choice, measuring none:

@@ -58,24 +58,48 @@ def kernels_compiled() -> bool:
 
 class KernelCacheLocator(caching._SourceFileBackedLocatorMixin, caching._CacheLocator):
     """Numba's cache locator for the functions of this folder: ``kernel_cache_dir()``, laid
-    out as Numba lays out ``NUMBA_CACHE_DIR`` (one subfolder per source folder)."""
+    out as Numba lays out ``NUMBA_CACHE_DIR`` (one subfolder per source folder).
+
+    Numba makes a locator for each cached function when it is defined (141 of cnnc's when
+    the backend is imported), and each resolved its file's path and tried a temporary file
+    in its folder: 15-25 ms of every start (2-core Zen 4). The folder of a file and the
+    folders found writable are kept for the process instead."""
 
     def __init__(self, py_func, py_file):
         self._py_file = py_file
         self._lineno = py_func.__code__.co_firstlineno
-        self._cache_path = str(kernel_cache_dir() / self.get_suitable_cache_subpath(py_file))
+        self._cache_path = str(kernel_cache_dir() / _subpath(py_file))
 
     def get_cache_path(self):
         return self._cache_path
+
+    def ensure_cache_path(self):
+        if self._cache_path not in _writable:
+            super().ensure_cache_path()  # OSError where it cannot be written: not kept
+            _writable.add(self._cache_path)
 
     @classmethod
     def from_function(cls, py_func, py_file):
         """A locator for cnnc's own kernels, unless the user named a cache folder; None (the
         next locator's turn) for any other function, or where the folder cannot be written
         (Numba's defaults then still work)."""
-        if config.CACHE_DIR or Path(py_file).resolve().parent != HERE:
+        if config.CACHE_DIR or not _in_this_folder(py_file):
             return None
         return super().from_function(py_func, py_file)
+
+
+#: Cache folders this process found writable (``KernelCacheLocator.ensure_cache_path``).
+_writable: set[str] = set()
+
+
+@functools.cache
+def _in_this_folder(py_file: str) -> bool:
+    return Path(py_file).resolve().parent == HERE
+
+
+@functools.cache
+def _subpath(py_file: str) -> str:
+    return KernelCacheLocator.get_suitable_cache_subpath(py_file)
 
 
 def install_locator() -> None:
