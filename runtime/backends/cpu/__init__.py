@@ -67,7 +67,7 @@ def start_threads() -> int:
 
 install_locator()  # before any kernel is defined
 
-from . import blas, bounds, conv, depthwise, elementwise, layout, norm, pool  # noqa: E402,F401
+from . import bands, blas, bounds, conv, depthwise, elementwise, layout, norm, pool  # noqa: E402,F401
 from .aligned import LINE, aligned_empty  # noqa: E402
 from .autotune import ALGORITHMS, TuneCache, machine_key  # noqa: E402
 from .table import GRADS, KERNELS  # noqa: E402
@@ -226,6 +226,10 @@ class CpuBackend:
     def running(self):
         """The context of a pass: cnnc's BLAS calls run on one thread (blas.single_threaded)."""
         return blas.single_threaded()
+
+    def run_chain(self, entries, work, timings=None):
+        """Run an inverted-residual chain of the plan in bands of rows (bands.py)."""
+        bands.run_chain(self, entries, work, timings)
 
     def run_step(self, step, arrays, ins, res, out, work):
         self.kernels[step.kernel](self, step, arrays, ins, res, out, work)

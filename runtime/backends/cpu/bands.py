@@ -1,0 +1,155 @@
+"""Inverted-residual chains in bands of rows: a 1x1 expansion, the depthwise convolution
+after it and (where nothing sits between them) the 1x1 projection after that, run band by
+band of rows (plan._band_chains finds the chains), so that the expansion's wide output is
+read back by the depthwise step while it is still in L2, and the depthwise output by the
+projection.
+
+Run one step after the other, the expansion's output (MobileNetV2's 112x112x96: 4.8 MB)
+has left the cache by the time the depthwise step reads it: its depthwise layers ran about
+twice as slow in the network as alone on hot data. Each band's expansion rows are sized
+from the L2 cache's size (sysfs) and the row's width; chains whose expansion output fits
+in one band run as before. The kernels are the usual ones: a band of rows of an NHWC image
+is a contiguous slice, which the 1x1 kernels take as their input and output; the depthwise
+kernel runs a range of output rows of the whole image (so its padding stays right).
+Batch > 1 runs image by image, each in bands.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from time import perf_counter
+
+from . import bounds, conv, depthwise
+from .elementwise import run_call
+
+#: The share of the L2 caches of the threads that a band's expansion rows may take: the
+#: rest holds the band's input rows, its depthwise and projection rows and the weights.
+BAND_SHARE = 0.5
+
+
+@functools.cache
+def l2_cache_bytes() -> int:
+    """CPU 0's level-2 cache (sysfs; one core's), else 256 KiB (a small L2: more, smaller
+    bands, which cost a little more overhead than they need to but stay in the cache)."""
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            if (index / "level").read_text().strip() == "2":
+                return depthwise.cache_size_bytes((index / "size").read_text())
+        except (OSError, ValueError):
+            continue
+    return 256 << 10
+
+
+def band_rows(width: int, channels: int, threads: int) -> int:
+    """Expansion rows per band: BAND_SHARE of the threads' L2 caches, at least one."""
+    return max(1, int(BAND_SHARE * l2_cache_bytes() * threads) // (width * channels * 4))
+
+
+def run_chain(backend, entries, work, timings=None) -> None:
+    """Run a chain's steps (the executor's bound entries: step, arrays, inputs, residual,
+    output) in bands, or one after the other where one band holds them (``bind_chain``);
+    ``timings`` (a list) gets each step's seconds, its bands' summed."""
+    key = ("bands", *(id(e[0]) for e in entries), id(entries[0][2][0]), id(entries[-1][4]))
+    calls = backend.bound_call(key, lambda: bind_chain(backend, entries))
+    if calls is None:
+        for step, arrays, ins, res, out in entries:
+            t0 = perf_counter()
+            backend.run_step(step, arrays, ins, res, out, work)
+            if timings is not None:
+                timings.append(perf_counter() - t0)
+        return
+    seconds = [0.0] * len(entries)
+    for which, call in calls:
+        t0 = perf_counter()
+        run_call(call)
+        if timings is not None:
+            seconds[which] += perf_counter() - t0
+        if bounds.SLOTS[1]:  # checked mode stopped a kernel of this step (bounds.py)
+            bounds.raise_fault(entries[which][0].label)
+    if timings is not None:
+        timings.extend(seconds)
+
+
+def bind_chain(backend, entries) -> list | None:
+    """The chain's calls in the order they run, each with its step's position in the chain
+    (0 expansion, 1 depthwise, 2 projection), or None where it runs as plain steps: one band
+    holds the expansion's output, or a step's activation is a pass after its kernel.
+
+    The expansion's rows go to a buffer of a band's rows (``band_wide``), which the
+    depthwise step reads; the rows the next band reads again (the kernel's overlap) move to
+    its front. The expansion's output is then never written whole: a band's rows stay in
+    L2, and the widest tensor of the block never goes back to memory. The depthwise rows go
+    to the step's output, where the projection reads them (see depthwise.dwconv: a buffer
+    of their own made its tiles slower)."""
+    (expand, e_arrays, (x,), e_res, wide), (dw, d_arrays, _, d_res, mid) = entries[:2]
+    n_img, h, width, _ = x.shape
+    _, ho, _, c_wide = mid.shape
+    a = dw.attrs
+    sh, ph, kh, dh = a["sh"], a["ph"], a["kh"], a["dh"]
+    rows = band_rows(width, c_wide, backend.threads)
+    if rows >= h or backend.algorithm == "blas" or a["mult"] != 1:
+        return None
+    per_band = max(1, rows // sh)
+    cap = (per_band - 1) * sh + (kh - 1) * dh + 1  # input rows a band reads at most
+    wide_rows = backend.buffer("band_wide", cap * width * c_wide).reshape(1, cap, width, c_wide)
+    e_choice = _conv_choice(backend, expand, e_arrays, x, e_res, wide)
+    if len(entries) > 2:
+        project, p_arrays, _, p_res, p_out = entries[2]
+        p_choice = _conv_choice(backend, project, p_arrays, mid, p_res, p_out)
+    calls = []
+    for n in range(n_img):
+        held = done = 0  # ``wide_rows`` holds image rows ``held .. done - 1``
+        for o0 in range(0, ho, per_band):
+            o1 = min(ho, o0 + per_band)
+            hi = min(h, (o1 - 1) * sh - ph + (kh - 1) * dh + 1)  # rows this band reads
+            lo = min(hi, max(0, o0 * sh - ph))
+            if lo >= done:  # nothing held is read again
+                held = done = lo
+            elif lo > held:  # move the rows read again to the front
+                calls.append((1, (_move_rows, (wide_rows, lo - held, done - lo), None)))
+                held = lo
+            if hi > done:
+                into = wide_rows[:, done - held : hi - held]
+                call = _conv(
+                    backend, e_choice, expand, e_arrays, x[n : n + 1, done:hi], e_res, into
+                )
+                calls.append((0, call))
+                done = hi
+            held_rows = wide_rows[:, : done - held]
+            band = (h, held, o0, o1)
+            call = depthwise.dwconv_call(
+                backend, a, d_arrays, held_rows, d_res, mid[n : n + 1], band
+            )
+            calls.append((1, call))
+            if len(entries) > 2:
+                rows_of = (slice(n, n + 1), slice(o0, o1))
+                res = p_res[rows_of] if p_res.size else p_res
+                call = _conv(
+                    backend, p_choice, project, p_arrays, mid[rows_of], res, p_out[rows_of]
+                )
+                calls.append((2, call))
+    if any(call[2] is not None or call[0] is depthwise.dwconv_mult for _, call in calls):
+        return None
+    conv._keep_only(expand, e_arrays, conv._form(e_choice))  # one form of the weights kept,
+    if len(entries) > 2:  # as conv._bind keeps it
+        conv._keep_only(project, p_arrays, conv._form(p_choice))
+    backend.chosen[id(dw)] = f"{-(-ho // per_band)} bands"
+    return calls
+
+
+def _move_rows(buffer, first, count):
+    """Rows ``first .. first + count - 1`` of ``buffer`` (1, rows, W, C) to its front."""
+    buffer[:, :count] = buffer[:, first : first + count]
+
+
+def _conv_choice(backend, step, arrays, x, res, out):
+    """The algorithm of the whole layer (its tuned or default choice)."""
+    choice = conv._choose(backend, step, arrays, x, res, out)
+    backend.chosen[id(step)] = choice.label() + " in bands"
+    return choice
+
+
+def _conv(backend, choice, step, arrays, x, res, out):
+    """The call of the 1x1 convolution ``step`` by ``choice`` on these rows."""
+    return conv._bind_choice(backend, choice, arrays, x, res, out, step.attrs)
