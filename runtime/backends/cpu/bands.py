@@ -88,7 +88,8 @@ def bind_chain(backend, entries) -> list | None:
     a = dw.attrs
     sh, ph, kh, dh = a["sh"], a["ph"], a["kh"], a["dh"]
     rows = band_rows(width, c_wide, backend.threads)
-    if rows >= h or backend.algorithm == "blas" or a["mult"] != 1:
+    fits = h * width * c_wide * 4 <= l2_cache_bytes() * backend.threads
+    if fits or rows >= h or backend.algorithm == "blas" or a["mult"] != 1:
         return None
     per_band = max(1, rows // sh)
     cap = (per_band - 1) * sh + (kh - 1) * dh + 1  # input rows a band reads at most
