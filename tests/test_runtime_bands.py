@@ -1,6 +1,7 @@
 """Inverted-residual chains run in bands of rows (backends/cpu/bands.py) against PyTorch.
 
-Bands are forced small (a row or a few: ``band_rows`` patched), so that every band edge
+Bands are forced small (a row or a few: ``band_rows`` patched, and an L2 cache of 64 bytes
+that no image fits in), so that every band edge
 of odd-sized images is crossed: strides 1 and 2, 3x3 and 5x5 depthwise windows, padding
 and none, the residual add folded into the projection, a squeeze-and-excitation gate
 between the depthwise step and the projection (then only expansion -> depthwise bands),
@@ -43,6 +44,7 @@ def run_banded(torch, spec: str, batch: int, threads: int, rows: int, monkeypatc
     """Run ``spec`` with expansion bands of ``rows`` rows against PyTorch; the labels of
     what each step ran (``choice_of``), for the caller to check that bands ran."""
     monkeypatch.setattr(bands, "band_rows", lambda width, channels, threads: rows)
+    monkeypatch.setattr(bands, "l2_cache_bytes", lambda: 64)  # no test image fits
     net = cnnc.load(spec)
     weights = torch_reference.random_weights(net, 0)
     x = np.random.default_rng(1).standard_normal((batch, *net.inputs["x"].shape))
