@@ -7,7 +7,9 @@ optional so that tests can compare against the plain plan:
 - batch norm and layer scale (per-channel affine steps) folded into the convolution or fc
   before them;
 - a residual ``add`` folded into the epilogue of the conv that produces its last operand;
-- activations fused into the epilogue of their producer (conv, fc, batch norm, add, mul).
+- activations fused into the epilogue of their producer (conv, fc, batch norm, add, mul);
+- inverted-residual chains (1x1 expansion, depthwise, 1x1 projection) marked for backends
+  that run them in bands of rows (``Plan.chains``; the CPU's bands.py).
 """
 
 from __future__ import annotations
