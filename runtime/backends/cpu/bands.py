@@ -96,10 +96,13 @@ def bind_chain(backend, entries) -> list | None:
     _, ho, _, c_wide = mid.shape
     a = dw.attrs
     sh, ph, kh, dh = a["sh"], a["ph"], a["kh"], a["dh"]
-    rows = band_rows(width, c_wide, backend.threads)
-    fits = h * width * c_wide * 4 <= l2_cache_bytes() * backend.threads
-    if fits or rows >= h or backend.algorithm == "blas" or a["mult"] != 1:
+    # bands where the expansion's output of the batch cannot stay in the threads' L2: at
+    # batch 1 its larger layers, at batch 32 every one (an image at a time, in bands of
+    # rows where one image does not fit)
+    fits = n_img * h * width * c_wide * 4 <= l2_cache_bytes() * backend.threads
+    if fits or backend.algorithm == "blas" or a["mult"] != 1:
         return None
+    rows = min(h, band_rows(width, c_wide, backend.threads))
     per_band = max(1, rows // sh)
     cap = (per_band - 1) * sh + (kh - 1) * dh + 1  # input rows a band reads at most
     wide_rows = backend.buffer("band_wide", cap * width * c_wide).reshape(1, cap, width, c_wide)
