@@ -80,6 +80,17 @@ def test_bands_of_a_block_match_torch(torch, monkeypatch, k, s, p, rows, batch, 
 
 
 @pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("rows,label", [(13, "bands of 1 images"), (27, "bands of 2 images")])
+def test_bands_of_whole_images_match_torch(torch, monkeypatch, rows, label, threads):
+    """Where a band holds whole images (batch > 1), a few images at a time: 3 images in
+    bands of 2 and 1."""
+    spec = BLOCK.format(c=5, h=13, w=11, e=23, k=3, s=1, p=1, act="relu6", out=5,
+                        ret="add(y, x)")  # fmt: skip
+    ran = run_banded(torch, spec, 3, threads, rows, monkeypatch)
+    assert ran[0].endswith(" in bands") and ran[1] == label and ran[2].endswith(" in bands")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("k,s", [(3, 1), (5, 2)])
 def test_bands_stop_at_a_gate(torch, monkeypatch, k, s, threads):
     """With squeeze-and-excitation between them, the depthwise step writes its whole output

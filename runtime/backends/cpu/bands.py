@@ -85,7 +85,9 @@ def bind_chain(backend, entries) -> list | None:
     (0 expansion, 1 depthwise, 2 projection), or None where it runs as plain steps: one band
     holds the expansion's output, or a step's activation is a pass after its kernel.
 
-    The expansion's rows go to a buffer of a band's rows (``band_wide``), which the
+    A band is a few whole images where one image's rows fit in a band (``_image_groups``),
+    else rows of one image (``_row_bands``). The expansion's rows go to a buffer of a
+    band's rows (``band_wide``), which the
     depthwise step reads; the rows the next band reads again (the kernel's overlap) move to
     its front. The expansion's output is then never written whole: a band's rows stay in
     L2, and the widest tensor of the block never goes back to memory. The depthwise rows go
@@ -93,23 +95,68 @@ def bind_chain(backend, entries) -> list | None:
     of their own made its tiles slower)."""
     (expand, e_arrays, (x,), e_res, wide), (dw, d_arrays, _, d_res, mid) = entries[:2]
     n_img, h, width, _ = x.shape
-    _, ho, _, c_wide = mid.shape
+    c_wide = mid.shape[3]
     a = dw.attrs
-    sh, ph, kh, dh = a["sh"], a["ph"], a["kh"], a["dh"]
     # bands where the expansion's output of the batch cannot stay in the threads' L2: at
-    # batch 1 its larger layers, at batch 32 every one (an image at a time, in bands of
-    # rows where one image does not fit)
+    # batch 1 its larger layers, at batch 32 every one (a few images at a time where a band
+    # holds them, else each image in bands of rows)
     fits = n_img * h * width * c_wide * 4 <= l2_cache_bytes() * backend.threads
     if fits or backend.algorithm == "blas" or a["mult"] != 1:
         return None
-    rows = min(h, band_rows(width, c_wide, backend.threads))
+    rows = band_rows(width, c_wide, backend.threads)
+    e_choice = _conv_choice(backend, expand, e_arrays, x, e_res, wide)
+    project = None
+    if len(entries) > 2:
+        step, p_arrays, _, p_res, p_out = entries[2]
+        project = (step, p_arrays, _conv_choice(backend, step, p_arrays, mid, p_res, p_out))
+    steps = ((expand, e_arrays, e_choice, x, e_res), (dw, d_arrays, d_res, mid), project)
+    if rows >= h:  # whole images, as many as a band holds
+        calls, label = _image_groups(backend, steps, min(n_img, rows // h), entries)
+    else:
+        calls, label = _row_bands(backend, steps, rows, entries)
+    if any(call[2] is not None or call[0] is depthwise.dwconv_mult for _, call in calls):
+        return None
+    conv._keep_only(expand, e_arrays, conv._form(e_choice))  # one form of the weights kept,
+    if project is not None:  # as conv._bind keeps it
+        conv._keep_only(project[0], project[1], conv._form(project[2]))
+    backend.chosen[id(dw)] = label
+    return calls
+
+
+def _image_groups(backend, steps, per_band, entries) -> tuple:
+    """The calls of whole images ``per_band`` at a time, the expansion's output in a buffer
+    of that many images."""
+    (expand, e_arrays, e_choice, x, e_res), (dw, d_arrays, d_res, mid), project = steps
+    n_img, h, width, _ = x.shape
+    c_wide = mid.shape[3]
+    held = backend.buffer("band_wide", per_band * h * width * c_wide)
+    held = held.reshape(per_band, h, width, c_wide)
+    calls = []
+    for n0 in range(0, n_img, per_band):
+        images = slice(n0, min(n_img, n0 + per_band))
+        wide = held[: images.stop - n0]
+        calls.append((0, _conv(backend, e_choice, expand, e_arrays, x[images], e_res, wide)))
+        calls.append((1, depthwise.dwconv_call(backend, dw.attrs, d_arrays, wide, d_res,
+                                               mid[images])))  # fmt: skip
+        if project is not None:
+            step, p_arrays, p_choice = project
+            _, _, _, res, out = entries[2]
+            res = res[images] if res.size else res
+            calls.append((2, _conv(backend, p_choice, step, p_arrays, mid[images], res,
+                                   out[images])))  # fmt: skip
+    return calls, f"bands of {per_band} images"
+
+
+def _row_bands(backend, steps, rows, entries) -> tuple:
+    """The calls of each image in bands of about ``rows`` expansion rows."""
+    (expand, e_arrays, e_choice, x, e_res), (dw, d_arrays, d_res, mid), project = steps
+    n_img, h, width, _ = x.shape
+    _, ho, _, c_wide = mid.shape
+    a = dw.attrs
+    sh, ph, kh, dh = a["sh"], a["ph"], a["kh"], a["dh"]
     per_band = max(1, rows // sh)
     cap = (per_band - 1) * sh + (kh - 1) * dh + 1  # input rows a band reads at most
     wide_rows = backend.buffer("band_wide", cap * width * c_wide).reshape(1, cap, width, c_wide)
-    e_choice = _conv_choice(backend, expand, e_arrays, x, e_res, wide)
-    if len(entries) > 2:
-        project, p_arrays, _, p_res, p_out = entries[2]
-        p_choice = _conv_choice(backend, project, p_arrays, mid, p_res, p_out)
     calls = []
     for n in range(n_img):
         held = done = 0  # ``wide_rows`` holds image rows ``held .. done - 1``
@@ -135,20 +182,14 @@ def bind_chain(backend, entries) -> list | None:
                 backend, a, d_arrays, held_rows, d_res, mid[n : n + 1], band
             )
             calls.append((1, call))
-            if len(entries) > 2:
+            if project is not None:
+                step, p_arrays, p_choice = project
+                _, _, _, p_res, p_out = entries[2]
                 rows_of = (slice(n, n + 1), slice(o0, o1))
                 res = p_res[rows_of] if p_res.size else p_res
-                call = _conv(
-                    backend, p_choice, project, p_arrays, mid[rows_of], res, p_out[rows_of]
-                )
+                call = _conv(backend, p_choice, step, p_arrays, mid[rows_of], res, p_out[rows_of])
                 calls.append((2, call))
-    if any(call[2] is not None or call[0] is depthwise.dwconv_mult for _, call in calls):
-        return None
-    conv._keep_only(expand, e_arrays, conv._form(e_choice))  # one form of the weights kept,
-    if len(entries) > 2:  # as conv._bind keeps it
-        conv._keep_only(project, p_arrays, conv._form(p_choice))
-    backend.chosen[id(dw)] = f"{-(-ho // per_band)} bands"
-    return calls
+    return calls, f"{-(-ho // per_band)} bands"
 
 
 def _move_rows(buffer, first, count):
