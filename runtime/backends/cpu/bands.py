@@ -14,13 +14,16 @@ slice, which the 1x1 kernels take as their input and output; the depthwise kerne
 range of output rows of the whole image (so its padding stays right). Batch > 1 runs
 image by image, each in bands.
 
-What it gains is small at batch 1 and larger at batch 32 (2-core Zen 4, 1 MiB L2 per
-core, 1 thread, machine shared with another process on the other core): MobileNetV2 batch
-1 8.87 -> 8.67 ms (best of 60 interleaved in one process; p10 8.98 -> 8.85), EfficientNet-B0
-batch 1 14.52 -> 14.46 (its SE blocks band only expansion -> depthwise), MobileNetV3-Large
-batch 32 261-263 -> 240-244 ms. Each band is three kernel calls (two Python-side: about
-2.3 us each on one thread, 0.8 of them Numba's dispatch), which is what the smaller bands
-lose: a band of a quarter of L2 ran slower than none at batch 1.
+What it gains (2-core Zen 4, 1 MiB L2 per core, one thread, CPU time, best of interleaved
+runs against the code before, on a machine shared with another process): MobileNetV2
+batch 1 8.87 -> 8.67 ms (one process, 60 rounds; its 112x112x96 expansion 0.63 -> 0.49 ms,
+its depthwise steps little changed), batch 8 75.1-78.6 -> 68.0 ms, MobileNetV3-Large batch
+32 257-262 -> 233-240 ms, EfficientNet-B0 batch 1 14.52 -> 14.46 (its squeeze-and-excitation
+blocks band only expansion -> depthwise). Each band is two or three kernel calls, each a
+parallel region (an empty depthwise call: 2.3 us on one thread, 0.8 of them Numba's
+dispatch): bands of a quarter of L2 ran slower than none at batch 1, and two threads with
+one core busy elsewhere pay far more per region (MobileNetV2 batch 8, 2 threads, shared
+machine: 110 -> 165 ms).
 """
 
 from __future__ import annotations
