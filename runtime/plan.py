@@ -7,13 +7,15 @@ optional so that tests can compare against the plain plan:
 - batch norm and layer scale (per-channel affine steps) folded into the convolution or fc
   before them;
 - a residual ``add`` folded into the epilogue of the conv that produces its last operand;
-- activations fused into the epilogue of their producer (conv, fc, batch norm, add, mul).
+- activations fused into the epilogue of their producer (conv, fc, batch norm, add, mul);
+- inverted-residual chains (1x1 expansion, depthwise, 1x1 projection) marked for backends
+  that run them in bands of rows (``Plan.chains``; the CPU's bands.py).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import count
 from math import prod
 
@@ -46,6 +48,10 @@ class Plan:
     outputs: dict[str, int]
     slot_sizes: list[int]
     optimized: bool
+    #: inverted-residual chains a backend may run in bands of rows (``_band_chains``): each
+    #: (first step's index, step count); their buffers live from the chain's first step to
+    #: its last, so that a band may write any of them while another is still to be read
+    chains: list[tuple[int, int]] = field(default_factory=list)
 
     def root(self, vid: int) -> Value:
         v = self.values[vid]
@@ -129,6 +135,8 @@ def build_plan(
     for step in steps:
         pack(step)
     plan = Plan(net, steps, values, inputs, outputs, [], optimize)
+    if optimize:
+        plan.chains = _band_chains(steps, values, outputs)
     _assign_slots(plan)
     return plan
 
@@ -299,6 +307,49 @@ def _pointwise(a: dict) -> bool:
     )  # fmt: skip
 
 
+def _band_chains(steps, values, outputs) -> list[tuple[int, int]]:
+    """Inverted-residual chains: a 1x1 expansion read only by the depthwise convolution
+    after it, and the 1x1 projection after that where it reads only the depthwise output
+    (not where a squeeze-and-excitation gate sits between them: its global pool needs the
+    whole depthwise output first). A backend may run such a chain band by band of rows
+    (backends/cpu/bands.py) so that the expansion's wide output is read back while it is in
+    the cache. Only consecutive steps."""
+    readers = _Readers(steps, values, outputs)
+    chains = []
+    i = 0
+    while i + 1 < len(steps):
+        expand, depthwise = steps[i], steps[i + 1]
+        if not (
+            _plain_pointwise(expand)
+            and expand.residual is None
+            and depthwise.kernel == "dwconv"
+            and depthwise.attrs["mult"] == 1
+            and depthwise.residual is None
+            and depthwise.inputs == [expand.output]
+            and readers.single_use(expand.output)
+        ):
+            i += 1
+            continue
+        n = 2
+        if i + 2 < len(steps):
+            project = steps[i + 2]
+            if (
+                _plain_pointwise(project)
+                and project.inputs == [depthwise.output]
+                and readers.single_use(depthwise.output)
+                and project.residual not in (expand.output, depthwise.output)
+            ):
+                n = 3
+        chains.append((i, n))
+        i += n
+    return chains
+
+
+def _plain_pointwise(step: Step) -> bool:
+    """A 1x1 convolution of one input (no gate folded in) on images (not vectors)."""
+    return step.kernel == "conv" and len(step.inputs) == 1 and _pointwise(step.attrs)
+
+
 def _through_aliases(vid: int, values, readers: _Readers) -> int:
     """The value an identity chain (EfficientNet's ``droppath``) ending in ``vid`` aliases,
     when that chain is all it feeds and ``vid`` is read once: the add it feeds can then fold
@@ -364,10 +415,14 @@ def _assign_slots(plan: Plan):
             roots[v] = found
         return found
 
+    chain_end = {}
+    for first, n in plan.chains:
+        for index in range(first, first + n):
+            chain_end[index] = first + n - 1
     last_use: dict[int, int] = {}
     for index, step in enumerate(plan.steps):
         for vid in _reads(step):
-            last_use[root(vid)] = index
+            last_use[root(vid)] = max(last_use.get(root(vid), 0), chain_end.get(index, index))
     keep = {root(v) for v in (*plan.outputs.values(), *plan.inputs.values())}
     frees_at: dict[int, list[int]] = {}
     for vid, last in last_use.items():  # dict order: the order the old scan freed them in

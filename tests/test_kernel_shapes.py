@@ -164,7 +164,7 @@ def _dw_call(x, c, bias, kh=3, pad=0, patch_floats=None):
     wts = np.ones((kh, kh, c), np.float32)
     depthwise.dwconv(x, wts, bias, np.empty((0, 0, 0, 0), np.float32), out, scratch, kh, kh, 1,
                      1, pad, pad, 1, 1, np.float32(-np.inf), np.float32(np.inf), 0, np.float32(0),
-                     1, 1)  # fmt: skip
+                     depthwise.whole_rows(x, out), 1, 1)  # fmt: skip
     return out
 
 

@@ -68,6 +68,7 @@ def start_threads() -> int:
 install_locator()  # before any kernel is defined
 
 from . import (  # noqa: E402,F401
+    bands,
     blas,
     bounds,
     conv,
@@ -237,6 +238,10 @@ class CpuBackend:
     def running(self):
         """The context of a pass: cnnc's BLAS calls run on one thread (blas.single_threaded)."""
         return blas.single_threaded()
+
+    def run_chain(self, entries, work, timings=None):
+        """Run an inverted-residual chain of the plan in bands of rows (bands.py)."""
+        bands.run_chain(self, entries, work, timings)
 
     def run_step(self, step, arrays, ins, res, out, work):
         self.kernels[step.kernel](self, step, arrays, ins, res, out, work)

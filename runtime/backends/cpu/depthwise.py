@@ -49,17 +49,28 @@ ROW_FLOATS = -(-2 * MR // 16) * 16
 
 @njit(**PJIT)
 def dwconv(x, w, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, lo, hi, post, slope,
-           per_item, hint_input):  # fmt: skip
+           rows, per_item, hint_input):  # fmt: skip
     """Depthwise convolution (channel multiplier 1), ``w`` (kh, kw, C), epilogue as
     ``dw_tile_out`` takes it. ``per_item`` channel vectors per work item; ``scratch`` holds
-    ``dw_scratch_floats`` per thread; ``hint_input`` (0 or 1): see ``wants_input_hints``."""
-    n_img, h, wd, c_n = x.shape
+    ``dw_scratch_floats`` per thread; ``hint_input`` (0 or 1): see ``wants_input_hints``.
+
+    ``rows`` (``whole_rows``: every row of ``x`` and ``out``) runs a band of rows (bands.py):
+    (h, row0, oy_first, oy_last): output rows ``oy_first .. oy_last - 1`` of images ``h``
+    rows high, where ``x`` holds image rows ``row0`` on (all of ``out``'s rows are there).
+    The geometry is the whole image's, so the padding is right at a band's edge; the rows a
+    band reads must lie in ``x`` (checked mode verifies every tile's extents). (A band
+    written into a buffer of its own rows, as ``x`` is read from one, made the tiles 35-50%
+    slower, 56x56x144 232 -> 316 us: the output's addresses are the whole image's.)"""
+    n_img, x_rows, wd, c_n = x.shape
     _, ho, wo, _ = out.shape
+    h, row0, oy_first, oy_last = rows
+    n_rows = max(0, oy_last - oy_first)
     n_vec = (c_n + LANES - 1) // LANES
     blocks = (n_vec + per_item - 1) // per_item
-    items = n_img * ho * blocks
+    items = n_img * n_rows * blocks
     threads = scratch.shape[0]
-    geometry = (h, wd, c_n, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, n_vec, blocks, per_item)
+    geometry = (h, wd, c_n, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, n_vec, blocks, per_item,
+                oy_first, n_rows, x_rows, row0)  # fmt: skip
     # the arrays go into the parallel loop, never bare addresses (see blocked.py)
     arrays = (x, w, bias, out, res)
     for thr in prange(threads):
@@ -75,7 +86,8 @@ def _dw_items(first, last, geometry, arrays, rows, patch, lo, hi, post, slope, h
     here, once (the caller's references keep the arrays alive until this returns): views
     inside the loops would be atomic updates of shared reference counts. Where checked mode
     is on, each kernel's extents are verified before it runs (extents.py)."""
-    h, wd, c_n, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, n_vec, blocks, per_item = geometry
+    h, wd, c_n, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, n_vec, blocks, per_item = geometry[:16]
+    oy_first, n_rows, x_rows, row0 = geometry[16:20]
     x, w, bias, out, res = arrays
     x_at, w_at, bias_at, out_at = x.ctypes.data, w.ctypes.data, bias.ctypes.data, out.ctypes.data
     res_at = res.ctypes.data if res.size > 0 else np.uint64(0)
@@ -94,8 +106,8 @@ def _dw_items(first, last, geometry, arrays, rows, patch, lo, hi, post, slope, h
     for item in range(first, last):
         block = item % blocks
         r = item // blocks
-        oy = r % ho
-        n = r // ho
+        oy = oy_first + r % n_rows
+        n = r // n_rows
         # the kernel rows whose input row lies inside the image, ky0 .. ky0 + k_rows - 1: the
         # others would only add zeros, so the tiles skip them (no padded copy of the top and
         # bottom rows)
@@ -107,7 +119,7 @@ def _dw_items(first, last, geometry, arrays, rows, patch, lo, hi, post, slope, h
                 c0 = v * LANES
                 nk = min(LANES, c_n - c0)
                 window = (n, iy0, -pw, k_rows, dh, narrow_used, h, wd, c_n, c0, nk,
-                          narrow_span)  # fmt: skip
+                          narrow_span, x_rows, row0)  # fmt: skip
                 if check and not _patch_fits(x_at, patch_at, window, patch, x):
                     return
                 _fill_patch(x_at, patch_at, window)
@@ -150,10 +162,10 @@ def _dw_items(first, last, geometry, arrays, rows, patch, lo, hi, post, slope, h
                 for i in range(MR):
                     rows[i] = first_out + i * c_n if i < count else -1
                 if inside:
-                    a = x_at + ((n * h + iy0) * wd + ix0) * pixel + c0 * F4
+                    a = x_at + ((n * x_rows + iy0 - row0) * wd + ix0) * pixel + c0 * F4
                     steps = (sw * pixel, dw * pixel, dh * wd * pixel)
                 else:
-                    window = (n, iy0, ix0, k_rows, dh, span, h, wd, c_n, c0, nk, span)
+                    window = (n, iy0, ix0, k_rows, dh, span, h, wd, c_n, c0, nk, span, x_rows, row0)
                     # checked mode: every copy's extents first, out of line (a test per copy
                     # cost the unchecked path 3%)
                     if check and not _patch_fits(x_at, patch_at, window, patch, x):
@@ -182,14 +194,15 @@ def _hint_next_row(x_at, geometry, n, oy, ix0, span):
     that output row ``oy + 1`` reads and row ``oy`` does not: the rows this thread reads
     next, a row of work ahead (see ``wants_input_hints``)."""
     h, wd, c_n, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw = geometry[:13]
+    x_rows, row0 = geometry[18], geometry[19]  # rows held (see ``dwconv``)
     last_now = oy * sh - ph + (kh - 1) * dh
     first_next = (oy + 1) * sh - ph
     col0 = max(0, ix0)
     col1 = min(wd, ix0 + span)
     for ky in range(kh):
         iy = first_next + ky * dh
-        if last_now < iy < h and iy >= 0 and col1 > col0:
-            row = x_at + ((n * h + iy) * wd) * c_n * F4
+        if last_now < iy < min(h, row0 + x_rows) and iy >= row0 and col1 > col0:
+            row = x_at + ((n * x_rows + iy - row0) * wd) * c_n * F4
             prefetch_lines(row + col0 * c_n * F4, row + col1 * c_n * F4)
 
 
@@ -276,13 +289,13 @@ def _patch_fits(x_at, patch_at, window, patch, x):
 def _patch_copy(x_at, patch_at, window, ky, j):
     """``copy_lanes``' destination and source for row ``ky``, column ``j`` of the patch
     (source 0: outside the image, zeros)."""
-    n, iy0, ix0, kh, dh, span, h, wd, c_n, c0, nk, pitch = window
+    n, iy0, ix0, kh, dh, span, h, wd, c_n, c0, nk, pitch, x_rows, row0 = window
     iy = iy0 + ky * dh
     ix = ix0 + j
     dst = patch_at + (ky * pitch + j) * LANES * F4
     src = 0
     if 0 <= iy < h and 0 <= ix < wd:
-        src = x_at + (((n * h + iy) * wd + ix) * c_n + c0) * F4
+        src = x_at + (((n * x_rows + iy - row0) * wd + ix) * c_n + c0) * F4
     return dst, src
 
 
@@ -331,8 +344,17 @@ def dw_scratch_floats(kh: int, kw: int, sw: int, dw: int, narrow: int = 0) -> in
     return ROW_FLOATS + kh * span * LANES
 
 
-def dwconv_call(backend, a, arrays, x, res, out) -> tuple:
-    """A depthwise step's call (``a`` its attributes; see elementwise.run_call)."""
+def whole_rows(x, out) -> tuple:
+    """``dwconv``'s ``rows`` for all rows of ``x`` and ``out``."""
+    return (x.shape[1], 0, 0, out.shape[1])
+
+
+def dwconv_call(backend, a, arrays, x, res, out, rows=None) -> tuple:
+    """A depthwise step's call (``a`` its attributes; see elementwise.run_call); ``rows``:
+    see ``dwconv`` (None: ``whole_rows``)."""
+    rows = whole_rows(x, out) if rows is None else rows
+    if rows != whole_rows(x, out) and x.shape[0] != 1:
+        raise ValueError("a band of rows (dwconv's rows) is of one image")
     act, alpha, beta = a["act"], np.float32(a["alpha"]), np.float32(a["beta"])
     window = (a["kh"], a["kw"], a["sh"], a["sw"], a["ph"], a["pw"], a["dh"], a["dw"])
     if a["mult"] != 1 or backend.algorithm == "blas":  # plain loops: no micro-kernel
@@ -340,12 +362,12 @@ def dwconv_call(backend, a, arrays, x, res, out) -> tuple:
         return dwconv_mult, args, None
     lo, hi, rest = clamp_bounds(act, alpha, beta)
     post, rest = post_code(rest)
-    per = dw_vectors_per_item(x.shape[0], out.shape[1], x.shape[3], backend.threads)
+    per = dw_vectors_per_item(x.shape[0], rows[3] - rows[2], x.shape[3], backend.threads)
     narrow = narrow_tiles(x.shape[2], out.shape[2], a["kw"], a["sw"], a["pw"], a["dw"])
     scratch = backend.scratch(dw_scratch_floats(a["kh"], a["kw"], a["sw"], a["dw"], narrow))
     hint = wants_input_hints(x.nbytes + out.nbytes)
-    args = (x, arrays["w"], arrays["b"], res, out, scratch, *window, lo, hi, post, alpha, per,
-            hint)  # fmt: skip
+    args = (x, arrays["w"], arrays["b"], res, out, scratch, *window, lo, hi, post, alpha, rows,
+            per, hint)  # fmt: skip
     return dwconv, args, (out, rest, alpha, beta) if rest else None
 
 
