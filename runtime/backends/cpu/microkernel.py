@@ -415,11 +415,16 @@ def _activation(builder, kind, v, slope):
 
 def _post_activation(builder, n_vec, rows, out, nk, post, slope, n_rows=MR):
     """Activation ``post`` over the ``n_rows`` rows of ``n_vec`` vectors just stored (a loop
-    over rows, one copy of each activation's code; the rows are in L1)."""
+    over rows, one copy of each activation's code; the rows are in L1). Rows of full panels
+    (``nk`` all their channels) load and store plainly, others masked: AVX2's masked store
+    is microcoded on AMD's cores, and with it SiLU after MobileNet-sized depthwise tiles
+    (56x56x144, Zen 4, one thread) added 140% to the layer with AVX2 code against 70% with
+    AVX-512 code."""
     i32, i64 = ir.IntType(32), ir.IntType(64)
     vec = ir.VectorType(ir.FloatType(), LANES)
     masked_load, masked_store = _masked_ops(builder)
     masks = _lane_masks(builder, nk, n_vec)
+    full = builder.icmp_signed("==", nk, ir.Constant(i64, n_vec * LANES))
     slope = _splat(builder, slope)
     row_at = builder.inttoptr(rows, i64.as_pointer())
     fn = builder.function
@@ -428,6 +433,37 @@ def _post_activation(builder, n_vec, rows, out, nk, post, slope, n_rows=MR):
     switch = builder.switch(post, done)
     for kind, block in cases.items():
         switch.add_case(ir.Constant(i64, kind), block)
+
+    def split():  # (block for a full panel, block for a partial one, the block after both)
+        whole, part, joined = (fn.append_basic_block(f"post.{name}")
+                               for name in ("whole", "part", "joined"))  # fmt: skip
+        builder.cbranch(full, whole, part)
+        return whole, part, joined
+
+    def load(ptr, mask):
+        whole, part, joined = split()
+        builder.position_at_end(whole)
+        plain = builder.load(ptr, align=4)
+        builder.branch(joined)
+        builder.position_at_end(part)
+        masked = builder.call(masked_load, [ptr, ir.Constant(i32, 4), mask, _vconst(0.0)])
+        builder.branch(joined)
+        builder.position_at_end(joined)
+        value = builder.phi(vec)
+        value.add_incoming(plain, whole)
+        value.add_incoming(masked, part)
+        return value
+
+    def store(value, ptr, mask):
+        whole, part, joined = split()
+        builder.position_at_end(whole)
+        builder.store(value, ptr, align=4)
+        builder.branch(joined)
+        builder.position_at_end(part)
+        builder.call(masked_store, [value, ptr, ir.Constant(i32, 4), mask])
+        builder.branch(joined)
+        builder.position_at_end(joined)
+
     for kind, block in cases.items():
         builder.position_at_end(block)
         head = fn.append_basic_block("post.row")
@@ -448,10 +484,8 @@ def _post_activation(builder, n_vec, rows, out, nk, post, slope, n_rows=MR):
             byte = builder.mul(builder.add(offset, ir.Constant(i64, v * LANES)),
                                ir.Constant(i64, 4))  # fmt: skip
             ptr = builder.inttoptr(builder.add(out, byte), vec.as_pointer())
-            value = builder.call(masked_load, [ptr, ir.Constant(i32, 4), masks[v],
-                                               _vconst(0.0)])  # fmt: skip
-            value = _activation(builder, kind, value, slope)
-            builder.call(masked_store, [value, ptr, ir.Constant(i32, 4), masks[v]])
+            value = _activation(builder, kind, load(ptr, masks[v]), slope)
+            store(value, ptr, masks[v])
         i.add_incoming(following, builder.block)
         builder.branch(head)
     builder.position_at_end(done)
