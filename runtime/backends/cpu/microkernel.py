@@ -562,10 +562,12 @@ def _epilogue(builder, acc, n_vec, rows, out, res, bias, nk, lo, hi):
 DW_SMALL = 4
 #: Channel vectors of a depthwise tile, and its channels: NV vectors, as in the micro-kernel's
 #: tile, so that MR x DW_NV accumulators take the registers that tile's take (12 of 16 with
-#: AVX2, 24 of 32 with AVX-512). With one vector per tile, an 8-lane tile did a quarter of a
+#: AVX2, 24 of 32 with AVX-512). With one vector per tile an 8-lane tile did a quarter of a
 #: 16-lane tile's work for the same work around it (its pixels' addresses, the epilogue, each
-#: border column's patch), and MobileNetV2's depthwise steps took 1.45x as long with AVX2 code
-#: as with AVX-512 code on the same Zen 4 (one thread; docs in the commit).
+#: border column's patch). Eight depthwise shapes of MobileNetV2 and EfficientNet-B0 (Zen 4,
+#: one thread) with both this and ``_dw_sums``' plain loads: 1739 -> 1385 us with AVX2 code,
+#: 1317 -> 1158 us with AVX-512 code (docs/performance.md, "Depthwise and activations with
+#: AVX2 code").
 DW_NV = NV
 DW_CH = DW_NV * LANES
 
@@ -591,8 +593,11 @@ def _dw_sums(builder, nk, loop):
     ``address + v * LANES * 4``) of the DW_CH channels at ``address``: plain loads where
     ``nk`` is DW_CH, else loads masked to the first ``nk`` channels (two copies of the loop,
     one taken per call). With AVX2 a masked load holds its mask in one of the 16 registers
-    and cannot be an operand of the multiply-add, as a plain load can; a tile of full
-    channels (MobileNet's, EfficientNet's: multiples of 8) took 5-10% longer with them."""
+    and cannot be an operand of the multiply-add, as a plain load can. Full channel blocks
+    are the common case (MobileNet's and EfficientNet's channels are multiples of 16 or 8);
+    on eight of their shapes (Zen 4, one thread, two-vector tiles) masked loads only took
+    1528 us with AVX2 code against 1385 us with this, 1329 against 1158 us with AVX-512 code
+    (where two vectors of masked loads spilled on 5x5 stride-2 tiles)."""
     i32, i64 = ir.IntType(32), ir.IntType(64)
     vec = ir.VectorType(ir.FloatType(), LANES)
     masked_load, _ = _masked_ops(builder)
@@ -635,7 +640,8 @@ def _dw_codegen(context, builder, args, pixels):
     the DW_CH floats at ``a + min(i, count - 1) * step + ky * row_step + kx * col_step`` and
     multiplies them with those at ``w + (ky * kw + kx) * w_tap``: strides and dilations are
     the caller's, so the same code reads the input in place or a zero-padded patch of it.
-    Loads are masked to ``nk`` channels. Addresses and steps in bytes."""
+    Loads are masked to ``nk`` channels where it is short of DW_CH (``_dw_sums``). Addresses
+    and steps in bytes."""
     kh, kw, a, step, col_step, row_step, w, w_tap, count, rows, out, res, bias, nk = args[:14]
     lo, hi, post, slope = args[14:]
     vec = ir.VectorType(ir.FloatType(), LANES)
