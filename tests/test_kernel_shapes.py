@@ -32,7 +32,7 @@ from kernel_cases import AVX2, case_data, numba_threads, random_case
 import torch_reference
 from cnnc.compiler.ops import OPS
 from cnnc.runtime.backends.cpu import blas, blocked, bounds, depthwise, winograd
-from cnnc.runtime.backends.cpu.microkernel import LANES, MR
+from cnnc.runtime.backends.cpu.microkernel import DW_CH, LANES, MR
 from conftest import ROOT
 
 TESTS = Path(__file__).resolve().parent
@@ -175,7 +175,7 @@ def test_checked_mode_stops_depthwise_tiles_and_patch_copies(checked):
     _dw_call(x, 20, np.zeros(5, np.float32))
     with pytest.raises(bounds.BoundsError, match="depthwise tile .* of its bias"):
         bounds.raise_fault()
-    _dw_call(x, 20, np.zeros(20, np.float32), pad=1, patch_floats=depthwise.ROW_FLOATS + 3 * LANES)
+    _dw_call(x, 20, np.zeros(20, np.float32), pad=1, patch_floats=depthwise.ROW_FLOATS + 3 * DW_CH)
     with pytest.raises(bounds.BoundsError, match="depthwise patch copy .* of its patch buffer"):
         bounds.raise_fault()
 
@@ -220,7 +220,7 @@ def test_depthwise_matches_torch(torch, data):
     w = draw(st.integers(max(1, dw * (kw - 1) + 1 - 2 * pw), 40))
     window = {"kh": kh, "kw": kw, "sh": sh, "sw": sw, "ph": ph, "pw": pw, "dh": dh, "dw": dw}
     check_depthwise(
-        torch, window, h, w, c=draw(st.integers(1, 2 * LANES + 3)), n=draw(st.integers(1, 2)),
+        torch, window, h, w, c=draw(st.integers(1, 2 * DW_CH + 3)), n=draw(st.integers(1, 2)),
         act=draw(st.sampled_from(sorted(ACTS))), seed=draw(st.integers(0, 2**16)),
         residual=draw(st.booleans()), threads=draw(st.integers(1, 2)),
         hints=draw(st.booleans()),
@@ -232,8 +232,9 @@ def test_depthwise_matches_torch(torch, data):
 def test_depthwise_full_tiles_match_torch(torch, k, s, residual):
     """The windows with a tile of their own (``dw_slide_*``: 3x3 and 5x5, stride 1 and 2),
     on rows of several full tiles and a partial one, and on narrow rows copied whole into a
-    patch (``depthwise.narrow_tiles``), channels past a vector, both threads."""
-    widths = ((1, 2 * MR * s + 5, LANES + 3), (2, 3 * MR * s, 2 * LANES), (1, 7, LANES - 1),
+    patch (``depthwise.narrow_tiles``), both threads; channels of a full block (DW_CH: plain
+    loads) and of partial ones, past a vector and short of one (masked loads)."""
+    widths = ((1, 2 * MR * s + 5, DW_CH + LANES + 3), (2, 3 * MR * s, 2 * LANES), (1, 7, LANES - 1),
               (2, MR * s + 1, LANES + 1))  # fmt: skip
     for i, (threads, w, c) in enumerate(widths):
         window = {"kh": k, "kw": k, "sh": s, "sw": s, "ph": k // 2, "pw": k // 2, "dh": 1, "dw": 1}

@@ -1,9 +1,10 @@
 """Depthwise convolution on the CPU (Numba), NHWC float32: MobileNet's and EfficientNet's
 3x3 and 5x5 layers, any stride and dilation.
 
-The multiply-adds run in ``microkernel.dw_tile_out``: MR output pixels of one row x one vector
-of channels in registers, every tap, then bias, residual and activation in registers and one
-store. Work items are (image, output row, block of channel vectors). A tile runs only the
+The multiply-adds run in ``microkernel.dw_tile_out``: MR output pixels of one row x one block
+of DW_CH channels (the micro-kernel's NV vectors) in registers, every tap, then bias, residual
+and activation in registers and one store. Work items are (image, output row, run of channel
+blocks). A tile runs only the
 kernel rows whose input rows lie inside the image (the others add zeros). Runs of pixels
 whose taps all fall inside the image's width read the input in place, full tiles of 3x3 and
 5x5 windows through ``dw_slide_*`` (each input column loaded once per kernel row); the
@@ -27,8 +28,8 @@ from .bounds import DEPTHWISE_PATCH, DEPTHWISE_TILE, checking
 from .elementwise import run_call
 from .extents import copy_lanes_fits, dw_tile_fits
 from .microkernel import (
+    DW_CH,
     DW_SMALL,
-    LANES,
     MR,
     copy_lanes,
     dw_slide_3s1,
@@ -51,8 +52,9 @@ ROW_FLOATS = -(-2 * MR // 16) * 16
 def dwconv(x, w, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, lo, hi, post, slope,
            rows, per_item, hint_input):  # fmt: skip
     """Depthwise convolution (channel multiplier 1), ``w`` (kh, kw, C), epilogue as
-    ``dw_tile_out`` takes it. ``per_item`` channel vectors per work item; ``scratch`` holds
-    ``dw_scratch_floats`` per thread; ``hint_input`` (0 or 1): see ``wants_input_hints``.
+    ``dw_tile_out`` takes it. ``per_item`` channel blocks (DW_CH channels) per work item;
+    ``scratch`` holds ``dw_scratch_floats`` per thread; ``hint_input`` (0 or 1): see
+    ``wants_input_hints``.
 
     ``rows`` (``whole_rows``: every row of ``x`` and ``out``) runs a band of rows (bands.py):
     (h, row0, oy_first, oy_last): output rows ``oy_first .. oy_last - 1`` of images ``h``
@@ -65,7 +67,7 @@ def dwconv(x, w, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, lo, hi
     _, ho, wo, _ = out.shape
     h, row0, oy_first, oy_last = rows
     n_rows = max(0, oy_last - oy_first)
-    n_vec = (c_n + LANES - 1) // LANES
+    n_vec = (c_n + DW_CH - 1) // DW_CH
     blocks = (n_vec + per_item - 1) // per_item
     items = n_img * n_rows * blocks
     threads = scratch.shape[0]
@@ -95,7 +97,7 @@ def _dw_items(first, last, geometry, arrays, rows, patch, lo, hi, post, slope, h
     patch_at = patch.ctypes.data
     check = checking()
     pixel = c_n * F4
-    lane_bytes = LANES * F4
+    block_bytes = DW_CH * F4
     inner0, inner1 = _inner_columns(wd, wo, kw, sw, pw, dw)
     slide = slide_variant(kw, sw, dw)
     narrow = narrow_tiles(wd, wo, kw, sw, pw, dw)
@@ -116,8 +118,8 @@ def _dw_items(first, last, geometry, arrays, rows, patch, lo, hi, post, slope, h
         w_row = ky0 * kw * pixel
         if narrow:  # the whole row, zero-padded, through ``narrow`` full tiles
             for v in range(block * per_item, min(n_vec, (block + 1) * per_item)):
-                c0 = v * LANES
-                nk = min(LANES, c_n - c0)
+                c0 = v * DW_CH
+                nk = min(DW_CH, c_n - c0)
                 window = (n, iy0, -pw, k_rows, dh, narrow_used, h, wd, c_n, c0, nk,
                           narrow_span, x_rows, row0)  # fmt: skip
                 if check and not _patch_fits(x_at, patch_at, window, patch, x):
@@ -128,8 +130,8 @@ def _dw_items(first, last, geometry, arrays, rows, patch, lo, hi, post, slope, h
                     first_out = ((n * ho + oy) * wo + ox0) * c_n + c0
                     for i in range(MR):
                         rows[i] = first_out + i * c_n if ox0 + i < wo else -1
-                    args = (k_rows, kw, patch_at + ox0 * sw * lane_bytes, sw * lane_bytes,
-                            dw * lane_bytes, narrow_span * lane_bytes, w_at + w_row + c0 * F4,
+                    args = (k_rows, kw, patch_at + ox0 * sw * block_bytes, sw * block_bytes,
+                            dw * block_bytes, narrow_span * block_bytes, w_at + w_row + c0 * F4,
                             pixel, MR, rows_at, out_at, res_at, bias_at + c0 * F4, nk)  # fmt: skip
                     if check and not dw_tile_fits(DEPTHWISE_TILE, MR, *args, patch, w, rows,
                                                   out, res, bias):  # fmt: skip
@@ -153,11 +155,11 @@ def _dw_items(first, last, geometry, arrays, rows, patch, lo, hi, post, slope, h
                 prefetch_lines(o_at, o_at + count * pixel)
                 if hint_input and oy + 1 < ho:
                     _hint_next_row(x_at, geometry, n, oy, ix0, span)
-            # every channel vector of this run before the next run: the run's output pixels
+            # every channel block of this run before the next run: the run's output pixels
             # are then written whole, one after the other (C=144 at 56x56: 436 -> 257 us)
             for v in range(block * per_item, min(n_vec, (block + 1) * per_item)):
-                c0 = v * LANES
-                nk = min(LANES, c_n - c0)
+                c0 = v * DW_CH
+                nk = min(DW_CH, c_n - c0)
                 first_out = ((n * ho + oy) * wo + ox0) * c_n + c0
                 for i in range(MR):
                     rows[i] = first_out + i * c_n if i < count else -1
@@ -172,7 +174,7 @@ def _dw_items(first, last, geometry, arrays, rows, patch, lo, hi, post, slope, h
                         return
                     _fill_patch(x_at, patch_at, window)
                     a = patch_at
-                    steps = (sw * lane_bytes, dw * lane_bytes, span * lane_bytes)
+                    steps = (sw * block_bytes, dw * block_bytes, span * block_bytes)
                 args = (k_rows, kw, a, steps[0], steps[1], steps[2], w_at + w_row + c0 * F4,
                         pixel, count, rows_at, out_at, res_at, bias_at + c0 * F4, nk)  # fmt: skip
                 if inside:
@@ -206,10 +208,14 @@ def _hint_next_row(x_at, geometry, n, oy, ix0, span):
             prefetch_lines(row + col0 * c_n * F4, row + col1 * c_n * F4)
 
 
-@njit(inline="always", **JIT)
+@njit(**JIT)
 def _full_tile(slide, args, lo, hi, post, slope):
     """A tile of MR pixels: through ``dw_slide_*`` where ``slide`` names one (a full tile:
-    ``slide_variant``), else ``dw_tile_out``."""
+    ``slide_variant``), else ``dw_tile_out``. A function of its own, not inlined: the two
+    places that call it (narrow rows, inside runs) then share one copy of the five tiles'
+    code, which was 4 of the 24 s a cold compile of the depthwise kernel took (Zen 4, tiles
+    of two vectors with plain and masked loops); no slower, measured (calls per tile of 50 to
+    300 ns)."""
     if slide == 1:
         dw_slide_3s1(*args, lo, hi, post, slope)
     elif slide == 2:
@@ -263,8 +269,8 @@ def slide_variant(kw, sw, dw):
 @njit(inline="always", **JIT)
 def _fill_patch(x_at, patch_at, window):
     """Input rows iy0 + ky * dh (ky < kh), columns ix0 .. ix0 + span - 1, channels c0 ..
-    c0 + nk - 1 (``window``), as (kh, pitch, LANES) at ``patch_at`` (columns ``span`` ..
-    ``pitch - 1`` left as they are), with zeros outside the image; one vector copy per pixel
+    c0 + nk - 1 (``window``), as (kh, pitch, DW_CH) at ``patch_at`` (columns ``span`` ..
+    ``pitch - 1`` left as they are), with zeros outside the image; one block's copy per pixel
     (``copy_lanes``)."""
     kh, span, nk = window[3], window[5], window[10]
     for ky in range(kh):
@@ -292,7 +298,7 @@ def _patch_copy(x_at, patch_at, window, ky, j):
     n, iy0, ix0, kh, dh, span, h, wd, c_n, c0, nk, pitch, x_rows, row0 = window
     iy = iy0 + ky * dh
     ix = ix0 + j
-    dst = patch_at + (ky * pitch + j) * LANES * F4
+    dst = patch_at + (ky * pitch + j) * DW_CH * F4
     src = 0
     if 0 <= iy < h and 0 <= ix < wd:
         src = x_at + (((n * x_rows + iy - row0) * wd + ix) * c_n + c0) * F4
@@ -328,11 +334,11 @@ def dwconv_mult(x, w, bias, res, out, kh, kw, sh, sw, ph, pw, dh, dw, mult, act,
 
 
 def dw_vectors_per_item(n_img: int, ho: int, c_n: int, threads: int) -> int:
-    """Channel vectors per work item: all of a row's, unless that leaves fewer than four
-    items per thread (7x7 maps), then halved until it does not or one is left."""
-    vectors = -(-c_n // LANES)
-    per = vectors
-    while per > 1 and n_img * ho * -(-vectors // per) < 4 * threads:
+    """Channel blocks (DW_CH channels each) per work item: all of a row's, unless that leaves
+    fewer than four items per thread (7x7 maps), then halved until it does not or one is left."""
+    n_blocks = -(-c_n // DW_CH)
+    per = n_blocks
+    while per > 1 and n_img * ho * -(-n_blocks // per) < 4 * threads:
         per = -(-per // 2)
     return per
 
@@ -341,7 +347,7 @@ def dw_scratch_floats(kh: int, kw: int, sw: int, dw: int, narrow: int = 0) -> in
     """Floats per thread: a tile's output offsets (int64) and a border run's padded patch,
     or a whole row's for ``narrow`` tiles (``narrow_tiles``)."""
     span = max(DW_SMALL * sw, narrow * MR * sw) + (kw - 1) * dw + 1 - sw
-    return ROW_FLOATS + kh * span * LANES
+    return ROW_FLOATS + kh * span * DW_CH
 
 
 def whole_rows(x, out) -> tuple:

@@ -27,7 +27,7 @@ from .bounds import (
     count_in,
     inside,
 )
-from .microkernel import LANES, MR, NR
+from .microkernel import DW_CH, MR, NR
 
 F4, I8 = 4, 8
 CHECK = dict(cache=True, nogil=True)
@@ -133,7 +133,7 @@ def dw_tile_fits(
     end = a + (count - 1) * step + (kh - 1) * row_step + (kw - 1) * col_step + nk * F4
     return (
         count_in(site, count, 1, pixels)
-        and count_in(site, nk, 1, LANES)
+        and count_in(site, nk, 1, DW_CH)
         and (kh == 0 or inside(site, INPUT, a, end, xs))
         and (kh == 0 or inside(site, WEIGHTS, w, w + (kh * kw - 1) * w_tap + nk * F4, weights))
         and _epilogue(site, pixels, rows, out, res, bias, nk, row_array, outs, residuals, biases)
@@ -142,10 +142,10 @@ def dw_tile_fits(
 
 @njit(**CHECK)
 def copy_lanes_fits(site, dst, src, nk, patch, xs) -> bool:
-    """``microkernel.copy_lanes``: LANES floats written at ``dst``, ``nk`` read at ``src``
+    """``microkernel.copy_lanes``: DW_CH floats written at ``dst``, ``nk`` read at ``src``
     (nothing where ``src`` is 0)."""
     return (
-        count_in(site, nk, 1, LANES)
-        and inside(site, PATCH, dst, dst + LANES * F4, patch)
+        count_in(site, nk, 1, DW_CH)
+        and inside(site, PATCH, dst, dst + DW_CH * F4, patch)
         and (src == 0 or inside(site, INPUT, src, src + nk * F4, xs))
     )
