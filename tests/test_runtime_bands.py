@@ -45,6 +45,7 @@ def run_banded(torch, spec: str, batch: int, threads: int, rows: int, monkeypatc
     what each step ran (``choice_of``), for the caller to check that bands ran."""
     monkeypatch.setattr(bands, "band_rows", lambda width, channels, threads: rows)
     monkeypatch.setattr(bands, "l2_cache_bytes", lambda: 64)  # no test image fits
+    monkeypatch.setattr(bands, "_bands_pay", lambda *args: True)  # whatever this machine says
     net = cnnc.load(spec)
     weights = torch_reference.random_weights(net, 0)
     x = np.random.default_rng(1).standard_normal((batch, *net.inputs["x"].shape))
@@ -101,6 +102,37 @@ def test_bands_stop_at_a_gate(torch, monkeypatch, k, s, threads):
     ran = run_banded(torch, spec, 3, threads, 2, monkeypatch)
     assert ran[0].endswith(" in bands") and ran[1].endswith(" bands"), ran
     assert not any(label.endswith(" in bands") for label in ran[2:]), ran
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bands_where_they_pay_on_this_machine(monkeypatch, threads):
+    """Untuned, a chain runs in bands on one thread only; tuning times it both ways and keeps
+    the answer in the tuning cache, which later sessions follow, either way."""
+    monkeypatch.setattr(bands, "l2_cache_bytes", lambda: 64)
+    spec = BLOCK.format(c=5, h=13, w=11, e=23, k=3, s=1, p=1, act="relu6", out=5,
+                        ret="add(y, x)")  # fmt: skip
+    net = cnnc.load(spec)
+    x = {"x": np.random.default_rng(0).standard_normal((1, 5, 13, 11)).astype(np.float32)}
+
+    def run(tune: bool):
+        with numba_threads(threads):
+            session = Session.create(net, batch=1, tune=tune)
+            got = session.run(x)
+            backend = next(iter(session.executors.values())).backend
+        banded = backend.choice_of(session.plan.steps[1]).endswith(" bands")
+        return backend.tune_cache(), banded, got
+
+    _, banded, want = run(tune=False)
+    assert banded == (threads == 1)
+    cache, banded, got = run(tune=True)
+    for name in want:  # timed both ways first, the same output
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
+    kept = [v for k, v in cache.entries.items() if k.startswith("machine:bands:")]
+    assert len(kept) == 1 and banded == kept[0]["value"]
+    for value in (True, False):
+        kept[0]["value"] = value
+        cache.save()
+        assert run(tune=False)[1] == value
 
 
 def test_a_band_of_rows_reads_only_rows_it_holds():

@@ -23,7 +23,9 @@ blocks band only expansion -> depthwise). Each band is two or three kernel calls
 parallel region (an empty depthwise call: 2.3 us on one thread, 0.8 of them Numba's
 dispatch): bands of a quarter of L2 ran slower than none at batch 1, and two threads with
 one core busy elsewhere pay far more per region (MobileNetV2 batch 8, 2 threads, shared
-machine: 110 -> 165 ms).
+machine: 110 -> 165 ms). On two threads bands lost on some networks even on a quiet
+machine, so whether a chain runs in bands is measured per machine where the backend tunes
+and kept in the tuning cache (``_bands_pay``); untuned, bands run on one thread only.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def run_chain(backend, entries, work, timings=None) -> None:
     output) in bands, or one after the other where one band holds them (``bind_chain``);
     ``timings`` (a list) gets each step's seconds, its bands' summed."""
     key = ("bands", *(id(e[0]) for e in entries), id(entries[0][2][0]), id(entries[-1][4]))
-    calls = backend.bound_call(key, lambda: bind_chain(backend, entries))
+    calls = backend.bound_call(key, lambda: bind_chain(backend, entries, work))
     if calls is None:
         for step, arrays, ins, res, out in entries:
             t0 = perf_counter()
@@ -83,7 +85,7 @@ def run_chain(backend, entries, work, timings=None) -> None:
         timings.extend(seconds)
 
 
-def bind_chain(backend, entries) -> list | None:
+def bind_chain(backend, entries, work=None) -> list | None:
     """The chain's calls in the order they run, each with its step's position in the chain
     (0 expansion, 1 depthwise, 2 projection), or None where it runs as plain steps: one band
     holds the expansion's output, or a step's activation is a pass after its kernel.
@@ -119,11 +121,56 @@ def bind_chain(backend, entries) -> list | None:
         calls, label = _row_bands(backend, steps, rows, entries)
     if any(call[2] is not None or call[0] is depthwise.dwconv_mult for _, call in calls):
         return None
+    if not _bands_pay(backend, entries, calls, work):
+        return None
     conv._keep_only(expand, e_arrays, conv._form(e_choice))  # one form of the weights kept,
     if project is not None:  # as conv._bind keeps it
         conv._keep_only(project[0], project[1], conv._form(project[2]))
     backend.chosen[id(dw)] = label
     return calls
+
+
+def _bands_pay(backend, entries, calls, work) -> bool:
+    """Whether this chain runs faster in bands than step after step on this machine: measured
+    where the backend tunes (``cnnc tune``, ``--tune``) and kept in the tuning cache beside
+    the convolutions' choices; else what was measured before; else bands on one thread only.
+
+    On one thread bands paid on every network measured (above). On two threads they did not
+    always: the expansion's and the depthwise step's work are split between the threads
+    differently, so a band's rows are often written into one core's L2 and read from the
+    other's, and each band's calls are parallel regions. 2-core Zen 4, two threads, the
+    quietest of interleaved runs, bands against none: MobileNetV2 batch 1 4.85-4.99 against
+    4.66-4.88 ms, batch 8 35.3-35.5 against 37.4-38.2 ms, MobileNetV3-Large batch 32
+    143-147 against 136-141 ms, EfficientNet-B0 batch 1 7.97-8.24 against 8.21-8.30 ms."""
+    from . import autotune
+
+    (expand, _, (x,), res, wide), (dw, *_, mid) = entries[:2]
+    out = entries[-1][4]
+    a = dw.attrs
+    name = "bands:" + ",".join(
+        map(str, (*x.shape, *mid.shape, *out.shape, len(entries), res.size > 0,
+                  a["kh"], a["kw"], a["sh"], a["sw"], a["ph"], a["pw"], a["dh"], a["dw"]))
+    )  # fmt: skip
+    cache = backend.tune_cache()
+    kept = cache.get_measurement(name)
+    if kept is not None and not backend.retune:
+        if not (backend.tune and autotune.looks_off(kept)):
+            return bool(kept["value"])
+    if not backend.tune:
+        return backend.threads == 1
+    taken = autotune.conditions()
+
+    def banded():
+        for _, call in calls:
+            run_call(call)
+
+    def stepwise():  # the chain's inputs stay live across it, so it may run again
+        for step, arrays, ins, res, out in entries:
+            backend.run_step(step, arrays, ins, res, out, work)
+
+    pays = autotune.measure(banded) < autotune.measure(stepwise)
+    cache.put_measurement(name, pays, taken)
+    return pays
 
 
 def _image_groups(backend, steps, per_band, entries) -> tuple:
