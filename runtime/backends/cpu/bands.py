@@ -144,8 +144,8 @@ def _bands_pay(backend, entries, calls, work) -> bool:
     143-147 against 136-141 ms, EfficientNet-B0 batch 1 7.97-8.24 against 8.21-8.30 ms."""
     from . import autotune
 
-    (expand, _, (x,), res, wide), (dw, *_, mid) = entries[:2]
-    out = entries[-1][4]
+    (_, _, (x,), _, _), (dw, *_, mid) = entries[:2]
+    _, _, _, res, out = entries[-1]  # the projection's residual, where the chain has one
     a = dw.attrs
     name = "bands:" + ",".join(
         map(str, (*x.shape, *mid.shape, *out.shape, len(entries), res.size > 0,
