@@ -234,9 +234,9 @@ def main():
                 if "loaded" in r
                 else "-"
             )
-            command = f"{r['command_s']:7.2f}" if "command_s" in r else f"{'-':>7s}"
+            until = f"{r['command_s']:7.2f}" if "command_s" in r else f"{'-':>7s}"
             print(
-                f"{step:12s} {r['wall_s']:7.2f} {command} {r['cpu_s']:7.2f} {compiled:>9s} {loaded}"
+                f"{step:12s} {r['wall_s']:7.2f} {until} {r['cpu_s']:7.2f} {compiled:>9s} {loaded}"
             )
         print("compiled: cnnc's kernels + Numba's internal implementations they needed")
         print("loaded: kernels from the disk cache (their load time + Numba's registries)")
