@@ -13,12 +13,22 @@ from .activations import JIT, PJIT
 from .table import GRADS, KERNELS
 
 
+@njit(inline="always", **JIT)
+def _max_nan(a, v):
+    """``max(a, v)`` that keeps a NaN from either side, as PyTorch's max pool does; a select,
+    so that loops of it vectorise."""
+    return v if (v > a) | (v != v) else a
+
+
 @njit(**JIT)
 def maxpool(x, out, kh, kw, sh, sw, ph, pw, dh, dw):
-    """Windowed max, NaN-propagating as PyTorch's. Indices are unsigned so that each tap's
-    loop over a pixel's channels vectorises: signed ones carry Numba's negative-index
-    wraparound. ResNet-18's max pool (64 x 112 x 112 -> 56 x 56) on one Zen 4 core: 0.34 ->
-    0.28 ms. Any strides (a pool may write into a concatenation's channel slice)."""
+    """Windowed max. Per output pixel and kernel row, the taps inside the image are folded
+    three (then two, then one) at a time into one vectorised loop over the pixel's channels:
+    a loop per tap paid its setup (alias checks, remainder) nine times per pixel for a 3x3
+    window. Indices are unsigned (no negative-index wraparound in the loops). One Zen 4 core,
+    64 channels, fastest of 100: ResNet's 3x3 s2 pool of a 112x112 map 0.35 -> 0.21 ms
+    (batch 8: 2.9 -> 1.9 ms), Inception's 3x3 s2 of 147x147 0.48 -> 0.32 ms, VGG's 2x2 0.49
+    both ways. Any strides (a pool may write into a concatenation's channel slice)."""
     n_img, h, w, c = x.shape
     _, ho, wo, _ = out.shape
     channels = np.uint64(c)
@@ -28,19 +38,36 @@ def maxpool(x, out, kh, kw, sh, sw, ph, pw, dh, dw):
         for ox in range(np.uint64(wo)):
             for ch in range(channels):
                 out[n, oy, ox, ch] = -np.inf
+            x0 = int(ox) * sw - pw
+            kx0, kx1 = 0, kw  # the taps of a kernel row that lie inside the image
+            while kx0 < kw and x0 + kx0 * dw < 0:
+                kx0 += 1
+            while kx1 > kx0 and x0 + (kx1 - 1) * dw >= w:
+                kx1 -= 1
             for ky in range(kh):
                 iy = int(oy) * sh - ph + ky * dh
                 if iy < 0 or iy >= h:
                     continue
-                for kx in range(kw):
-                    ix = int(ox) * sw - pw + kx * dw
-                    if ix < 0 or ix >= w:
-                        continue
-                    iy_u, ix_u = np.uint64(iy), np.uint64(ix)
+                row = np.uint64(iy)
+                kx = kx0
+                while kx + 3 <= kx1:
+                    a = np.uint64(x0 + kx * dw)
+                    b, e = np.uint64(x0 + (kx + 1) * dw), np.uint64(x0 + (kx + 2) * dw)
                     for ch in range(channels):
-                        a = out[n, oy, ox, ch]
-                        v = x[n, iy_u, ix_u, ch]
-                        out[n, oy, ox, ch] = v if (v > a) | (v != v) else a
+                        m = _max_nan(out[n, oy, ox, ch], x[n, row, a, ch])
+                        m = _max_nan(m, x[n, row, b, ch])
+                        out[n, oy, ox, ch] = _max_nan(m, x[n, row, e, ch])
+                    kx += 3
+                if kx + 2 <= kx1:
+                    a, b = np.uint64(x0 + kx * dw), np.uint64(x0 + (kx + 1) * dw)
+                    for ch in range(channels):
+                        m = _max_nan(out[n, oy, ox, ch], x[n, row, a, ch])
+                        out[n, oy, ox, ch] = _max_nan(m, x[n, row, b, ch])
+                    kx += 2
+                if kx < kx1:
+                    a = np.uint64(x0 + kx * dw)
+                    for ch in range(channels):
+                        out[n, oy, ox, ch] = _max_nan(out[n, oy, ox, ch], x[n, row, a, ch])
 
 
 @njit(**PJIT)
