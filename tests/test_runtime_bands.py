@@ -120,6 +120,8 @@ def test_bands_where_they_pay_on_this_machine(monkeypatch, threads):
             got = session.run(x)
             backend = next(iter(session.executors.values())).backend
         banded = backend.choice_of(session.plan.steps[1]).endswith(" bands")
+        # the expansion says so too, also after the chain was timed step by step
+        assert backend.choice_of(session.plan.steps[0]).endswith(" in bands") == banded
         return backend.tune_cache(), banded, got
 
     _, banded, want = run(tune=False)

@@ -109,11 +109,11 @@ def bind_chain(backend, entries, work=None) -> list | None:
     if fits or backend.algorithm == "blas" or a["mult"] != 1:
         return None
     rows = band_rows(width, c_wide, backend.threads)
-    e_choice = _conv_choice(backend, expand, e_arrays, x, e_res, wide)
+    e_choice = conv._choose(backend, expand, e_arrays, x, e_res, wide)
     project = None
     if len(entries) > 2:
         step, p_arrays, _, p_res, p_out = entries[2]
-        project = (step, p_arrays, _conv_choice(backend, step, p_arrays, mid, p_res, p_out))
+        project = (step, p_arrays, conv._choose(backend, step, p_arrays, mid, p_res, p_out))
     steps = ((expand, e_arrays, e_choice, x, e_res), (dw, d_arrays, d_res, mid), project)
     if rows >= h:  # whole images, as many as a band holds
         calls, label = _image_groups(backend, steps, min(n_img, rows // h), entries)
@@ -123,9 +123,10 @@ def bind_chain(backend, entries, work=None) -> list | None:
         return None
     if not _bands_pay(backend, entries, calls, work):
         return None
-    conv._keep_only(expand, e_arrays, conv._form(e_choice))  # one form of the weights kept,
-    if project is not None:  # as conv._bind keeps it
-        conv._keep_only(project[0], project[1], conv._form(project[2]))
+    # labelled only now: measuring the steps one by one (``_bands_pay``) labels them too
+    for step, arrays, choice in [(expand, e_arrays, e_choice), *([project] if project else [])]:
+        conv._keep_only(step, arrays, conv._form(choice))  # one form of the weights kept,
+        backend.chosen[id(step)] = choice.label() + " in bands"  # as conv._bind keeps it
     backend.chosen[id(dw)] = label
     return calls
 
@@ -245,13 +246,6 @@ def _row_bands(backend, steps, rows, entries) -> tuple:
 def _move_rows(buffer, first, count):
     """Rows ``first .. first + count - 1`` of ``buffer`` (1, rows, W, C) to its front."""
     buffer[:, :count] = buffer[:, first : first + count]
-
-
-def _conv_choice(backend, step, arrays, x, res, out):
-    """The algorithm of the whole layer (its tuned or default choice)."""
-    choice = conv._choose(backend, step, arrays, x, res, out)
-    backend.chosen[id(step)] = choice.label() + " in bands"
-    return choice
 
 
 def _conv(backend, choice, step, arrays, x, res, out):
