@@ -47,11 +47,9 @@ class Session:
         check_batch(batch)
         algorithm = resolve_algorithm(algorithm)
         memory.check_fits(network, batch)
-        if weights is None and device == "cpu":  # drawn while the backend's code loads
+        if weights is None:  # drawn while the backend's code loads (preload)
             source = seed
             weights = weights_io.initialise_while(network, seed, lambda: preload(device))
-        elif weights is None:
-            source, weights = seed, weights_io.initialise(network, seed)
         elif not isinstance(weights, dict):
             source, weights = str(weights), weights_io.load(network, weights)
         else:
