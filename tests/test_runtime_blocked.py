@@ -246,6 +246,31 @@ def test_tiles_cross_rows_and_images(torch, n, size, kernel, stride):
             np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("rest", range(microkernel.MR))
+def test_short_last_tiles_run_as_small_tiles(torch, rest):
+    """Layers of 2 MR + ``rest`` output pixels (a row of them, and as many 1x1 images): the
+    last tile full where it holds over MR - MR_SMALL pixels, else as one or two small tiles
+    of MR_SMALL (``conv_tile_out_small``), with a residual, a partial panel, both loop
+    orders; the same numbers as torch either way, and the small count as documented."""
+    mr, small = microkernel.MR, microkernel.MR_SMALL
+    pixels = 2 * mr + rest
+    last = pixels - 2 * mr or mr
+    want_small = 0 if last > mr - small else -(-last // small)
+    assert blocked._small_tiles(pixels, 2 if rest else 1) == want_small
+    rng = np.random.default_rng(rest)
+    c_in, c_out = 13, microkernel.NR + 5
+    wt = (rng.standard_normal((c_out, c_in, 1, 1)) / 4).astype(np.float32)
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    for shape in ((1, c_in, 1, pixels), (pixels, c_in, 1, 1)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        res = rng.standard_normal((shape[0], c_out, 1, shape[3])).astype(np.float32)
+        want = reference(torch, x, wt, bias, res, (1, 1), (0, 0), (1, 1), 1, "none")
+        want = torch.nn.functional.silu(torch.from_numpy(want)).numpy()
+        for outer in (False, True):
+            got = run_blocked(x, wt, bias, res, (1, 1), (0, 0), (1, 1), "silu", 2, 1, 2, outer)
+            np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
 def test_vector_width_follows_the_target():
     """16 lanes where AVX-512 code may be generated (the target Numba compiles for: the
     host's features unless NUMBA_CPU_FEATURES names others), 8 under an AVX2-only target;

@@ -111,6 +111,19 @@ def test_winograd_matches_torch(torch, data):
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
 
 
+@pytest.mark.parametrize("per_item", [4, 13, 16, 21, 25])
+def test_runs_of_tiles_end_in_small_tiles(torch, per_item):
+    """Runs of ``per_item`` Winograd tiles whose last MR - MR_SMALL or fewer go through the
+    small tile (``conv_tile_small``): a 14x14 map is 16 F(4x4) tiles, 12 + 4 at batch 1."""
+    rng = np.random.default_rng(per_item)
+    x = rng.standard_normal((2, 20, 14, 14)).astype(np.float32)
+    wt = (rng.standard_normal((37, 20, 3, 3)) / 13).astype(np.float32)
+    bias = rng.standard_normal(37).astype(np.float32)
+    want = reference(torch, x, wt, bias, None, 1, "relu")
+    got = run_winograd(x, wt, bias, None, 1, "relu", 4, per_item, 2)
+    np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+
+
 @settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.data())
 def test_dilated_winograd_matches_torch(torch, data):
@@ -421,6 +434,8 @@ def test_kernels_under_avx2_code_generation():
         f"{tests / 'test_runtime_blocked.py'}::test_blocked_conv_matches_torch",
         f"{tests / 'test_runtime_blocked.py'}::test_wide_dilations_skip_the_taps_that_read_padding",
         f"{tests / 'test_runtime_blocked.py'}::test_vector_width_follows_the_target",
+        f"{tests / 'test_runtime_blocked.py'}::test_short_last_tiles_run_as_small_tiles",
+        f"{tests / 'test_runtime_winograd.py'}::test_runs_of_tiles_end_in_small_tiles",
         f"{tests / 'test_runtime_mobile.py'}::test_depthwise_shapes",
     ]
     out = subprocess.run(
@@ -431,4 +446,5 @@ def test_kernels_under_avx2_code_generation():
         env={**os.environ, **AVX2},
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert run_counts(out.stdout) == {"passed": 30}, out.stdout[-3000:]
+    # 30, then MR = 6 remainders and 5 runs of small tiles
+    assert run_counts(out.stdout) == {"passed": 41}, out.stdout[-3000:]

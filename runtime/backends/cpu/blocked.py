@@ -32,7 +32,7 @@ from .aligned import aligned_empty, spread_4k
 from .bounds import MICRO_TILE, SLOTS
 from .elementwise import run_call
 from .extents import conv_tile_out_fits
-from .microkernel import MR, NR, conv_tile_out
+from .microkernel import MR, MR_SMALL, NR, conv_tile_out, conv_tile_out_small
 
 F4, I8 = 4, 8
 #: The int64 parameters ``items_kernel``'s work items read (``_fill_params``): seven counts,
@@ -399,19 +399,58 @@ def tiles_outer(w_rows: int, k_out: int, blocks: int) -> bool:
 @njit(inline="always", **JIT)
 def _tile(geometry, addresses, panel_offset, panel, t, rows, lo, hi, post, slope):
     """Tile ``t`` of the numbering against weight panel ``panel`` (``panel_offset`` bytes
-    into the panels): the micro-kernel with its epilogue and activation into ``out``."""
+    into the panels): the micro-kernel with its epilogue and activation into ``out``. The
+    last tile, where it holds MR - MR_SMALL pixels or fewer, runs as small tiles."""
     args = _tile_args(geometry, addresses, panel_offset, panel, t, rows)
-    conv_tile_out(*args, lo, hi, post, slope)
+    small = _small_tiles(geometry[0], t)
+    if small == 0:
+        conv_tile_out(*args, lo, hi, post, slope)
+    else:
+        _run_small(args, small, lo, hi, post, slope)
+
+
+@njit(inline="always", **JIT)
+def _small_tiles(pixels, t):
+    """How many small tiles (MR_SMALL pixels) run tile ``t`` of ``pixels``: 0 for a full one.
+    Only the last tile can be short; one of 1 to MR - MR_SMALL pixels costs MR pixels' work
+    as a full tile, a third or two thirds as small ones (a 7x7 map at batch 1: 52 pixels'
+    work for its 49 instead of 60)."""
+    count = min(MR, pixels - t * MR)
+    return 0 if count > MR - MR_SMALL else (count + MR_SMALL - 1) // MR_SMALL
+
+
+@njit(**JIT)
+def _run_small(args, small, lo, hi, post, slope):
+    """``small`` tiles of ``conv_tile_out_small`` over a tile's table of output rows and
+    input addresses (``_tile_args``), MR_SMALL entries each. Called, not inlined: the short
+    last tile of a layer, and one copy of its code in the C function."""
+    ntaps, span, pixels_at, offsets_at, b, rows_at, out_at, res_at, bias_at, nk = args
+    for j in range(small):
+        shift = j * MR_SMALL * I8
+        conv_tile_out_small(ntaps, span, pixels_at + shift, offsets_at, b, rows_at + shift,
+                            out_at, res_at, bias_at, nk, lo, hi, post, slope)  # fmt: skip
 
 
 @njit(**JIT)
 def _tile_fits(geometry, addresses, panel_offset, panel, t, rows, arrays):
-    """Whether ``_tile``'s call of the micro-kernel stays inside ``arrays`` (extents.py)."""
+    """Whether ``_tile``'s calls of the micro-kernel stay inside ``arrays`` (extents.py)."""
     xp, panels, offsets, out, res, bias = arrays
     args = _tile_args(geometry, addresses, panel_offset, panel, t, rows)
-    return conv_tile_out_fits(
-        MICRO_TILE, *args, xp, offsets, panels, rows[MR:], rows[:MR], out, res, bias
-    )
+    small = _small_tiles(geometry[0], t)
+    if small == 0:
+        return conv_tile_out_fits(
+            MICRO_TILE, MR, *args, xp, offsets, panels, rows[MR:], rows[:MR], out, res, bias
+        )
+    ntaps, span, pixels_at, offsets_at, b, rows_at, out_at, res_at, bias_at, nk = args
+    for j in range(small):
+        shift = j * MR_SMALL * I8
+        if not conv_tile_out_fits(
+            MICRO_TILE, MR_SMALL, ntaps, span, pixels_at + shift, offsets_at, b, rows_at + shift,
+            out_at, res_at, bias_at, nk, xp, offsets, panels, rows[MR:], rows[:MR], out, res,
+            bias,
+        ):  # fmt: skip
+            return False
+    return True
 
 
 @njit(inline="always", **JIT)

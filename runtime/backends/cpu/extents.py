@@ -27,7 +27,7 @@ from .bounds import (
     count_in,
     inside,
 )
-from .microkernel import DW_CH, MR, NR
+from .microkernel import DW_CH, NR
 
 F4, I8 = 4, 8
 CHECK = dict(cache=True, nogil=True)
@@ -55,14 +55,14 @@ def _pixels(site, ntaps, cin, a, step, offsets, count, xs, taps) -> bool:
 
 
 @njit(**CHECK)
-def _gathered_pixels(site, ntaps, cin, pixels, offsets, xs, taps, pixel_array) -> bool:
-    """The inputs of ``conv_tile_out``'s ``_accumulate``: MR int64 addresses at ``pixels``;
-    pixel i of tap t reads floats 0..cin-1 at ``pixels[i] + offsets[t]``."""
+def _gathered_pixels(site, tile, ntaps, cin, pixels, offsets, xs, taps, pixel_array) -> bool:
+    """The inputs of ``conv_tile_out``'s ``_accumulate``: ``tile`` int64 addresses at
+    ``pixels``; pixel i of tap t reads floats 0..cin-1 at ``pixels[i] + offsets[t]``."""
     fits, low, high = _tap_range(site, ntaps, offsets, taps)
-    if not (fits and inside(site, PIXELS, pixels, pixels + MR * I8, pixel_array)):
+    if not (fits and inside(site, PIXELS, pixels, pixels + tile * I8, pixel_array)):
         return False
     first = (pixels - pixel_array.ctypes.data) // I8
-    for i in range(first, first + MR):
+    for i in range(first, first + tile):
         at = pixel_array[i]
         if not inside(site, INPUT, at + low, at + high + cin * F4, xs):
             return False
@@ -93,30 +93,32 @@ def _epilogue(site, pixels, rows, out, res, bias, nk, row_array, outs, residuals
 
 @njit(**CHECK)
 def conv_tile_out_fits(
-    site, ntaps, cin, pixels, offsets, b, rows, out, res, bias, nk, xs, taps, panels,
+    site, tile, ntaps, cin, pixels, offsets, b, rows, out, res, bias, nk, xs, taps, panels,
     pixel_array, row_array, outs, residuals, biases,
 ) -> bool:  # fmt: skip
-    """``microkernel.conv_tile_out``: its pixels (``_gathered_pixels``), one panel of
-    ``ntaps * cin`` rows of NR floats at ``b``, and the epilogue of MR rows (``_epilogue``)."""
+    """``microkernel.conv_tile_out`` (``tile`` MR) or ``conv_tile_out_small`` (MR_SMALL):
+    its pixels (``_gathered_pixels``), one panel of ``ntaps * cin`` rows of NR floats at
+    ``b``, and the epilogue of ``tile`` rows (``_epilogue``)."""
     return (
         count_in(site, nk, 1, NR)
-        and _gathered_pixels(site, ntaps, cin, pixels, offsets, xs, taps, pixel_array)
+        and _gathered_pixels(site, tile, ntaps, cin, pixels, offsets, xs, taps, pixel_array)
         and inside(site, WEIGHTS, b, b + ntaps * cin * NR * F4, panels)
-        and _epilogue(site, MR, rows, out, res, bias, nk, row_array, outs, residuals, biases)
+        and _epilogue(site, tile, rows, out, res, bias, nk, row_array, outs, residuals, biases)
     )
 
 
 @njit(**CHECK)
 def conv_tile_fits(
-    site, ntaps, cin, a, step, offsets, b, c, ldc, count, xs, taps, panels, products
-) -> bool:
-    """``microkernel.conv_tile``: its pixels, one panel at ``b``, and MR rows of NR floats
-    written at ``c``, ``ldc`` bytes apart (all MR, whatever ``count``)."""
+    site, tile, ntaps, cin, a, step, offsets, b, c, ldc, count, xs, taps, panels, products
+) -> bool:  # fmt: skip
+    """``microkernel.conv_tile`` (``tile`` MR) or ``conv_tile_small`` (MR_SMALL): its pixels,
+    one panel at ``b``, and ``tile`` rows of NR floats written at ``c``, ``ldc`` bytes apart
+    (all of them, whatever ``count``)."""
     return (
-        count_in(site, count, 1, MR)
+        count_in(site, count, 1, tile)
         and _pixels(site, ntaps, cin, a, step, offsets, count, xs, taps)
         and inside(site, WEIGHTS, b, b + ntaps * cin * NR * F4, panels)
-        and inside(site, OUTPUT, c, c + (MR - 1) * ldc + NR * F4, products)
+        and inside(site, OUTPUT, c, c + (tile - 1) * ldc + NR * F4, products)
     )
 
 

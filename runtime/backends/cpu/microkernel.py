@@ -45,10 +45,12 @@ else:
 NR = LANES * NV
 
 
-def _accumulate(context, builder, ntaps, cin, rows, offsets, b):
+def _accumulate(context, builder, ntaps, cin, rows, offsets, b, short_sums=True):
     """The loops over taps and input channels, pixel i's inputs at byte address ``rows[i]``
-    plus the tap's offset; returns the MR x NV sums (row-major) with the builder after the
-    loops: of one accumulator each where the sum is short, else of blocks (``_blocked_sums``)."""
+    plus the tap's offset; returns the len(rows) x NV sums (row-major) with the builder after
+    the loops: of one accumulator each where the sum is short (and ``short_sums``), else of
+    blocks (``_blocked_sums``). Small tiles take blocks only: they run a layer's last few
+    pixels, and half the code is a third of a second less of a cold start."""
     i64 = ir.IntType(64)
     vec = ir.VectorType(ir.FloatType(), LANES)
     fptr = ir.FloatType().as_pointer()
@@ -75,12 +77,14 @@ def _accumulate(context, builder, ntaps, cin, rows, offsets, b):
             weights.append(builder.load(builder.bitcast(ptr, vec.as_pointer()), align=4))
         byte = builder.mul(k, const(4))
         new = []
-        for i in range(MR):
+        for i in range(len(tap_rows)):
             value = builder.load(builder.inttoptr(builder.add(tap_rows[i], byte), fptr), align=4)
             for v in range(NV):
                 new.append(builder.call(fma, [_splat(builder, value), weights[v], acc[i * NV + v]]))
         return new
 
+    if not short_sums:
+        return _blocked_sums(builder, ntaps, cin, len(rows) * NV, enter, channel)
     # short sums (a stem's 7x7 taps of 3 channels) in one run: blocks would round them
     # about as far, and their bookkeeping per tap of few channels cost 5% there
     fn = builder.function
@@ -90,11 +94,12 @@ def _accumulate(context, builder, ntaps, cin, rows, offsets, b):
     total = builder.mul(ntaps, cin)
     builder.cbranch(builder.icmp_signed("<=", total, const(2 * SUM_BLOCK)), short, long_)
     builder.position_at_end(short)
-    plain = _loop_nest(builder, ntaps, cin, [_vconst(0.0)] * (MR * NV), enter, channel, "tile")
+    plain = _loop_nest(builder, ntaps, cin, [_vconst(0.0)] * (len(rows) * NV), enter, channel,
+                       "tile")  # fmt: skip
     plain_end = builder.block
     builder.branch(joined)
     builder.position_at_end(long_)
-    blocked = _blocked_sums(builder, ntaps, cin, MR * NV, enter, channel)
+    blocked = _blocked_sums(builder, ntaps, cin, len(rows) * NV, enter, channel)
     blocked_end = builder.block
     builder.branch(joined)
     builder.position_at_end(joined)
@@ -269,46 +274,84 @@ def _splat(builder, value):
     )
 
 
-@intrinsic
-def conv_tile(typingctx, ntaps, cin, a, step, offsets, b, c, ldc, count):
-    """``c[i, j] = sum over taps t, channels k of x(i, t, k) * b[t * cin + k, j]`` for the
-    tile's MR pixels and NR channels, where x(i, t, k) is the float at byte address
-    ``a + min(i, count - 1) * step + offsets[t] + 4 k``. ``b`` is one packed panel
-    (ntaps * cin rows of NR floats); row i of the MR x NR result goes to ``c + i * ldc``.
-    Addresses and ``step``, ``ldc`` are in bytes."""
-    sig = types.void(*([types.intp] * 9))
+def _conv_tile(pixels):
+    """``conv_tile`` for tiles of ``pixels`` pixels."""
 
-    def codegen(context, builder, signature, args):
-        ntaps, cin, a, step, offsets, b, c, ldc, count = args
-        rows = _pixel_addresses(builder, a, step, count, MR)
-        acc = _accumulate(context, builder, ntaps, cin, rows, offsets, b)
-        i64 = ir.IntType(64)
-        vec = ir.VectorType(ir.FloatType(), LANES)
-        for i in range(MR):
-            row = builder.inttoptr(builder.add(c, builder.mul(ir.Constant(i64, i), ldc)),
-                                   ir.FloatType().as_pointer())  # fmt: skip
-            for v in range(NV):
-                ptr = builder.gep(row, [ir.Constant(i64, v * LANES)])
-                builder.store(acc[i * NV + v], builder.bitcast(ptr, vec.as_pointer()), align=4)
-        return context.get_dummy_value()
+    def conv_tile(typingctx, ntaps, cin, a, step, offsets, b, c, ldc, count):
+        sig = types.void(*([types.intp] * 9))
 
-    return sig, codegen
+        def codegen(context, builder, signature, args):
+            ntaps, cin, a, step, offsets, b, c, ldc, count = args
+            rows = _pixel_addresses(builder, a, step, count, pixels)
+            acc = _accumulate(context, builder, ntaps, cin, rows, offsets, b, pixels == MR)
+            i64 = ir.IntType(64)
+            vec = ir.VectorType(ir.FloatType(), LANES)
+            for i in range(pixels):
+                row = builder.inttoptr(builder.add(c, builder.mul(ir.Constant(i64, i), ldc)),
+                                       ir.FloatType().as_pointer())  # fmt: skip
+                for v in range(NV):
+                    ptr = builder.gep(row, [ir.Constant(i64, v * LANES)])
+                    builder.store(acc[i * NV + v], builder.bitcast(ptr, vec.as_pointer()),
+                                  align=4)  # fmt: skip
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    conv_tile.__doc__ = f"""``c[i, j] = sum over taps t, channels k of x(i, t, k) *
+    b[t * cin + k, j]`` for the tile's {pixels} pixels and NR channels, where x(i, t, k) is
+    the float at byte address ``a + min(i, count - 1) * step + offsets[t] + 4 k``. ``b`` is
+    one packed panel (ntaps * cin rows of NR floats); row i of the {pixels} x NR result goes
+    to ``c + i * ldc`` (every row, whatever ``count``). Addresses and ``step``, ``ldc`` are in
+    bytes."""
+    return intrinsic(conv_tile)
+
+
+#: Pixels of the small tiles (``conv_tile_small``, ``conv_tile_out_small``): a third of MR.
+#: They take what is left after the full tiles, where a full tile would mostly repeat its
+#: last pixel: a 7x7 map at batch 1 is 4 tiles of 12 and 1 pixel (60 pixels' work for 49),
+#: 14x14 and 28x28 maps and Winograd's 4x4 tiles of a 14x14 map leave 4.
+MR_SMALL = MR // 3
+
+conv_tile = _conv_tile(MR)
+conv_tile_small = _conv_tile(MR_SMALL)
 
 
 #: Activations ``conv_tile_out`` applies after the clamp (its ``post`` argument).
 POST_NONE, POST_SILU, POST_SIGMOID, POST_HARDSWISH, POST_HARDSIGMOID, POST_LEAKY = range(6)
 
 
-@intrinsic
-def conv_tile_out(typingctx, ntaps, cin, pixels, offsets, b, rows, out, res, bias, nk, lo, hi,
-                  post, slope):  # fmt: skip
-    """``conv_tile``'s sums, pixel i's inputs at the byte address at index i of the int64
-    table at ``pixels`` (plus the tap's offset): MR pixels from anywhere in the input, so
+def _conv_tile_out(n_pixels):
+    """``conv_tile_out`` for tiles of ``n_pixels`` pixels."""
+
+    def conv_tile_out(typingctx, ntaps, cin, pixels, offsets, b, rows, out, res, bias, nk, lo,
+                      hi, post, slope):  # fmt: skip
+        sig = types.void(*([types.intp] * 10), types.float32, types.float32, types.intp,
+                         types.float32)  # fmt: skip
+
+        def codegen(context, builder, signature, args):
+            ntaps, cin, pixels, offsets, b, rows, out, res, bias, nk, lo, hi, post, slope = args
+            i64 = ir.IntType(64)
+            table = builder.inttoptr(pixels, i64.as_pointer())
+            pixel_at = [builder.load(builder.gep(table, [ir.Constant(i64, i)]))
+                        for i in range(n_pixels)]  # fmt: skip
+            acc = _accumulate(context, builder, ntaps, cin, pixel_at, offsets, b,
+                              n_pixels == MR)  # fmt: skip
+            _epilogue(builder, acc, NV, rows, out, res, bias, nk, lo, hi)
+            _post_activation(builder, NV, rows, out, nk, post, slope, n_pixels)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    conv_tile_out.__doc__ = CONV_TILE_OUT_DOC.replace("MR", str(n_pixels))
+    return intrinsic(conv_tile_out)
+
+
+CONV_TILE_OUT_DOC = """``conv_tile``'s sums, pixel i's inputs at the byte address at index i of the
+    int64 table at ``pixels`` (plus the tap's offset): MR pixels from anywhere in the input, so
     that tiles run over the real output pixels, across rows and images, where one run of
     equally spaced pixels would cross a row's padding or stop at its end (a 7x7 map: 5
     tiles of 12 pixels instead of 6 or 7). The epilogue is done in registers: tile row i
-    goes to the
-    float at index ``rows[i]`` of ``out`` (skipped where it is negative) as
+    (of MR) goes to the float at index ``rows[i]`` of ``out`` (skipped where it is negative) as
     ``min(max(sum + bias (+ res at the same index), lo), hi)``, channels 0..nk-1 only
     (masked loads and stores where ``nk`` < NR), then through activation ``post`` (POST_*;
     ``slope`` is leaky ReLU's). ``res`` is 0 for no residual; ``rows``, ``out``, ``res`` and
@@ -316,20 +359,9 @@ def conv_tile_out(typingctx, ntaps, cin, pixels, offsets, b, rows, out, res, bia
     tile and a loop per pixel, which cost four times the multiply-adds on a 16->96 1x1
     layer; the activations as vector code here spare the driver the Numba code of every
     activation, which was 2.7 s of a cold start."""
-    sig = types.void(*([types.intp] * 10), types.float32, types.float32, types.intp,
-                     types.float32)  # fmt: skip
 
-    def codegen(context, builder, signature, args):
-        ntaps, cin, pixels, offsets, b, rows, out, res, bias, nk, lo, hi, post, slope = args
-        i64 = ir.IntType(64)
-        table = builder.inttoptr(pixels, i64.as_pointer())
-        pixel_at = [builder.load(builder.gep(table, [ir.Constant(i64, i)])) for i in range(MR)]
-        acc = _accumulate(context, builder, ntaps, cin, pixel_at, offsets, b)
-        _epilogue(builder, acc, NV, rows, out, res, bias, nk, lo, hi)
-        _post_activation(builder, NV, rows, out, nk, post, slope)
-        return context.get_dummy_value()
-
-    return sig, codegen
+conv_tile_out = _conv_tile_out(MR)
+conv_tile_out_small = _conv_tile_out(MR_SMALL)
 
 
 def _masked_ops(builder):
