@@ -6,8 +6,6 @@ a cold cache, more than these light passes gain from a second thread (ResNet-18'
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 from numba import njit, prange
 
@@ -116,6 +114,13 @@ def _gap_block(x, out, n, c0, c1):
         d[ch] *= inv
 
 
+@njit(**JIT)
+def gap(x, out):
+    """Global average pooling on one thread: ResNet's 7x7 heads take microseconds."""
+    for n in range(x.shape[0]):
+        _gap_block(x, out, n, 0, x.shape[3])
+
+
 @njit(**PJIT)
 def gap_parallel(x, out, blocks):
     """Global average pooling, parallel over (image, channel block): a batch of one still
@@ -185,23 +190,11 @@ def launch_avgpool(backend, step, arrays, ins, res, out, work):
 def launch_gap(backend, step, arrays, ins, res, out, work):
     x = ins[0]
     if x[0].size < PARALLEL_GAP_FLOATS:
-        # the mean as a product with a vector of 1 / (h w) (BLAS): as fast as a Numba loop
-        # (2.0 against 1.7 us at 1x7x7x512, 4.3 against 5.9 at 1x14x14x480; Zen 4), where
-        # that loop's cold compile cost the first run of ResNet-18 0.3-0.5 s
-        n_img, h, w, c = x.shape
-        np.matmul(_mean_weights(h * w), x.reshape(n_img, h * w, c), out=out.reshape(n_img, c))
+        gap(x, out)
         return
     # blocks of at least 16 channels, enough of them for two per thread
     blocks = max(1, min(x.shape[3] // 16, -(-2 * backend.threads // x.shape[0])))
     gap_parallel(x, out, blocks)
-
-
-@functools.lru_cache(maxsize=64)
-def _mean_weights(pixels: int) -> np.ndarray:
-    """``pixels`` floats of 1 / pixels: global average pooling as a vector product."""
-    weights = np.full(pixels, np.float32(1.0) / np.float32(pixels), np.float32)
-    weights.flags.writeable = False
-    return weights
 
 
 #: Inputs (floats per image) from which global average pooling uses every thread: 56x56x96
