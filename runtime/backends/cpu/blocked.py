@@ -419,11 +419,11 @@ def _small_tiles(pixels, t):
     return 0 if count > MR - MR_SMALL else (count + MR_SMALL - 1) // MR_SMALL
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _run_small(args, small, lo, hi, post, slope):
     """``small`` tiles of ``conv_tile_out_small`` over a tile's table of output rows and
-    input addresses (``_tile_args``), MR_SMALL entries each. Called, not inlined: the short
-    last tile of a layer, and one copy of its code in the C function."""
+    input addresses (``_tile_args``), MR_SMALL entries each. Inlined: as a function of its
+    own it cost ResNet-18's first run 0.27 s of compiling, inlined 0.1 s or less."""
     ntaps, span, pixels_at, offsets_at, b, rows_at, out_at, res_at, bias_at, nk = args
     for j in range(small):
         shift = j * MR_SMALL * I8

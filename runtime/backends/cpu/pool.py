@@ -98,20 +98,22 @@ def avgpool(x, out, kh, kw, sh, sw, ph, pw, count_pad):
                 out[n, oy, ox, ch] *= scale
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _gap_block(x, out, n, c0, c1):
-    """Channels c0..c1 of image n, summed over the pixels in loops that vectorise."""
+    """Channels c0..c1 of image n, summed over the pixels in loops that vectorise. Indexed
+    element by element, without slices, and inlined: slices brought Numba's slicing code
+    into the cold compile, and a function of its own its fixed cost (with ``gap``: 0.34 ->
+    0.19 s of ResNet-18's first run; as fast: 1.9 us at 1x7x7x512, 5.4 at 1x14x14x480)."""
     _, h, w, _ = x.shape
-    d = out[n, 0, 0, c0:c1]
-    d[:] = 0.0
+    for ch in range(c0, c1):
+        out[n, 0, 0, ch] = 0.0
     for iy in range(h):
         for ix in range(w):
-            s = x[n, iy, ix, c0:c1]
-            for ch in range(c1 - c0):
-                d[ch] += s[ch]
+            for ch in range(c0, c1):
+                out[n, 0, 0, ch] += x[n, iy, ix, ch]
     inv = np.float32(1.0) / np.float32(h * w)
-    for ch in range(c1 - c0):
-        d[ch] *= inv
+    for ch in range(c0, c1):
+        out[n, 0, 0, ch] *= inv
 
 
 @njit(**JIT)
