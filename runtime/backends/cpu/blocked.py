@@ -342,12 +342,17 @@ def _items(first, last, params_at, rows_at, lo, hi, slope):
         # second of compiling
         n_outer = t1 - t0 if tiles_outer else p1 - p0
         n_inner = p1 - p0 if tiles_outer else t1 - t0
+        live = (0, 0)
         for o in range(n_outer):
             for i in range(n_inner):
                 t = t0 + (o if tiles_outer else i)
                 panel = p0 + (i if tiles_outer else o)
+                # a tile's table once for all its panels where they are the inner loop (a
+                # 16->96 1x1 layer at 112x112 filled it three times per tile)
+                if i == 0 or not tiles_outer:
+                    live = _tile_table(geometry, addresses, t, rows)
                 at = panel * ntaps * span * NR * F4
-                _tile(geometry, addresses, at, panel, t, rows, lo, hi, post, slope)
+                _tile(geometry, addresses, at, panel, t, live, lo, hi, post, slope)
 
 
 @functools.cache
@@ -397,11 +402,12 @@ def tiles_outer(w_rows: int, k_out: int, blocks: int) -> bool:
 
 
 @njit(inline="always", **JIT)
-def _tile(geometry, addresses, panel_offset, panel, t, rows, lo, hi, post, slope):
-    """Tile ``t`` of the numbering against weight panel ``panel`` (``panel_offset`` bytes
-    into the panels): the micro-kernel with its epilogue and activation into ``out``. The
-    last tile, where it holds MR - MR_SMALL pixels or fewer, runs as small tiles."""
-    args = _tile_args(geometry, addresses, panel_offset, panel, t, rows)
+def _tile(geometry, addresses, panel_offset, panel, t, live, lo, hi, post, slope):
+    """Tile ``t`` of the numbering, its table filled (``_tile_table``, which returned
+    ``live``), against weight panel ``panel`` (``panel_offset`` bytes into the panels): the
+    micro-kernel with its epilogue and activation into ``out``. The last tile, where it
+    holds MR - MR_SMALL pixels or fewer, runs as small tiles."""
+    args = _tile_args(geometry, addresses, panel_offset, panel, live)
     small = _small_tiles(geometry[0], t)
     if small == 0:
         conv_tile_out(*args, lo, hi, post, slope)
@@ -435,7 +441,8 @@ def _run_small(args, small, lo, hi, post, slope):
 def _tile_fits(geometry, addresses, panel_offset, panel, t, rows, arrays):
     """Whether ``_tile``'s calls of the micro-kernel stay inside ``arrays`` (extents.py)."""
     xp, panels, offsets, out, res, bias = arrays
-    args = _tile_args(geometry, addresses, panel_offset, panel, t, rows)
+    live = _tile_table(geometry, addresses, t, rows)
+    args = _tile_args(geometry, addresses, panel_offset, panel, live)
     small = _small_tiles(geometry[0], t)
     if small == 0:
         return conv_tile_out_fits(
@@ -454,16 +461,16 @@ def _tile_fits(geometry, addresses, panel_offset, panel, t, rows, arrays):
 
 
 @njit(inline="always", **JIT)
-def _tile_args(geometry, addresses, panel_offset, panel, t, rows):
-    """``conv_tile_out``'s arguments up to the epilogue's, for tile ``t`` and ``panel``:
-    output pixels ``t * MR`` on, numbered across rows and images. ``rows`` (2 MR int64)
-    gets each pixel's offset in ``out`` (-1 past the last pixel), then its input address (the
-    last pixel's again past it). The pixel's row and column advance by increments: two
-    integer divisions per pixel cost more than the multiply-adds of a 1x1 layer with 16
-    input channels. Only the taps that read the image for some pixel of the tile run
-    (``_live_taps``)."""
+def _tile_table(geometry, addresses, t, rows):
+    """Tile ``t``'s table: output pixels ``t * MR`` on, numbered across rows and images.
+    ``rows`` (2 MR int64) gets each pixel's offset in ``out``, in floats from its channel 0
+    (-1 past the last pixel), then its input address (the last pixel's again past it).
+    Returns the run of taps [t0, t1) that read the image for some pixel of the tile
+    (``_live_taps``; all where the layer does not pad). The pixel's row and column advance
+    by increments: two integer divisions per pixel cost more than the multiply-adds of a 1x1
+    layer with 16 input channels."""
     pixels, tiles, ho, wo, hp, wp, sh, sw, stride, ntaps, span, k_out = geometry[:12]
-    x_at, panels_at, offsets_at, rows_at, out_at, res_at, bias_at = addresses
+    x_at = addresses[0]
     p0 = t * MR
     count = min(MR, pixels - p0)
     n = p0 // (ho * wo)
@@ -471,14 +478,12 @@ def _tile_args(geometry, addresses, panel_offset, panel, t, rows):
     ox = p0 - n * (ho * wo) - oy * wo
     pixel_bytes = stride * F4
     a = x_at + ((n * hp + oy * sh) * wp + ox * sw) * pixel_bytes
-    k0 = panel * NR
-    nk = min(k_out, k0 + NR) - k0
     last = a
     n0, oy0, ox0 = n, oy, ox
     n1, oy1, ox1 = n, oy, ox
     for i in range(MR):
         if i < count:
-            rows[i] = (p0 + i) * k_out + k0
+            rows[i] = (p0 + i) * k_out
             last = a
             n1, oy1, ox1 = n, oy, ox
             ox += 1
@@ -501,9 +506,22 @@ def _tile_args(geometry, addresses, panel_offset, panel, t, rows):
         elif oy1 != oy0:  # across rows: every column
             ox0, ox1 = 0, wo - 1
         t0, t1 = _live_taps(geometry, oy0, oy1, ox0, ox1)
+    return t0, t1
+
+
+@njit(inline="always", **JIT)
+def _tile_args(geometry, addresses, panel_offset, panel, live):
+    """``conv_tile_out``'s arguments up to the epilogue's, for a tile whose table is filled
+    (``_tile_table``, which returned the ``live`` taps) and ``panel``: the output, residual
+    and bias addresses moved to the panel's first channel."""
+    span, k_out = geometry[10], geometry[11]
+    _, panels_at, offsets_at, rows_at, out_at, res_at, bias_at = addresses
+    t0, t1 = live
+    k0 = panel * NR
+    nk = min(k_out, k0 + NR) - k0
     return (t1 - t0, span, rows_at + MR * I8, offsets_at + t0 * I8,
-            panels_at + panel_offset + t0 * span * NR * F4, rows_at, out_at, res_at,
-            bias_at + k0 * F4, nk)  # fmt: skip
+            panels_at + panel_offset + t0 * span * NR * F4, rows_at, out_at + k0 * F4,
+            res_at + k0 * F4 if res_at != 0 else 0, bias_at + k0 * F4, nk)  # fmt: skip
 
 
 @njit(inline="always", **JIT)
