@@ -271,6 +271,31 @@ def test_short_last_tiles_run_as_small_tiles(torch, rest):
             np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("extra", [1, microkernel.LANES])
+@pytest.mark.parametrize("per_item", [1, 2, 3, 5])
+def test_narrow_last_panel_runs_pairs_of_tiles(torch, extra, per_item):
+    """A last panel of LANES channels or fewer runs through the narrow tile (NARROW_MR
+    pixels by one vector): pairs of tiles from each run's first, an odd run's last tile alone
+    (through the full or the small tiles), across rows and images, with padding (the pair's
+    live taps), a residual, an in-register activation, both loop orders and 1-3 blocks."""
+    nr, lanes = microkernel.NR, microkernel.LANES
+    assert blocked.has_narrow_panel(nr + extra) and not blocked.has_narrow_panel(nr)
+    assert blocked.has_narrow_panel(nr + lanes + 1) is False
+    rng = np.random.default_rng(per_item * 10 + extra)
+    c_in, c_out = 11, nr + extra
+    x = rng.standard_normal((2, c_in, 9, 7)).astype(np.float32)
+    wt = (rng.standard_normal((c_out, c_in, 3, 3)) / 10).astype(np.float32)
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    res = rng.standard_normal((2, c_out, 9, 7)).astype(np.float32)
+    want = reference(torch, x, wt, bias, res, (1, 1), (1, 1), (1, 1), 1, "none")
+    want = torch.nn.functional.hardswish(torch.from_numpy(want)).numpy()
+    for outer in (False, True):
+        for blocks in (1, 3):
+            got = run_blocked(x, wt, bias, res, (1, 1), (1, 1), (1, 1), "hardswish", per_item,
+                              blocks, 2, outer)  # fmt: skip
+            np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
 def test_vector_width_follows_the_target():
     """16 lanes where AVX-512 code may be generated (the target Numba compiles for: the
     host's features unless NUMBA_CPU_FEATURES names others), 8 under an AVX2-only target;

@@ -32,18 +32,30 @@ from .aligned import aligned_empty, spread_4k
 from .bounds import MICRO_TILE, SLOTS
 from .elementwise import run_call
 from .extents import conv_tile_out_fits
-from .microkernel import MR, MR_SMALL, NR, conv_tile_out, conv_tile_out_small
+from .microkernel import (
+    LANES,
+    MR,
+    MR_SMALL,
+    NARROW_MR,
+    NR,
+    conv_tile_out,
+    conv_tile_out_narrow,
+    conv_tile_out_small,
+)
 
 F4, I8 = 4, 8
 #: The int64 parameters ``items_kernel``'s work items read (``_fill_params``): seven counts,
-#: the tile geometry (GEOMETRY) and the addresses of the six arrays.
+#: the tile geometry (GEOMETRY), the addresses of the six arrays and of ``narrow_kernel``'s
+#: C function (0 where the layer has no narrow panel).
 GEOMETRY = 20
-N_PARAMS = 7 + GEOMETRY + 6
+N_PARAMS = 7 + GEOMETRY + 7
 # _fill_params writes the addresses at constant indices 27-32 (see there): keep them in step
 assert 7 + GEOMETRY == 27, "_fill_params' address slots follow the geometry"
-#: Per-thread scratch: the MR output offsets of a tile, its MR input addresses, then
-#: ``_items``' N_PARAMS parameters (int64, two floats each).
-SCRATCH_FLOATS = 2 * (2 * MR + N_PARAMS)
+#: Per-thread scratch: the output offsets of a tile, its input addresses (MR each, NARROW_MR
+#: for a narrow tile: ``_tile_table``), then ``_items``' N_PARAMS parameters (int64, two
+#: floats each).
+ROWS = 2 * NARROW_MR
+SCRATCH_FLOATS = 2 * (ROWS + N_PARAMS)
 
 
 def pack_panels(wmat: np.ndarray) -> np.ndarray:
@@ -150,6 +162,7 @@ def blocked_call(
     args = (
         x, xp, panels, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, lo, hi, post,
         np.float32(alpha), per_item, blocks, tiles_outer, items_kernel().address,
+        narrow_kernel().address if has_narrow_panel(out.shape[3]) else 0,
     )  # fmt: skip
     return blocked_run, args, (out, rest, alpha, beta) if rest else None
 
@@ -224,7 +237,7 @@ def _tap_offsets(geometry, kh, kw, dh, dw):
 @njit(**PJIT)
 def blocked_kernel(
     x, xp, panels, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, lo, hi, post, slope,
-    per_item, blocks, tiles_outer, items_at,
+    per_item, blocks, tiles_outer, items_at, narrow_at,
 ):  # fmt: skip
     """Convolution of the NHWC input ``x`` with ``panels`` (``pack_panels``), padded first into
     ``xp`` (N, H + 2 ph, W + 2 pw, ``pixel_stride``) where ph or pw is not 0 or the stride is wider
@@ -234,7 +247,8 @@ def blocked_kernel(
     steps: each parallel kernel costs about a second to compile on a cold cache. ``tiles_outer``:
     each tile runs through all panels of its block (see ``tiles_outer``), else each panel through
     all tiles of its run. ``items_at``: the address of ``items_kernel()``, which each thread calls
-    for its share of the work items."""
+    for its share of the work items; ``narrow_at`` that of ``narrow_kernel()`` where the last
+    panel is narrow (``has_narrow_panel``), else 0."""
     n_img, hp = xp.shape[:2]
     geometry, runs, tiles, per_block, items, threads = _layout(
         xp, panels, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, per_item, blocks
@@ -256,8 +270,9 @@ def blocked_kernel(
             else:
                 # MR output offsets, MR input addresses, then the parameters (int64)
                 rows_at = scratch.ctypes.data + thr * scratch.strides[0]
-                params_at = rows_at + 2 * MR * I8
-                _fill_params(carray(int64_at(params_at), N_PARAMS), shares, geometry, arrays)
+                params_at = rows_at + ROWS * I8
+                _fill_params(carray(int64_at(params_at), N_PARAMS), shares, geometry, arrays,
+                             narrow_at)  # fmt: skip
                 call_items(
                     items_at, thr * items // threads, (thr + 1) * items // threads, params_at,
                     rows_at, lo, hi, slope,
@@ -265,7 +280,7 @@ def blocked_kernel(
 
 
 @njit(inline="always", **JIT)
-def _fill_params(params, shares, geometry, arrays):
+def _fill_params(params, shares, geometry, arrays, narrow_at):
     """``params`` as ``_items`` reads them; the addresses are taken in the parallel loop, where
     ``arrays`` are held until the thread's work is done."""
     for i in range(7):
@@ -280,30 +295,56 @@ def _fill_params(params, shares, geometry, arrays):
     params[30] = out.ctypes.data
     params[31] = res.ctypes.data if res.size > 0 else 0
     params[32] = bias.ctypes.data
+    params[33] = narrow_at
 
 
 @njit(**JIT)
 def blocked_fits(
     x, xp, panels, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, lo, hi, post, slope,
-    per_item, blocks, tiles_outer, items_at,
+    per_item, blocks, tiles_outer, items_at, narrow_at,
 ):  # fmt: skip
     """Whether every tile ``blocked_kernel`` would run with these arguments stays inside its
     arrays (extents.py), the first fault recorded otherwise: each panel against each tile,
-    the pairs the kernel's work items share out."""
+    the pairs the kernel's work items share out (pairs of tiles on a narrow panel)."""
     geometry, _, tiles, _, _, _ = _layout(
         xp, panels, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, per_item, blocks
     )
     offsets = _tap_offsets(geometry, kh, kw, dh, dw)
     arrays = (xp, panels, offsets, out, res, bias)
-    rows = scratch[0, : 4 * MR].view(np.int64)  # output offsets, then input addresses
+    rows = scratch[0, : 2 * ROWS].view(np.int64)  # output offsets, then input addresses
     addresses = _addresses(arrays, rows)
     ntaps, span = geometry[9], geometry[10]
-    for panel in range(panels.shape[0]):
+    n_panels = panels.shape[0]
+    for panel in range(n_panels):
         at = panel * ntaps * span * NR * F4
         for t in range(tiles):
-            if not _tile_fits(geometry, addresses, at, panel, t, rows, arrays):
+            first = t - t % per_item  # the run's first tile
+            width = _narrow_width(
+                narrow_at, panel, n_panels, t, first, min(tiles, first + per_item)
+            )
+            if width == 2:
+                live = _tile_table(geometry, addresses, t, rows, 2)
+                args = _tile_args(geometry, addresses, at, panel, live, 2)
+                pixel_rows, out_rows = rows[NARROW_MR:], rows[:NARROW_MR]
+                if not conv_tile_out_fits(MICRO_TILE, NARROW_MR, *args, xp, offsets, panels,
+                                          pixel_rows, out_rows, out, res, bias):  # fmt: skip
+                    return False
+            elif width == 1 and not _tile_fits(geometry, addresses, at, panel, t, rows, arrays):
                 return False
     return True
+
+
+@njit(inline="always", **JIT)
+def _narrow_width(narrow_at, panel, n_panels, t, first, end):
+    """How tile ``t`` of a run of tiles ``first``..``end - 1`` meets ``panel``: 1 as one tile,
+    2 as the first of a pair through the narrow tile (the last panel, where ``narrow_at`` is
+    not 0: tiles paired from the run's first, the last alone where the run is odd), 0 not
+    at all (the second of a pair)."""
+    if narrow_at == 0 or panel != n_panels - 1:
+        return 1
+    if (t - first) % 2 == 1:
+        return 0
+    return 2 if t + 1 < end else 1
 
 
 @njit(inline="always", **JIT)
@@ -325,13 +366,14 @@ def _items(first, last, params_at, rows_at, lo, hi, slope):
     Work on addresses, taken once per thread: a view per tile or pixel would be an atomic
     update of the array's reference count, a cache line the threads pass back and forth."""
     p = carray(int64_at(params_at), N_PARAMS)
-    rows = carray(int64_at(rows_at), 2 * MR)
+    rows = carray(int64_at(rows_at), ROWS)
     runs, per_item, tiles, per_block, n_panels, tiles_outer, post = (
         p[0], p[1], p[2], p[3], p[4], p[5] != 0, p[6]
     )  # fmt: skip
     geometry = (p[7], p[8], p[9], p[10], p[11], p[12], p[13], p[14], p[15], p[16], p[17], p[18],
                 p[19], p[20], p[21], p[22], p[23], p[24], p[25], p[26])  # fmt: skip
     addresses = (p[27], p[28], p[29], rows_at, p[30], p[31], p[32])
+    narrow_at = p[33]
     ntaps, span = geometry[9], geometry[10]
     for item in range(first, last):
         p0 = (item // runs) * per_block
@@ -347,12 +389,61 @@ def _items(first, last, params_at, rows_at, lo, hi, slope):
             for i in range(n_inner):
                 t = t0 + (o if tiles_outer else i)
                 panel = p0 + (i if tiles_outer else o)
+                at = panel * ntaps * span * NR * F4
+                width = _narrow_width(narrow_at, panel, n_panels, t, t0, t1)
+                if width == 2:  # this tile and the next through the narrow tile
+                    narrow = _tile_table(geometry, addresses, t, rows, 2)
+                    args = _tile_args(geometry, addresses, at, panel, narrow, 2)
+                    call_tile(narrow_at, *args, lo, hi, post, slope)
+                    # the table is the pair's now: the next panel of this tile (none: the
+                    # narrow panel is the last) or the next tile fills its own
+                    live = (-1, -1)
+                    continue
+                if width == 0:
+                    continue
                 # a tile's table once for all its panels where they are the inner loop (a
                 # 16->96 1x1 layer at 112x112 filled it three times per tile)
-                if i == 0 or not tiles_outer:
-                    live = _tile_table(geometry, addresses, t, rows)
-                at = panel * ntaps * span * NR * F4
+                if i == 0 or not tiles_outer or live[0] < 0:
+                    live = _tile_table(geometry, addresses, t, rows, 1)
                 _tile(geometry, addresses, at, panel, t, live, lo, hi, post, slope)
+
+
+def has_narrow_panel(k_out: int) -> bool:
+    """Whether a layer of ``k_out`` channels ends in a panel of LANES channels or fewer,
+    which runs through ``narrow_kernel`` (pairs of tiles by one vector)."""
+    return 0 < k_out % NR <= LANES and NR > LANES
+
+
+def _narrow(ntaps, span, pixels_at, offsets_at, b, rows_at, out_at, res_at, bias_at, nk, lo, hi,
+            post, slope):  # fmt: skip
+    """``conv_tile_out_narrow`` with these arguments (``_tile_args`` of a pair of tiles)."""
+    conv_tile_out_narrow(ntaps, span, pixels_at, offsets_at, b, rows_at, out_at, res_at,
+                         bias_at, nk, lo, hi, post, slope)  # fmt: skip
+
+
+@functools.cache
+def narrow_kernel():
+    """``_narrow`` compiled as a C function on first use (a layer with a narrow panel), so
+    that networks without one (ResNets, VGG) never compile it."""
+    signature = types.void(*([types.int64] * 10), types.float32, types.float32, types.int64,
+                           types.float32)  # fmt: skip
+    return cfunc(signature, **JIT)(_narrow)
+
+
+@intrinsic
+def call_tile(typingctx, fn, ntaps, span, pixels, offsets, b, rows, out, res, bias, nk, lo, hi,
+              post, slope):  # fmt: skip
+    """Call the C function at address ``fn`` (``narrow_kernel``) with the other arguments."""
+    sig = types.void(*([types.int64] * 11), types.float32, types.float32, types.int64,
+                     types.float32)  # fmt: skip
+
+    def codegen(context, builder, signature, args):
+        i64, f32 = ir.IntType(64), ir.FloatType()
+        function = ir.FunctionType(ir.VoidType(), [i64] * 10 + [f32, f32, i64, f32])
+        builder.call(builder.inttoptr(args[0], function.as_pointer()), args[1:])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @functools.cache
@@ -407,7 +498,7 @@ def _tile(geometry, addresses, panel_offset, panel, t, live, lo, hi, post, slope
     ``live``), against weight panel ``panel`` (``panel_offset`` bytes into the panels): the
     micro-kernel with its epilogue and activation into ``out``. The last tile, where it
     holds MR - MR_SMALL pixels or fewer, runs as small tiles."""
-    args = _tile_args(geometry, addresses, panel_offset, panel, live)
+    args = _tile_args(geometry, addresses, panel_offset, panel, live, 1)
     small = _small_tiles(geometry[0], t)
     if small == 0:
         conv_tile_out(*args, lo, hi, post, slope)
@@ -441,8 +532,8 @@ def _run_small(args, small, lo, hi, post, slope):
 def _tile_fits(geometry, addresses, panel_offset, panel, t, rows, arrays):
     """Whether ``_tile``'s calls of the micro-kernel stay inside ``arrays`` (extents.py)."""
     xp, panels, offsets, out, res, bias = arrays
-    live = _tile_table(geometry, addresses, t, rows)
-    args = _tile_args(geometry, addresses, panel_offset, panel, live)
+    live = _tile_table(geometry, addresses, t, rows, 1)
+    args = _tile_args(geometry, addresses, panel_offset, panel, live, 1)
     small = _small_tiles(geometry[0], t)
     if small == 0:
         return conv_tile_out_fits(
@@ -461,10 +552,11 @@ def _tile_fits(geometry, addresses, panel_offset, panel, t, rows, arrays):
 
 
 @njit(inline="always", **JIT)
-def _tile_table(geometry, addresses, t, rows):
-    """Tile ``t``'s table: output pixels ``t * MR`` on, numbered across rows and images.
-    ``rows`` (2 MR int64) gets each pixel's offset in ``out``, in floats from its channel 0
-    (-1 past the last pixel), then its input address (the last pixel's again past it).
+def _tile_table(geometry, addresses, t, rows, width):
+    """The table of ``width`` tiles from tile ``t`` (1, or 2 for the narrow tile): output
+    pixels ``t * MR`` on, numbered across rows and images. ``rows`` gets each pixel's offset
+    in ``out``, in floats from its channel 0 (-1 past the last pixel), then its input address
+    (the last pixel's again past it): ``width`` MR int64 each.
     Returns the run of taps [t0, t1) that read the image for some pixel of the tile
     (``_live_taps``; all where the layer does not pad). The pixel's row and column advance
     by increments: two integer divisions per pixel cost more than the multiply-adds of a 1x1
@@ -472,7 +564,8 @@ def _tile_table(geometry, addresses, t, rows):
     pixels, tiles, ho, wo, hp, wp, sh, sw, stride, ntaps, span, k_out = geometry[:12]
     x_at = addresses[0]
     p0 = t * MR
-    count = min(MR, pixels - p0)
+    size = width * MR
+    count = min(size, pixels - p0)
     n = p0 // (ho * wo)
     oy = (p0 - n * (ho * wo)) // wo
     ox = p0 - n * (ho * wo) - oy * wo
@@ -481,7 +574,7 @@ def _tile_table(geometry, addresses, t, rows):
     last = a
     n0, oy0, ox0 = n, oy, ox
     n1, oy1, ox1 = n, oy, ox
-    for i in range(MR):
+    for i in range(size):
         if i < count:
             rows[i] = (p0 + i) * k_out
             last = a
@@ -498,7 +591,7 @@ def _tile_table(geometry, addresses, t, rows):
                 a = x_at + (n * hp + oy * sh) * wp * pixel_bytes
         else:
             rows[i] = -1
-        rows[MR + i] = last
+        rows[size + i] = last
     t0, t1 = 0, ntaps
     if geometry[12] > 0:
         if n1 != n0:  # across images: every row and column
@@ -510,16 +603,16 @@ def _tile_table(geometry, addresses, t, rows):
 
 
 @njit(inline="always", **JIT)
-def _tile_args(geometry, addresses, panel_offset, panel, live):
+def _tile_args(geometry, addresses, panel_offset, panel, live, width):
     """``conv_tile_out``'s arguments up to the epilogue's, for a tile whose table is filled
-    (``_tile_table``, which returned the ``live`` taps) and ``panel``: the output, residual
-    and bias addresses moved to the panel's first channel."""
+    (``_tile_table`` for ``width``, which returned the ``live`` taps) and ``panel``: the
+    output, residual and bias addresses moved to the panel's first channel."""
     span, k_out = geometry[10], geometry[11]
     _, panels_at, offsets_at, rows_at, out_at, res_at, bias_at = addresses
     t0, t1 = live
     k0 = panel * NR
     nk = min(k_out, k0 + NR) - k0
-    return (t1 - t0, span, rows_at + MR * I8, offsets_at + t0 * I8,
+    return (t1 - t0, span, rows_at + width * MR * I8, offsets_at + t0 * I8,
             panels_at + panel_offset + t0 * span * NR * F4, rows_at, out_at + k0 * F4,
             res_at + k0 * F4 if res_at != 0 else 0, bias_at + k0 * F4, nk)  # fmt: skip
 

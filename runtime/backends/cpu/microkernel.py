@@ -45,12 +45,13 @@ else:
 NR = LANES * NV
 
 
-def _accumulate(context, builder, ntaps, cin, rows, offsets, b, short_sums=True):
+def _accumulate(context, builder, ntaps, cin, rows, offsets, b, short_sums=True, n_vec=NV):
     """The loops over taps and input channels, pixel i's inputs at byte address ``rows[i]``
-    plus the tap's offset; returns the len(rows) x NV sums (row-major) with the builder after
-    the loops: of one accumulator each where the sum is short (and ``short_sums``), else of
-    blocks (``_blocked_sums``). Small tiles take blocks only: they run a layer's last few
-    pixels, and half the code is a third of a second less of a cold start."""
+    plus the tap's offset, against the first ``n_vec`` vectors of each panel row; returns the
+    len(rows) x n_vec sums (row-major) with the builder after the loops: of one accumulator
+    each where the sum is short (and ``short_sums``), else of blocks (``_blocked_sums``).
+    Small tiles take blocks only: they run a layer's last few pixels, and half the code is a
+    third of a second less of a cold start."""
     i64 = ir.IntType(64)
     vec = ir.VectorType(ir.FloatType(), LANES)
     fptr = ir.FloatType().as_pointer()
@@ -72,19 +73,20 @@ def _accumulate(context, builder, ntaps, cin, rows, offsets, b, short_sums=True)
         tap_rows, k_base = state
         panel_row = builder.mul(builder.add(k_base, k), const(NR))
         weights = []
-        for v in range(NV):
+        for v in range(n_vec):
             ptr = builder.gep(b, [builder.add(panel_row, const(v * LANES))])
             weights.append(builder.load(builder.bitcast(ptr, vec.as_pointer()), align=4))
         byte = builder.mul(k, const(4))
         new = []
         for i in range(len(tap_rows)):
             value = builder.load(builder.inttoptr(builder.add(tap_rows[i], byte), fptr), align=4)
-            for v in range(NV):
-                new.append(builder.call(fma, [_splat(builder, value), weights[v], acc[i * NV + v]]))
+            for v in range(n_vec):
+                new.append(builder.call(fma, [_splat(builder, value), weights[v],
+                                              acc[i * n_vec + v]]))  # fmt: skip
         return new
 
     if not short_sums:
-        return _blocked_sums(builder, ntaps, cin, len(rows) * NV, enter, channel)
+        return _blocked_sums(builder, ntaps, cin, len(rows) * n_vec, enter, channel)
     # short sums (a stem's 7x7 taps of 3 channels) in one run: blocks would round them
     # about as far, and their bookkeeping per tap of few channels cost 5% there
     fn = builder.function
@@ -94,12 +96,12 @@ def _accumulate(context, builder, ntaps, cin, rows, offsets, b, short_sums=True)
     total = builder.mul(ntaps, cin)
     builder.cbranch(builder.icmp_signed("<=", total, const(2 * SUM_BLOCK)), short, long_)
     builder.position_at_end(short)
-    plain = _loop_nest(builder, ntaps, cin, [_vconst(0.0)] * (len(rows) * NV), enter, channel,
-                       "tile")  # fmt: skip
+    plain = _loop_nest(builder, ntaps, cin, [_vconst(0.0)] * (len(rows) * n_vec), enter,
+                       channel, "tile")  # fmt: skip
     plain_end = builder.block
     builder.branch(joined)
     builder.position_at_end(long_)
-    blocked = _blocked_sums(builder, ntaps, cin, len(rows) * NV, enter, channel)
+    blocked = _blocked_sums(builder, ntaps, cin, len(rows) * n_vec, enter, channel)
     blocked_end = builder.block
     builder.branch(joined)
     builder.position_at_end(joined)
@@ -320,8 +322,8 @@ conv_tile_small = _conv_tile(MR_SMALL)
 POST_NONE, POST_SILU, POST_SIGMOID, POST_HARDSWISH, POST_HARDSIGMOID, POST_LEAKY = range(6)
 
 
-def _conv_tile_out(n_pixels):
-    """``conv_tile_out`` for tiles of ``n_pixels`` pixels."""
+def _conv_tile_out(n_pixels, n_vec=NV):
+    """``conv_tile_out`` for tiles of ``n_pixels`` pixels by ``n_vec`` vectors of channels."""
 
     def conv_tile_out(typingctx, ntaps, cin, pixels, offsets, b, rows, out, res, bias, nk, lo,
                       hi, post, slope):  # fmt: skip
@@ -335,9 +337,9 @@ def _conv_tile_out(n_pixels):
             pixel_at = [builder.load(builder.gep(table, [ir.Constant(i64, i)]))
                         for i in range(n_pixels)]  # fmt: skip
             acc = _accumulate(context, builder, ntaps, cin, pixel_at, offsets, b,
-                              n_pixels == MR)  # fmt: skip
-            _epilogue(builder, acc, NV, rows, out, res, bias, nk, lo, hi)
-            _post_activation(builder, NV, rows, out, nk, post, slope, n_pixels)
+                              n_pixels != MR_SMALL, n_vec)  # fmt: skip
+            _epilogue(builder, acc, n_vec, rows, out, res, bias, nk, lo, hi)
+            _post_activation(builder, n_vec, rows, out, nk, post, slope, n_pixels)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -362,6 +364,11 @@ CONV_TILE_OUT_DOC = """``conv_tile``'s sums, pixel i's inputs at the byte addres
 
 conv_tile_out = _conv_tile_out(MR)
 conv_tile_out_small = _conv_tile_out(MR_SMALL)
+#: Twice the pixels by one vector of channels (the first of each panel row): a layer's last
+#: panel where it holds LANES channels or fewer (16, 40, 80, 112 with AVX-512), which a
+#: full tile ran at half its multiply-adds (the second vector's lanes all past ``nk``).
+NARROW_MR = 2 * MR
+conv_tile_out_narrow = _conv_tile_out(NARROW_MR, 1)
 
 
 def _masked_ops(builder):
