@@ -377,12 +377,28 @@ network t(x: 6x5x7) {
 
 @pytest.mark.parametrize("shape", ["5x3x4", "40x90x90"])
 def test_global_pooling_on_one_thread_and_on_all(torch, shape):
-    """Small inputs pool on one thread, large ones (past PARALLEL_GAP_FLOATS) on all."""
+    """Small inputs pool on one thread, large batches (past PARALLEL_GAP_FLOATS in all, as
+    many images as threads) over the images on all."""
     from cnnc.runtime.backends.cpu import pool
 
     c, h, w = map(int, shape.split("x"))
-    assert (c * h * w >= pool.PARALLEL_GAP_FLOATS) == (shape == "40x90x90")
+    assert (3 * c * h * w >= pool.PARALLEL_GAP_FLOATS) == (shape == "40x90x90")
     assert compare(torch, net("gap | flatten", shape), batch=3)
+
+
+@pytest.mark.parametrize("shape", [(1, 7, 7, 5), (2, 9, 11, 33), (3, 112, 112, 32), (1, 1, 3, 4)])
+def test_every_global_pool_kernel_takes_the_mean(shape):
+    """The three global average pools (small images, the unrolled loops, over images on
+    every thread) all give the mean over the pixels, for pixel counts with and without a
+    remainder of four."""
+    from cnnc.runtime.backends.cpu import pool
+
+    x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+    want = x.astype(np.float64).mean(axis=(1, 2))
+    for kernel in (pool.gap_small, pool.gap, pool.gap_parallel):
+        out = np.full((shape[0], 1, 1, shape[3]), np.nan, np.float32)
+        kernel(x, out)
+        np.testing.assert_allclose(out[:, 0, 0], want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("channels", [1, 3, 32, 33])
