@@ -488,16 +488,14 @@ def _choose(backend, step, arrays, x, res, out):
                 backend.on_tune(step.label)
             taken = autotune.conditions()
             scratch_out = np.empty_like(out)
-            timed = [
-                (
-                    autotune.measure(
-                        lambda c=c: _run_choice(backend, c, arrays, x, res, scratch_out, a)
-                    ),
-                    c,
-                )
-                for c in autotune.candidates(*args)
-            ]
-            seconds, choice = min(timed, key=lambda tc: tc[0])
+            candidates = list(autotune.candidates(*args))
+            seconds = autotune.measure_all(
+                [
+                    lambda c=c: _run_choice(backend, c, arrays, x, res, scratch_out, a)
+                    for c in candidates
+                ]
+            )
+            seconds, choice = min(zip(seconds, candidates), key=lambda tc: tc[0])
             cache.put(shape, choice, seconds * 1e3, taken)
     backend.choices[shape] = choice
     return choice
