@@ -391,21 +391,20 @@ def _items(first, last, params_at, rows_at, lo, hi, slope):
                 panel = p0 + (i if tiles_outer else o)
                 at = panel * ntaps * span * NR * F4
                 width = _narrow_width(narrow_at, panel, n_panels, t, t0, t1)
-                if width == 2:  # this tile and the next through the narrow tile
-                    narrow = _tile_table(geometry, addresses, t, rows, 2)
-                    args = _tile_args(geometry, addresses, at, panel, narrow, 2)
-                    call_tile(narrow_at, *args, lo, hi, post, slope)
-                    # the table is the pair's now: the next panel of this tile (none: the
-                    # narrow panel is the last) or the next tile fills its own
-                    live = (-1, -1)
-                    continue
-                if width == 0:
+                if width == 0:  # the second tile of a pair, done with the first
                     continue
                 # a tile's table once for all its panels where they are the inner loop (a
-                # 16->96 1x1 layer at 112x112 filled it three times per tile)
-                if i == 0 or not tiles_outer or live[0] < 0:
-                    live = _tile_table(geometry, addresses, t, rows, 1)
-                _tile(geometry, addresses, at, panel, t, live, lo, hi, post, slope)
+                # 16->96 1x1 layer at 112x112 filled it three times per tile); a pair's
+                # table (width 2) is its own. One call site each: every copy of these
+                # inlined loops is compiled again (a cold start's second).
+                if width == 2 or i == 0 or not tiles_outer or live[0] < 0:
+                    live = _tile_table(geometry, addresses, t, rows, width)
+                args = _tile_args(geometry, addresses, at, panel, live, width)
+                if width == 2:  # this tile and the next through the narrow tile
+                    call_tile(narrow_at, *args, lo, hi, post, slope)
+                    live = (-1, -1)  # the rows hold the pair's table now
+                else:
+                    _tile(args, t, geometry[0], lo, hi, post, slope)
 
 
 def has_narrow_panel(k_out: int) -> bool:
@@ -493,13 +492,11 @@ def tiles_outer(w_rows: int, k_out: int, blocks: int) -> bool:
 
 
 @njit(inline="always", **JIT)
-def _tile(geometry, addresses, panel_offset, panel, t, live, lo, hi, post, slope):
-    """Tile ``t`` of the numbering, its table filled (``_tile_table``, which returned
-    ``live``), against weight panel ``panel`` (``panel_offset`` bytes into the panels): the
-    micro-kernel with its epilogue and activation into ``out``. The last tile, where it
-    holds MR - MR_SMALL pixels or fewer, runs as small tiles."""
-    args = _tile_args(geometry, addresses, panel_offset, panel, live, 1)
-    small = _small_tiles(geometry[0], t)
+def _tile(args, t, pixels, lo, hi, post, slope):
+    """Tile ``t`` of ``pixels``, with its arguments (``_tile_args``): the micro-kernel with
+    its epilogue and activation into ``out``. The last tile, where it holds MR - MR_SMALL
+    pixels or fewer, runs as small tiles."""
+    small = _small_tiles(pixels, t)
     if small == 0:
         conv_tile_out(*args, lo, hi, post, slope)
     else:
@@ -623,7 +620,7 @@ def _floor_div(a, b):
     return a // b if a >= 0 else -((-a + b - 1) // b)
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _live_range(o0, o1, interior, k, s, d, p, size):
     """The kernel positions [k0, k1) that read inside the image (``size`` rows or columns
     after ``p`` of padding, in padded coordinates) for some output o0..o1, stride ``s`` and
@@ -642,10 +639,11 @@ def _live_range(o0, o1, interior, k, s, d, p, size):
     return k0, k1
 
 
-# _live_range and _live_taps are called, not inlined: inlined into the tile loop (as Numba
-# inlines, its IR typed again in the caller) they doubled the cold compile of ``_items``,
+# _live_taps is called, not inlined: inlined into the tile loop (as Numba inlines, its IR
+# typed again in the caller) it and _live_range doubled the cold compile of ``_items``,
 # 0.77 -> 1.41 s CPU when they came; called, 1.11 s (a call per tile of at least MR x NR
 # multiply-adds per tap and channel). 2-core Zen 4 under load 2.8, ResNet-18's first run.
+# _live_range is inlined into it: a function of its own cost 0.15 s more of that run.
 @njit(**JIT)
 def _live_taps(geometry, oy0, oy1, ox0, ox1):
     """The run of taps [t0, t1) (in the packed weights' order) that holds every tap reading
