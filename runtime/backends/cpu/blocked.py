@@ -429,22 +429,6 @@ def narrow_kernel():
     return cfunc(signature, **JIT)(_narrow)
 
 
-@intrinsic
-def call_tile(typingctx, fn, ntaps, span, pixels, offsets, b, rows, out, res, bias, nk, lo, hi,
-              post, slope):  # fmt: skip
-    """Call the C function at address ``fn`` (``narrow_kernel``) with the other arguments."""
-    sig = types.void(*([types.int64] * 11), types.float32, types.float32, types.int64,
-                     types.float32)  # fmt: skip
-
-    def codegen(context, builder, signature, args):
-        i64, f32 = ir.IntType(64), ir.FloatType()
-        function = ir.FunctionType(ir.VoidType(), [i64] * 10 + [f32, f32, i64, f32])
-        builder.call(builder.inttoptr(args[0], function.as_pointer()), args[1:])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
 @functools.cache
 def items_kernel():
     """``_items`` compiled as a C function (on first use, then from the disk cache)."""
@@ -453,18 +437,33 @@ def items_kernel():
     return cfunc(signature, **JIT)(_items)
 
 
-@intrinsic
-def call_items(typingctx, fn, first, last, params, rows, lo, hi, slope):
-    """Call the C function at address ``fn`` (``items_kernel``) with the other arguments."""
-    sig = types.void(*([types.int64] * 5), types.float32, types.float32, types.float32)
+def _call_at(*arg_types):
+    """An intrinsic's (signature, codegen) that calls the C function at the address of its
+    first argument (int64) with the others (Numba types ``arg_types``)."""
 
     def codegen(context, builder, signature, args):
-        i64, f32 = ir.IntType(64), ir.FloatType()
-        function = ir.FunctionType(ir.VoidType(), [i64] * 4 + [f32] * 3)
+        values = [context.get_value_type(t) for t in arg_types]
+        function = ir.FunctionType(ir.VoidType(), values)
         builder.call(builder.inttoptr(args[0], function.as_pointer()), args[1:])
         return context.get_dummy_value()
 
-    return sig, codegen
+    return types.void(types.int64, *arg_types), codegen
+
+
+I64, F32 = types.int64, types.float32
+
+
+@intrinsic
+def call_items(typingctx, fn, first, last, params, rows, lo, hi, slope):
+    """Call the C function at address ``fn`` (``items_kernel``) with the other arguments."""
+    return _call_at(I64, I64, I64, I64, F32, F32, F32)
+
+
+@intrinsic
+def call_tile(typingctx, fn, ntaps, span, pixels, offsets, b, rows, out, res, bias, nk, lo, hi,
+              post, slope):  # fmt: skip
+    """Call the C function at address ``fn`` (``narrow_kernel``) with the other arguments."""
+    return _call_at(*[I64] * 10, F32, F32, I64, F32)
 
 
 @intrinsic
@@ -505,12 +504,19 @@ def _tile(args, t, pixels, lo, hi, post, slope):
 
 @njit(inline="always", **JIT)
 def _small_tiles(pixels, t):
-    """How many small tiles (MR_SMALL pixels) run tile ``t`` of ``pixels``: 0 for a full one.
-    Only the last tile can be short; one of 1 to MR - MR_SMALL pixels costs MR pixels' work
-    as a full tile, a third or two thirds as small ones (a 7x7 map at batch 1: 52 pixels'
-    work for its 49 instead of 60)."""
+    """How many small tiles (MR_SMALL pixels) run tile ``t`` of ``pixels``: 0 for a full one
+    (only the last tile can be short: ``next_tile``)."""
     count = min(MR, pixels - t * MR)
-    return 0 if count > MR - MR_SMALL else (count + MR_SMALL - 1) // MR_SMALL
+    return 0 if next_tile(count) == MR else (count + MR_SMALL - 1) // MR_SMALL
+
+
+@njit(inline="always", **JIT)
+def next_tile(left):
+    """The pixels of the tile that takes the next of ``left`` pixels (of a layer or of a run
+    of Winograd tiles): MR, or MR_SMALL where MR - MR_SMALL or fewer are left. A tile of 1 to
+    MR - MR_SMALL pixels costs MR pixels' work as a full tile, a third or two thirds as small
+    ones (a 7x7 map at batch 1: 52 pixels' work for its 49 instead of 60)."""
+    return MR if left > MR - MR_SMALL else MR_SMALL
 
 
 @njit(inline="always", **JIT)
@@ -518,11 +524,18 @@ def _run_small(args, small, lo, hi, post, slope):
     """``small`` tiles of ``conv_tile_out_small`` over a tile's table of output rows and
     input addresses (``_tile_args``), MR_SMALL entries each. Inlined: as a function of its
     own it cost ResNet-18's first run 0.27 s of compiling, inlined 0.1 s or less."""
-    ntaps, span, pixels_at, offsets_at, b, rows_at, out_at, res_at, bias_at, nk = args
     for j in range(small):
-        shift = j * MR_SMALL * I8
-        conv_tile_out_small(ntaps, span, pixels_at + shift, offsets_at, b, rows_at + shift,
-                            out_at, res_at, bias_at, nk, lo, hi, post, slope)  # fmt: skip
+        conv_tile_out_small(*_small_args(args, j), lo, hi, post, slope)
+
+
+@njit(inline="always", **JIT)
+def _small_args(args, j):
+    """Small tile ``j``'s arguments within a tile's (``_tile_args``): its MR_SMALL entries of
+    the table of output rows and of input addresses."""
+    ntaps, span, pixels_at, offsets_at, b, rows_at, out_at, res_at, bias_at, nk = args
+    shift = j * MR_SMALL * I8
+    return (ntaps, span, pixels_at + shift, offsets_at, b, rows_at + shift, out_at, res_at,
+            bias_at, nk)  # fmt: skip
 
 
 @njit(**JIT)
@@ -536,14 +549,9 @@ def _tile_fits(geometry, addresses, panel_offset, panel, t, rows, arrays):
         return conv_tile_out_fits(
             MICRO_TILE, MR, *args, xp, offsets, panels, rows[MR:], rows[:MR], out, res, bias
         )
-    ntaps, span, pixels_at, offsets_at, b, rows_at, out_at, res_at, bias_at, nk = args
     for j in range(small):
-        shift = j * MR_SMALL * I8
-        if not conv_tile_out_fits(
-            MICRO_TILE, MR_SMALL, ntaps, span, pixels_at + shift, offsets_at, b, rows_at + shift,
-            out_at, res_at, bias_at, nk, xp, offsets, panels, rows[MR:], rows[:MR], out, res,
-            bias,
-        ):  # fmt: skip
+        if not conv_tile_out_fits(MICRO_TILE, MR_SMALL, *_small_args(args, j), xp, offsets,
+                                  panels, rows[MR:], rows[:MR], out, res, bias):  # fmt: skip
             return False
     return True
 

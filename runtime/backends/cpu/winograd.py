@@ -28,9 +28,10 @@ from numba import njit, prange
 
 from .activations import JIT, PJIT, activate_run
 from .aligned import aligned_empty, spread_4k
+from .blocked import next_tile
 from .bounds import MICRO_TILE, checking
 from .extents import conv_tile_fits
-from .microkernel import MR, MR_SMALL, NR, conv_tile, conv_tile_small
+from .microkernel import MR, NR, conv_tile, conv_tile_small
 
 #: Transform matrices (B^T, G, A^T) per output tile size m, in float64 for packing.
 TRANSFORMS = {
@@ -291,7 +292,7 @@ def _output_transform(
 def _products(v, c_in, u, mm, no_offset, k0, nk, count, check):
     """``mm[xi, p, k] = sum over c < c_in of v[xi, p, c] * u[xi, k, c]`` for the run's ``count``
     tiles p and channels k0..k0 + nk - 1, on the micro-kernel: MR tiles by one panel of NR
-    channels per call (MR_SMALL for the last few: ``blocked._small_tiles``), the addresses
+    channels per call (MR_SMALL for the last few: ``blocked.next_tile``), the addresses
     taken from the arrays given (each position's own, which checked mode verifies the
     kernel stays in: extents.py)."""
     tt, _, step = v.shape  # a row of v holds c_in floats, then padding (``row_stride``)
@@ -301,8 +302,7 @@ def _products(v, c_in, u, mm, no_offset, k0, nk, count, check):
         for panel in range(k0 // NR, (k0 + nk + NR - 1) // NR):
             r0 = 0
             while r0 < count:
-                # what is left after the full tiles, MR - MR_SMALL tiles or fewer, in small ones
-                tile = MR if count - r0 > MR - MR_SMALL else MR_SMALL
+                tile = next_tile(count - r0)
                 args = (1, c_in, vx.ctypes.data + r0 * step * 4, step * 4, no_offset.ctypes.data,
                         ux.ctypes.data + panel * c_in * NR * 4,
                         mx.ctypes.data + (r0 * kb + panel * NR - k0) * 4, kb * 4,
