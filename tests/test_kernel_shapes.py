@@ -175,6 +175,8 @@ def test_checked_mode_stops_depthwise_tiles_and_patch_copies(checked):
     _dw_call(x, 20, np.zeros(5, np.float32))
     with pytest.raises(bounds.BoundsError, match="depthwise tile .* of its bias"):
         bounds.raise_fault()
+    # a row narrower than a tile reads a padded copy of its span: too small a scratch row
+    x = np.ones((1, 20, 4, 20), np.float32)
     _dw_call(x, 20, np.zeros(20, np.float32), pad=1, patch_floats=depthwise.ROW_FLOATS + 3 * DW_CH)
     with pytest.raises(bounds.BoundsError, match="depthwise patch copy .* of its patch buffer"):
         bounds.raise_fault()
@@ -231,15 +233,28 @@ def test_depthwise_matches_torch(torch, data):
 @pytest.mark.parametrize("residual", [False, True])
 def test_depthwise_full_tiles_match_torch(torch, k, s, residual):
     """The windows with a tile of their own (``dw_slide_*``: 3x3 and 5x5, stride 1 and 2),
-    on rows of several full tiles and a partial one, and on narrow rows copied whole into a
-    patch (``depthwise.narrow_tiles``), both threads; channels of a full block (DW_CH: plain
-    loads) and of partial ones, past a vector and short of one (masked loads)."""
+    on rows of several full tiles and a partial one (in place, the last moved back, or with a
+    residual from a padded copy), of one tile exactly, and narrower than a tile (a padded
+    copy), both threads; channels of a full block (DW_CH: plain loads) and of partial ones,
+    past a vector and short of one (masked loads)."""
     widths = ((1, 2 * MR * s + 5, DW_CH + LANES + 3), (2, 3 * MR * s, 2 * LANES), (1, 7, LANES - 1),
-              (2, MR * s + 1, LANES + 1))  # fmt: skip
+              (2, MR * s + 1, LANES + 1), (1, MR * s, DW_CH))  # fmt: skip
     for i, (threads, w, c) in enumerate(widths):
         window = {"kh": k, "kw": k, "sh": s, "sw": s, "ph": k // 2, "pw": k // 2, "dh": 1, "dw": 1}
         check_depthwise(torch, window, 9, w, c, n=2, act="relu6", seed=k * s, residual=residual,
                         threads=threads, hints=i % 2 == 1)  # fmt: skip
+
+
+@pytest.mark.parametrize("s", [1, 2])
+@pytest.mark.parametrize("pad", [0, 1, 2, 3])
+def test_depthwise_full_tiles_with_any_padding(torch, s, pad):
+    """3x3 tiles read a row's first and last columns in place where no more than DW_EDGE
+    columns of their span lie outside the image (pads 0 to 2), else from a padded copy (3);
+    with and without a residual (its short last tile)."""
+    window = {"kh": 3, "kw": 3, "sh": s, "sw": s, "ph": pad, "pw": pad, "dh": 1, "dw": 1}
+    for residual in (False, True):
+        check_depthwise(torch, window, 6, 2 * MR * s + 3, DW_CH, n=1, act="relu6", seed=pad,
+                        residual=residual, threads=2)  # fmt: skip
 
 
 def check_depthwise(torch, window, h, w, c, n, act, seed, residual, threads, hints=False):
@@ -314,14 +329,18 @@ def test_depthwise_under_avx2_code_generation():
     with 8-lane code (Zen 3 has no AVX-512), in a process of its own."""
     tests = [
         f"{TESTS / 'test_kernel_shapes.py'}::{name}"
-        for name in ("test_depthwise_matches_torch", "test_depthwise_full_tiles_match_torch")
+        for name in (
+            "test_depthwise_matches_torch",
+            "test_depthwise_full_tiles_match_torch",
+            "test_depthwise_full_tiles_with_any_padding",
+        )
     ]
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, **AVX2},
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert re.search(r"(?<!\d)9 passed", out.stdout), out.stdout[-2000:]
+    assert re.search(r"(?<!\d)17 passed", out.stdout), out.stdout[-2000:]
 
 
 #: Random layers the fuzz test runs (CNNC_FUZZ_SHAPES), per process, and the seed of the

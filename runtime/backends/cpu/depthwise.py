@@ -4,11 +4,12 @@
 The multiply-adds run in ``microkernel.dw_tile_out``: MR output pixels of one row x one block
 of DW_CH channels (the micro-kernel's NV vectors) in registers, every tap, then bias, residual
 and activation in registers and one store. Work items are (image, output row, run of channel
-blocks). A tile runs only the
-kernel rows whose input rows lie inside the image (the others add zeros). Runs of pixels
-whose taps all fall inside the image's width read the input in place, full tiles of 3x3 and
-5x5 windows through ``dw_slide_*`` (each input column loaded once per kernel row); the
-border columns (a pixel or two) read a small zero-padded copy of their window
+blocks). A tile runs only the kernel rows whose input rows lie inside the image (the others
+add zeros). 3x3 and 5x5 windows of stride 1 or 2 run whole rows through ``dw_slide_*`` (each
+input column loaded once per kernel row), in place, the border columns included: such a
+tile reads zeros for the first and last columns of its span that lie outside the image
+(``_slide_row``). Other windows run the pixels whose taps all fall inside the image in place
+and the border columns (a pixel or two) from a small zero-padded copy of their window
 (``_fill_patch``), so no pixel tests a border in the loop.
 A channel multiplier other than 1 (no zoo network has one), and every layer under the ``blas``
 policy (which keeps off the micro-kernel), takes plain loops (``dwconv_mult``).
@@ -26,9 +27,10 @@ from .activations import JIT, PJIT, activate, clamp_bounds
 from .blocked import post_code
 from .bounds import DEPTHWISE_PATCH, DEPTHWISE_TILE, checking
 from .elementwise import run_call
-from .extents import copy_lanes_fits, dw_tile_fits
+from .extents import copy_lanes_fits, dw_slide_fits, dw_tile_fits
 from .microkernel import (
     DW_CH,
+    DW_EDGE,
     DW_SMALL,
     MR,
     copy_lanes,
@@ -77,13 +79,15 @@ def dwconv(x, w, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, lo, hi
     arrays = (x, w, bias, out, res)
     for thr in prange(threads):
         rows = scratch[thr, : 2 * MR].view(np.int64)
-        patch = scratch[thr, ROW_FLOATS:]
+        zero = scratch[thr, ROW_FLOATS : ROW_FLOATS + DW_CH]
+        zero[:] = 0.0
+        patch = scratch[thr, ROW_FLOATS + DW_CH :]
         _dw_items(thr * items // threads, (thr + 1) * items // threads, geometry, arrays, rows,
-                  patch, lo, hi, post, slope, hint_input)  # fmt: skip
+                  zero, patch, lo, hi, post, slope, hint_input)  # fmt: skip
 
 
 @njit(**JIT)
-def _dw_items(first, last, geometry, arrays, rows, patch, lo, hi, post, slope, hint_input):
+def _dw_items(first, last, geometry, arrays, rows, zero, patch, lo, hi, post, slope, hint_input):
     """One thread's work items ``first``..``last - 1`` of ``dwconv``. Addresses are taken
     here, once (the caller's references keep the arrays alive until this returns): views
     inside the loops would be atomic updates of shared reference counts. Where checked mode
@@ -95,16 +99,13 @@ def _dw_items(first, last, geometry, arrays, rows, patch, lo, hi, post, slope, h
     res_at = res.ctypes.data if res.size > 0 else np.uint64(0)
     rows_at = rows.ctypes.data
     patch_at = patch.ctypes.data
+    zero_at = zero.ctypes.data
+    addresses = (x_at, w_at, bias_at, out_at, res_at, rows_at, zero_at, patch_at)
     check = checking()
     pixel = c_n * F4
     block_bytes = DW_CH * F4
     inner0, inner1 = _inner_columns(wd, wo, kw, sw, pw, dw)
     slide = slide_variant(kw, sw, dw)
-    narrow = narrow_tiles(wd, wo, kw, sw, pw, dw)
-    # a narrow row's patch: room for ``narrow`` full tiles, of which the columns the row's
-    # pixels read are filled (the rest feed only pixels past the row's end, never stored)
-    narrow_span = (narrow * MR - 1) * sw + (kw - 1) * dw + 1
-    narrow_used = min(narrow_span, (wo - 1) * sw + (kw - 1) * dw + 1)
     for item in range(first, last):
         block = item % blocks
         r = item // blocks
@@ -116,27 +117,11 @@ def _dw_items(first, last, geometry, arrays, rows, patch, lo, hi, post, slope, h
         ky0, k_rows = _rows_inside(oy * sh - ph, kh, dh, h)
         iy0 = oy * sh - ph + ky0 * dh
         w_row = ky0 * kw * pixel
-        if narrow:  # the whole row, zero-padded, through ``narrow`` full tiles
-            for v in range(block * per_item, min(n_vec, (block + 1) * per_item)):
-                c0 = v * DW_CH
-                nk = min(DW_CH, c_n - c0)
-                window = (n, iy0, -pw, k_rows, dh, narrow_used, h, wd, c_n, c0, nk,
-                          narrow_span, x_rows, row0)  # fmt: skip
-                if check and not _patch_fits(x_at, patch_at, window, patch, x):
-                    return
-                _fill_patch(x_at, patch_at, window)
-                for t in range(narrow):
-                    ox0 = t * MR
-                    first_out = ((n * ho + oy) * wo + ox0) * c_n + c0
-                    for i in range(MR):
-                        rows[i] = first_out + i * c_n if ox0 + i < wo else -1
-                    args = (k_rows, kw, patch_at + ox0 * sw * block_bytes, sw * block_bytes,
-                            dw * block_bytes, narrow_span * block_bytes, w_at + w_row + c0 * F4,
-                            pixel, MR, rows_at, out_at, res_at, bias_at + c0 * F4, nk)  # fmt: skip
-                    if check and not dw_tile_fits(DEPTHWISE_TILE, MR, *args, patch, w, rows,
-                                                  out, res, bias):  # fmt: skip
-                        return
-                    _full_tile(slide, args, lo, hi, post, slope)
+        row_at = x_at + ((n * x_rows + iy0 - row0) * wd) * pixel
+        if slide:
+            _slide_row(geometry, n, oy, block, iy0, k_rows, w_row, row_at, addresses, rows,
+                       x, w, out, res, bias, zero, patch, lo, hi, post, slope, hint_input,
+                       check)  # fmt: skip
             continue
         # runs of up to MR pixels: the border columns through a zero-padded patch, the rest
         # in place; with no residual, the last run inside the image is a full tile moved back
@@ -155,8 +140,6 @@ def _dw_items(first, last, geometry, arrays, rows, patch, lo, hi, post, slope, h
                 prefetch_lines(o_at, o_at + count * pixel)
                 if hint_input and oy + 1 < ho:
                     _hint_next_row(x_at, geometry, n, oy, ix0, span)
-            # every channel block of this run before the next run: the run's output pixels
-            # are then written whole, one after the other (C=144 at 56x56: 436 -> 257 us)
             for v in range(block * per_item, min(n_vec, (block + 1) * per_item)):
                 c0 = v * DW_CH
                 nk = min(DW_CH, c_n - c0)
@@ -164,7 +147,7 @@ def _dw_items(first, last, geometry, arrays, rows, patch, lo, hi, post, slope, h
                 for i in range(MR):
                     rows[i] = first_out + i * c_n if i < count else -1
                 if inside:
-                    a = x_at + ((n * x_rows + iy0 - row0) * wd + ix0) * pixel + c0 * F4
+                    a = row_at + ix0 * pixel + c0 * F4
                     steps = (sw * pixel, dw * pixel, dh * wd * pixel)
                 else:
                     window = (n, iy0, ix0, k_rows, dh, span, h, wd, c_n, c0, nk, span, x_rows, row0)
@@ -181,13 +164,84 @@ def _dw_items(first, last, geometry, arrays, rows, patch, lo, hi, post, slope, h
                     if check and not dw_tile_fits(DEPTHWISE_TILE, MR, *args, x, w, rows, out,
                                                   res, bias):  # fmt: skip
                         return
-                    _full_tile(slide if count == MR else 0, args, lo, hi, post, slope)
+                    dw_tile_out(*args, lo, hi, post, slope)
                 else:  # a border column or two: a smaller tile
                     if check and not dw_tile_fits(DEPTHWISE_TILE, DW_SMALL, *args, patch, w,
                                                   rows, out, res, bias):  # fmt: skip
                         return
                     dw_tile_small(*args, lo, hi, post, slope)
             ox0 += count
+
+
+@njit(**JIT)
+def _slide_row(geometry, n, oy, block, iy0, k_rows, w_row, row_at, addresses, rows, x, w, out,
+               res, bias, zero, patch, lo, hi, post, slope, hint_input, check):  # fmt: skip
+    """Output row ``oy`` of image ``n``, channel blocks of work item ``block``, in tiles of MR
+    pixels through ``dw_slide_*`` (``slide_variant``). A tile reads the image in place where
+    no more than the first and last DW_EDGE columns of its span lie outside the image (the
+    tile reads zeros for those): every tile of a row at least MR wide, its last moved back
+    over pixels already written (the same values again) where the layer has no residual.
+    The others (a row narrower than a tile, a residual row's short last tile) read a
+    zero-padded copy of their span (``_fill_patch``): one tile, and a copy, where a row ran
+    a small tile for each border column and a patch for it (56x56x144, Zen 4, one thread:
+    205 -> 150 us)."""
+    h, wd, c_n, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, n_vec, blocks, per_item = geometry[:16]
+    x_rows, row0 = geometry[18], geometry[19]
+    x_at, w_at, bias_at, out_at, res_at, rows_at, zero_at, patch_at = addresses
+    slide = slide_variant(kw, sw, dw)
+    pixel = c_n * F4
+    block_bytes = DW_CH * F4
+    span = (MR - 1) * sw + (kw - 1) * dw + 1  # input columns a tile reads
+    ox0 = 0
+    while ox0 < wo:
+        count = min(MR, wo - ox0)
+        if count < MR and res_at == 0 and wo >= MR:
+            ox0, count = wo - MR, MR
+        ix0 = ox0 * sw - pw
+        in_place = count == MR and ix0 >= -DW_EDGE and ix0 + span <= wd + DW_EDGE
+        if blocks == 1:  # the run's output pixels, all channels: see prefetch_lines
+            o_at = out_at + ((n * ho + oy) * wo + ox0) * pixel
+            prefetch_lines(o_at, o_at + count * pixel)
+            if hint_input and oy + 1 < ho:
+                _hint_next_row(x_at, geometry, n, oy, ix0, span)
+        # every channel block of this run before the next run: the run's output pixels are
+        # then written whole, one after the other (C=144 at 56x56: 436 -> 257 us)
+        for v in range(block * per_item, min(n_vec, (block + 1) * per_item)):
+            c0 = v * DW_CH
+            nk = min(DW_CH, c_n - c0)
+            first_out = ((n * ho + oy) * wo + ox0) * c_n + c0
+            for i in range(MR):
+                rows[i] = first_out + i * c_n if i < count else -1
+            if in_place:  # column ix0 (-pw at a row's start) as if the row went on
+                a, col0, width = row_at + ix0 * pixel + c0 * F4, ix0, wd
+                steps = (sw * pixel, dw * pixel, dh * wd * pixel)
+            else:  # the columns the row's pixels read (the rest feed no stored pixel)
+                used = min(span, (count - 1) * sw + (kw - 1) * dw + 1)
+                window = (n, iy0, ix0, k_rows, dh, used, h, wd, c_n, c0, nk, span, x_rows, row0)
+                if check and not _patch_fits(x_at, patch_at, window, patch, x):
+                    return
+                _fill_patch(x_at, patch_at, window)
+                a, col0, width = patch_at, 0, span
+                steps = (sw * block_bytes, dw * block_bytes, span * block_bytes)
+            args = (k_rows, kw, a, steps[0], steps[1], steps[2], w_at + w_row + c0 * F4, pixel,
+                    count, rows_at, out_at, res_at, bias_at + c0 * F4, nk)  # fmt: skip
+            if check and not _slide_fits(args, col0, width, zero_at, sw, in_place, x, patch,
+                                         (w, rows, out, res, bias, zero)):  # fmt: skip
+                return
+            _slide_tile(slide, args, lo, hi, post, slope, col0, width, zero_at)
+        ox0 += count
+
+
+@njit(**JIT)
+def _slide_fits(args, col0, width, zero_at, sw, in_place, x, patch, arrays):
+    """Checked mode: ``extents.dw_slide_fits`` for a tile read in place (from ``x``) or
+    from the patch."""
+    w, rows, out, res, bias, zero = arrays
+    if in_place:
+        return dw_slide_fits(DEPTHWISE_TILE, *args, col0, width, zero_at, sw, x, w, rows, out,
+                             res, bias, zero)  # fmt: skip
+    return dw_slide_fits(DEPTHWISE_TILE, *args, col0, width, zero_at, sw, patch, w, rows, out,
+                         res, bias, zero)  # fmt: skip
 
 
 @njit(inline="always", **JIT)
@@ -209,23 +263,19 @@ def _hint_next_row(x_at, geometry, n, oy, ix0, span):
 
 
 @njit(**JIT)
-def _full_tile(slide, args, lo, hi, post, slope):
-    """A tile of MR pixels: through ``dw_slide_*`` where ``slide`` names one (a full tile:
-    ``slide_variant``), else ``dw_tile_out``. A function of its own, not inlined: the two
-    places that call it (narrow rows, inside runs) then share one copy of the five tiles'
-    code, which was 4 of the 24 s a cold compile of the depthwise kernel took (Zen 4, tiles
-    of two vectors with plain and masked loops); no slower, measured (calls per tile of 50 to
-    300 ns)."""
+def _slide_tile(slide, args, lo, hi, post, slope, col0, width, zero):
+    """The ``dw_slide_*`` tile that ``slide`` names (``slide_variant``), ``args`` as
+    ``dw_tile_out`` takes them, then the row's first column, width and zeros. A function of
+    its own, not inlined into the row loop: it keeps the four tiles' code out of the loop's
+    own compile (calls per tile of 50 to 300 ns: no slower, measured)."""
     if slide == 1:
-        dw_slide_3s1(*args, lo, hi, post, slope)
+        dw_slide_3s1(*args, lo, hi, post, slope, col0, width, zero)
     elif slide == 2:
-        dw_slide_3s2(*args, lo, hi, post, slope)
+        dw_slide_3s2(*args, lo, hi, post, slope, col0, width, zero)
     elif slide == 3:
-        dw_slide_5s1(*args, lo, hi, post, slope)
-    elif slide == 4:
-        dw_slide_5s2(*args, lo, hi, post, slope)
+        dw_slide_5s1(*args, lo, hi, post, slope, col0, width, zero)
     else:
-        dw_tile_out(*args, lo, hi, post, slope)
+        dw_slide_5s2(*args, lo, hi, post, slope, col0, width, zero)
 
 
 @njit(inline="always", **JIT)
@@ -233,18 +283,6 @@ def _inner_columns(wd, wo, kw, sw, pw, dw):
     """The output columns whose taps all fall inside the image's width: [inner0, inner1)."""
     inner0 = min(wo, (pw + sw - 1) // sw)
     return inner0, max(inner0, min(wo, (wd - 1 + pw - (kw - 1) * dw) // sw + 1))
-
-
-@njit(**JIT)
-def narrow_tiles(wd, wo, kw, sw, pw, dw):
-    """Tiles of a row copied whole into a zero-padded patch: rows whose inside part holds no
-    full tile (7x7 and 14x14 maps), where a ``dw_slide_*`` tile applies; 0 for the others,
-    which read in place. Each such row then runs as full tiles instead of a partial tile and
-    two border tiles (MobileNetV2's 960-channel 7x7 layers, Zen 4, 1 thread: 65 -> 39 us)."""
-    inner0, inner1 = _inner_columns(wd, wo, kw, sw, pw, dw)
-    if slide_variant(kw, sw, dw) == 0 or inner1 - inner0 >= MR:
-        return 0
-    return (wo + MR - 1) // MR
 
 
 @njit(inline="always", **JIT)
@@ -343,11 +381,11 @@ def dw_vectors_per_item(n_img: int, ho: int, c_n: int, threads: int) -> int:
     return per
 
 
-def dw_scratch_floats(kh: int, kw: int, sw: int, dw: int, narrow: int = 0) -> int:
-    """Floats per thread: a tile's output offsets (int64) and a border run's padded patch,
-    or a whole row's for ``narrow`` tiles (``narrow_tiles``)."""
-    span = max(DW_SMALL * sw, narrow * MR * sw) + (kw - 1) * dw + 1 - sw
-    return ROW_FLOATS + kh * span * DW_CH
+def dw_scratch_floats(kh: int, kw: int, sw: int, dw: int) -> int:
+    """Floats per thread: a tile's output offsets (int64), DW_CH zeros (what the ``dw_slide_*``
+    tiles read outside the image) and a padded patch of a tile's span."""
+    span = (MR - 1) * sw + (kw - 1) * dw + 1
+    return ROW_FLOATS + DW_CH + kh * span * DW_CH
 
 
 def whole_rows(x, out) -> tuple:
@@ -369,8 +407,7 @@ def dwconv_call(backend, a, arrays, x, res, out, rows=None) -> tuple:
     lo, hi, rest = clamp_bounds(act, alpha, beta)
     post, rest = post_code(rest)
     per = dw_vectors_per_item(x.shape[0], rows[3] - rows[2], x.shape[3], backend.threads)
-    narrow = narrow_tiles(x.shape[2], out.shape[2], a["kw"], a["sw"], a["pw"], a["dw"])
-    scratch = backend.scratch(dw_scratch_floats(a["kh"], a["kw"], a["sw"], a["dw"], narrow))
+    scratch = backend.scratch(dw_scratch_floats(a["kh"], a["kw"], a["sw"], a["dw"]))
     hint = wants_input_hints(x.nbytes + out.nbytes)
     args = (x, arrays["w"], arrays["b"], res, out, scratch, *window, lo, hi, post, alpha, rows,
             per, hint)  # fmt: skip

@@ -27,7 +27,7 @@ from .bounds import (
     count_in,
     inside,
 )
-from .microkernel import DW_CH, NR
+from .microkernel import DW_CH, MR, NR
 
 F4, I8 = 4, 8
 CHECK = dict(cache=True, nogil=True)
@@ -130,8 +130,7 @@ def dw_tile_fits(
     """``microkernel.dw_tile_out`` (``pixels`` MR) and ``dw_tile_small`` (DW_SMALL): ``nk``
     floats at ``a + min(i, count - 1) * step + ky * row_step + kx * col_step`` and at
     ``w + (ky * kw + kx) * w_tap`` for every tap (none where ``kh`` is 0: the input rows all
-    outside the image), and the epilogue of ``pixels`` rows. The ``dw_slide_*`` tiles read
-    the same as ``dw_tile_out`` with ``count`` MR."""
+    outside the image), and the epilogue of ``pixels`` rows."""
     end = a + (count - 1) * step + (kh - 1) * row_step + (kw - 1) * col_step + nk * F4
     return (
         count_in(site, count, 1, pixels)
@@ -139,6 +138,35 @@ def dw_tile_fits(
         and (kh == 0 or inside(site, INPUT, a, end, xs))
         and (kh == 0 or inside(site, WEIGHTS, w, w + (kh * kw - 1) * w_tap + nk * F4, weights))
         and _epilogue(site, pixels, rows, out, res, bias, nk, row_array, outs, residuals, biases)
+    )
+
+
+@njit(**CHECK)
+def dw_slide_fits(
+    site, kh, kw, a, step, col_step, row_step, w, w_tap, count, rows, out, res, bias, nk,
+    col0, width, zero, sw, xs, weights, row_array, outs, residuals, biases, zeros,
+) -> bool:  # fmt: skip
+    """``microkernel.dw_slide_*`` (stride ``sw``, no dilation: ``col_step`` one pixel): MR
+    pixels whatever ``count``; for each kernel row ky, ``nk`` floats at ``a + ky * row_step
+    + j * col_step`` for the columns j (of ``(MR - 1) * sw + kw``) whose ``col0 + j`` lies in
+    ``0 .. width - 1``, and at ``zero`` (DW_CH floats) for the others; the weights as
+    ``dw_tile_out``'s, and the epilogue of MR rows."""
+    span = (MR - 1) * sw + kw
+    j0 = min(span, max(0, -col0))
+    j1 = max(j0, min(span, width - col0))
+    first = a + j0 * col_step
+    end = a + (kh - 1) * row_step + (j1 - 1) * col_step + nk * F4
+    return (
+        count_in(site, count, 1, MR)
+        and count_in(site, nk, 1, DW_CH)
+        and (kh == 0 or j1 == j0 or inside(site, INPUT, first, end, xs))
+        and (
+            kh == 0
+            or (j0 == 0 and j1 == span)
+            or inside(site, PATCH, zero, zero + DW_CH * F4, zeros)
+        )  # fmt: skip
+        and (kh == 0 or inside(site, WEIGHTS, w, w + (kh * kw - 1) * w_tap + nk * F4, weights))
+        and _epilogue(site, MR, rows, out, res, bias, nk, row_array, outs, residuals, biases)
     )
 
 
