@@ -164,7 +164,7 @@ def _dw_call(x, c, bias, kh=3, pad=0, patch_floats=None):
     wts = np.ones((kh, kh, c), np.float32)
     depthwise.dwconv(x, wts, bias, np.empty((0, 0, 0, 0), np.float32), out, scratch, kh, kh, 1,
                      1, pad, pad, 1, 1, np.float32(-np.inf), np.float32(np.inf), 0, np.float32(0),
-                     depthwise.whole_rows(x, out), 1, 1)  # fmt: skip
+                     depthwise.whole_rows(x, out), 1, 1, 0)  # fmt: skip
     return out
 
 
@@ -250,11 +250,18 @@ def test_depthwise_full_tiles_match_torch(torch, k, s, residual):
 def test_depthwise_full_tiles_with_any_padding(torch, s, pad):
     """3x3 tiles read a row's first and last columns in place where no more than DW_EDGE
     columns of their span lie outside the image (pads 0 to 2), else from a padded copy (3);
-    with and without a residual (its short last tile)."""
+    with and without a residual (its short last tile); small stride-1 maps through a padded
+    copy of the whole image (``depthwise._flat_image``), larger ones row by row."""
     window = {"kh": 3, "kw": 3, "sh": s, "sw": s, "ph": pad, "pw": pad, "dh": 1, "dw": 1}
-    for residual in (False, True):
-        check_depthwise(torch, window, 6, 2 * MR * s + 3, DW_CH, n=1, act="relu6", seed=pad,
-                        residual=residual, threads=2)  # fmt: skip
+    w = 2 * MR * s + 3
+    for h in (6, 40):
+        wo = w + 2 * pad - 2
+        flat = depthwise.flat_patch_pixels(h + 2 * pad - 2, wo, 3, 3, s, s, 1, 1, True)
+        if s == 2 or h == 40 or pad == 0:  # (pads 1 to 3 differ with the lane width)
+            assert (flat > 0) == (s == 1 and h == 6)
+        for residual in (False, True):
+            check_depthwise(torch, window, h, w, DW_CH, n=1, act="relu6", seed=pad,
+                            residual=residual, threads=2)  # fmt: skip
 
 
 def check_depthwise(torch, window, h, w, c, n, act, seed, residual, threads, hints=False):
@@ -302,7 +309,7 @@ def check_depthwise(torch, window, h, w, c, n, act, seed, residual, threads, hin
         depthwise.INPUT_HINT_SHARE = share
     kernel, args, after = call
     assert kernel is depthwise.dwconv
-    assert args[-1] == int(hints)  # small layers hint only where told to
+    assert args[-2] == int(hints)  # small layers hint only where told to
     with numba_threads(threads):
         kernel(*args)
     if after is not None:
