@@ -97,11 +97,14 @@ def _dw_items(first, last, geometry, arrays, rows, zero, patch, lo, hi, post, sl
     h, wd, c_n, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw, n_vec, blocks, per_item = geometry[:16]
     oy_first, n_rows, x_rows, row0 = geometry[16:20]
     x, w, bias, out, res = arrays
-    x_at, w_at, bias_at, out_at = x.ctypes.data, w.ctypes.data, bias.ctypes.data, out.ctypes.data
-    res_at = res.ctypes.data if res.size > 0 else np.uint64(0)
-    rows_at = rows.ctypes.data
-    patch_at = patch.ctypes.data
-    zero_at = zero.ctypes.data
+    # as int64: an unsigned address plus a signed offset is a float64 in Numba (and each mix
+    # of types compiled the tiles again)
+    x_at, w_at = np.int64(x.ctypes.data), np.int64(w.ctypes.data)
+    bias_at, out_at = np.int64(bias.ctypes.data), np.int64(out.ctypes.data)
+    res_at = np.int64(res.ctypes.data) if res.size > 0 else np.int64(0)
+    rows_at = np.int64(rows.ctypes.data)
+    patch_at = np.int64(patch.ctypes.data)
+    zero_at = np.int64(zero.ctypes.data)
     addresses = (x_at, w_at, bias_at, out_at, res_at, rows_at, zero_at, patch_at)
     check = checking()
     pixel = c_n * F4
@@ -231,10 +234,10 @@ def _slide_row(geometry, n, oy, block, iy0, k_rows, w_row, row_at, addresses, ro
                 steps = (sw * block_bytes, dw * block_bytes, span * block_bytes)
             args = (k_rows, kw, a, steps[0], steps[1], steps[2], w_at + w_row + c0 * F4, pixel,
                     count, rows_at, out_at, res_at, bias_at + c0 * F4, nk)  # fmt: skip
-            if check and not _slide_fits(args, col0, width, zero_at, sw, in_place, x, patch,
-                                         (w, rows, out, res, bias, zero)):  # fmt: skip
+            if not _slide_call(slide, args, lo, hi, post, slope, col0, width, zero_at, sw,
+                               in_place, check, x, patch,
+                               (w, rows, out, res, bias, zero)):  # fmt: skip
                 return
-            _slide_tile(slide, args, lo, hi, post, slope, col0, width, zero_at)
         ox0 += count
 
 
@@ -262,7 +265,11 @@ def _flat_image(geometry, n, block, addresses, rows, x, w, out, res, bias, zero,
         nk = min(DW_CH, c_n - c0)
         # padded rows -ph on, ``extra`` rows of zeros after them (they lie past the image)
         # for what the last tiles read past the last row
-        window = (n, -ph, -pw, hp + extra, 1, wp, h, wd, c_n, c0, nk, wp, x_rows, row0)
+        # (np.int64 and np.bool_ of constants here and below: typed as variables, so that the
+        # callees are the ones _slide_row and the patches compile; a constant typed them
+        # again, and the four slide tiles' second copy was 4 s of a cold compile)
+        one = np.int64(1)
+        window = (n, -ph, -pw, hp + extra, one, wp, h, wd, c_n, c0, nk, wp, x_rows, row0)
         if check and not _patch_fits(x_at, patch_at, window, patch, x):
             return
         _fill_patch(x_at, patch_at, window)
@@ -272,12 +279,12 @@ def _flat_image(geometry, n, block, addresses, rows, x, w, out, res, bias, zero,
                 c = p0 + i - r * wp
                 rows[i] = ((n * ho + r) * wo + c) * c_n + c0 if c < wo and r < ho else -1
             args = (kh, kw, patch_at + p0 * block_bytes, sw * block_bytes, dw * block_bytes,
-                    dh * wp * block_bytes, w_at + c0 * F4, c_n * F4, MR, rows_at, out_at,
-                    res_at, bias_at + c0 * F4, nk)  # fmt: skip
-            if check and not _slide_fits(args, 0, span, zero_at, sw, False, x, patch,
-                                         (w, rows, out, res, bias, zero)):  # fmt: skip
+                    dh * wp * block_bytes, w_at + c0 * F4, c_n * F4, np.int64(MR), rows_at,
+                    out_at, res_at, bias_at + c0 * F4, nk)  # fmt: skip
+            if not _slide_call(slide, args, lo, hi, post, slope, np.int64(0), span, zero_at,
+                               sw, np.bool_(False), check, x, patch,
+                               (w, rows, out, res, bias, zero)):  # fmt: skip
                 return
-            _slide_tile(slide, args, lo, hi, post, slope, 0, span, zero_at)
 
 
 @njit(inline="always", **JIT)
@@ -311,6 +318,19 @@ FLAT_PIXELS = 400
 
 
 @njit(**JIT)
+def _slide_call(slide, args, lo, hi, post, slope, col0, width, zero_at, sw, in_place, check, x,
+                patch, arrays):  # fmt: skip
+    """``_slide_tile``, first (in checked mode) its extents: False where they do not fit
+    and it did not run. One function for both callers (``_slide_row``, ``_flat_image``):
+    what the parallel kernel calls is compiled into each of its modules again, and the
+    tiles and checks were 3-4 s of a cold compile per copy."""
+    if check and not _slide_fits(args, col0, width, zero_at, sw, in_place, x, patch, arrays):
+        return False
+    _slide_tile(slide, args, lo, hi, post, slope, col0, width, zero_at)
+    return True
+
+
+@njit(inline="always", **JIT)
 def _slide_fits(args, col0, width, zero_at, sw, in_place, x, patch, arrays):
     """Checked mode: ``extents.dw_slide_fits`` for a tile read in place (from ``x``) or
     from the patch."""
