@@ -253,11 +253,11 @@ def test_depthwise_full_tiles_with_any_padding(torch, s, pad):
     with and without a residual (its short last tile); small stride-1 maps through a padded
     copy of the whole image (``depthwise._flat_image``), larger ones row by row."""
     window = {"kh": 3, "kw": 3, "sh": s, "sw": s, "ph": pad, "pw": pad, "dh": 1, "dw": 1}
-    w = 2 * MR * s + 3
-    for h in (6, 40):
+    w = MR * s + 3
+    for h in (6, 60):
         wo = w + 2 * pad - 2
         flat = depthwise.flat_patch_pixels(h + 2 * pad - 2, wo, 3, 3, s, s, 1, 1, True)
-        if s == 2 or h == 40 or pad == 0:  # (pads 1 to 3 differ with the lane width)
+        if s == 2 or h == 60 or pad == 0:  # (pads 1 to 3 differ with the lane width)
             assert (flat > 0) == (s == 1 and h == 6)
         for residual in (False, True):
             check_depthwise(torch, window, h, w, DW_CH, n=1, act="relu6", seed=pad,
