@@ -5,12 +5,14 @@ The multiply-adds run in ``microkernel.dw_tile_out``: MR output pixels of one ro
 of DW_CH channels (the micro-kernel's NV vectors) in registers, every tap, then bias, residual
 and activation in registers and one store. Work items are (image, output row, run of channel
 blocks). A tile runs only the kernel rows whose input rows lie inside the image (the others
-add zeros). 3x3 and 5x5 windows of stride 1 or 2 run whole rows through ``dw_slide_*`` (each
-input column loaded once per kernel row), in place, the border columns included: such a
-tile reads zeros for the first and last columns of its span that lie outside the image
-(``_slide_row``). Other windows run the pixels whose taps all fall inside the image in place
-and the border columns (a pixel or two) from a small zero-padded copy of their window
-(``_fill_patch``), so no pixel tests a border in the loop.
+add zeros). 3x3 and 5x5 windows of stride 1 or 2 run full tiles through ``dw_slide_*`` (each
+input column loaded once per kernel row); small stride-1 maps as one long row of a padded
+copy (``_flat_image``: 14x14 with AVX-512 code, 7x7 with AVX2); with AVX-512 code other rows
+whole, in place, the border columns included: such a tile reads zeros for the first and last
+columns of its span that lie outside the image (``_slide_row``). Otherwise the pixels whose
+taps all fall inside the image run in place and the border columns (a pixel or two) from a
+small zero-padded copy of their window (``_fill_patch``), so no pixel tests a border in the
+loop.
 A channel multiplier other than 1 (no zoo network has one), and every layer under the ``blas``
 policy (which keeps off the micro-kernel), takes plain loops (``dwconv_mult``).
 """
@@ -144,17 +146,12 @@ def _dw_items(first, last, geometry, arrays, rows, zero, patch, lo, hi, post, sl
                 ox0, count = end - MR, MR
             ix0 = ox0 * sw - pw
             span = (count - 1) * sw + (kw - 1) * dw + 1
-            if blocks == 1:  # the run's output pixels, all channels: see prefetch_lines
-                o_at = out_at + ((n * ho + oy) * wo + ox0) * pixel
-                prefetch_lines(o_at, o_at + count * pixel)
-                if hint_input and oy + 1 < ho:
-                    _hint_next_row(x_at, geometry, n, oy, ix0, span)
+            if blocks == 1:
+                _hint_run(x_at, out_at, geometry, n, oy, ox0, count, ix0, span, hint_input)
             for v in range(block * per_item, min(n_vec, (block + 1) * per_item)):
                 c0 = v * DW_CH
                 nk = min(DW_CH, c_n - c0)
-                first_out = ((n * ho + oy) * wo + ox0) * c_n + c0
-                for i in range(MR):
-                    rows[i] = first_out + i * c_n if i < count else -1
+                _run_rows(rows, ((n * ho + oy) * wo + ox0) * c_n + c0, count, c_n)
                 if inside:
                     a = row_at + ix0 * pixel + c0 * F4
                     steps = (sw * pixel, dw * pixel, dh * wd * pixel)
@@ -209,19 +206,14 @@ def _slide_row(geometry, n, oy, block, iy0, k_rows, w_row, row_at, addresses, ro
             ox0, count = wo - MR, MR
         ix0 = ox0 * sw - pw
         in_place = count == MR and ix0 >= -DW_EDGE and ix0 + span <= wd + DW_EDGE
-        if blocks == 1:  # the run's output pixels, all channels: see prefetch_lines
-            o_at = out_at + ((n * ho + oy) * wo + ox0) * pixel
-            prefetch_lines(o_at, o_at + count * pixel)
-            if hint_input and oy + 1 < ho:
-                _hint_next_row(x_at, geometry, n, oy, ix0, span)
+        if blocks == 1:
+            _hint_run(x_at, out_at, geometry, n, oy, ox0, count, ix0, span, hint_input)
         # every channel block of this run before the next run: the run's output pixels are
         # then written whole, one after the other (C=144 at 56x56: 436 -> 257 us)
         for v in range(block * per_item, min(n_vec, (block + 1) * per_item)):
             c0 = v * DW_CH
             nk = min(DW_CH, c_n - c0)
-            first_out = ((n * ho + oy) * wo + ox0) * c_n + c0
-            for i in range(MR):
-                rows[i] = first_out + i * c_n if i < count else -1
+            _run_rows(rows, ((n * ho + oy) * wo + ox0) * c_n + c0, count, c_n)
             if in_place:  # column ix0 (-pw at a row's start) as if the row went on
                 a, col0, width = row_at + ix0 * pixel + c0 * F4, ix0, wd
                 steps = (sw * pixel, dw * pixel, dh * wd * pixel)
@@ -343,6 +335,27 @@ def _slide_fits(args, col0, width, zero_at, sw, in_place, x, patch, arrays):
                              res, bias, zero)  # fmt: skip
     return dw_slide_fits(DEPTHWISE_TILE, *args, col0, width, zero_at, sw, patch, w, rows, out,
                          res, bias, zero)  # fmt: skip
+
+
+@njit(inline="always", **JIT)
+def _hint_run(x_at, out_at, geometry, n, oy, ox0, count, ix0, span, hint_input):
+    """Before a run of ``count`` output pixels from ``ox0`` (all channels: a work item of
+    every channel block): its output lines into L2 (see prefetch_lines), and where the
+    layer hints its input (``wants_input_hints``) the columns ``ix0 .. ix0 + span - 1`` of
+    the rows the next output row reads."""
+    c_n, ho, wo = geometry[2], geometry[3], geometry[4]
+    o_at = out_at + ((n * ho + oy) * wo + ox0) * c_n * F4
+    prefetch_lines(o_at, o_at + count * c_n * F4)
+    if hint_input and oy + 1 < ho:
+        _hint_next_row(x_at, geometry, n, oy, ix0, span)
+
+
+@njit(inline="always", **JIT)
+def _run_rows(rows, first_out, count, c_n):
+    """A tile's output offsets: pixel i of the run at ``first_out + i * c_n`` (floats), -1
+    past its ``count`` pixels (not stored)."""
+    for i in range(MR):
+        rows[i] = first_out + i * c_n if i < count else -1
 
 
 @njit(inline="always", **JIT)

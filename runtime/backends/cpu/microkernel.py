@@ -791,8 +791,8 @@ def _dw_slide_codegen(context, builder, args, kw, sw, dw):
 #: padding of up to 2: 3x3 and 5x5 windows padded to keep the size). None with AVX2 code:
 #: with 16 registers the tests spilled, and a tile of 6 pixels has a test on half its
 #: columns (MobileNetV2's depthwise steps, Zen 4, one thread: 2.06 ms with the border columns
-#: from a padded copy, 2.54 ms with the tests); a row's first and last tiles then read a
-#: padded copy of their span.
+#: from a padded copy, 2.54 ms with the tests); its rows run the border columns as small
+#: tiles from a padded copy, as before (depthwise._dw_items).
 DW_EDGE = 2 if LANES == 16 else 0
 _dw_slide_signature = types.void(*_dw_signature.args, types.intp, types.intp, types.intp)
 
