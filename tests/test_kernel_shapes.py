@@ -264,6 +264,18 @@ def test_depthwise_full_tiles_with_any_padding(torch, s, pad):
                             residual=residual, threads=2)  # fmt: skip
 
 
+def test_depthwise_flat_patch_with_row_dilation(torch):
+    """Small stride-1 maps through the flat patch (``depthwise._flat_image``) with kernel rows
+    ``dh`` apart (PyTorch's ``dilation=(dh, 1)``): a kernel row is ``dh`` padded rows on."""
+    for k, dh, ph, pw, h, residual in ((3, 2, 2, 1, 8, True), (3, 2, 0, 0, 7, False)):
+        w = MR + 3
+        window = {"kh": k, "kw": k, "sh": 1, "sw": 1, "ph": ph, "pw": pw, "dh": dh, "dw": 1}
+        ho, wo = h + 2 * ph - (k - 1) * dh, w + 2 * pw - (k - 1)
+        assert depthwise.flat_patch_pixels(ho, wo, k, k, 1, 1, dh, 1, True) > 0
+        check_depthwise(torch, window, h, w, DW_CH + 5, n=2, act="relu6", seed=k + dh,
+                        residual=residual, threads=2)  # fmt: skip
+
+
 def check_depthwise(torch, window, h, w, c, n, act, seed, residual, threads, hints=False):
     """``depthwise.dwconv`` against torch's ``conv2d`` on one layer (``window``: its kernel,
     strides, padding and dilation); ``hints``: with the input hints of layers larger than
