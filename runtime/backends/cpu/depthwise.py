@@ -20,6 +20,7 @@ policy (which keeps off the micro-kernel), takes plain loops (``dwconv_mult``).
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -308,6 +309,17 @@ def flat_patch_pixels(ho, wo, kh, kw, sh, sw, dh, dw, whole) -> int:
     return (hp + extra) * wp
 
 
+def layer_flat_pixels(a: dict, x_shape, out_shape, whole: bool = True) -> int:
+    """``flat_patch_pixels`` of a layer (attributes ``a``) from ``x_shape`` to ``out_shape``
+    (NHWC), ``whole`` images: only where its input and output are in the cache (no input
+    hints). A block's copy reads two lines of each pixel's channels, a stride the
+    prefetchers do not follow from memory (MobileNetV3-Large's 672x14x14 at batch 32, two
+    threads, Zen 4: 2.40 ms row by row, 2.85 ms flat)."""
+    in_cache = not wants_input_hints(F4 * (math.prod(x_shape) + math.prod(out_shape)))
+    return flat_patch_pixels(out_shape[1], out_shape[2], a["kh"], a["kw"], a["sh"], a["sw"],
+                             a["dh"], a["dw"], whole and in_cache)  # fmt: skip
+
+
 #: The largest padded image (pixels) that ``_flat_image`` copies: 14x14 with a 5x5 window
 #: (18 x 18 + a row) at most, so a patch of a block's image stays in L1 and L2 (44 KB).
 FLAT_PIXELS = 400
@@ -316,12 +328,12 @@ FLAT_PIXELS = 400
 @njit(inline="always", **JIT)
 def _slide_call(slide, args, lo, hi, post, slope, col0, width, zero_at, sw, in_place, check, x,
                 patch, arrays):  # fmt: skip
-    """``_slide_tile``, first (in checked mode) its extents: False where they do not fit
-    and it did not run. Inlined: a call that takes arrays updates their reference counts
-    (atomics) on every tile (56x56x144: 170 -> 230 us)."""
+    """``_full_tile`` for a slide tile, first (in checked mode) its extents: False where
+    they do not fit and it did not run. Inlined: a call that takes arrays updates their
+    reference counts (atomics) on every tile (56x56x144: 170 -> 230 us)."""
     if check and not _slide_fits(args, col0, width, zero_at, sw, in_place, x, patch, arrays):
         return False
-    _slide_tile(slide, args, lo, hi, post, slope, col0, width, zero_at)
+    _full_tile(slide, args, lo, hi, post, slope, col0, width, zero_at)
     return True
 
 
@@ -378,9 +390,11 @@ def _hint_next_row(x_at, geometry, n, oy, ix0, span):
 
 @njit(**JIT)
 def _full_tile(slide, args, lo, hi, post, slope, col0, width, zero):
-    """A full tile read in place: ``_slide_tile`` where ``slide`` names one, else
-    ``dw_tile_out``. A function of its own, not inlined into the row loop (inlined there,
-    AVX2 code ran MobileNetV2's depthwise steps 15% slower)."""
+    """A full tile: the ``dw_slide_*`` tile that ``slide`` names (``slide_variant``; its
+    arguments ``col0``, ``width`` and ``zero`` as ``microkernel._dw_slide_codegen`` takes
+    them), else ``dw_tile_out`` (``args`` as it takes them). One function for every caller,
+    not inlined: the four slide tiles are compiled once (1.2-1.6 s each copy), and a second
+    call around each tile ran AVX2 code 15-40% slower."""
     if slide == 1:
         dw_slide_3s1(*args, lo, hi, post, slope, col0, width, zero)
     elif slide == 2:
@@ -391,22 +405,6 @@ def _full_tile(slide, args, lo, hi, post, slope, col0, width, zero):
         dw_slide_5s2(*args, lo, hi, post, slope, col0, width, zero)
     else:
         dw_tile_out(*args, lo, hi, post, slope)
-
-
-@njit(**JIT)
-def _slide_tile(slide, args, lo, hi, post, slope, col0, width, zero):
-    """The ``dw_slide_*`` tile that ``slide`` names (``slide_variant``), ``args`` as
-    ``dw_tile_out`` takes them, then the row's first column, width and zeros. A function of
-    its own, not inlined into the row loop: it keeps the four tiles' code out of the loop's
-    own compile (calls per tile of 50 to 300 ns: no slower, measured)."""
-    if slide == 1:
-        dw_slide_3s1(*args, lo, hi, post, slope, col0, width, zero)
-    elif slide == 2:
-        dw_slide_3s2(*args, lo, hi, post, slope, col0, width, zero)
-    elif slide == 3:
-        dw_slide_5s1(*args, lo, hi, post, slope, col0, width, zero)
-    else:
-        dw_slide_5s2(*args, lo, hi, post, slope, col0, width, zero)
 
 
 @njit(inline="always", **JIT)
@@ -538,14 +536,8 @@ def dwconv_call(backend, a, arrays, x, res, out, rows=None) -> tuple:
         return dwconv_mult, args, None
     lo, hi, rest = clamp_bounds(act, alpha, beta)
     post, rest = post_code(rest)
-    ho, wo = out.shape[1], out.shape[2]
     hint = wants_input_hints(x.nbytes + out.nbytes)
-    # through a flat patch only where the layer's input is in the cache (``hint`` 0): a
-    # block's copy reads two lines of each pixel's channels, a stride the prefetchers do not
-    # follow from memory (MobileNetV3-Large's 672x14x14 at batch 32, two threads, Zen 4:
-    # 2.40 ms row by row, 2.85 ms flat)
-    whole = rows == whole_rows(x, out) and not hint
-    flat = flat_patch_pixels(ho, wo, a["kh"], a["kw"], a["sh"], a["sw"], a["dh"], a["dw"], whole)
+    flat = layer_flat_pixels(a, x.shape, out.shape, rows == whole_rows(x, out))
     per = dw_vectors_per_item(x.shape[0], 1 if flat else rows[3] - rows[2], x.shape[3],
                               backend.threads)  # fmt: skip
     scratch = backend.scratch(dw_scratch_floats(a["kh"], a["kw"], a["sw"], a["dw"], flat))

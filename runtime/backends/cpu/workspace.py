@@ -14,7 +14,7 @@ import math
 from .autotune import default_choice
 from .blocked import SCRATCH_FLOATS, padded_shape
 from .data_grad import columns_tiling
-from .depthwise import DW_WEIGHT_PARTS, dw_scratch_floats
+from .depthwise import DW_WEIGHT_PARTS, dw_scratch_floats, layer_flat_pixels
 from .tiling import conv_scratch_floats
 from .weight_grad import weight_grad_tiling
 
@@ -65,7 +65,8 @@ def training_workspace(plan, batch: int, threads: int, input_grads: bool = False
                 _data_grad(kept, x, out, a, geometry, threads)
         elif step.kernel == "dwconv":
             a = step.attrs
-            kept.row(dw_scratch_floats(a["kh"], a["kw"], a["sw"], a["dw"]))
+            flat = layer_flat_pixels(a, x, out)
+            kept.row(dw_scratch_floats(a["kh"], a["kw"], a["sw"], a["dw"], flat))
             c = out[3]
             kept.passing(2 * DW_WEIGHT_PARTS * a["kh"] * a["kw"] * c)  # float64 partials
     return F4 * (kept.floats() + plan.workspace_floats(batch))
