@@ -31,7 +31,7 @@ from kernel_cases import AVX2, case_data, numba_threads, random_case
 
 import torch_reference
 from cnnc.compiler.ops import OPS
-from cnnc.runtime.backends.cpu import blas, blocked, bounds, depthwise, winograd
+from cnnc.runtime.backends.cpu import blas, blocked, bounds, caches, depthwise, winograd
 from cnnc.runtime.backends.cpu.microkernel import DW_CH, LANES, MR
 from conftest import ROOT
 
@@ -279,7 +279,7 @@ def test_depthwise_flat_patch_with_row_dilation(torch):
 def check_depthwise(torch, window, h, w, c, n, act, seed, residual, threads, hints=False):
     """``depthwise.dwconv`` against torch's ``conv2d`` on one layer (``window``: its kernel,
     strides, padding and dilation); ``hints``: with the input hints of layers larger than
-    the cache (``depthwise.wants_input_hints``), whatever this layer's size."""
+    the cache (``caches.from_memory``), whatever this layer's size."""
     kh, kw = window["kh"], window["kw"]
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
@@ -313,12 +313,12 @@ def check_depthwise(torch, window, h, w, c, n, act, seed, residual, threads, hin
         def scratch(self, floats):
             return np.full((threads, floats), np.nan, np.float32)
 
-    share = depthwise.INPUT_HINT_SHARE
-    depthwise.INPUT_HINT_SHARE = 0.0 if hints else share
+    share = caches.STREAM_SHARE
+    caches.STREAM_SHARE = 0.0 if hints else share
     try:
         call = depthwise.dwconv_call(Backend(), attrs, arrays, x_nhwc, res_nhwc, out)
     finally:
-        depthwise.INPUT_HINT_SHARE = share
+        caches.STREAM_SHARE = share
     kernel, args, after = call
     assert kernel is depthwise.dwconv
     assert args[-2] == int(hints)  # small layers hint only where told to
@@ -330,17 +330,18 @@ def check_depthwise(torch, window, h, w, c, n, act, seed, residual, threads, hin
     np.testing.assert_allclose(out.transpose(0, 3, 1, 2), want, rtol=2e-4, atol=2e-4)
 
 
-def test_depthwise_input_hints_follow_the_cache_size():
-    """Layers over a quarter of the last-level cache hint their input; sysfs sizes parse."""
-    llc = depthwise.last_level_cache_bytes()
+def test_layers_over_a_share_of_the_cache_stream_from_memory():
+    """Layers over a quarter of the last-level cache hint what they read; sysfs sizes parse."""
+    llc = caches.last_level_cache_bytes()
     assert llc >= 1 << 20
-    assert depthwise.wants_input_hints(llc) == 1
-    assert depthwise.wants_input_hints(llc // 8) == 0
-    assert depthwise.cache_size_bytes("32768K\n") == 32 << 20
-    assert depthwise.cache_size_bytes("2M") == 2 << 20
-    assert depthwise.cache_size_bytes("512") == 512
+    assert caches.l2_cache_bytes() >= 64 << 10
+    assert caches.from_memory(llc) == 1
+    assert caches.from_memory(llc // 8) == 0
+    assert caches.cache_size_bytes("32768K\n") == 32 << 20
+    assert caches.cache_size_bytes("2M") == 2 << 20
+    assert caches.cache_size_bytes("512") == 512
     with pytest.raises(ValueError):
-        depthwise.cache_size_bytes("K")
+        caches.cache_size_bytes("K")
 
 
 def test_depthwise_under_avx2_code_generation():

@@ -16,7 +16,7 @@ from test_runtime_winograd import _net_and_inputs
 
 import torch_reference
 from cnnc.compiler.ops import OPS
-from cnnc.runtime.backends.cpu import autotune, blocked, microkernel
+from cnnc.runtime.backends.cpu import autotune, blocked, caches, microkernel
 
 #: Every way an activation leaves the micro-kernel: a clamp in its registers (none, relu,
 #: relu6, clamp), one of its vector activations, or a pass over the output after it (gelu):
@@ -294,6 +294,48 @@ def test_narrow_last_panel_runs_pairs_of_tiles(torch, extra, per_item):
             got = run_blocked(x, wt, bias, res, (1, 1), (1, 1), (1, 1), "hardswish", per_item,
                               blocks, 2, outer)  # fmt: skip
             np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+#: (input channels, output channels, kernel): input hints, output hints, both, a narrow last
+#: panel, a padded 3x3 (output hints only)
+STREAM_CASES = [(180, 24, 1), (24, 180, 1), (180, 180, 1), (180, microkernel.NR + 5, 1),
+                (8, 180, 3)]  # fmt: skip
+
+
+@pytest.mark.parametrize("c_in,c_out,kernel", STREAM_CASES)
+def test_layers_from_memory_hint_their_streams(torch, monkeypatch, c_in, c_out, kernel):
+    """Layers larger than the cache share (forced here: every layer) hint each tile's input
+    (1x1, stride 1, read in place) and output (one block of panels) HINT_AHEAD tiles on,
+    where a stream is a page or more per tile; the hints stop at the arrays' ends (the last
+    tiles, pairs through the narrow tile) and change no number: against torch, with a
+    residual, both loop orders, one and two blocks, one and two threads."""
+    monkeypatch.setattr(caches, "STREAM_SHARE", 0.0)
+    mr = microkernel.MR
+    rng = np.random.default_rng(c_in + c_out)
+    pad = kernel // 2
+    x = rng.standard_normal((2, c_in, 7, 9)).astype(np.float32)
+    wt = (rng.standard_normal((c_out, c_in, kernel, kernel)) / np.sqrt(c_in)).astype(np.float32)
+    bias = rng.standard_normal(c_out).astype(np.float32)
+    res = rng.standard_normal((2, c_out, 7, 9)).astype(np.float32)
+    want = reference(torch, x, wt, bias, res, (1, 1), (pad, pad), (1, 1), 1, "none")
+    want = torch.nn.functional.relu6(torch.from_numpy(want)).numpy()
+    x_nhwc = np.empty((2, 7, 9, c_in), np.float32)
+    out = np.empty((2, 7, 9, c_out), np.float32)
+    xp = x_nhwc if kernel == 1 else np.empty((2, 9, 11, c_in), np.float32)
+    x_hint, out_hint = blocked.stream_hints(x_nhwc, xp, out, kernel, kernel, 1, 1, 1)
+    assert x_hint == (mr * c_in * 4 if kernel == 1 and mr * c_in * 4 >= 4096 else 0)
+    assert out_hint == (mr * c_out * 4 if mr * c_out * 4 >= 4096 else 0)
+    assert blocked.stream_hints(x_nhwc, xp, out, kernel, kernel, 1, 1, 2)[1] == 0
+    monkeypatch.setattr(caches, "STREAM_SHARE", 1e9)
+    assert blocked.stream_hints(x_nhwc, xp, out, kernel, kernel, 1, 1, 1) == (0, 0)
+    monkeypatch.setattr(caches, "STREAM_SHARE", 0.0)
+    for threads in (1, 2):
+        with numba_threads(threads):
+            for outer in (False, True):
+                for blocks in (1, 2):
+                    got = run_blocked(x, wt, bias, res, (1, 1), (pad, pad), (1, 1), "relu6", 3,
+                                      blocks, threads, outer)  # fmt: skip
+                    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
 
 
 def test_vector_width_follows_the_target():

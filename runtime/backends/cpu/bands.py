@@ -30,29 +30,15 @@ and kept in the tuning cache (``_bands_pay``); untuned, bands run on one thread 
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
 from time import perf_counter
 
 from . import bounds, conv, depthwise
+from .caches import l2_cache_bytes
 from .elementwise import run_call
 
 #: The share of the L2 caches of the threads that a band's expansion rows may take: the
 #: rest holds the band's input rows, its depthwise and projection rows and the weights.
 BAND_SHARE = 0.5
-
-
-@functools.cache
-def l2_cache_bytes() -> int:
-    """CPU 0's level-2 cache (sysfs; one core's), else 256 KiB (a small L2: more, smaller
-    bands, which cost a little more overhead than they need to but stay in the cache)."""
-    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        try:
-            if (index / "level").read_text().strip() == "2":
-                return depthwise.cache_size_bytes((index / "size").read_text())
-        except (OSError, ValueError):
-            continue
-    return 256 << 10
 
 
 def band_rows(width: int, channels: int, threads: int) -> int:

@@ -19,9 +19,7 @@ policy (which keeps off the micro-kernel), takes plain loops (``dwconv_mult``).
 
 from __future__ import annotations
 
-import functools
 import math
-from pathlib import Path
 
 import numpy as np
 from numba import njit, prange
@@ -29,6 +27,7 @@ from numba import njit, prange
 from .activations import JIT, PJIT, activate, clamp_bounds
 from .blocked import post_code
 from .bounds import DEPTHWISE_PATCH, DEPTHWISE_TILE, checking
+from .caches import from_memory
 from .elementwise import run_call
 from .extents import copy_lanes_fits, dw_slide_fits, dw_tile_fits
 from .microkernel import (
@@ -59,7 +58,7 @@ def dwconv(x, w, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, lo, hi
     """Depthwise convolution (channel multiplier 1), ``w`` (kh, kw, C), epilogue as
     ``dw_tile_out`` takes it. ``per_item`` channel blocks (DW_CH channels) per work item;
     ``scratch`` holds ``dw_scratch_floats`` per thread; ``hint_input`` (0 or 1): see
-    ``wants_input_hints``; ``flat`` (0 or 1): each work item an image's channel block
+    ``caches.from_memory``; ``flat`` (0 or 1): each work item an image's channel block
     through a padded copy of the image (``flat_patch_pixels``).
 
     ``rows`` (``whole_rows``: every row of ``x`` and ``out``) runs a band of rows (bands.py):
@@ -315,7 +314,7 @@ def layer_flat_pixels(a: dict, x_shape, out_shape, whole: bool = True) -> int:
     hints). A block's copy reads two lines of each pixel's channels, a stride the
     prefetchers do not follow from memory (MobileNetV3-Large's 672x14x14 at batch 32, two
     threads, Zen 4: 2.40 ms row by row, 2.85 ms flat)."""
-    in_cache = not wants_input_hints(F4 * (math.prod(x_shape) + math.prod(out_shape)))
+    in_cache = not from_memory(F4 * (math.prod(x_shape) + math.prod(out_shape)))
     return flat_patch_pixels(out_shape[1], out_shape[2], a["kh"], a["kw"], a["sh"], a["sw"],
                              a["dh"], a["dw"], whole and in_cache)  # fmt: skip
 
@@ -353,7 +352,7 @@ def _slide_fits(args, col0, width, zero_at, sw, in_place, x, patch, arrays):
 def _hint_run(x_at, out_at, geometry, n, oy, ox0, count, ix0, span, hint_input):
     """Before a run of ``count`` output pixels from ``ox0`` (all channels: a work item of
     every channel block): its output lines into L2 (see prefetch_lines), and where the
-    layer hints its input (``wants_input_hints``) the columns ``ix0 .. ix0 + span - 1`` of
+    layer hints its input (``caches.from_memory``) the columns ``ix0 .. ix0 + span - 1`` of
     the rows the next output row reads."""
     c_n, ho, wo = geometry[2], geometry[3], geometry[4]
     o_at = out_at + ((n * ho + oy) * wo + ox0) * c_n * F4
@@ -374,7 +373,7 @@ def _run_rows(rows, first_out, count, c_n):
 def _hint_next_row(x_at, geometry, n, oy, ix0, span):
     """Hint into L2 the input columns ``ix0 .. ix0 + span - 1`` (all channels) of the rows
     that output row ``oy + 1`` reads and row ``oy`` does not: the rows this thread reads
-    next, a row of work ahead (see ``wants_input_hints``)."""
+    next, a row of work ahead (see ``caches.from_memory``)."""
     h, wd, c_n, ho, wo, kh, kw, sh, sw, ph, pw, dh, dw = geometry[:13]
     x_rows, row0 = geometry[18], geometry[19]  # rows held (see ``dwconv``)
     last_now = oy * sh - ph + (kh - 1) * dh
@@ -536,7 +535,7 @@ def dwconv_call(backend, a, arrays, x, res, out, rows=None) -> tuple:
         return dwconv_mult, args, None
     lo, hi, rest = clamp_bounds(act, alpha, beta)
     post, rest = post_code(rest)
-    hint = wants_input_hints(x.nbytes + out.nbytes)
+    hint = from_memory(x.nbytes + out.nbytes)
     flat = layer_flat_pixels(a, x.shape, out.shape, rows == whole_rows(x, out))
     per = dw_vectors_per_item(x.shape[0], 1 if flat else rows[3] - rows[2], x.shape[3],
                               backend.threads)  # fmt: skip
@@ -544,41 +543,6 @@ def dwconv_call(backend, a, arrays, x, res, out, rows=None) -> tuple:
     args = (x, arrays["w"], arrays["b"], res, out, scratch, *window, lo, hi, post, alpha, rows,
             per, hint, int(flat > 0))  # fmt: skip
     return dwconv, args, (out, rest, alpha, beta) if rest else None
-
-
-def wants_input_hints(layer_bytes: int) -> int:
-    """1 where a depthwise layer's input and output together (``layer_bytes``) exceed a
-    quarter of the last-level cache: each run then hints the input rows of the next output
-    row into L2 (``_hint_next_row``). Such layers stream from memory (MobileNetV2 at batch 8,
-    one thread, 2-core Zen 4 with 32 MB of L3 shared with other machines: its depthwise steps
-    22.5-25.2 -> 17.9-19.5 ms); smaller ones find their input in the cache, written there by
-    the step before, and the hints only took load slots (batch 1: 1.69-1.79 -> 1.72-1.85 ms)."""
-    return int(layer_bytes > INPUT_HINT_SHARE * last_level_cache_bytes())
-
-
-#: The share of the last-level cache above which depthwise layers hint their input.
-INPUT_HINT_SHARE = 0.25
-
-
-@functools.cache
-def last_level_cache_bytes() -> int:
-    """The largest CPU cache Linux reports for CPU 0 (sysfs), else 32 MiB."""
-    sizes = []
-    for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
-        try:
-            sizes.append(cache_size_bytes(path.read_text()))
-        except (OSError, ValueError):
-            continue
-    return max(sizes, default=32 << 20)
-
-
-def cache_size_bytes(text: str) -> int:
-    """A sysfs cache size ("32768K", "1M", "512") in bytes; ValueError if it is none."""
-    text = text.strip().upper()
-    digits = text.rstrip("KMG")
-    if not digits.isdigit():
-        raise ValueError(f"not a cache size: {text!r}")
-    return int(digits) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[len(digits) :], 1)
 
 
 @KERNELS.register("dwconv")
