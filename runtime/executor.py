@@ -36,6 +36,7 @@ class Executor:
         ]
         # the plan's band chains where the backend runs them (``run_chain``): by first step
         self.chains = dict(plan.chains) if hasattr(backend, "run_chain") else {}
+        self._replay = None  # the backend's replay of the last pass, where it has one
 
     def view(self, vid: int):
         value = self.plan.values[vid]
@@ -53,6 +54,9 @@ class Executor:
         for name, vid in self.plan.inputs.items():
             b.nchw_to_runtime(inputs[name], self.view(vid))
         with b.running():  # the backend's process settings, for this pass only
+            if timings is None and self._replay is not None and self._replay():
+                return self._outputs()
+            self._replay = None
             index = 0
             while index < len(self.bound):
                 n = self.chains.get(index, 0)
@@ -70,6 +74,12 @@ class Executor:
                     b.synchronize()
                     timings.append(time.perf_counter() - t0)
                 index += 1
+            if timings is None and hasattr(b, "replay"):
+                self._replay = b.replay(self.bound, self.chains, self.work)
+        return self._outputs()
+
+    def _outputs(self) -> dict:
+        b = self.backend
         return {
             name: b.runtime_to_nchw(b.to_host(self.view(vid)))
             for name, vid in self.plan.outputs.items()

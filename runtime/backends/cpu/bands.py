@@ -46,12 +46,16 @@ def band_rows(width: int, channels: int, threads: int) -> int:
     return max(1, int(BAND_SHARE * l2_cache_bytes() * threads) // (width * channels * 4))
 
 
+def chain_key(entries) -> tuple:
+    """The key of a chain's bound calls (``CpuBackend.bound_call``)."""
+    return ("bands", *(id(e[0]) for e in entries), id(entries[0][2][0]), id(entries[-1][4]))
+
+
 def run_chain(backend, entries, work, timings=None) -> None:
     """Run a chain's steps (the executor's bound entries: step, arrays, inputs, residual,
     output) in bands, or one after the other where one band holds them (``bind_chain``);
     ``timings`` (a list) gets each step's seconds, its bands' summed."""
-    key = ("bands", *(id(e[0]) for e in entries), id(entries[0][2][0]), id(entries[-1][4]))
-    calls = backend.bound_call(key, lambda: bind_chain(backend, entries, work))
+    calls = backend.bound_call(chain_key(entries), lambda: bind_chain(backend, entries, work))
     if calls is None:
         for step, arrays, ins, res, out in entries:
             t0 = perf_counter()

@@ -17,7 +17,7 @@ from . import autotune, blocked, winograd
 from .activations import JIT, PJIT, activate, activate_run, clamp_bounds, epilogue_run
 from .blas import gemm, gemm_tn
 from .elementwise import activation_pass, run_call
-from .table import GRADS, KERNELS
+from .table import BOUND_ONLY, GRADS, KERNELS, step_key
 from .tiling import conv_scratch_floats, uses_direct_gemm, uses_shifted_gemm
 
 F4 = 4  # bytes per float32
@@ -552,12 +552,15 @@ def _is_pointwise_vector(x, out, a) -> bool:
 @KERNELS.register("conv")
 def launch_conv(backend, step, arrays, ins, res, out, work):
     x = ins[0]
-    key = (id(step), id(x), id(res), id(out))
+    key = step_key(step, ins, res, out)
     if len(ins) == 2:  # a squeeze-and-excitation gate folded in (plan._fold_gate)
         bind = lambda: _bind_gated(backend, step, arrays, x, ins[1], res, out)  # noqa: E731
     else:
         bind = lambda: _bind(backend, step, arrays, x, res, out)  # noqa: E731
     run_call(backend.bound_call(key, bind))
+
+
+BOUND_ONLY.add("conv")
 
 
 def _bind_gated(backend, step, arrays, x, gate, res, out) -> tuple:

@@ -44,7 +44,7 @@ from .microkernel import (
     dw_tile_small,
     prefetch_lines,
 )
-from .table import GRADS, KERNELS
+from .table import BOUND_ONLY, GRADS, KERNELS, step_key
 
 F4 = 4
 #: Floats of a thread's scratch row before its patch: a tile's MR output offsets (int64),
@@ -548,9 +548,12 @@ def dwconv_call(backend, a, arrays, x, res, out, rows=None) -> tuple:
 @KERNELS.register("dwconv")
 def launch_dwconv(backend, step, arrays, ins, res, out, work):
     x = ins[0]
-    key = (id(step), id(x), id(res), id(out))
+    key = step_key(step, ins, res, out)
     bind = lambda: dwconv_call(backend, step.attrs, arrays, x, res, out)  # noqa: E731
     run_call(backend.bound_call(key, bind))
+
+
+BOUND_ONLY.add("dwconv")
 
 
 # ---- backward ----------------------------------------------------------------------------

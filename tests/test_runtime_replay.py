@@ -1,0 +1,77 @@
+"""Later passes replay the calls the first bound (CpuBackend.replay): the same outputs as
+PyTorch, through plain steps (fc, pooling, softmax), bound convolutions and depthwise steps,
+and chains in bands; dropped and made again where a buffer the calls hold moves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cnnc
+import torch_reference
+from cnnc.runtime.backends.cpu import bands
+from cnnc.runtime.session import Session
+
+SPEC = """
+network t(x: 8x11x9) {
+    y = x | conv(24, k=1, bias=false) | bn | relu6
+    y = y | dwconv(k=3, s=1, p=1, bias=false) | bn | relu6
+    y = add(y | conv(8, k=1, bias=false) | bn, x)
+    y = y | conv(16, k=3, s=2, p=1) | bn | gelu
+    return y | gap | flatten | fc(5) | softmax
+}
+"""
+
+
+def _session(torch, banded: bool, monkeypatch):
+    if banded:  # every chain in bands of two rows, whatever this machine measures
+        monkeypatch.setattr(bands, "band_rows", lambda width, channels, threads: 2)
+        monkeypatch.setattr(bands, "l2_cache_bytes", lambda: 64)
+        monkeypatch.setattr(bands, "_bands_pay", lambda *args: True)
+    net = cnnc.load(SPEC)
+    weights = torch_reference.random_weights(net, 0)
+    return net, weights, Session.create(net, weights, batch=2)
+
+
+def _check(torch, net, weights, session, seed: int):
+    x = np.random.default_rng(seed).standard_normal((2, *net.inputs["x"].shape))
+    inputs = {"x": x.astype(np.float32)}
+    want = torch_reference.forward(torch, net, weights, inputs)
+    got = session.run(inputs)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("banded", [False, True])
+def test_later_passes_replay_the_bound_calls(torch, banded, monkeypatch):
+    net, weights, session = _session(torch, banded, monkeypatch)
+    executor = session._executor(2)
+    backend = executor.backend
+    assert backend.replay(executor.bound, executor.chains, executor.work) is None  # unbound
+    # the first pass's later steps can grow the scratch rows that earlier ones were bound
+    # to: those are bound again by the second pass, and a replay made at its end at least
+    for seed in (0, 1):
+        _check(torch, net, weights, session, seed)
+    replay = executor._replay
+    assert replay is not None
+    if banded:
+        assert any("bands" in backend.choice_of(step) for step in session.plan.steps)
+    for seed in (2, 3):  # replayed: the same function, other inputs
+        _check(torch, net, weights, session, seed)
+        assert executor._replay is replay
+
+
+def test_a_replay_is_made_again_when_buffers_move(torch, monkeypatch):
+    net, weights, session = _session(torch, False, monkeypatch)
+    for seed in (0, 1):
+        _check(torch, net, weights, session, seed)
+    executor = session._executor(2)
+    backend, replay = executor.backend, executor._replay
+    backend.scratch(backend.scratch(1).shape[1] + 4096)  # reallocated: the calls' is stale
+    assert replay() is False  # ran nothing
+    _check(torch, net, weights, session, 2)  # bound again through the launchers
+    assert executor._replay is not replay and executor._replay() is True
+    replay = executor._replay
+    backend.forget_bindings()  # new weights (training): nothing bound stays
+    assert replay() is False
+    _check(torch, net, weights, session, 3)
