@@ -434,3 +434,17 @@ def test_maxpool_kernel_propagates_nan_into_a_channel_slice(torch, channels):
     expected = torch.nn.functional.max_pool2d(nchw, 3, 2, 1).permute(0, 2, 3, 1).numpy()
     np.testing.assert_array_equal(whole[..., 4 : 4 + channels], expected)
     assert (whole[..., :4] == 7).all() and (whole[..., 4 + channels :] == 7).all()
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (3, 3, 400, 300), (1, 40, 181, 151)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_inputs_go_into_nhwc_whatever_their_size(shape, dtype):
+    """Small inputs by channel or one copy, large ones (LARGE_INPUT_FLOATS and over) by the
+    parallel kernel, float64 converted on the way: the same NHWC array each time."""
+    from cnnc.runtime.backends.cpu import LARGE_INPUT_FLOATS, CpuBackend
+
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    out = np.full((shape[0], shape[2], shape[3], shape[1]), np.nan, np.float32)
+    CpuBackend().nchw_to_runtime(x, out)
+    np.testing.assert_array_equal(out, x.transpose(0, 2, 3, 1).astype(np.float32))
+    assert (x.size >= LARGE_INPUT_FLOATS) == (shape[0] == 3 or shape[1] == 40)

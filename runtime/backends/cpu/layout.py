@@ -83,6 +83,18 @@ def crop(x, out, oy, ox):
 
 
 @njit(**PJIT)
+def nchw_to_nhwc(x, out):
+    """The (N, C, H, W) ``x`` into the (N, H, W, C) ``out``, rows shared across the threads
+    (``CpuBackend.nchw_to_runtime`` for large inputs)."""
+    n_img, c, h, w = x.shape
+    for r in prange(n_img * h):
+        n, iy = r // h, r % h
+        for ix in range(w):
+            for ch in range(c):
+                out[n, iy, ix, ch] = x[n, ch, iy, ix]
+
+
+@njit(**PJIT)
 def flatten(x, out):
     """NHWC to (N, C*H*W) in C, H, W order, as PyTorch flattens NCHW."""
     n_img, h, w, c = x.shape
