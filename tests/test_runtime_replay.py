@@ -9,7 +9,7 @@ import pytest
 
 import cnnc
 import torch_reference
-from cnnc.runtime.backends.cpu import bands
+from cnnc.runtime.backends.cpu import bands, blocked, bounds
 from cnnc.runtime.session import Session
 
 SPEC = """
@@ -75,3 +75,28 @@ def test_a_replay_is_made_again_when_buffers_move(torch, monkeypatch):
     backend.forget_bindings()  # new weights (training): nothing bound stays
     assert replay() is False
     _check(torch, net, weights, session, 3)
+    replay, was = executor._replay, bounds.checked()
+    bounds.set_checked(not was)  # checked mode calls blocked_run, which checks first
+    try:
+        assert replay() is False
+        _check(torch, net, weights, session, 4)
+        assert executor._replay() is True
+    finally:
+        bounds.set_checked(was)
+
+
+def test_a_replay_calls_the_compiled_code_for_its_arguments():
+    """Numba kernels are called through their compiled code for the bound arguments' types,
+    without the dispatcher; other callables as they are."""
+    from cnnc.runtime.backends.cpu import _compiled, elementwise, layout
+
+    x = np.zeros(3, np.float32)
+    entry = _compiled(elementwise.activation_pass, (x, 0, 0.0, 0.0))  # a Python function
+    assert entry is elementwise.activation_pass
+    args = (np.ones((1, 2, 2, 3), np.float32), np.zeros((1, 12), np.float32))
+    layout.flatten(*args)  # compiled for these types
+    entry = _compiled(layout.flatten, args)
+    assert entry is not layout.flatten and callable(entry)
+    entry(*args)
+    np.testing.assert_array_equal(args[1], 1.0)
+    assert _compiled(blocked.blocked_run, ()) in (blocked.blocked_run, blocked.blocked_kernel)
