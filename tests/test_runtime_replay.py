@@ -47,7 +47,8 @@ def test_later_passes_replay_the_bound_calls(torch, banded, monkeypatch):
     net, weights, session = _session(torch, banded, monkeypatch)
     executor = session._executor(2)
     backend = executor.backend
-    assert backend.replay(executor.bound, executor.chains, executor.work) is None  # unbound
+    unbound = backend.replay(executor.bound, executor.chains, executor.work, executor._inputs())
+    assert unbound is None
     # the first pass's later steps can grow the scratch rows that earlier ones were bound
     # to: those are bound again by the second pass, and a replay made at its end at least
     for seed in (0, 1):
@@ -67,20 +68,21 @@ def test_a_replay_is_made_again_when_buffers_move(torch, monkeypatch):
         _check(torch, net, weights, session, seed)
     executor = session._executor(2)
     backend, replay = executor.backend, executor._replay
+    given = {"x": np.zeros((2, *net.inputs["x"].shape), np.float32)}
     backend.scratch(backend.scratch(1).shape[1] + 4096)  # reallocated: the calls' is stale
-    assert replay() is False  # ran nothing
+    assert replay(given) is False  # ran nothing
     _check(torch, net, weights, session, 2)  # bound again through the launchers
-    assert executor._replay is not replay and executor._replay() is True
+    assert executor._replay is not replay and executor._replay(given) is True
     replay = executor._replay
     backend.forget_bindings()  # new weights (training): nothing bound stays
-    assert replay() is False
+    assert replay(given) is False
     _check(torch, net, weights, session, 3)
     replay, was = executor._replay, bounds.checked()
     bounds.set_checked(not was)  # checked mode calls blocked_run, which checks first
     try:
-        assert replay() is False
+        assert replay(given) is False
         _check(torch, net, weights, session, 4)
-        assert executor._replay() is True
+        assert executor._replay(given) is True
     finally:
         bounds.set_checked(was)
 
@@ -100,3 +102,45 @@ def test_a_replay_calls_the_compiled_code_for_its_arguments():
     entry(*args)
     np.testing.assert_array_equal(args[1], 1.0)
     assert _compiled(blocked.blocked_run, ()) in (blocked.blocked_run, blocked.blocked_kernel)
+
+
+STEM = """
+network t(x: {c}x{h}x{w}) {{
+    return x | conv(8, k={k}, s=2, p={p}, bias=false) | bn | relu | gap | flatten | fc(3)
+}}
+"""
+
+
+@pytest.mark.parametrize("c,h,w,k,p", [(3, 23, 17, 3, 1), (1, 9, 12, 7, 3), (5, 16, 16, 3, 1)])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_first_layer_pads_the_callers_nchw_array(torch, c, h, w, k, p, batch):
+    """A first convolution that pads reads the caller's NCHW array in its padding copy (no
+    conversion to NHWC): float32 in C order as it is, float64, a transposed view and a
+    read-only array through a copy; the same outputs as PyTorch on every replayed pass.
+    An input read twice (the layer and a residual) is converted as before."""
+    net = cnnc.load(STEM.format(c=c, h=h, w=w, k=k, p=p))
+    weights = torch_reference.random_weights(net, 0)
+    session = Session.create(net, weights, batch=batch)
+    rng = np.random.default_rng(c * 100 + k)
+    shape = (batch, c, h, w)
+    readonly = rng.standard_normal(shape).astype(np.float32)
+    readonly.flags.writeable = False
+    transposed = np.ascontiguousarray(rng.standard_normal(shape[::-1]).astype(np.float32)).T
+    arrays = [rng.standard_normal(shape).astype(np.float32) for _ in range(2)]
+    arrays += [rng.standard_normal(shape), transposed, readonly]
+    for i, x in enumerate(arrays):
+        want = torch_reference.forward(torch, net, weights, {"x": np.array(x, np.float32)})
+        got = session.run({"x": x})
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=2e-4, atol=2e-5)
+        replay = session._executor(batch)._replay
+        if i >= 1:
+            assert replay is not None and replay.in_place == ["x"]
+    np.testing.assert_array_equal(transposed, transposed)  # the caller's arrays untouched
+
+
+def test_an_input_read_twice_is_converted(torch):
+    net, weights, session = _session(torch, False, None)
+    for seed in (0, 1, 2):
+        _check(torch, net, weights, session, seed)
+    assert session._executor(2)._replay.in_place == []

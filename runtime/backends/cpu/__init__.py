@@ -104,6 +104,28 @@ def _compiled(kernel, args):
     return kernel if compiled is None else compiled.entry_point
 
 
+def _with_input(call: tuple, x) -> tuple:
+    """A replay's ``call`` with ``x`` for its first argument."""
+    kernel, args, after, label = call
+    return kernel, (x, *args[1:]), after, label
+
+
+def _readable(x, staging: np.ndarray) -> np.ndarray:
+    """The caller's array ``x`` where a kernel compiled for ``staging``'s type can read it
+    (float32, C order, writeable, the same shape), else ``staging`` holding a copy of it."""
+    if (
+        isinstance(x, np.ndarray)
+        and x.dtype == np.float32
+        and x.shape == staging.shape
+        and x.flags.c_contiguous
+        and x.flags.writeable
+        and x.flags.aligned
+    ):
+        return x
+    staging[...] = x
+    return staging
+
+
 class CpuBackend:
     """Runs plan steps with the Numba kernels of this folder."""
 
@@ -147,15 +169,22 @@ class CpuBackend:
         self._bound.clear()
         self._generation += 1  # and every replay made of them (``replay``)
 
-    def replay(self, entries, chains, work):
-        """A function that runs the executor's bound ``entries`` (and its band ``chains``) as
-        the last pass ran them, or None where a step has no bound call yet. A convolution's
-        or depthwise step's call (``BOUND_ONLY``) is called directly, the rest through
-        ``run_step`` and ``run_chain``: the executor loop, the launcher, the key and the
-        lookup cost 1.5-2 us a step, MobileNetV2 about 0.1 ms a pass at batch 1. The function
-        returns False, having run nothing, once a buffer the calls hold was reallocated
-        (each is then bound again by a pass through the launchers)."""
-        calls, index = [], 0
+    def replay(self, entries, chains, work, inputs):
+        """A function of the caller's NCHW inputs (by name) that runs the executor's bound
+        ``entries`` (and its band ``chains``) as the last pass ran them, or None where a step
+        has no bound call yet. A convolution's or depthwise step's call (``BOUND_ONLY``) is
+        called directly, the rest through ``run_step`` and ``run_chain``: the executor loop,
+        the launcher, the key and the lookup cost 1.5-4 us a step, MobileNetV2 0.1-0.2 ms a
+        pass at batch 1. The function returns False, having run nothing, once a buffer the
+        calls hold was reallocated (each is then bound again by a pass through the
+        launchers), or the checked mode was switched.
+
+        ``inputs``: name -> (value id, NHWC view, whether a kernel may read the caller's
+        array instead: not where the value is also an output or another value's alias). The
+        function converts each input into its view, except one whose only reader copies it
+        into a padded buffer anyway (a network's first layer, ``blocked.reading_nchw``): that
+        copy reads the caller's NCHW array, and the conversion is saved."""
+        calls, origins, index = [], {}, 0
         while index < len(entries):
             n = chains.get(index, 0)
             if n and self._held(bands.chain_key(entries[index : index + n])):
@@ -170,21 +199,49 @@ class CpuBackend:
                 if call is None:
                     return None
                 kernel, args, after = call
+                origins[id(step)] = len(calls), kernel
                 calls.append((_compiled(kernel, args), args, after, step.label))
             index += max(n, 1)
+        readers: dict = {}
+        for step, *_ in entries:
+            for vid in {*step.inputs, step.residual}:
+                readers.setdefault(vid, []).append(step)
+        convert, in_place = [], []
+        for name, (vid, view, may) in inputs.items():
+            found = readers.get(vid, [])
+            at, kernel = origins.get(id(found[0]), (None, None)) if len(found) == 1 else (0, 0)
+            args = None
+            if may and kernel is blocked.blocked_run and found[0].inputs == [vid]:
+                shape = (view.shape[0], view.shape[3], *view.shape[1:3])
+                staging = np.empty(shape, np.float32)  # for arrays the kernel cannot take
+                args = blocked.reading_nchw(calls[at][1], staging)
+            if args is None:
+                convert.append((name, view))
+                continue
+            calls[at] = (_compiled(kernel, args), args, calls[at][2], calls[at][3])
+            in_place.append((name, at, staging))
         generation, checked = self._generation, bounds.SLOTS[0]
 
-        def run() -> bool:
+        def run(given: dict) -> bool:
             if self._generation != generation or bounds.SLOTS[0] != checked:
                 return False
-            for kernel, args, after, label in calls:
-                kernel(*args)
-                if bounds.SLOTS[1]:  # checked mode stopped a kernel of this step (bounds.py)
-                    bounds.raise_fault(label)
-                if after is not None:
-                    activation_pass(*after)
+            for name, view in convert:
+                self.nchw_to_runtime(given[name], view)
+            for name, at, staging in in_place:
+                calls[at] = _with_input(calls[at], _readable(given[name], staging))
+            try:
+                for kernel, args, after, label in calls:
+                    kernel(*args)
+                    if bounds.SLOTS[1]:  # checked mode stopped a kernel of this step
+                        bounds.raise_fault(label)
+                    if after is not None:
+                        activation_pass(*after)
+            finally:  # the caller's arrays are not held past the pass
+                for _, at, staging in in_place:
+                    calls[at] = _with_input(calls[at], staging)
             return True
 
+        run.in_place = [name for name, _, _ in in_place]  # for tests and ``cnnc bench``
         return run
 
     def _held(self, key):
