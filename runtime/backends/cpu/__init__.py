@@ -182,8 +182,8 @@ class CpuBackend:
         ``inputs``: name -> (value id, NHWC view, whether a kernel may read the caller's
         array instead: not where the value is also an output or another value's alias). The
         function converts each input into its view, except one whose only reader copies it
-        into a padded buffer anyway (a network's first layer, ``blocked.reading_nchw``): that
-        copy reads the caller's NCHW array, and the conversion is saved."""
+        into a padded buffer anyway (a network's first layer, ``blocked.reading_nchw``): a
+        padding copy from the caller's NCHW array then takes the conversion's place."""
         calls, origins, index = [], {}, 0
         while index < len(entries):
             n = chains.get(index, 0)
@@ -206,20 +206,31 @@ class CpuBackend:
         for step, *_ in entries:
             for vid in {*step.inputs, step.residual}:
                 readers.setdefault(vid, []).append(step)
-        convert, in_place = [], []
+        convert, pads = [], {}
         for name, (vid, view, may) in inputs.items():
             found = readers.get(vid, [])
             at, kernel = origins.get(id(found[0]), (None, None)) if len(found) == 1 else (0, 0)
-            args = None
+            split = None
             if may and kernel is blocked.blocked_run and found[0].inputs == [vid]:
                 shape = (view.shape[0], view.shape[3], *view.shape[1:3])
                 staging = np.empty(shape, np.float32)  # for arrays the kernel cannot take
-                args = blocked.reading_nchw(calls[at][1], staging)
-            if args is None:
+                split = blocked.reading_nchw(calls[at][1], staging)
+            if split is None:
                 convert.append((name, view))
                 continue
-            calls[at] = (_compiled(kernel, args), args, calls[at][2], calls[at][3])
-            in_place.append((name, at, staging))
+            (pad, pad_args), args = split
+            _, _, after, label = calls[at]
+            calls[at] = (_compiled(kernel, args), args, after, label)
+            pads[at] = name, staging, (pad, pad_args, None, label)
+        # each such input's padding copy just before its layer, the caller's array in it
+        merged, in_place = [], []
+        for at, call in enumerate(calls):
+            if at in pads:
+                name, staging, pad_call = pads[at]
+                in_place.append((name, len(merged), staging))
+                merged.append(pad_call)
+            merged.append(call)
+        calls = merged
         generation, checked = self._generation, bounds.SLOTS[0]
 
         def run(given: dict) -> bool:

@@ -114,13 +114,9 @@ def tile_count(out_shape) -> int:
 
 
 @njit(**JIT)
-def _pad_row(x, xp, ph, pw, n, y, nchw):
-    """Row y of ``xp``: row y - ph of ``x`` between ``pw`` zero columns, or zeros; ``x`` NHWC,
-    or NCHW where ``nchw`` is 1 (``reading_nchw``)."""
-    if nchw:
-        _, c, h, w = x.shape
-    else:
-        _, h, w, c = x.shape
+def _pad_row(x, xp, ph, pw, n, y):
+    """Row y of ``xp``: row y - ph of ``x`` between ``pw`` zero columns, or zeros."""
+    _, h, w, c = x.shape
     wp = xp.shape[2]
     row = xp[n, y]
     if y < ph or y >= ph + h:
@@ -132,12 +128,6 @@ def _pad_row(x, xp, ph, pw, n, y, nchw):
         for k in range(c):
             row[i, k] = 0.0
             row[wp - 1 - i, k] = 0.0
-    if nchw:
-        for k in range(c):
-            plane = x[n, k, y - ph]
-            for i in range(w):
-                row[pw + i, k] = plane[i]
-        return
     src = x[n, y - ph]
     for i in range(w):
         for k in range(c):
@@ -183,17 +173,40 @@ def blocked_call(
 
 
 def reading_nchw(args: tuple, x_nchw: np.ndarray) -> tuple | None:
-    """``blocked_call``'s arguments ``args`` with the NCHW ``x_nchw`` for its NHWC input, where
-    the layer copies its input into a padded buffer anyway (``xp``, its pixels C floats
-    apart): its padding copy then reads the NCHW array (``_pad_row``), and the input's
-    conversion to NHWC is saved (``CpuBackend.replay``: a network's first layer on the
-    caller's array). None where the layer reads its input in place, or the shapes differ."""
+    """Two calls in place of ``blocked_call``'s arguments ``args``, where the layer copies its
+    input into a padded buffer anyway (``xp``, its pixels C floats apart): ``pad_nchw`` from
+    the NCHW ``x_nchw`` into that buffer, then ``blocked_kernel`` on it without its own copy.
+    The input's conversion to NHWC is saved (``CpuBackend.replay``: a network's first layer
+    on the caller's array). None where the layer reads its input in place, or the shapes
+    differ. A kernel of its own rather than a branch of ``_pad_row``: that made ResNet-18's
+    first run (no replay) 0.3 s longer to compile."""
     x, xp = args[0], args[1]
     n, h, w, c = x.shape
     ph, pw = args[11], args[12]
     if xp is x or not (ph or pw) or xp.shape[3] != c or x_nchw.shape != (n, c, h, w):
         return None
-    return (x_nchw, *args[1:-1], 1)
+    return (pad_nchw, (x_nchw, xp, ph, pw)), (*args[:-1], 1)
+
+
+@njit(**PJIT)
+def pad_nchw(x, xp, ph, pw):
+    """The NCHW ``x`` into ``xp`` (N, H + 2 ph, W + 2 pw, C) between zeros, rows shared out
+    across the threads."""
+    n_img, c, h, w = x.shape
+    hp, wp = xp.shape[1], xp.shape[2]
+    for r in prange(n_img * hp):
+        n, y = r // hp, r % hp
+        row = xp[n, y]
+        inside = ph <= y < ph + h
+        for i in range(wp):
+            if not inside or i < pw or i >= pw + w:
+                for k in range(c):
+                    row[i, k] = 0.0
+        if inside:
+            for k in range(c):
+                plane = x[n, k, y - ph]
+                for i in range(w):
+                    row[pw + i, k] = plane[i]
 
 
 def stream_hints(x, xp, out, kh, kw, sh, sw, blocks: int) -> tuple[int, int]:
@@ -299,7 +312,7 @@ def _tap_offsets(geometry, kh, kw, dh, dw):
 @njit(**PJIT)
 def blocked_kernel(
     x, xp, panels, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, lo, hi, post, slope,
-    per_item, blocks, tiles_outer, items_at, narrow_at, x_hint, out_hint, x_nchw,
+    per_item, blocks, tiles_outer, items_at, narrow_at, x_hint, out_hint, padded,
 ):  # fmt: skip
     """Convolution of the NHWC input ``x`` with ``panels`` (``pack_panels``), padded first into
     ``xp`` (N, H + 2 ph, W + 2 pw, ``pixel_stride``) where ph or pw is not 0 or the stride is wider
@@ -311,7 +324,8 @@ def blocked_kernel(
     all tiles of its run. ``items_at``: the address of ``items_kernel()``, which each thread calls
     for its share of the work items; ``narrow_at`` that of ``narrow_kernel()`` where the last
     panel is narrow (``has_narrow_panel``), else 0; ``x_hint`` and ``out_hint`` as
-    ``stream_hints`` returns them; ``x_nchw`` 1 where ``x`` is NCHW (``reading_nchw``)."""
+    ``stream_hints`` returns them; ``padded`` 1 where ``xp`` holds the padded input already
+    (``reading_nchw``), which ``x`` then does not."""
     n_img, hp = xp.shape[:2]
     geometry, runs, tiles, per_block, items, threads = _layout(
         xp, panels, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, per_item, blocks
@@ -325,11 +339,11 @@ def blocked_kernel(
     padded_rows = n_img * hp
     # two passes of one parallel loop, the padding's rows (where the layer pads), then the
     # tiles: a second parallel loop compiled into four more modules (0.5 s of a cold start)
-    for phase in range(0 if ph or pw or xp.shape[3] != x.shape[3] else 1, 2):
+    for phase in range(0 if (ph or pw or xp.shape[3] != x.shape[3]) and not padded else 1, 2):
         for thr in prange(threads):
             if phase == 0:
                 for row in range(thr * padded_rows // threads, (thr + 1) * padded_rows // threads):
-                    _pad_row(x, xp, ph, pw, row // hp, row % hp, x_nchw)
+                    _pad_row(x, xp, ph, pw, row // hp, row % hp)
             else:
                 # MR output offsets, MR input addresses, then the parameters (int64)
                 rows_at = scratch.ctypes.data + thr * scratch.strides[0]
@@ -364,7 +378,7 @@ def _fill_params(params, shares, geometry, arrays, calls):
 @njit(**JIT)
 def blocked_fits(
     x, xp, panels, bias, res, out, scratch, kh, kw, sh, sw, ph, pw, dh, dw, lo, hi, post, slope,
-    per_item, blocks, tiles_outer, items_at, narrow_at, x_hint, out_hint, x_nchw,
+    per_item, blocks, tiles_outer, items_at, narrow_at, x_hint, out_hint, padded,
 ):  # fmt: skip
     """Whether every tile ``blocked_kernel`` would run with these arguments stays inside its
     arrays (extents.py), the first fault recorded otherwise: each panel against each tile,
