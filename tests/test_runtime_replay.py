@@ -90,7 +90,8 @@ def test_a_replay_is_made_again_when_buffers_move(torch, monkeypatch):
 def test_a_replay_calls_the_compiled_code_for_its_arguments():
     """Numba kernels are called through their compiled code for the bound arguments' types,
     without the dispatcher; other callables as they are."""
-    from cnnc.runtime.backends.cpu import _compiled, elementwise, layout
+    from cnnc.runtime.backends.cpu import elementwise, layout
+    from cnnc.runtime.backends.cpu.replay import _compiled
 
     x = np.zeros(3, np.float32)
     entry = _compiled(elementwise.activation_pass, (x, 0, 0.0, 0.0))  # a Python function

@@ -73,7 +73,6 @@ install_locator()  # before any kernel is defined
 from . import (  # noqa: E402,F401
     bands,
     blas,
-    blocked,
     bounds,
     conv,
     depthwise,
@@ -82,48 +81,11 @@ from . import (  # noqa: E402,F401
     norm,
     pool,
     registries,
+    replay,
 )
 from .aligned import LINE, aligned_empty  # noqa: E402
 from .autotune import ALGORITHMS, TuneCache, machine_key  # noqa: E402
-from .elementwise import activation_pass  # noqa: E402
-from .table import BOUND_ONLY, GRADS, KERNELS, step_key  # noqa: E402
-
-
-def _compiled(kernel, args):
-    """What to call for ``kernel(*args)`` in a replay: where ``kernel`` is a Numba function
-    (``blocked_run`` is ``blocked_kernel`` outside checked mode), its compiled code for
-    exactly these arguments' types, without the dispatcher's typing of each argument (about
-    0.5 us for a call of 26 arguments); else ``kernel`` itself. The arguments are the bound
-    call's own objects, so their types cannot change."""
-    if kernel is blocked.blocked_run and not bounds.SLOTS[0]:
-        kernel = blocked.blocked_kernel
-    overloads = getattr(kernel, "overloads", None)
-    if overloads is None:
-        return kernel
-    compiled = overloads.get(tuple(kernel.typeof_pyval(a) for a in args))
-    return kernel if compiled is None else compiled.entry_point
-
-
-def _with_input(call: tuple, x) -> tuple:
-    """A replay's ``call`` with ``x`` for its first argument."""
-    kernel, args, after, label = call
-    return kernel, (x, *args[1:]), after, label
-
-
-def _readable(x, staging: np.ndarray) -> np.ndarray:
-    """The caller's array ``x`` where a kernel compiled for ``staging``'s type can read it
-    (float32, C order, writeable, the same shape), else ``staging`` holding a copy of it."""
-    if (
-        isinstance(x, np.ndarray)
-        and x.dtype == np.float32
-        and x.shape == staging.shape
-        and x.flags.c_contiguous
-        and x.flags.writeable
-        and x.flags.aligned
-    ):
-        return x
-    staging[...] = x
-    return staging
+from .table import GRADS, KERNELS  # noqa: E402
 
 
 class CpuBackend:
@@ -170,92 +132,16 @@ class CpuBackend:
         self._generation += 1  # and every replay made of them (``replay``)
 
     def replay(self, entries, chains, work, inputs):
-        """A function of the caller's NCHW inputs (by name) that runs the executor's bound
-        ``entries`` (and its band ``chains``) as the last pass ran them, or None where a step
-        has no bound call yet. A convolution's or depthwise step's call (``BOUND_ONLY``) is
-        called directly, the rest through ``run_step`` and ``run_chain``: the executor loop,
-        the launcher, the key and the lookup cost 1.5-4 us a step, MobileNetV2 0.1-0.2 ms a
-        pass at batch 1. The function returns False, having run nothing, once a buffer the
-        calls hold was reallocated (each is then bound again by a pass through the
-        launchers), or the checked mode was switched.
+        """The executor's passes after this one, as a function of the caller's inputs
+        (replay.make_replay), or None where a step has no bound call yet."""
+        return replay.make_replay(self, entries, chains, work, inputs)
 
-        ``inputs``: name -> (value id, NHWC view, whether a kernel may read the caller's
-        array instead: not where the value is also an output or another value's alias). The
-        function converts each input into its view, except one whose only reader copies it
-        into a padded buffer anyway (a network's first layer, ``blocked.reading_nchw``): a
-        padding copy from the caller's NCHW array then takes the conversion's place."""
-        calls, origins, index = [], {}, 0
-        while index < len(entries):
-            n = chains.get(index, 0)
-            if n and self._held(bands.chain_key(entries[index : index + n])):
-                calls.append((self.run_chain, (entries[index : index + n], work), None, ""))
-                index += n
-                continue
-            for step, arrays, ins, res, out in entries[index : index + max(n, 1)]:
-                if step.kernel not in BOUND_ONLY:
-                    calls.append((self.run_step, (step, arrays, ins, res, out, work), None, ""))
-                    continue
-                call = self._held(step_key(step, ins, res, out))
-                if call is None:
-                    return None
-                kernel, args, after = call
-                origins[id(step)] = len(calls), kernel
-                calls.append((_compiled(kernel, args), args, after, step.label))
-            index += max(n, 1)
-        readers: dict = {}
-        for step, *_ in entries:
-            for vid in {*step.inputs, step.residual}:
-                readers.setdefault(vid, []).append(step)
-        convert, pads = [], {}
-        for name, (vid, view, may) in inputs.items():
-            found = readers.get(vid, [])
-            at, kernel = origins.get(id(found[0]), (None, None)) if len(found) == 1 else (0, 0)
-            split = None
-            if may and kernel is blocked.blocked_run and found[0].inputs == [vid]:
-                shape = (view.shape[0], view.shape[3], *view.shape[1:3])
-                staging = np.empty(shape, np.float32)  # for arrays the kernel cannot take
-                split = blocked.reading_nchw(calls[at][1], staging)
-            if split is None:
-                convert.append((name, view))
-                continue
-            (pad, pad_args), args = split
-            _, _, after, label = calls[at]
-            calls[at] = (_compiled(kernel, args), args, after, label)
-            pads[at] = name, staging, (pad, pad_args, None, label)
-        # each such input's padding copy just before its layer, the caller's array in it
-        merged, in_place = [], []
-        for at, call in enumerate(calls):
-            if at in pads:
-                name, staging, pad_call = pads[at]
-                in_place.append((name, len(merged), staging))
-                merged.append(pad_call)
-            merged.append(call)
-        calls = merged
-        generation, checked = self._generation, bounds.SLOTS[0]
+    @property
+    def generation(self) -> int:
+        """Counts reallocations of the buffers bound calls hold, and forgotten bindings."""
+        return self._generation
 
-        def run(given: dict) -> bool:
-            if self._generation != generation or bounds.SLOTS[0] != checked:
-                return False
-            for name, view in convert:
-                self.nchw_to_runtime(given[name], view)
-            for name, at, staging in in_place:
-                calls[at] = _with_input(calls[at], _readable(given[name], staging))
-            try:
-                for kernel, args, after, label in calls:
-                    kernel(*args)
-                    if bounds.SLOTS[1]:  # checked mode stopped a kernel of this step
-                        bounds.raise_fault(label)
-                    if after is not None:
-                        activation_pass(*after)
-            finally:  # the caller's arrays are not held past the pass
-                for _, at, staging in in_place:
-                    calls[at] = _with_input(calls[at], staging)
-            return True
-
-        run.in_place = [name for name, _, _ in in_place]  # for tests and ``cnnc bench``
-        return run
-
-    def _held(self, key):
+    def held(self, key):
         """The call bound under ``key`` while its buffers stay, else None."""
         held = self._bound.get(key)
         return held[1] if held is not None and held[0] == self._generation else None
