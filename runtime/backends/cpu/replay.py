@@ -71,8 +71,8 @@ def _inputs_in_place(calls, origins, entries, inputs):
             readers.setdefault(vid, []).append(step)
     convert, pads = [], {}
     for name, (vid, view, may) in inputs.items():
-        found = readers.get(vid, [])
-        at, kernel = origins.get(id(found[0]), (None, None)) if len(found) == 1 else (0, 0)
+        found = readers.get(vid, [])  # read in place only by its one reader
+        at, kernel = origins.get(id(found[0]), (None, None)) if len(found) == 1 else (None, None)
         split = None
         if may and view.ndim == 4 and kernel is blocked.blocked_run and found[0].inputs == [vid]:
             shape = (view.shape[0], view.shape[3], *view.shape[1:3])
